@@ -1,0 +1,29 @@
+//! Wire types shared by every Fulva component.
+//!
+//! # Layout
+//! - [`hash`]: the one key hash ([`key_hash`], xxh3-64) that places a key.
+//! - [`range`]: [`HashRange`], an inclusive range of key hashes, with splitting.
+//! - [`shard_map`]: [`ShardMap`], the epoch-stamped map of ranges to nodes.
+//! - [`frame`]: the binary data-path frame format with a check-then-parse decoder.
+//! - [`grpc`]: the generated tonic/prost types of the control plane (`proto/fulva.proto`).
+
+pub mod frame;
+pub mod hash;
+pub mod range;
+pub mod shard_map;
+
+/// Generated control-plane API (package `fulva.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod grpc {
+    tonic::include_proto!("fulva.v1");
+}
+
+pub use frame::{
+    FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status,
+    PROTOCOL_VERSION,
+};
+pub use hash::key_hash;
+pub use range::{HashRange, RangeError};
+pub use shard_map::{
+    Epoch, NodeId, NodeInfo, Shard, ShardMap, ShardMapError, ShardState, Strategy,
+};
