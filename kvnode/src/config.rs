@@ -1,0 +1,64 @@
+//! Node settings, from flags or environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Largest key a node accepts by default, in bytes.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Largest value a node accepts by default, in bytes (one datagram must hold a reply).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 60_000;
+
+/// Settings of one storage node.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    /// Node identity within the cluster (unique per node).
+    #[arg(long, env = "FULVA_NODE_ID", default_value_t = 0)]
+    pub node_id: u32,
+    /// UDP address of the data path (port 0 picks a free one).
+    #[arg(long, env = "FULVA_DATA_ADDR", default_value = "127.0.0.1:7100")]
+    pub data_addr: SocketAddr,
+    /// TCP address of the gRPC control service.
+    #[arg(long, env = "FULVA_CONTROL_ADDR", default_value = "127.0.0.1:7200")]
+    pub control_addr: SocketAddr,
+    /// TCP address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "FULVA_METRICS_ADDR", default_value = "127.0.0.1:7300")]
+    pub metrics_addr: SocketAddr,
+    /// Data-path workers, each with its own socket on the data address (SO_REUSEPORT).
+    #[arg(long, env = "FULVA_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Largest key accepted, in bytes; larger ones get a TooLarge reply.
+    #[arg(long, env = "FULVA_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes; larger ones get a TooLarge reply.
+    #[arg(long, env = "FULVA_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=60_000))]
+    pub max_value_bytes: usize,
+    /// log2 of the number of store stripes (lock granularity).
+    #[arg(long, env = "FULVA_STRIPE_BITS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub stripe_bits: u32,
+    /// Seconds after which the at-most-once records of a silent client are dropped.
+    #[arg(long, env = "FULVA_CLIENT_RECORD_TTL_SECS", default_value_t = 600)]
+    pub client_record_ttl_secs: u64,
+}
+
+impl NodeConfig {
+    /// Settings for a node on loopback with every port picked by the kernel.
+    pub fn loopback(node_id: u32) -> NodeConfig {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+        NodeConfig {
+            node_id,
+            data_addr: any,
+            control_addr: any,
+            metrics_addr: any,
+            workers: 2,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            stripe_bits: 12,
+            client_record_ttl_secs: 600,
+        }
+    }
+
+    /// The client-record TTL as a duration.
+    pub fn client_record_ttl(&self) -> Duration {
+        Duration::from_secs(self.client_record_ttl_secs)
+    }
+}

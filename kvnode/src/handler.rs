@@ -1,0 +1,268 @@
+//! Executes data-path requests: limits, ownership, at-most-once, store.
+
+use crate::config::NodeConfig;
+use crate::metrics::{DropReason, NodeMetrics};
+use crate::ownership::{Ownership, Placement};
+use crate::records::{Admission, Completion, CompletionTable};
+use crate::store::{SizeDelta, Store};
+use bytes::Bytes;
+use fulva_proto::frame::RequestHeader;
+use fulva_proto::{key_hash, FrameError, Op, Outcome, Reply, Request, RequestBody, Status};
+use std::time::Instant;
+
+/// Limits on what a request may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest key in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes.
+    pub max_value_bytes: usize,
+}
+
+/// Everything a node needs to answer requests; shared by all workers.
+pub struct Handler {
+    /// This node's id.
+    pub node_id: u32,
+    /// Objects.
+    pub store: Store,
+    /// Served ranges and epoch.
+    pub ownership: Ownership,
+    /// At-most-once records.
+    pub records: CompletionTable,
+    /// Metrics.
+    pub metrics: NodeMetrics,
+    limits: Limits,
+}
+
+fn apply_delta(gauges: &crate::metrics::RangeMetrics, delta: SizeDelta) {
+    if delta.objects != 0 {
+        gauges.objects.add(delta.objects);
+    }
+    if delta.bytes != 0 {
+        gauges.stored_bytes.add(delta.bytes);
+    }
+}
+
+impl Handler {
+    /// A handler configured from `config`, serving nothing yet.
+    pub fn new(config: &NodeConfig) -> Handler {
+        Handler {
+            node_id: config.node_id,
+            store: Store::new(config.stripe_bits),
+            ownership: Ownership::default(),
+            records: CompletionTable::new(config.client_record_ttl()),
+            metrics: NodeMetrics::new(),
+            limits: Limits {
+                max_key_bytes: config.max_key_bytes,
+                max_value_bytes: config.max_value_bytes,
+            },
+        }
+    }
+
+    /// Decodes `frame`, executes it and appends the reply to `out`.
+    /// Returns false when nothing should be sent (the frame was dropped).
+    pub fn handle_frame(&self, frame: &[u8], out: &mut Vec<u8>) -> bool {
+        let reply = match Request::decode(frame) {
+            Ok(request) => self.execute(&request),
+            Err(err) => self.reject(&err),
+        };
+        match reply {
+            Some(reply) => {
+                self.metrics.count_reply(reply.status);
+                reply.encode(out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn reject(&self, err: &FrameError) -> Option<Reply> {
+        match err.reply_to() {
+            Some((status, request_id, op)) => {
+                Some(Reply::error(op, request_id, self.ownership.epoch(), status))
+            }
+            None => {
+                let reason = match err {
+                    FrameError::BadMagic(_) => DropReason::BadMagic,
+                    _ => DropReason::TooShort,
+                };
+                self.metrics.count_drop(reason);
+                None
+            }
+        }
+    }
+
+    /// Executes one decoded request. `None` means drop it silently (a copy of
+    /// the same write is being applied; the client's retry gets the record).
+    pub fn execute(&self, request: &Request<'_>) -> Option<Reply> {
+        let started = Instant::now();
+        let op = request.body.op();
+        let (status, outcomes) = match &request.body {
+            RequestBody::Get { key } => {
+                let outcome = self.read(key, Op::Get);
+                (outcome.status, vec![outcome])
+            }
+            RequestBody::MultiGet { keys } => (
+                Status::Ok,
+                keys.iter()
+                    .map(|key| self.read(key, Op::MultiGet))
+                    .collect(),
+            ),
+            RequestBody::Put { key, value } => {
+                let outcome = self.write(&request.header, key, Some(value), op)?;
+                (outcome.status, vec![outcome])
+            }
+            RequestBody::Delete { key } => {
+                let outcome = self.write(&request.header, key, None, op)?;
+                (outcome.status, vec![outcome])
+            }
+        };
+        self.metrics
+            .observe_latency(op, started.elapsed().as_secs_f64());
+        Some(Reply {
+            op: op as u8,
+            status,
+            request_id: request.header.request_id,
+            epoch: self.ownership.epoch(),
+            outcomes,
+            progress: None,
+        })
+    }
+
+    fn read(&self, key: &[u8], op: Op) -> Outcome {
+        if key.len() > self.limits.max_key_bytes {
+            return Outcome::status(Status::TooLarge);
+        }
+        let hash = key_hash(key);
+        self.ownership
+            .with_placement(hash, |placement| match placement {
+                Placement::Served(range) => {
+                    range.metrics.count_op(op);
+                    match self.store.get(hash, key) {
+                        Some(object) => match object.value {
+                            Some(value) => {
+                                range.metrics.count_read_bytes(value.len());
+                                Outcome {
+                                    status: Status::Ok,
+                                    version: object.version,
+                                    redirect: None,
+                                    value: Some(value),
+                                }
+                            }
+                            None => Outcome {
+                                status: Status::NotFound,
+                                version: object.version,
+                                redirect: None,
+                                value: None,
+                            },
+                        },
+                        None => Outcome::status(Status::NotFound),
+                    }
+                }
+                Placement::Elsewhere { redirect } => Outcome {
+                    status: Status::Redirect,
+                    version: 0,
+                    redirect,
+                    value: None,
+                },
+            })
+    }
+
+    fn write(
+        &self,
+        header: &RequestHeader,
+        key: &[u8],
+        value: Option<&[u8]>,
+        op: Op,
+    ) -> Option<Outcome> {
+        if key.len() > self.limits.max_key_bytes
+            || value.is_some_and(|v| v.len() > self.limits.max_value_bytes)
+        {
+            return Some(Outcome::status(Status::TooLarge));
+        }
+        let hash = key_hash(key);
+        let tracked = header.seq != 0;
+        self.ownership
+            .with_placement(hash, |placement| match placement {
+                Placement::Elsewhere { redirect } => {
+                    // A retry of a write applied here before the range left is
+                    // answered from its record; only a never-applied write is redirected.
+                    if let Some(done) = tracked
+                        .then(|| self.records.lookup(header.client_id, header.seq))
+                        .flatten()
+                    {
+                        return Some(Outcome {
+                            status: done.status,
+                            version: done.version,
+                            redirect: None,
+                            value: None,
+                        });
+                    }
+                    Some(Outcome {
+                        status: Status::Redirect,
+                        version: 0,
+                        redirect,
+                        value: None,
+                    })
+                }
+                Placement::Served(range) => {
+                    if tracked {
+                        match self.records.admit(header.client_id, header.seq, header.ack) {
+                            Admission::Apply => {}
+                            Admission::Replay(done) => {
+                                return Some(Outcome {
+                                    status: done.status,
+                                    version: done.version,
+                                    redirect: None,
+                                    value: None,
+                                })
+                            }
+                            Admission::Stale => return Some(Outcome::status(Status::Stale)),
+                            Admission::InProgress => {
+                                self.metrics.count_drop(DropReason::InProgress);
+                                return None;
+                            }
+                        }
+                    }
+                    range.metrics.count_op(op);
+                    range
+                        .metrics
+                        .count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
+                    let result =
+                        self.store
+                            .write(hash, key, value.map(Bytes::copy_from_slice), false);
+                    apply_delta(&range.metrics, result.delta);
+                    let status = if value.is_none() && !result.existed {
+                        Status::NotFound
+                    } else {
+                        Status::Ok
+                    };
+                    if tracked {
+                        self.records.finish(
+                            header.client_id,
+                            header.seq,
+                            Completion {
+                                status,
+                                version: result.version,
+                            },
+                        );
+                    }
+                    Some(Outcome {
+                        status,
+                        version: result.version,
+                        redirect: None,
+                        value: None,
+                    })
+                }
+            })
+    }
+
+    /// Sets a range's object and byte gauges from a scan of the store.
+    pub fn refresh_range_gauges(&self) {
+        self.ownership.for_each(|owned| {
+            let size = self.store.measure(owned.range);
+            owned.metrics.objects.set(size.objects);
+            owned.metrics.stored_bytes.set(size.bytes);
+        });
+    }
+}

@@ -1,0 +1,34 @@
+//! HTTP endpoint: Prometheus /metrics, /healthz and /readyz.
+
+use crate::handler::Handler;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+
+/// Routes of the node's HTTP endpoint.
+pub fn router(handler: Arc<Handler>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(handler)
+}
+
+async fn metrics(State(handler): State<Arc<Handler>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handler.metrics.render(),
+    )
+}
+
+/// Ready once the node serves at least one range.
+async fn ready(State(handler): State<Arc<Handler>>) -> impl IntoResponse {
+    if handler.ownership.ranges().is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "no ranges assigned\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}

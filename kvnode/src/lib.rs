@@ -1,0 +1,182 @@
+//! The Fulva storage node.
+//!
+//! A node keeps objects in memory, serves the data path (GET/PUT/DELETE/
+//! MULTI_GET frames over a [`Transport`](fulva_proto::transport::Transport)),
+//! answers requests for ranges it does not serve with a redirect and its epoch,
+//! applies each write at most once, and takes range assignments from the
+//! coordinator over gRPC. Metrics are served on `/metrics`.
+//!
+//! # Layout
+//! - [`config`]: settings (flags and `FULVA_*` environment variables).
+//! - [`store`]: the striped, versioned object store.
+//! - [`ownership`]: served ranges, redirects and the shard-map epoch.
+//! - [`records`]: at-most-once completion records.
+//! - [`handler`]: executes one request against the above.
+//! - [`server`]: the data-path loop over a transport.
+//! - [`control`]: the `NodeControl` gRPC service.
+//! - [`metrics`], [`http`]: Prometheus metrics and the HTTP endpoint.
+
+pub mod config;
+pub mod control;
+pub mod handler;
+pub mod http;
+pub mod metrics;
+pub mod ownership;
+pub mod records;
+pub mod server;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use handler::Handler;
+
+use fulva_proto::grpc::node_control_server::NodeControlServer;
+use fulva_proto::transport::UdpTransport;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Failure to start a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listening socket could not be bound.
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// Address asked for.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Settings make no sense.
+    #[error("invalid settings: {0}")]
+    Config(String),
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// Node id.
+    pub node_id: u32,
+    /// Bound data-path address.
+    pub data_addr: SocketAddr,
+    /// Bound gRPC control address.
+    pub control_addr: SocketAddr,
+    /// Bound HTTP (metrics) address.
+    pub metrics_addr: SocketAddr,
+    /// The node's state, for in-process inspection.
+    pub handler: Arc<Handler>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl NodeHandle {
+    /// Stops every server of the node and waits for them.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the node stops (after its token is cancelled).
+    pub async fn stopped(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds every endpoint of a node and starts serving.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    start_with_shutdown(config, CancellationToken::new()).await
+}
+
+async fn start_with_shutdown(
+    config: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    if config.workers == 0 {
+        return Err(NodeError::Config("--workers must be at least 1".into()));
+    }
+    let handler = Arc::new(Handler::new(&config));
+    let mut tasks = JoinSet::new();
+
+    let bind = |what, addr| move |source| NodeError::Bind { what, addr, source };
+    let first =
+        UdpTransport::bind(config.data_addr, true).map_err(bind("data", config.data_addr))?;
+    let data_addr = fulva_proto::transport::Transport::local_addr(&first)
+        .map_err(bind("data", config.data_addr))?;
+    let mut transports = vec![first];
+    for _ in 1..config.workers {
+        transports.push(UdpTransport::bind(data_addr, true).map_err(bind("data", data_addr))?);
+    }
+    for transport in transports {
+        tasks.spawn(server::serve(transport, handler.clone(), shutdown.clone()));
+    }
+
+    let control = tokio::net::TcpListener::bind(config.control_addr)
+        .await
+        .map_err(bind("control", config.control_addr))?;
+    let control_addr = control
+        .local_addr()
+        .map_err(bind("control", config.control_addr))?;
+    let service = NodeControlServer::new(control::ControlService::new(handler.clone()));
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(control);
+        if let Err(err) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "control service failed");
+        }
+    });
+
+    let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(bind("metrics", config.metrics_addr))?;
+    let metrics_addr = metrics
+        .local_addr()
+        .map_err(bind("metrics", config.metrics_addr))?;
+    let router = http::router(handler.clone());
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = axum::serve(metrics, router)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "metrics endpoint failed");
+        }
+    });
+
+    let (h, token) = (handler.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                _ = tick.tick() => h.metrics.client_records.set(h.records.expire() as i64),
+            }
+        }
+    });
+
+    tracing::info!(node = config.node_id, %data_addr, %control_addr, %metrics_addr, workers = config.workers, "node started");
+    Ok(NodeHandle {
+        node_id: config.node_id,
+        data_addr,
+        control_addr,
+        metrics_addr,
+        handler,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let node = start(config).await?;
+    shutdown.await;
+    tracing::info!(node = node.node_id, "shutting down");
+    node.shutdown().await;
+    Ok(())
+}

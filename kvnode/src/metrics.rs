@@ -1,0 +1,296 @@
+//! Prometheus metrics of one node.
+//!
+//! Each node owns a registry (several nodes may share a process in a local
+//! cluster). Label values come from fixed sets: ops, statuses, drop reasons,
+//! and the hex bounds of the ranges the node serves.
+
+use fulva_proto::{HashRange, Op, Status};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Why a datagram was dropped without a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than a header.
+    TooShort = 0,
+    /// Wrong magic number.
+    BadMagic = 1,
+    /// A duplicate of a write still being applied; the client will retry.
+    InProgress = 2,
+}
+
+impl DropReason {
+    const ALL: [&'static str; 3] = ["too_short", "bad_magic", "in_progress"];
+}
+
+const OPS: [Op; 4] = [Op::Get, Op::Put, Op::Delete, Op::MultiGet];
+const STATUSES: [Status; 10] = [
+    Status::Ok,
+    Status::NotFound,
+    Status::Redirect,
+    Status::TooLarge,
+    Status::Malformed,
+    Status::UnknownOp,
+    Status::Stale,
+    Status::Retry,
+    Status::UnsupportedVersion,
+    Status::Internal,
+];
+
+/// The node's metric families, with handles for the hot path built up front.
+pub struct NodeMetrics {
+    registry: Registry,
+    range_ops: IntCounterVec,
+    range_read_bytes: IntCounterVec,
+    range_written_bytes: IntCounterVec,
+    range_objects: IntGaugeVec,
+    range_stored_bytes: IntGaugeVec,
+    latency: [Histogram; 4],
+    replies: [IntCounter; 10],
+    dropped: [IntCounter; 3],
+    /// Current shard-map epoch known to the node.
+    pub epoch: IntGauge,
+    /// Clients with completion records.
+    pub client_records: IntGauge,
+}
+
+/// Metric handles of one served range.
+pub struct RangeMetrics {
+    label: String,
+    ops: [IntCounter; 4],
+    read_bytes: IntCounter,
+    written_bytes: IntCounter,
+    /// Objects (including tombstones) in the range.
+    pub objects: IntGauge,
+    /// Key and value bytes in the range.
+    pub stored_bytes: IntGauge,
+}
+
+impl RangeMetrics {
+    /// Counts one operation.
+    #[inline]
+    pub fn count_op(&self, op: Op) {
+        self.ops[op as usize - 1].inc();
+    }
+
+    /// Counts value bytes returned by reads.
+    #[inline]
+    pub fn count_read_bytes(&self, n: usize) {
+        self.read_bytes.inc_by(n as u64);
+    }
+
+    /// Counts key and value bytes written.
+    #[inline]
+    pub fn count_written_bytes(&self, n: usize) {
+        self.written_bytes.inc_by(n as u64);
+    }
+
+    /// Operations of kind `op` so far.
+    pub fn ops(&self, op: Op) -> u64 {
+        self.ops[op as usize - 1].get()
+    }
+}
+
+/// Metric label for a range: its bounds in hex.
+pub fn range_label(range: HashRange) -> String {
+    format!("{:016x}-{:016x}", range.first, range.last)
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl NodeMetrics {
+    /// Creates and registers every family.
+    pub fn new() -> NodeMetrics {
+        let registry = Registry::new();
+        let range_ops = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_range_ops_total",
+                    "Requests served, by range and op",
+                ),
+                &["range", "op"],
+            )
+            .expect("valid metric"),
+        );
+        let range_read_bytes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_range_read_bytes_total",
+                    "Value bytes returned by reads",
+                ),
+                &["range"],
+            )
+            .expect("valid metric"),
+        );
+        let range_written_bytes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_range_written_bytes_total",
+                    "Key and value bytes written",
+                ),
+                &["range"],
+            )
+            .expect("valid metric"),
+        );
+        let range_objects = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("fulva_kvnode_range_objects", "Objects stored, by range"),
+                &["range"],
+            )
+            .expect("valid metric"),
+        );
+        let range_stored_bytes = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "fulva_kvnode_range_stored_bytes",
+                    "Key and value bytes stored, by range",
+                ),
+                &["range"],
+            )
+            .expect("valid metric"),
+        );
+        let latency_vec = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "fulva_kvnode_request_duration_seconds",
+                    "Time to execute a request inside the node",
+                )
+                .buckets(exponential_buckets(1e-6, 2.0, 18).expect("valid buckets")),
+                &["op"],
+            )
+            .expect("valid metric"),
+        );
+        let replies_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("fulva_kvnode_replies_total", "Replies sent, by status"),
+                &["status"],
+            )
+            .expect("valid metric"),
+        );
+        let dropped_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_dropped_frames_total",
+                    "Datagrams dropped without a reply, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
+        let epoch = register(
+            &registry,
+            IntGauge::new("fulva_kvnode_epoch", "Shard-map epoch known to the node")
+                .expect("valid metric"),
+        );
+        let client_records = register(
+            &registry,
+            IntGauge::new(
+                "fulva_kvnode_client_records",
+                "Clients with at-most-once completion records",
+            )
+            .expect("valid metric"),
+        );
+        NodeMetrics {
+            latency: OPS.map(|op| latency_vec.with_label_values(&[op.name()])),
+            replies: STATUSES.map(|s| replies_vec.with_label_values(&[s.name()])),
+            dropped: DropReason::ALL.map(|r| dropped_vec.with_label_values(&[r])),
+            registry,
+            range_ops,
+            range_read_bytes,
+            range_written_bytes,
+            range_objects,
+            range_stored_bytes,
+            epoch,
+            client_records,
+        }
+    }
+
+    /// Handles for a newly served range.
+    pub fn range(&self, range: HashRange) -> RangeMetrics {
+        let label = range_label(range);
+        RangeMetrics {
+            ops: OPS.map(|op| {
+                self.range_ops
+                    .with_label_values(&[label.as_str(), op.name()])
+            }),
+            read_bytes: self.range_read_bytes.with_label_values(&[&label]),
+            written_bytes: self.range_written_bytes.with_label_values(&[&label]),
+            objects: self.range_objects.with_label_values(&[&label]),
+            stored_bytes: self.range_stored_bytes.with_label_values(&[&label]),
+            label,
+        }
+    }
+
+    /// Removes a range's series once the node no longer serves it.
+    pub fn forget_range(&self, range: &RangeMetrics) {
+        let label = range.label.as_str();
+        for op in OPS {
+            let _ = self.range_ops.remove_label_values(&[label, op.name()]);
+        }
+        let _ = self.range_read_bytes.remove_label_values(&[label]);
+        let _ = self.range_written_bytes.remove_label_values(&[label]);
+        let _ = self.range_objects.remove_label_values(&[label]);
+        let _ = self.range_stored_bytes.remove_label_values(&[label]);
+    }
+
+    /// Records the execution time of one request.
+    #[inline]
+    pub fn observe_latency(&self, op: Op, seconds: f64) {
+        self.latency[op as usize - 1].observe(seconds);
+    }
+
+    /// Counts one reply.
+    #[inline]
+    pub fn count_reply(&self, status: Status) {
+        self.replies[status as usize].inc();
+    }
+
+    /// Replies sent with `status` so far.
+    pub fn replies(&self, status: Status) -> u64 {
+        self.replies[status as usize].get()
+    }
+
+    /// Counts one dropped datagram.
+    pub fn count_drop(&self, reason: DropReason) {
+        self.dropped[reason as usize].inc();
+    }
+
+    /// Datagrams dropped so far, all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(IntCounter::get).sum()
+    }
+
+    /// Datagrams dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].get()
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail for well-formed families.
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

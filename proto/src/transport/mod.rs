@@ -1,0 +1,57 @@
+//! Datagram transports that carry data-path frames.
+//!
+//! The protocol code (node server, client) talks to a [`Transport`] and never
+//! to a socket, so kernel UDP ([`UdpTransport`]), a fault-injecting wrapper for
+//! tests ([`FaultyTransport`]) and a DPDK transport slot in alike. Addresses are
+//! IP:port pairs on every transport (DPDK frames carry real IPv4/UDP headers).
+
+mod faulty;
+mod udp;
+
+pub use faulty::{FaultConfig, FaultStats, FaultyTransport};
+pub use udp::UdpTransport;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+/// An unreliable, unordered datagram transport.
+pub trait Transport: Send + Sync + 'static {
+    /// Waits for one datagram, copies it into `buf` and returns its length and sender.
+    /// A datagram longer than `buf` is truncated.
+    fn recv_from<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// Sends one datagram to `to`. Delivery is not guaranteed.
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+
+    /// Address this transport receives on.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl<T: Transport> Transport for std::sync::Arc<T> {
+    fn recv_from<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+        (**self).recv_from(buf)
+    }
+
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        (**self).send_to(buf, to)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        (**self).local_addr()
+    }
+}
