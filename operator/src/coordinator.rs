@@ -1,0 +1,310 @@
+//! The coordinator: holds the shard map, changes it with compare-and-set on
+//! the epoch, and pushes ownership to the nodes.
+
+use crate::map_store::{MapStore, MapStoreError};
+use fulva_proto::grpc::node_control_client::NodeControlClient;
+use fulva_proto::grpc::{AssignRangeRequest, SetEpochRequest};
+use fulva_proto::{Epoch, HashRange, NodeId, NodeInfo, Shard, ShardMap, ShardMapError, ShardState};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{watch, Mutex};
+use tonic::transport::Channel;
+
+/// Failures of the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Persisting or loading the map failed.
+    #[error(transparent)]
+    Store(#[from] MapStoreError),
+    /// A proposed map is invalid.
+    #[error(transparent)]
+    InvalidMap(#[from] ShardMapError),
+    /// The map changed since the caller read it.
+    #[error("the shard map moved on: expected epoch {expected}, current {current}")]
+    EpochConflict {
+        /// Epoch the change was based on.
+        expected: Epoch,
+        /// Epoch in force.
+        current: Epoch,
+    },
+    /// A node could not be reached or refused a call.
+    #[error("node {node} at {addr}: {message}")]
+    Node {
+        /// Node id.
+        node: NodeId,
+        /// Its control address.
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Bootstrap was asked for something impossible.
+    #[error("cannot bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// The one writer of the shard map.
+pub struct Coordinator {
+    store: Arc<dyn MapStore>,
+    current: Mutex<ShardMap>,
+    published: watch::Sender<Arc<ShardMap>>,
+    clients: Mutex<HashMap<NodeId, NodeControlClient<Channel>>>,
+}
+
+impl Coordinator {
+    /// Builds a fresh map that spreads `shard_count` equal ranges over `nodes`
+    /// round-robin, stores it (replacing nothing: the store must be empty
+    /// unless `replace` is set) and assigns every range to its node.
+    pub async fn bootstrap(
+        store: Arc<dyn MapStore>,
+        nodes: Vec<NodeInfo>,
+        shard_count: u32,
+        replace: bool,
+    ) -> Result<Coordinator, CoordinatorError> {
+        if nodes.is_empty() {
+            return Err(CoordinatorError::Bootstrap("no nodes".into()));
+        }
+        if shard_count == 0 {
+            return Err(CoordinatorError::Bootstrap(
+                "the shard count must be at least 1".into(),
+            ));
+        }
+        let previous = store.load()?;
+        if previous.is_some() && !replace {
+            return Err(CoordinatorError::Bootstrap(
+                "a shard map is already stored; open it instead".into(),
+            ));
+        }
+        let shards = HashRange::FULL
+            .divide(u64::from(shard_count))
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| Shard {
+                range,
+                owner: nodes[i % nodes.len()].id,
+                state: ShardState::Normal,
+            })
+            .collect();
+        let epoch = previous.as_ref().map_or(0, |m| m.epoch) + 1;
+        let map = ShardMap {
+            epoch,
+            nodes,
+            shards,
+        };
+        map.validate()?;
+        store.compare_and_set(previous.map(|m| m.epoch), &map)?;
+        let coordinator = Coordinator::with_map(store, map.clone());
+        for shard in &map.shards {
+            coordinator
+                .assign(shard.owner, shard.range, map.epoch, 0)
+                .await?;
+        }
+        coordinator.broadcast_epoch(&map).await;
+        tracing::info!(
+            epoch = map.epoch,
+            nodes = map.nodes.len(),
+            shards = map.shards.len(),
+            "shard map bootstrapped"
+        );
+        Ok(coordinator)
+    }
+
+    /// Opens the map already in `store` (after a coordinator restart).
+    pub fn open(store: Arc<dyn MapStore>) -> Result<Option<Coordinator>, CoordinatorError> {
+        Ok(store.load()?.map(|map| Coordinator::with_map(store, map)))
+    }
+
+    fn with_map(store: Arc<dyn MapStore>, map: ShardMap) -> Coordinator {
+        let (published, _) = watch::channel(Arc::new(map.clone()));
+        Coordinator {
+            store,
+            current: Mutex::new(map),
+            published,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The map in force.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.published.borrow().clone()
+    }
+
+    /// Follows map changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ShardMap>> {
+        self.published.subscribe()
+    }
+
+    /// Replaces the map with `change(map)` if its epoch is still `expected`.
+    /// The new map gets epoch `expected + 1`, is validated, persisted, then published.
+    pub async fn compare_and_set(
+        &self,
+        expected: Epoch,
+        change: impl FnOnce(&mut ShardMap),
+    ) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let mut current = self.current.lock().await;
+        if current.epoch != expected {
+            return Err(CoordinatorError::EpochConflict {
+                expected,
+                current: current.epoch,
+            });
+        }
+        let mut next = current.clone();
+        change(&mut next);
+        next.epoch = expected + 1;
+        next.validate()?;
+        self.store.compare_and_set(Some(expected), &next)?;
+        *current = next.clone();
+        let next = Arc::new(next);
+        self.published.send_replace(next.clone());
+        Ok(next)
+    }
+
+    async fn client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&node) {
+            return Ok(client.clone());
+        }
+        let map = self.map();
+        let info = map.node(node).ok_or_else(|| CoordinatorError::Node {
+            node,
+            addr: "?".into(),
+            message: "not in the shard map".into(),
+        })?;
+        let addr = info.control_addr.to_string();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| CoordinatorError::Node {
+                node,
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?
+            .connect()
+            .await
+            .map_err(|e| CoordinatorError::Node {
+                node,
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        let client = NodeControlClient::new(channel);
+        clients.insert(node, client.clone());
+        Ok(client)
+    }
+
+    /// Tells `node` to serve `range` as of `epoch`.
+    pub async fn assign(
+        &self,
+        node: NodeId,
+        range: HashRange,
+        epoch: Epoch,
+        version_floor: u64,
+    ) -> Result<(), CoordinatorError> {
+        let mut client = self.client(node).await?;
+        client
+            .assign_range(AssignRangeRequest {
+                range: Some(range.into()),
+                epoch,
+                version_floor,
+            })
+            .await
+            .map_err(|s| self.node_error(node, s))?;
+        Ok(())
+    }
+
+    /// Tells every node the map's epoch; unreachable nodes are logged and skipped.
+    pub async fn broadcast_epoch(&self, map: &ShardMap) {
+        for node in &map.nodes {
+            let result = match self.client(node.id).await {
+                Ok(mut c) => c
+                    .set_epoch(SetEpochRequest { epoch: map.epoch })
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| self.node_error(node.id, s)),
+                Err(e) => Err(e),
+            };
+            if let Err(err) = result {
+                tracing::warn!(node = node.id, error = %err, "could not tell a node the new epoch");
+            }
+        }
+    }
+
+    /// A gRPC client for `node`'s control service.
+    pub async fn node_client(
+        &self,
+        node: NodeId,
+    ) -> Result<NodeControlClient<Channel>, CoordinatorError> {
+        self.client(node).await
+    }
+
+    fn node_error(&self, node: NodeId, status: tonic::Status) -> CoordinatorError {
+        let addr = self
+            .map()
+            .node(node)
+            .map_or_else(|| "?".into(), |n| n.control_addr.to_string());
+        CoordinatorError::Node {
+            node,
+            addr,
+            message: format!("{}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryMapStore;
+    use fulva_kvnode::NodeConfig;
+
+    #[tokio::test]
+    async fn bootstrap_assigns_every_range_to_its_node() {
+        let mut nodes = Vec::new();
+        let mut infos = Vec::new();
+        for id in 0..3 {
+            let node = fulva_kvnode::start(NodeConfig::loopback(id)).await.unwrap();
+            infos.push(NodeInfo {
+                id,
+                data_addr: node.data_addr,
+                control_addr: node.control_addr,
+            });
+            nodes.push(node);
+        }
+        let store = Arc::new(MemoryMapStore::default());
+        let c = Coordinator::bootstrap(store.clone(), infos, 6, false)
+            .await
+            .unwrap();
+        let map = c.map();
+        assert_eq!(map.epoch, 1);
+        for node in &nodes {
+            let served = node.handler.ownership.ranges();
+            let expected: Vec<_> = map
+                .shards
+                .iter()
+                .filter(|s| s.owner == node.node_id)
+                .map(|s| s.range)
+                .collect();
+            assert_eq!(served, expected);
+            assert_eq!(node.handler.ownership.epoch(), 1);
+        }
+        // A second bootstrap onto a used store is refused unless asked to replace.
+        assert!(
+            Coordinator::bootstrap(store.clone(), map.nodes.clone(), 3, false)
+                .await
+                .is_err()
+        );
+        // Compare-and-set: a change based on a stale epoch is refused.
+        let next = c
+            .compare_and_set(1, |m| m.shards[0].owner = 1)
+            .await
+            .unwrap();
+        assert_eq!(next.epoch, 2);
+        assert!(matches!(
+            c.compare_and_set(1, |_| {}).await,
+            Err(CoordinatorError::EpochConflict { current: 2, .. })
+        ));
+        assert!(matches!(
+            c.compare_and_set(2, |m| m.shards[0].owner = 99).await,
+            Err(CoordinatorError::InvalidMap(_))
+        ));
+        assert_eq!(store.load().unwrap().unwrap().epoch, 2);
+        for node in nodes {
+            node.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The Fulva coordinator: the one writer of the shard map.
+//!
+//! It holds the map and its epoch, persists every change with compare-and-set
+//! on the epoch ([`MapStore`]; a file with atomic replace in local mode),
+//! assigns ranges to nodes over gRPC, and serves the `ShardMapService` that
+//! clients use as their control endpoint. The Kubernetes operator reuses it.
+//!
+//! # Layout
+//! - [`map_store`]: persistence of the map ([`FileMapStore`], [`MemoryMapStore`]).
+//! - [`coordinator`]: [`Coordinator`], map changes and node assignment.
+//! - [`service`]: the gRPC `ShardMapService`.
+
+pub mod coordinator;
+pub mod map_store;
+pub mod service;
+
+pub use coordinator::{Coordinator, CoordinatorError};
+pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
+pub use service::ShardMapServiceImpl;
