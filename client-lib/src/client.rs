@@ -1,0 +1,570 @@
+//! The client: routing, retransmission, redirects and map refresh.
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+use crate::stats::ClientStats;
+use bytes::Bytes;
+use fulva_proto::frame::{RequestHeader, MAX_MULTI_GET};
+use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
+use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
+use fulva_proto::transport::{Transport, UdpTransport};
+use fulva_proto::{key_hash, Epoch, NodeId, Op, Reply, Request, RequestBody, ShardMap, Status};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// A value read with its version (`version == 0` and `value == None`: absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// Object version (0 if the key never existed; a tombstone's version if deleted).
+    pub version: u64,
+    /// Value, `None` if absent or deleted.
+    pub value: Option<Bytes>,
+}
+
+/// Encoded size budget of one multi-get frame (keys), leaving room in a datagram.
+const MULTI_GET_FRAME_BUDGET: usize = 16 * 1024;
+const PENDING_SHARDS: usize = 16;
+
+/// Sequence numbers of writes, and the ack floor sent with every request.
+#[derive(Default)]
+struct SeqTracker {
+    next: u64,
+    in_flight: BTreeSet<u64>,
+}
+
+impl SeqTracker {
+    fn begin(&mut self) -> u64 {
+        self.next += 1;
+        self.in_flight.insert(self.next);
+        self.next
+    }
+
+    fn end(&mut self, seq: u64) {
+        self.in_flight.remove(&seq);
+    }
+
+    /// Every seq below this one has finished (replied to, or given up on).
+    fn ack(&self) -> u64 {
+        self.in_flight.first().copied().unwrap_or(self.next + 1)
+    }
+}
+
+struct Inner<T: Transport> {
+    config: ClientConfig,
+    client_id: u64,
+    transports: Vec<Arc<T>>,
+    pending: Box<[Mutex<HashMap<u64, oneshot::Sender<Reply>>>]>,
+    next_request_id: AtomicU64,
+    seqs: Mutex<SeqTracker>,
+    map: RwLock<Arc<ShardMap>>,
+    control: ShardMapServiceClient<Channel>,
+    refresh: tokio::sync::Mutex<()>,
+    stats: ClientStats,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<T: Transport> Drop for Inner<T> {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// A Fulva client. Cheap to clone; clones share sockets and the cached map.
+pub struct Client<T: Transport = UdpTransport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Client<UdpTransport> {
+    /// Connects to the control endpoint, fetches the shard map and opens
+    /// `config.sockets` UDP sockets.
+    pub async fn connect(config: ClientConfig) -> Result<Client<UdpTransport>, ClientError> {
+        let transports = (0..config.sockets.max(1))
+            .map(|_| UdpTransport::bind(config.bind_addr, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        Client::with_transports(config, transports).await
+    }
+}
+
+fn control_error(config: &ClientConfig, message: impl ToString) -> ClientError {
+    ClientError::Control {
+        endpoint: config.control_endpoint.clone(),
+        message: message.to_string(),
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// Like [`Client::connect`], over transports the caller made (fault
+    /// injection, DPDK).
+    pub async fn with_transports(
+        config: ClientConfig,
+        transports: Vec<T>,
+    ) -> Result<Client<T>, ClientError> {
+        if transports.is_empty() {
+            return Err(ClientError::Io(std::io::Error::other(
+                "no transports given",
+            )));
+        }
+        let channel = Channel::from_shared(config.control_endpoint.clone())
+            .map_err(|e| control_error(&config, e))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| control_error(&config, e))?;
+        let mut control = ShardMapServiceClient::new(channel);
+        let map = fetch_map(&mut control, &config).await?;
+        let inner = Arc::new(Inner {
+            client_id: rand::random::<u64>() | 1,
+            transports: transports.into_iter().map(Arc::new).collect(),
+            pending: (0..PENDING_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            next_request_id: AtomicU64::new(1),
+            seqs: Mutex::new(SeqTracker::default()),
+            map: RwLock::new(Arc::new(map)),
+            control,
+            refresh: tokio::sync::Mutex::new(()),
+            stats: ClientStats::default(),
+            tasks: Mutex::new(Vec::new()),
+            config,
+        });
+        let mut tasks: Vec<JoinHandle<()>> = inner
+            .transports
+            .iter()
+            .map(|t| tokio::spawn(receive_loop(t.clone(), Arc::downgrade(&inner))))
+            .collect();
+        if inner.config.watch_map {
+            tasks.push(tokio::spawn(watch_loop(
+                inner.control.clone(),
+                Arc::downgrade(&inner),
+            )));
+        }
+        *inner.tasks.lock() = tasks;
+        Ok(Client { inner })
+    }
+
+    /// This client's id (used in at-most-once records).
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The cached shard map.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.inner.map.read().clone()
+    }
+
+    /// Counters of retransmissions, redirects and map refreshes.
+    pub fn stats(&self) -> &ClientStats {
+        &self.inner.stats
+    }
+
+    /// The node that the cached map says serves `key`.
+    pub fn owner_of(&self, key: &[u8]) -> Option<NodeId> {
+        self.map().owner_of(key_hash(key))
+    }
+
+    /// Fetches the map from the control endpoint unless the cached one is at least `min_epoch`.
+    pub async fn refresh_map(&self, min_epoch: Epoch) -> Result<Arc<ShardMap>, ClientError> {
+        let _one_at_a_time = self.inner.refresh.lock().await;
+        let cached = self.map();
+        if cached.epoch >= min_epoch {
+            return Ok(cached);
+        }
+        let map = fetch_map(&mut self.inner.control.clone(), &self.inner.config).await?;
+        self.inner
+            .stats
+            .map_refreshes
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(self.inner.install(map))
+    }
+
+    /// Reads `key`; `None` if it does not exist.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, ClientError> {
+        Ok(self.get_versioned(key).await?.value)
+    }
+
+    /// Reads `key` with its version.
+    pub async fn get_versioned(&self, key: impl AsRef<[u8]>) -> Result<Versioned, ClientError> {
+        let key = key.as_ref();
+        self.check_key(key)?;
+        let reply = self
+            .call(RequestBody::Get { key }, key_hash(key), 0)
+            .await?;
+        versioned(reply.outcomes.into_iter().next())
+    }
+
+    /// Writes `value` under `key`; returns the version given to the write.
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<u64, ClientError> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.check_key(key)?;
+        if value.len() > self.inner.config.max_value_bytes {
+            return Err(ClientError::TooLarge(format!(
+                "value of {} bytes",
+                value.len()
+            )));
+        }
+        let outcome = self
+            .write(RequestBody::Put { key, value }, key_hash(key))
+            .await?;
+        match outcome.status {
+            Status::Ok => Ok(outcome.version),
+            other => Err(status_error(other)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        let key = key.as_ref();
+        self.check_key(key)?;
+        let outcome = self
+            .write(RequestBody::Delete { key }, key_hash(key))
+            .await?;
+        match outcome.status {
+            Status::Ok => Ok(true),
+            Status::NotFound => Ok(false),
+            other => Err(status_error(other)),
+        }
+    }
+
+    /// Reads several keys, one frame per node (split when large); results follow `keys`.
+    pub async fn multi_get<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Bytes>>, ClientError> {
+        for key in keys {
+            self.check_key(key.as_ref())?;
+        }
+        let map = self.map();
+        let mut groups: HashMap<Option<NodeId>, Vec<usize>> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            groups
+                .entry(map.owner_of(key_hash(key.as_ref())))
+                .or_default()
+                .push(i);
+        }
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for (_, indices) in groups {
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for i in indices {
+                let len = 2 + keys[i].as_ref().len();
+                if batch.len() == MAX_MULTI_GET || size + len > MULTI_GET_FRAME_BUDGET {
+                    batches.push(std::mem::take(&mut batch));
+                    size = 0;
+                }
+                batch.push(i);
+                size += len;
+            }
+            batches.push(batch);
+        }
+        let calls = batches
+            .into_iter()
+            .filter(|b| !b.is_empty())
+            .map(|batch| async move {
+                let batch_keys: Vec<&[u8]> = batch.iter().map(|&i| keys[i].as_ref()).collect();
+                let hash = key_hash(batch_keys[0]);
+                let reply = self
+                    .call(RequestBody::MultiGet { keys: batch_keys }, hash, 0)
+                    .await?;
+                if reply.outcomes.len() != batch.len() {
+                    return Err(ClientError::Rejected(Status::Malformed));
+                }
+                let mut results = Vec::with_capacity(batch.len());
+                for (&i, outcome) in batch.iter().zip(reply.outcomes) {
+                    let value = match outcome.status {
+                        // Served elsewhere since the map was read: ask for it alone.
+                        Status::Redirect => self.get(keys[i].as_ref()).await?,
+                        _ => versioned(Some(outcome))?.value,
+                    };
+                    results.push((i, value));
+                }
+                Ok::<_, ClientError>(results)
+            });
+        let mut out = vec![None; keys.len()];
+        for results in futures::future::try_join_all(calls).await? {
+            for (i, value) in results {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), ClientError> {
+        if key.len() > self.inner.config.max_key_bytes || key.len() > usize::from(u16::MAX) {
+            return Err(ClientError::TooLarge(format!("key of {} bytes", key.len())));
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        body: RequestBody<'_>,
+        hash: u64,
+    ) -> Result<fulva_proto::Outcome, ClientError> {
+        let seq = self.inner.seqs.lock().begin();
+        let result = self.call(body, hash, seq).await;
+        self.inner.seqs.lock().end(seq);
+        let reply = result?;
+        reply
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| status_error(reply.status))
+    }
+
+    /// Sends one request until it gets a final reply: retransmits the same
+    /// frame (same request id and seq) on timeout, follows redirects, and
+    /// refreshes the map when a node reports a newer epoch.
+    async fn call(&self, body: RequestBody<'_>, hash: u64, seq: u64) -> Result<Reply, ClientError> {
+        let inner = &self.inner;
+        let op = body.op();
+        let deadline = Instant::now() + inner.config.deadline;
+        let mut redirect: Option<NodeId> = None;
+        let mut attempts = 0u32;
+        let mut frame = Vec::with_capacity(128);
+        loop {
+            let map = self.map();
+            let node = redirect
+                .take()
+                .filter(|n| map.node(*n).is_some())
+                .or_else(|| map.owner_of(hash));
+            let Some(addr) = node.and_then(|n| map.node(n)).map(|n| n.data_addr) else {
+                return Err(ClientError::NoRoute(hash));
+            };
+            let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let header = RequestHeader {
+                op: op as u8,
+                request_id,
+                client_id: inner.client_id,
+                seq,
+                ack: inner.seqs.lock().ack(),
+                epoch: map.epoch,
+            };
+            frame.clear();
+            Request {
+                header,
+                body: body.clone(),
+            }
+            .encode(&mut frame);
+            let reply = self
+                .exchange(request_id, &frame, addr, deadline, &mut attempts, op)
+                .await?;
+            match reply.status {
+                Status::Redirect => {
+                    inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
+                    redirect = reply.outcomes.first().and_then(|o| o.redirect);
+                    let target_known = redirect.is_some_and(|n| map.node(n).is_some());
+                    if reply.epoch > map.epoch || !target_known {
+                        let refreshed = self.refresh_map(reply.epoch.max(map.epoch + 1)).await?;
+                        if refreshed.epoch == map.epoch && !target_known {
+                            // The control endpoint has not caught up with the node yet.
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+                Status::Retry => tokio::time::sleep(Duration::from_millis(1)).await,
+                _ => return Ok(reply),
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout {
+                    op: op.name(),
+                    attempts,
+                });
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request_id: u64,
+        frame: &[u8],
+        addr: std::net::SocketAddr,
+        deadline: Instant,
+        attempts: &mut u32,
+        op: Op,
+    ) -> Result<Reply, ClientError> {
+        let inner = &self.inner;
+        let transport = &inner.transports[(request_id % inner.transports.len() as u64) as usize];
+        let (tx, mut rx) = oneshot::channel();
+        inner
+            .pending_shard(request_id)
+            .lock()
+            .insert(request_id, tx);
+        let mut timeout = inner.config.initial_timeout;
+        let result = loop {
+            *attempts += 1;
+            if *attempts > 1 {
+                inner.stats.retransmits.fetch_add(1, Ordering::Relaxed);
+            }
+            // A failed send is a lost datagram: the retransmission timer covers it.
+            let _ = transport.send_to(frame, addr).await;
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(ClientError::Timeout {
+                    op: op.name(),
+                    attempts: *attempts,
+                });
+            }
+            match tokio::time::timeout(timeout.min(deadline - now), &mut rx).await {
+                Ok(Ok(reply)) => break Ok(reply),
+                Ok(Err(_)) => {
+                    break Err(ClientError::Io(std::io::Error::other("client shut down")))
+                }
+                Err(_) => timeout = (timeout * 2).min(inner.config.max_timeout),
+            }
+        };
+        if result.is_err() {
+            inner.pending_shard(request_id).lock().remove(&request_id);
+            inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<T: Transport> Inner<T> {
+    fn pending_shard(&self, request_id: u64) -> &Mutex<HashMap<u64, oneshot::Sender<Reply>>> {
+        &self.pending[(request_id % PENDING_SHARDS as u64) as usize]
+    }
+
+    /// Installs `map` if it is newer than the cached one; returns the map in force.
+    fn install(&self, map: ShardMap) -> Arc<ShardMap> {
+        let mut cached = self.map.write();
+        if map.epoch > cached.epoch {
+            *cached = Arc::new(map);
+        }
+        cached.clone()
+    }
+}
+
+async fn fetch_map(
+    control: &mut ShardMapServiceClient<Channel>,
+    config: &ClientConfig,
+) -> Result<ShardMap, ClientError> {
+    let msg = control
+        .get_shard_map(GetShardMapRequest {})
+        .await
+        .map_err(|s| control_error(config, format!("{}: {}", s.code(), s.message())))?
+        .into_inner();
+    ShardMap::try_from(msg).map_err(|e| control_error(config, e))
+}
+
+fn status_error(status: Status) -> ClientError {
+    match status {
+        Status::TooLarge => ClientError::TooLarge("refused by the node".into()),
+        other => ClientError::Rejected(other),
+    }
+}
+
+fn versioned(outcome: Option<fulva_proto::Outcome>) -> Result<Versioned, ClientError> {
+    let outcome = outcome.ok_or(ClientError::Rejected(Status::Malformed))?;
+    match outcome.status {
+        Status::Ok => Ok(Versioned {
+            version: outcome.version,
+            value: Some(outcome.value.unwrap_or_default()),
+        }),
+        Status::NotFound => Ok(Versioned {
+            version: outcome.version,
+            value: None,
+        }),
+        other => Err(status_error(other)),
+    }
+}
+
+/// Delivers replies arriving on one transport to the calls waiting for them.
+async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
+    let mut buf = vec![0u8; fulva_proto::frame::MAX_DATAGRAM + 1];
+    loop {
+        let len = match transport.recv_from(&mut buf).await {
+            Ok((len, _from)) => len,
+            Err(err) => {
+                tracing::debug!(error = %err, "client receive failed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let frame = Bytes::copy_from_slice(&buf[..len]);
+        match Reply::decode(&frame) {
+            Ok(reply) => {
+                let waiter = inner
+                    .pending_shard(reply.request_id)
+                    .lock()
+                    .remove(&reply.request_id);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(reply);
+                    }
+                    None => {
+                        inner.stats.late_replies.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(_) => {
+                inner.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Follows the control endpoint's map changes; reconnects after errors.
+async fn watch_loop<T: Transport>(
+    mut control: ShardMapServiceClient<Channel>,
+    inner: Weak<Inner<T>>,
+) {
+    loop {
+        let Some(after_epoch) = inner.upgrade().map(|i| i.map.read().epoch) else {
+            return;
+        };
+        if let Ok(response) = control
+            .watch_shard_map(WatchShardMapRequest { after_epoch })
+            .await
+        {
+            let mut stream = response.into_inner();
+            while let Ok(Some(msg)) = stream.message().await {
+                let Some(inner) = inner.upgrade() else { return };
+                if let Ok(map) = ShardMap::try_from(msg) {
+                    inner.install(map);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqTracker;
+
+    #[test]
+    fn ack_is_the_oldest_unfinished_seq() {
+        let mut t = SeqTracker::default();
+        let (a, b, c) = (t.begin(), t.begin(), t.begin());
+        assert_eq!(t.ack(), a);
+        t.end(b);
+        assert_eq!(t.ack(), a);
+        t.end(a);
+        assert_eq!(t.ack(), c);
+        t.end(c);
+        assert_eq!(t.ack(), c + 1);
+    }
+}

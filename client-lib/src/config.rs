@@ -1,0 +1,50 @@
+//! Client settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Settings of a [`Client`](crate::Client).
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// gRPC address of the control endpoint serving the shard map, e.g. `http://127.0.0.1:7000`.
+    pub control_endpoint: String,
+    /// Local address of the data-path sockets.
+    pub bind_addr: SocketAddr,
+    /// Data-path sockets, each with its own receive task (spreads load over node workers).
+    pub sockets: usize,
+    /// First retransmission timeout; doubles on every retransmission.
+    pub initial_timeout: Duration,
+    /// Largest retransmission timeout.
+    pub max_timeout: Duration,
+    /// Deadline of one call, all retransmissions and redirects included.
+    pub deadline: Duration,
+    /// Largest key the client sends, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value the client sends, in bytes.
+    pub max_value_bytes: usize,
+    /// Follow map changes with a WatchShardMap stream (besides refreshing on redirects).
+    pub watch_map: bool,
+}
+
+impl ClientConfig {
+    /// Defaults for a control endpoint at `endpoint` (`host:port` or a URL).
+    pub fn new(endpoint: impl Into<String>) -> ClientConfig {
+        let endpoint = endpoint.into();
+        let control_endpoint = if endpoint.contains("://") {
+            endpoint
+        } else {
+            format!("http://{endpoint}")
+        };
+        ClientConfig {
+            control_endpoint,
+            bind_addr: "127.0.0.1:0".parse().expect("valid address"),
+            sockets: 2,
+            initial_timeout: Duration::from_millis(20),
+            max_timeout: Duration::from_millis(500),
+            deadline: Duration::from_secs(10),
+            max_key_bytes: 1024,
+            max_value_bytes: 60_000,
+            watch_map: true,
+        }
+    }
+}

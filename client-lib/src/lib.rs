@@ -1,0 +1,32 @@
+//! `fulva-client`: the smart client of Fulva.
+//!
+//! The client fetches the shard map from the control endpoint and caches it,
+//! sends each request straight to the node serving the key, keeps many
+//! requests in flight over a few UDP sockets, retransmits on timeout with the
+//! same sequence number (so a write applies at most once), follows redirects,
+//! and refreshes the map when a node reports a newer epoch.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fulva_client::ClientError> {
+//! use fulva_client::{Client, ClientConfig};
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:7000")).await?;
+//! client.put("user:1", "ada").await?;
+//! assert_eq!(client.get("user:1").await?.as_deref(), Some(b"ada".as_slice()));
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`client`]: [`Client`] and its request path.
+//! - [`config`]: [`ClientConfig`].
+//! - [`error`]: [`ClientError`].
+//! - [`stats`]: [`ClientStats`].
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod stats;
+
+pub use client::{Client, Versioned};
+pub use config::ClientConfig;
+pub use error::ClientError;
+pub use stats::ClientStats;

@@ -1,0 +1,27 @@
+//! Client counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters kept by a client.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Datagrams sent again after a timeout.
+    pub retransmits: AtomicU64,
+    /// Redirect replies followed.
+    pub redirects: AtomicU64,
+    /// Shard maps fetched after a redirect.
+    pub map_refreshes: AtomicU64,
+    /// Calls or attempts that ran out of time.
+    pub timeouts: AtomicU64,
+    /// Replies that arrived after their call was answered or gave up.
+    pub late_replies: AtomicU64,
+    /// Datagrams that did not decode as replies.
+    pub bad_replies: AtomicU64,
+}
+
+impl ClientStats {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
