@@ -1,0 +1,4 @@
+//! `fulva bench`: whole-system benchmarks with readable (and JSON) output.
+
+pub mod kv;
+pub mod redis;

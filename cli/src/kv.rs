@@ -1,0 +1,90 @@
+//! `fulva kv`: one-off reads and writes against a running cluster.
+
+use fulva_client::{Client, ClientConfig};
+
+/// Options of `fulva kv`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KvArgs {
+    /// Control endpoint of the cluster (as printed by `fulva up`).
+    #[arg(long, env = "FULVA_ENDPOINT", default_value = "127.0.0.1:7000")]
+    pub endpoint: String,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: KvCommand,
+}
+
+/// One key-value operation.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum KvCommand {
+    /// Print the value of KEY (exit code 1 if absent).
+    Get {
+        /// Key.
+        key: String,
+        /// Also print the object version.
+        #[arg(long)]
+        version: bool,
+    },
+    /// Store VALUE under KEY.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Delete KEY (exit code 1 if it did not exist).
+    Del {
+        /// Key.
+        key: String,
+    },
+    /// Print the values of several keys.
+    Mget {
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+/// Runs `fulva kv`; returns whether the key was found (for the exit code).
+pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
+    let mut config = ClientConfig::new(args.endpoint.clone());
+    config.sockets = 1;
+    config.watch_map = false;
+    let client = Client::connect(config).await?;
+    match args.command {
+        KvCommand::Get { key, version } => {
+            let read = client.get_versioned(&key).await?;
+            match read.value {
+                Some(value) if version => println!(
+                    "{} (version {})",
+                    String::from_utf8_lossy(&value),
+                    read.version
+                ),
+                Some(value) => println!("{}", String::from_utf8_lossy(&value)),
+                None => {
+                    eprintln!("{key}: not found");
+                    return Ok(false);
+                }
+            }
+        }
+        KvCommand::Put { key, value } => {
+            let version = client.put(&key, &value).await?;
+            println!("OK (version {version})");
+        }
+        KvCommand::Del { key } => {
+            if !client.delete(&key).await? {
+                eprintln!("{key}: not found");
+                return Ok(false);
+            }
+            println!("deleted");
+        }
+        KvCommand::Mget { keys } => {
+            for (key, value) in keys.iter().zip(client.multi_get(&keys).await?) {
+                match value {
+                    Some(v) => println!("{key}\t{}", String::from_utf8_lossy(&v)),
+                    None => println!("{key}\t(not found)"),
+                }
+            }
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,19 @@
+//! The `fulva` command's library: everything the binary runs, so tests can
+//! drive it.
+//!
+//! # Layout
+//! - [`local`]: [`LocalCluster`], a whole cluster in one process.
+//! - [`workload`]: YCSB mixes, zipfian keys, closed-loop runner and recorder.
+//! - [`sessions`]: workload sessions for Fulva and Redis.
+//! - [`up`]: `fulva up`.
+//! - [`kv`]: `fulva kv get|put|del|mget`.
+//! - [`bench`]: `fulva bench kv`.
+
+pub mod bench;
+pub mod kv;
+pub mod local;
+pub mod sessions;
+pub mod up;
+pub mod workload;
+
+pub use local::{LocalCluster, LocalClusterConfig};

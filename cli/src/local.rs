@@ -1,0 +1,144 @@
+//! A whole Fulva cluster in one process: nodes, the coordinator and its
+//! control endpoint. `fulva up`, `fulva bench` and the multi-node tests all
+//! run on this.
+
+use fulva_client::{Client, ClientConfig};
+use fulva_kvnode::{NodeConfig, NodeHandle};
+use fulva_operator::{Coordinator, FileMapStore, MapStore, MemoryMapStore, ShardMapServiceImpl};
+use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
+use fulva_proto::NodeInfo;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Shape of a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalClusterConfig {
+    /// Storage nodes to start.
+    pub nodes: u32,
+    /// Shards the hash space starts with (spread round-robin).
+    pub shards: u32,
+    /// Settings every node starts from (id and ports are filled in per node).
+    pub node: NodeConfig,
+    /// Address of the control endpoint (shard-map service).
+    pub control_addr: SocketAddr,
+    /// Where the coordinator keeps the map (`None`: in memory).
+    pub map_file: Option<PathBuf>,
+}
+
+impl Default for LocalClusterConfig {
+    fn default() -> Self {
+        LocalClusterConfig {
+            nodes: 3,
+            shards: 12,
+            node: NodeConfig::loopback(0),
+            control_addr: "127.0.0.1:0".parse().expect("valid address"),
+            map_file: None,
+        }
+    }
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    /// The storage nodes.
+    pub nodes: Vec<NodeHandle>,
+    /// The coordinator.
+    pub coordinator: Arc<Coordinator>,
+    /// Bound address of the control endpoint.
+    pub control_addr: SocketAddr,
+    shutdown: CancellationToken,
+    control_task: JoinHandle<()>,
+}
+
+impl LocalCluster {
+    /// Starts the nodes, bootstraps the shard map and serves the control endpoint.
+    pub async fn start(config: LocalClusterConfig) -> anyhow::Result<LocalCluster> {
+        anyhow::ensure!(config.nodes >= 1, "a cluster needs at least one node");
+        let mut nodes = Vec::new();
+        for id in 0..config.nodes {
+            let node_config = NodeConfig {
+                node_id: id,
+                data_addr: with_port(config.node.data_addr, 0),
+                control_addr: with_port(config.node.control_addr, 0),
+                metrics_addr: with_port(config.node.metrics_addr, 0),
+                ..config.node.clone()
+            };
+            nodes.push(fulva_kvnode::start(node_config).await?);
+        }
+        let infos = nodes
+            .iter()
+            .map(|n| NodeInfo {
+                id: n.node_id,
+                data_addr: n.data_addr,
+                control_addr: n.control_addr,
+            })
+            .collect();
+        let store: Arc<dyn MapStore> = match &config.map_file {
+            Some(path) => Arc::new(FileMapStore::new(path.clone())),
+            None => Arc::new(MemoryMapStore::default()),
+        };
+        // Nodes of a local cluster are new processes' memory: an old map names
+        // old addresses, so a fresh map replaces it.
+        let coordinator =
+            Arc::new(Coordinator::bootstrap(store, infos, config.shards, true).await?);
+        let listener = tokio::net::TcpListener::bind(config.control_addr)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot bind the control endpoint {}: {e}",
+                    config.control_addr
+                )
+            })?;
+        let control_addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let service = ShardMapServiceServer::new(ShardMapServiceImpl::new(coordinator.clone()));
+        let token = shutdown.clone();
+        let control_task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(err) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %err, "control endpoint failed");
+            }
+        });
+        Ok(LocalCluster {
+            nodes,
+            coordinator,
+            control_addr,
+            shutdown,
+            control_task,
+        })
+    }
+
+    /// The control endpoint as a client connects to it.
+    pub fn control_endpoint(&self) -> String {
+        format!("http://{}", self.control_addr)
+    }
+
+    /// A client of this cluster with default settings.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(ClientConfig::new(self.control_endpoint())).await?)
+    }
+
+    /// The node with id `id`.
+    pub fn node(&self, id: u32) -> Option<&NodeHandle> {
+        self.nodes.iter().find(|n| n.node_id == id)
+    }
+
+    /// Stops the control endpoint and every node.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.control_task.await;
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.ip(), port)
+}

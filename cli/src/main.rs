@@ -1,0 +1,68 @@
+//! `fulva`: run a local cluster, read and write keys, benchmark.
+
+use clap::{Parser, Subcommand};
+use fulva_cli::{bench, kv, up};
+
+/// Fulva: an in-memory key-value store whose shards move live.
+#[derive(Parser, Debug)]
+#[command(name = "fulva", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local cluster (nodes, coordinator, load generator) and show it live.
+    Up(up::UpArgs),
+    /// Read and write keys of a running cluster.
+    Kv(kv::KvArgs),
+    /// Run a benchmark.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+    /// Run one storage node (same as `fulva-kvnode`).
+    Node {
+        #[command(flatten)]
+        node: fulva_kvnode::NodeConfig,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Closed-loop key-value load (YCSB mixes), optionally against Redis too.
+    Kv(bench::kv::KvBenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await.map(|()| true),
+        Command::Kv(args) => kv::run(args).await,
+        Command::Bench {
+            which: BenchCommand::Kv(args),
+        } => bench::kv::run(args).await.map(|()| true),
+        Command::Node { node } => fulva_kvnode::run(node, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map(|()| true)
+        .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(err) => {
+            eprintln!("fulva: error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Closed-loop YCSB-style workloads, shared by `fulva up` and `fulva bench`.
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How keys are picked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Distribution {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipfian with this skew (YCSB uses 0.99); key 0 is the hottest.
+    Zipfian(f64),
+}
+
+/// The standard YCSB core mixes used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Mix {
+    /// 50% reads, 50% updates.
+    #[value(name = "ycsb-a")]
+    A,
+    /// 95% reads, 5% updates.
+    #[value(name = "ycsb-b")]
+    B,
+    /// 100% reads.
+    #[value(name = "ycsb-c")]
+    C,
+}
+
+impl Mix {
+    /// Fraction of operations that are reads.
+    pub fn read_fraction(self) -> f64 {
+        match self {
+            Mix::A => 0.5,
+            Mix::B => 0.95,
+            Mix::C => 1.0,
+        }
+    }
+
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::A => "ycsb-a",
+            Mix::B => "ycsb-b",
+            Mix::C => "ycsb-c",
+        }
+    }
+}
+
+/// What a workload does.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkloadSpec {
+    /// Fraction of reads (the rest are updates).
+    pub read_fraction: f64,
+    /// Key choice.
+    pub distribution: Distribution,
+    /// Keys in the keyspace (`key(0)..key(keys - 1)`).
+    pub keys: u64,
+    /// Bytes per value.
+    pub value_size: usize,
+}
+
+/// The key with index `i`.
+pub fn key(i: u64) -> String {
+    format!("user{i:012}")
+}
+
+/// Writes the key with index `i` into `buf` (no allocation on the hot path).
+pub fn key_into(i: u64, buf: &mut Vec<u8>) {
+    buf.clear();
+    let _ = write!(buf, "user{i:012}");
+}
+
+/// Zipfian ranks in `0..n` after Gray et al., "Quickly generating
+/// billion-record synthetic databases" (the generator YCSB uses).
+#[derive(Clone, Debug)]
+pub struct Zipfian {
+    n: f64,
+    theta: f64,
+    alpha: f64,
+    zetan: f64,
+    eta: f64,
+}
+
+impl Zipfian {
+    /// A generator over `n` items with skew `theta` (0 < theta < 1).
+    pub fn new(n: u64, theta: f64) -> Zipfian {
+        let zeta = |count: u64| {
+            (1..=count)
+                .map(|i| 1.0 / (i as f64).powf(theta))
+                .sum::<f64>()
+        };
+        let zetan = zeta(n);
+        let zeta2 = zeta(2.min(n));
+        let nf = n as f64;
+        Zipfian {
+            n: nf,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zetan,
+            eta: (1.0 - (2.0 / nf).powf(1.0 - theta)) / (1.0 - zeta2 / zetan),
+        }
+    }
+
+    /// The next rank, from a uniform draw `u` in [0, 1).
+    pub fn rank(&self, u: f64) -> u64 {
+        let uz = u * self.zetan;
+        if uz < 1.0 {
+            return 0;
+        }
+        if uz < 1.0 + 0.5f64.powf(self.theta) {
+            return 1;
+        }
+        ((self.n * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64).min(self.n as u64 - 1)
+    }
+}
+
+/// Picks key indices by a [`Distribution`].
+#[derive(Clone, Debug)]
+pub enum KeyChooser {
+    /// Uniform over `0..n`.
+    Uniform(u64),
+    /// Zipfian ranks.
+    Zipfian(Zipfian),
+}
+
+impl KeyChooser {
+    /// A chooser for `spec`.
+    pub fn new(spec: &WorkloadSpec) -> KeyChooser {
+        match spec.distribution {
+            Distribution::Uniform => KeyChooser::Uniform(spec.keys.max(1)),
+            Distribution::Zipfian(theta) => {
+                KeyChooser::Zipfian(Zipfian::new(spec.keys.max(1), theta))
+            }
+        }
+    }
+
+    /// Next key index.
+    pub fn next(&self, rng: &mut SmallRng) -> u64 {
+        match self {
+            KeyChooser::Uniform(n) => rng.random_range(0..*n),
+            KeyChooser::Zipfian(z) => z.rank(rng.random::<f64>()),
+        }
+    }
+}
+
+/// One client's view of the store under test (a Fulva client, a Redis connection).
+pub trait Session: Send + 'static {
+    /// Reads `key`.
+    fn get(&mut self, key: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Writes `value` under `key`.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Which bucket (node) latency of `key` is recorded under.
+    fn bucket(&self, key: &[u8]) -> usize;
+}
+
+/// Latency histograms (nanoseconds) per bucket, filled by one task.
+pub struct TaskRecord {
+    /// One histogram per bucket.
+    pub latency: Vec<Histogram<u64>>,
+    /// Failed operations.
+    pub errors: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+impl TaskRecord {
+    fn new(buckets: usize) -> TaskRecord {
+        TaskRecord {
+            latency: (0..buckets).map(|_| histogram()).collect(),
+            errors: 0,
+        }
+    }
+}
+
+/// Collects latencies from every task; read by a reporter while tasks run.
+pub struct Recorder {
+    buckets: usize,
+    tasks: Mutex<Vec<Arc<Mutex<TaskRecord>>>>,
+}
+
+/// Latency summary of a set of operations.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    /// Operations completed.
+    pub ops: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: f64,
+}
+
+impl Summary {
+    /// Summarizes a histogram in nanoseconds.
+    pub fn of(h: &Histogram<u64>, errors: u64) -> Summary {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+        Summary {
+            ops: h.len(),
+            errors,
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+        }
+    }
+}
+
+impl Recorder {
+    /// A recorder with `buckets` latency buckets.
+    pub fn new(buckets: usize) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            buckets: buckets.max(1),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn task(&self) -> Arc<Mutex<TaskRecord>> {
+        let record = Arc::new(Mutex::new(TaskRecord::new(self.buckets)));
+        self.tasks.lock().push(record.clone());
+        record
+    }
+
+    /// Takes everything recorded since the last call, merged per bucket.
+    pub fn drain(&self) -> (Vec<Histogram<u64>>, u64) {
+        let mut merged: Vec<Histogram<u64>> = (0..self.buckets).map(|_| histogram()).collect();
+        let mut errors = 0;
+        for task in self.tasks.lock().iter() {
+            let mut record = task.lock();
+            for (into, from) in merged.iter_mut().zip(record.latency.iter_mut()) {
+                let _ = into.add(&*from);
+                from.reset();
+            }
+            errors += std::mem::take(&mut record.errors);
+        }
+        (merged, errors)
+    }
+}
+
+/// Runs one closed-loop task per session until `stop` is cancelled or
+/// `max_ops` operations are done in total.
+pub async fn run_closed_loop<S: Session>(
+    sessions: Vec<S>,
+    spec: WorkloadSpec,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+    max_ops: u64,
+    seed: u64,
+) {
+    let chooser = Arc::new(KeyChooser::new(&spec));
+    let remaining = Arc::new(std::sync::atomic::AtomicU64::new(max_ops));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut session) in sessions.into_iter().enumerate() {
+        let (chooser, record, stop, remaining) = (
+            chooser.clone(),
+            recorder.task(),
+            stop.clone(),
+            remaining.clone(),
+        );
+        tasks.spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(i as u64));
+            let mut key = Vec::with_capacity(32);
+            let mut value = vec![0u8; spec.value_size];
+            while !stop.is_cancelled() {
+                if remaining
+                    .fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |r| r.checked_sub(1),
+                    )
+                    .is_err()
+                {
+                    break;
+                }
+                key_into(chooser.next(&mut rng), &mut key);
+                let bucket = session.bucket(&key);
+                let read = rng.random_bool(spec.read_fraction.clamp(0.0, 1.0));
+                let started = Instant::now();
+                let result = if read {
+                    session.get(&key).await
+                } else {
+                    rng.fill(&mut value[..]);
+                    session.put(&key, &value).await
+                };
+                let elapsed = started.elapsed().as_nanos() as u64;
+                let mut r = record.lock();
+                match result {
+                    Ok(()) => {
+                        let _ = r.latency[bucket].record(elapsed.max(1));
+                    }
+                    Err(_) => r.errors += 1,
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Writes `keys` keys of `value_size` bytes with `concurrency` writers,
+/// printing progress to stderr every second when `progress` is set.
+pub async fn load<S: Session>(
+    sessions: Vec<S>,
+    keys: u64,
+    value_size: usize,
+    progress: Option<&str>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut session) in sessions.into_iter().enumerate() {
+        let (next, done) = (next.clone(), done.clone());
+        tasks.spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(i as u64);
+            let mut key = Vec::with_capacity(32);
+            let mut value = vec![0u8; value_size];
+            loop {
+                let idx = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if idx >= keys {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                key_into(idx, &mut key);
+                rng.fill(&mut value[..]);
+                session.put(&key, &value).await?;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let label = progress.map(str::to_string);
+    let reporter = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let Some(label) = label else { return };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let n = done.load(std::sync::atomic::Ordering::Relaxed);
+                eprintln!(
+                    "  loading {label}: {n}/{keys} keys ({:.0}%)",
+                    n as f64 * 100.0 / keys.max(1) as f64
+                );
+            }
+        }
+    });
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(err)) = joined {
+            result = Err(err);
+        }
+    }
+    reporter.abort();
+    result.map(|()| started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipfian_is_skewed_towards_low_ranks() {
+        let z = Zipfian::new(1_000, 0.99);
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut counts = vec![0u32; 1_000];
+        for _ in 0..100_000 {
+            counts[z.rank(rng.random()) as usize] += 1;
+        }
+        // Rank 0 alone gets a large share; the tail is thin but reached.
+        assert!(counts[0] > 10_000, "rank 0 drew {}", counts[0]);
+        assert!(counts[0] > counts[10] * 5);
+        assert!(counts[500..].iter().any(|&c| c > 0));
+    }
+
+    #[test]
+    fn uniform_stays_in_range() {
+        let spec = WorkloadSpec {
+            read_fraction: 1.0,
+            distribution: Distribution::Uniform,
+            keys: 10,
+            value_size: 1,
+        };
+        let chooser = KeyChooser::new(&spec);
+        let mut rng = SmallRng::seed_from_u64(1);
+        assert!((0..1_000).all(|_| chooser.next(&mut rng) < 10));
+        assert_eq!(key(7), "user000000000007");
+    }
+}
