@@ -54,11 +54,9 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
         KvCommand::Get { key, version } => {
             let read = client.get_versioned(&key).await?;
             match read.value {
-                Some(value) if version => println!(
-                    "{} (version {})",
-                    String::from_utf8_lossy(&value),
-                    read.version
-                ),
+                Some(value) if version => {
+                    println!("{} (version {})", String::from_utf8_lossy(&value), read.version)
+                }
                 Some(value) => println!("{}", String::from_utf8_lossy(&value)),
                 None => {
                     eprintln!("{key}: not found");

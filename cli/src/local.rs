@@ -69,11 +69,7 @@ impl LocalCluster {
         }
         let infos = nodes
             .iter()
-            .map(|n| NodeInfo {
-                id: n.node_id,
-                data_addr: n.data_addr,
-                control_addr: n.control_addr,
-            })
+            .map(|n| NodeInfo { id: n.node_id, data_addr: n.data_addr, control_addr: n.control_addr })
             .collect();
         let store: Arc<dyn MapStore> = match &config.map_file {
             Some(path) => Arc::new(FileMapStore::new(path.clone())),
@@ -81,16 +77,10 @@ impl LocalCluster {
         };
         // Nodes of a local cluster are new processes' memory: an old map names
         // old addresses, so a fresh map replaces it.
-        let coordinator =
-            Arc::new(Coordinator::bootstrap(store, infos, config.shards, true).await?);
+        let coordinator = Arc::new(Coordinator::bootstrap(store, infos, config.shards, true).await?);
         let listener = tokio::net::TcpListener::bind(config.control_addr)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot bind the control endpoint {}: {e}",
-                    config.control_addr
-                )
-            })?;
+            .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", config.control_addr))?;
         let control_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let service = ShardMapServiceServer::new(ShardMapServiceImpl::new(coordinator.clone()));
@@ -105,13 +95,7 @@ impl LocalCluster {
                 tracing::error!(error = %err, "control endpoint failed");
             }
         });
-        Ok(LocalCluster {
-            nodes,
-            coordinator,
-            control_addr,
-            shutdown,
-            control_task,
-        })
+        Ok(LocalCluster { nodes, coordinator, control_addr, shutdown, control_task })
     }
 
     /// The control endpoint as a client connects to it.

@@ -47,9 +47,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args).await.map(|()| true),
         Command::Kv(args) => kv::run(args).await,
-        Command::Bench {
-            which: BenchCommand::Kv(args),
-        } => bench::kv::run(args).await.map(|()| true),
+        Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
         Command::Node { node } => fulva_kvnode::run(node, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -51,11 +51,9 @@ impl RedisSession {
     }
 
     fn push_command(&mut self, parts: &[&[u8]]) {
-        self.out
-            .extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+        self.out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
         for part in parts {
-            self.out
-                .extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            self.out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
             self.out.extend_from_slice(part);
             self.out.extend_from_slice(b"\r\n");
         }

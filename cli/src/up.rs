@@ -58,10 +58,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config = LocalClusterConfig {
         nodes: args.nodes,
         shards: args.shards,
-        node: NodeConfig {
-            workers: args.workers.max(1),
-            ..NodeConfig::loopback(0)
-        },
+        node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
         control_addr: args.control_addr,
         map_file: Some(args.data_dir.join("shard-map.json")),
     };
@@ -97,13 +94,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let recorder = Recorder::new(args.nodes as usize);
     let mut load = None;
     if !args.no_workload {
-        let client =
-            fulva_client::Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
+        let client = fulva_client::Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
         let session = FulvaSession { client };
-        eprintln!(
-            "fulva: loading {} keys of {} bytes",
-            args.keys, args.value_size
-        );
+        eprintln!("fulva: loading {} keys of {} bytes", args.keys, args.value_size);
         let loaders = vec![session.clone(); args.clients.clamp(1, 64)];
         tokio::select! {
             loaded = workload::load(loaders, args.keys, args.value_size, Some("workload keys")) => {
@@ -191,21 +184,14 @@ impl Display {
             map.epoch,
             cluster.control_addr
         ));
-        out.push_str(
-            "node  ranges     objects     served ops/s   client p50 us   p99 us   p99.9 us\n",
-        );
+        out.push_str("node  ranges     objects     served ops/s   client p50 us   p99 us   p99.9 us\n");
         let mut total_rate = 0.0;
         for (i, node) in cluster.nodes.iter().enumerate() {
             let rate = ops[i].saturating_sub(self.last[i]) as f64 / secs;
             total_rate += rate;
             let mut objects = 0;
-            node.handler
-                .ownership
-                .for_each(|r| objects += r.metrics.objects.get());
-            let s = latency
-                .get(i)
-                .map(|h| Summary::of(h, 0))
-                .unwrap_or_default();
+            node.handler.ownership.for_each(|r| objects += r.metrics.objects.get());
+            let s = latency.get(i).map(|h| Summary::of(h, 0)).unwrap_or_default();
             if let Some(t) = totals.get_mut(i) {
                 *t += s.ops;
             }

@@ -91,11 +91,7 @@ pub struct Zipfian {
 impl Zipfian {
     /// A generator over `n` items with skew `theta` (0 < theta < 1).
     pub fn new(n: u64, theta: f64) -> Zipfian {
-        let zeta = |count: u64| {
-            (1..=count)
-                .map(|i| 1.0 / (i as f64).powf(theta))
-                .sum::<f64>()
-        };
+        let zeta = |count: u64| (1..=count).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
         let zetan = zeta(n);
         let zeta2 = zeta(2.min(n));
         let nf = n as f64;
@@ -135,9 +131,7 @@ impl KeyChooser {
     pub fn new(spec: &WorkloadSpec) -> KeyChooser {
         match spec.distribution {
             Distribution::Uniform => KeyChooser::Uniform(spec.keys.max(1)),
-            Distribution::Zipfian(theta) => {
-                KeyChooser::Zipfian(Zipfian::new(spec.keys.max(1), theta))
-            }
+            Distribution::Zipfian(theta) => KeyChooser::Zipfian(Zipfian::new(spec.keys.max(1), theta)),
         }
     }
 
@@ -174,10 +168,7 @@ fn histogram() -> Histogram<u64> {
 
 impl TaskRecord {
     fn new(buckets: usize) -> TaskRecord {
-        TaskRecord {
-            latency: (0..buckets).map(|_| histogram()).collect(),
-            errors: 0,
-        }
+        TaskRecord { latency: (0..buckets).map(|_| histogram()).collect(), errors: 0 }
     }
 }
 
@@ -206,23 +197,14 @@ impl Summary {
     /// Summarizes a histogram in nanoseconds.
     pub fn of(h: &Histogram<u64>, errors: u64) -> Summary {
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
-        Summary {
-            ops: h.len(),
-            errors,
-            p50_us: us(0.5),
-            p99_us: us(0.99),
-            p999_us: us(0.999),
-        }
+        Summary { ops: h.len(), errors, p50_us: us(0.5), p99_us: us(0.99), p999_us: us(0.999) }
     }
 }
 
 impl Recorder {
     /// A recorder with `buckets` latency buckets.
     pub fn new(buckets: usize) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            buckets: buckets.max(1),
-            tasks: Mutex::new(Vec::new()),
-        })
+        Arc::new(Recorder { buckets: buckets.max(1), tasks: Mutex::new(Vec::new()) })
     }
 
     fn task(&self) -> Arc<Mutex<TaskRecord>> {
@@ -261,12 +243,8 @@ pub async fn run_closed_loop<S: Session>(
     let remaining = Arc::new(std::sync::atomic::AtomicU64::new(max_ops));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut session) in sessions.into_iter().enumerate() {
-        let (chooser, record, stop, remaining) = (
-            chooser.clone(),
-            recorder.task(),
-            stop.clone(),
-            remaining.clone(),
-        );
+        let (chooser, record, stop, remaining) =
+            (chooser.clone(), recorder.task(), stop.clone(), remaining.clone());
         tasks.spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(i as u64));
             let mut key = Vec::with_capacity(32);
@@ -383,12 +361,8 @@ mod tests {
 
     #[test]
     fn uniform_stays_in_range() {
-        let spec = WorkloadSpec {
-            read_fraction: 1.0,
-            distribution: Distribution::Uniform,
-            keys: 10,
-            value_size: 1,
-        };
+        let spec =
+            WorkloadSpec { read_fraction: 1.0, distribution: Distribution::Uniform, keys: 10, value_size: 1 };
         let chooser = KeyChooser::new(&spec);
         let mut rng = SmallRng::seed_from_u64(1);
         assert!((0..1_000).all(|_| chooser.next(&mut rng) < 10));

@@ -85,9 +85,7 @@ pub struct Client<T: Transport = UdpTransport> {
 
 impl<T: Transport> Clone for Client<T> {
     fn clone(&self) -> Self {
-        Client {
-            inner: self.inner.clone(),
-        }
+        Client { inner: self.inner.clone() }
     }
 }
 
@@ -103,23 +101,15 @@ impl Client<UdpTransport> {
 }
 
 fn control_error(config: &ClientConfig, message: impl ToString) -> ClientError {
-    ClientError::Control {
-        endpoint: config.control_endpoint.clone(),
-        message: message.to_string(),
-    }
+    ClientError::Control { endpoint: config.control_endpoint.clone(), message: message.to_string() }
 }
 
 impl<T: Transport> Client<T> {
     /// Like [`Client::connect`], over transports the caller made (fault
     /// injection, DPDK).
-    pub async fn with_transports(
-        config: ClientConfig,
-        transports: Vec<T>,
-    ) -> Result<Client<T>, ClientError> {
+    pub async fn with_transports(config: ClientConfig, transports: Vec<T>) -> Result<Client<T>, ClientError> {
         if transports.is_empty() {
-            return Err(ClientError::Io(std::io::Error::other(
-                "no transports given",
-            )));
+            return Err(ClientError::Io(std::io::Error::other("no transports given")));
         }
         let channel = Channel::from_shared(config.control_endpoint.clone())
             .map_err(|e| control_error(&config, e))?
@@ -132,9 +122,7 @@ impl<T: Transport> Client<T> {
         let inner = Arc::new(Inner {
             client_id: rand::random::<u64>() | 1,
             transports: transports.into_iter().map(Arc::new).collect(),
-            pending: (0..PENDING_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            pending: (0..PENDING_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_request_id: AtomicU64::new(1),
             seqs: Mutex::new(SeqTracker::default()),
             map: RwLock::new(Arc::new(map)),
@@ -150,10 +138,7 @@ impl<T: Transport> Client<T> {
             .map(|t| tokio::spawn(receive_loop(t.clone(), Arc::downgrade(&inner))))
             .collect();
         if inner.config.watch_map {
-            tasks.push(tokio::spawn(watch_loop(
-                inner.control.clone(),
-                Arc::downgrade(&inner),
-            )));
+            tasks.push(tokio::spawn(watch_loop(inner.control.clone(), Arc::downgrade(&inner))));
         }
         *inner.tasks.lock() = tasks;
         Ok(Client { inner })
@@ -187,10 +172,7 @@ impl<T: Transport> Client<T> {
             return Ok(cached);
         }
         let map = fetch_map(&mut self.inner.control.clone(), &self.inner.config).await?;
-        self.inner
-            .stats
-            .map_refreshes
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.map_refreshes.fetch_add(1, Ordering::Relaxed);
         Ok(self.inner.install(map))
     }
 
@@ -203,29 +185,18 @@ impl<T: Transport> Client<T> {
     pub async fn get_versioned(&self, key: impl AsRef<[u8]>) -> Result<Versioned, ClientError> {
         let key = key.as_ref();
         self.check_key(key)?;
-        let reply = self
-            .call(RequestBody::Get { key }, key_hash(key), 0)
-            .await?;
+        let reply = self.call(RequestBody::Get { key }, key_hash(key), 0).await?;
         versioned(reply.outcomes.into_iter().next())
     }
 
     /// Writes `value` under `key`; returns the version given to the write.
-    pub async fn put(
-        &self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-    ) -> Result<u64, ClientError> {
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, ClientError> {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.check_key(key)?;
         if value.len() > self.inner.config.max_value_bytes {
-            return Err(ClientError::TooLarge(format!(
-                "value of {} bytes",
-                value.len()
-            )));
+            return Err(ClientError::TooLarge(format!("value of {} bytes", value.len())));
         }
-        let outcome = self
-            .write(RequestBody::Put { key, value }, key_hash(key))
-            .await?;
+        let outcome = self.write(RequestBody::Put { key, value }, key_hash(key)).await?;
         match outcome.status {
             Status::Ok => Ok(outcome.version),
             other => Err(status_error(other)),
@@ -236,9 +207,7 @@ impl<T: Transport> Client<T> {
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
         let key = key.as_ref();
         self.check_key(key)?;
-        let outcome = self
-            .write(RequestBody::Delete { key }, key_hash(key))
-            .await?;
+        let outcome = self.write(RequestBody::Delete { key }, key_hash(key)).await?;
         match outcome.status {
             Status::Ok => Ok(true),
             Status::NotFound => Ok(false),
@@ -247,20 +216,14 @@ impl<T: Transport> Client<T> {
     }
 
     /// Reads several keys, one frame per node (split when large); results follow `keys`.
-    pub async fn multi_get<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-    ) -> Result<Vec<Option<Bytes>>, ClientError> {
+    pub async fn multi_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>, ClientError> {
         for key in keys {
             self.check_key(key.as_ref())?;
         }
         let map = self.map();
         let mut groups: HashMap<Option<NodeId>, Vec<usize>> = HashMap::new();
         for (i, key) in keys.iter().enumerate() {
-            groups
-                .entry(map.owner_of(key_hash(key.as_ref())))
-                .or_default()
-                .push(i);
+            groups.entry(map.owner_of(key_hash(key.as_ref()))).or_default().push(i);
         }
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for (_, indices) in groups {
@@ -277,29 +240,24 @@ impl<T: Transport> Client<T> {
             }
             batches.push(batch);
         }
-        let calls = batches
-            .into_iter()
-            .filter(|b| !b.is_empty())
-            .map(|batch| async move {
-                let batch_keys: Vec<&[u8]> = batch.iter().map(|&i| keys[i].as_ref()).collect();
-                let hash = key_hash(batch_keys[0]);
-                let reply = self
-                    .call(RequestBody::MultiGet { keys: batch_keys }, hash, 0)
-                    .await?;
-                if reply.outcomes.len() != batch.len() {
-                    return Err(ClientError::Rejected(Status::Malformed));
-                }
-                let mut results = Vec::with_capacity(batch.len());
-                for (&i, outcome) in batch.iter().zip(reply.outcomes) {
-                    let value = match outcome.status {
-                        // Served elsewhere since the map was read: ask for it alone.
-                        Status::Redirect => self.get(keys[i].as_ref()).await?,
-                        _ => versioned(Some(outcome))?.value,
-                    };
-                    results.push((i, value));
-                }
-                Ok::<_, ClientError>(results)
-            });
+        let calls = batches.into_iter().filter(|b| !b.is_empty()).map(|batch| async move {
+            let batch_keys: Vec<&[u8]> = batch.iter().map(|&i| keys[i].as_ref()).collect();
+            let hash = key_hash(batch_keys[0]);
+            let reply = self.call(RequestBody::MultiGet { keys: batch_keys }, hash, 0).await?;
+            if reply.outcomes.len() != batch.len() {
+                return Err(ClientError::Rejected(Status::Malformed));
+            }
+            let mut results = Vec::with_capacity(batch.len());
+            for (&i, outcome) in batch.iter().zip(reply.outcomes) {
+                let value = match outcome.status {
+                    // Served elsewhere since the map was read: ask for it alone.
+                    Status::Redirect => self.get(keys[i].as_ref()).await?,
+                    _ => versioned(Some(outcome))?.value,
+                };
+                results.push((i, value));
+            }
+            Ok::<_, ClientError>(results)
+        });
         let mut out = vec![None; keys.len()];
         for results in futures::future::try_join_all(calls).await? {
             for (i, value) in results {
@@ -316,20 +274,12 @@ impl<T: Transport> Client<T> {
         Ok(())
     }
 
-    async fn write(
-        &self,
-        body: RequestBody<'_>,
-        hash: u64,
-    ) -> Result<fulva_proto::Outcome, ClientError> {
+    async fn write(&self, body: RequestBody<'_>, hash: u64) -> Result<fulva_proto::Outcome, ClientError> {
         let seq = self.inner.seqs.lock().begin();
         let result = self.call(body, hash, seq).await;
         self.inner.seqs.lock().end(seq);
         let reply = result?;
-        reply
-            .outcomes
-            .into_iter()
-            .next()
-            .ok_or_else(|| status_error(reply.status))
+        reply.outcomes.into_iter().next().ok_or_else(|| status_error(reply.status))
     }
 
     /// Sends one request until it gets a final reply: retransmits the same
@@ -344,10 +294,7 @@ impl<T: Transport> Client<T> {
         let mut frame = Vec::with_capacity(128);
         loop {
             let map = self.map();
-            let node = redirect
-                .take()
-                .filter(|n| map.node(*n).is_some())
-                .or_else(|| map.owner_of(hash));
+            let node = redirect.take().filter(|n| map.node(*n).is_some()).or_else(|| map.owner_of(hash));
             let Some(addr) = node.and_then(|n| map.node(n)).map(|n| n.data_addr) else {
                 return Err(ClientError::NoRoute(hash));
             };
@@ -361,14 +308,8 @@ impl<T: Transport> Client<T> {
                 epoch: map.epoch,
             };
             frame.clear();
-            Request {
-                header,
-                body: body.clone(),
-            }
-            .encode(&mut frame);
-            let reply = self
-                .exchange(request_id, &frame, addr, deadline, &mut attempts, op)
-                .await?;
+            Request { header, body: body.clone() }.encode(&mut frame);
+            let reply = self.exchange(request_id, &frame, addr, deadline, &mut attempts, op).await?;
             match reply.status {
                 Status::Redirect => {
                     inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
@@ -386,10 +327,7 @@ impl<T: Transport> Client<T> {
                 _ => return Ok(reply),
             }
             if Instant::now() >= deadline {
-                return Err(ClientError::Timeout {
-                    op: op.name(),
-                    attempts,
-                });
+                return Err(ClientError::Timeout { op: op.name(), attempts });
             }
         }
     }
@@ -406,10 +344,7 @@ impl<T: Transport> Client<T> {
         let inner = &self.inner;
         let transport = &inner.transports[(request_id % inner.transports.len() as u64) as usize];
         let (tx, mut rx) = oneshot::channel();
-        inner
-            .pending_shard(request_id)
-            .lock()
-            .insert(request_id, tx);
+        inner.pending_shard(request_id).lock().insert(request_id, tx);
         let mut timeout = inner.config.initial_timeout;
         let result = loop {
             *attempts += 1;
@@ -420,16 +355,11 @@ impl<T: Transport> Client<T> {
             let _ = transport.send_to(frame, addr).await;
             let now = Instant::now();
             if now >= deadline {
-                break Err(ClientError::Timeout {
-                    op: op.name(),
-                    attempts: *attempts,
-                });
+                break Err(ClientError::Timeout { op: op.name(), attempts: *attempts });
             }
             match tokio::time::timeout(timeout.min(deadline - now), &mut rx).await {
                 Ok(Ok(reply)) => break Ok(reply),
-                Ok(Err(_)) => {
-                    break Err(ClientError::Io(std::io::Error::other("client shut down")))
-                }
+                Ok(Err(_)) => break Err(ClientError::Io(std::io::Error::other("client shut down"))),
                 Err(_) => timeout = (timeout * 2).min(inner.config.max_timeout),
             }
         };
@@ -478,14 +408,10 @@ fn status_error(status: Status) -> ClientError {
 fn versioned(outcome: Option<fulva_proto::Outcome>) -> Result<Versioned, ClientError> {
     let outcome = outcome.ok_or(ClientError::Rejected(Status::Malformed))?;
     match outcome.status {
-        Status::Ok => Ok(Versioned {
-            version: outcome.version,
-            value: Some(outcome.value.unwrap_or_default()),
-        }),
-        Status::NotFound => Ok(Versioned {
-            version: outcome.version,
-            value: None,
-        }),
+        Status::Ok => {
+            Ok(Versioned { version: outcome.version, value: Some(outcome.value.unwrap_or_default()) })
+        }
+        Status::NotFound => Ok(Versioned { version: outcome.version, value: None }),
         other => Err(status_error(other)),
     }
 }
@@ -506,10 +432,7 @@ async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
         let frame = Bytes::copy_from_slice(&buf[..len]);
         match Reply::decode(&frame) {
             Ok(reply) => {
-                let waiter = inner
-                    .pending_shard(reply.request_id)
-                    .lock()
-                    .remove(&reply.request_id);
+                let waiter = inner.pending_shard(reply.request_id).lock().remove(&reply.request_id);
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(reply);
@@ -527,18 +450,12 @@ async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
 }
 
 /// Follows the control endpoint's map changes; reconnects after errors.
-async fn watch_loop<T: Transport>(
-    mut control: ShardMapServiceClient<Channel>,
-    inner: Weak<Inner<T>>,
-) {
+async fn watch_loop<T: Transport>(mut control: ShardMapServiceClient<Channel>, inner: Weak<Inner<T>>) {
     loop {
         let Some(after_epoch) = inner.upgrade().map(|i| i.map.read().epoch) else {
             return;
         };
-        if let Ok(response) = control
-            .watch_shard_map(WatchShardMapRequest { after_epoch })
-            .await
-        {
+        if let Ok(response) = control.watch_shard_map(WatchShardMapRequest { after_epoch }).await {
             let mut stream = response.into_inner();
             while let Ok(Some(msg)) = stream.message().await {
                 let Some(inner) = inner.upgrade() else { return };

@@ -30,11 +30,7 @@ impl ClientConfig {
     /// Defaults for a control endpoint at `endpoint` (`host:port` or a URL).
     pub fn new(endpoint: impl Into<String>) -> ClientConfig {
         let endpoint = endpoint.into();
-        let control_endpoint = if endpoint.contains("://") {
-            endpoint
-        } else {
-            format!("http://{endpoint}")
-        };
+        let control_endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
         ClientConfig {
             control_endpoint,
             bind_addr: "127.0.0.1:0".parse().expect("valid address"),

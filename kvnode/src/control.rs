@@ -4,8 +4,8 @@ use crate::handler::Handler;
 use crate::ownership::OwnershipError;
 use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
-    AssignRangeRequest, AssignRangeResponse, DropRangeRequest, DropRangeResponse, GetStatsRequest,
-    NodeStats, RangeStats, SetEpochRequest, SetEpochResponse,
+    AssignRangeRequest, AssignRangeResponse, DropRangeRequest, DropRangeResponse, GetStatsRequest, NodeStats,
+    RangeStats, SetEpochRequest, SetEpochResponse,
 };
 use fulva_proto::{HashRange, Op, ShardMapError};
 use std::sync::Arc;
@@ -28,9 +28,7 @@ impl From<ControlError> for Status {
             ControlError::Ownership(OwnershipError::Overlap { .. }) => {
                 Status::already_exists(err.to_string())
             }
-            ControlError::Ownership(OwnershipError::NotServed(_)) => {
-                Status::not_found(err.to_string())
-            }
+            ControlError::Ownership(OwnershipError::NotServed(_)) => Status::not_found(err.to_string()),
             ControlError::Ownership(OwnershipError::StaleEpoch { .. }) => {
                 Status::failed_precondition(err.to_string())
             }
@@ -63,14 +61,10 @@ impl NodeControl for ControlService {
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
         h.store.raise_version_floor(req.version_floor);
-        h.ownership
-            .assign(range, req.epoch, &h.metrics)
-            .map_err(ControlError::from)?;
+        h.ownership.assign(range, req.epoch, &h.metrics).map_err(ControlError::from)?;
         h.metrics.epoch.set(h.ownership.epoch() as i64);
         tracing::info!(%range, epoch = req.epoch, "range assigned");
-        Ok(Response::new(AssignRangeResponse {
-            epoch: h.ownership.epoch(),
-        }))
+        Ok(Response::new(AssignRangeResponse { epoch: h.ownership.epoch() }))
     }
 
     #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
@@ -82,9 +76,7 @@ impl NodeControl for ControlService {
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
         let new_owner = req.has_new_owner.then_some(req.new_owner);
-        h.ownership
-            .drop_range(range, req.epoch, new_owner, &h.metrics)
-            .map_err(ControlError::from)?;
+        h.ownership.drop_range(range, req.epoch, new_owner, &h.metrics).map_err(ControlError::from)?;
         let removed = h.store.remove_range(range);
         h.metrics.epoch.set(h.ownership.epoch() as i64);
         tracing::info!(%range, epoch = req.epoch, objects = -removed.objects, "range dropped");
@@ -98,18 +90,12 @@ impl NodeControl for ControlService {
         &self,
         request: Request<SetEpochRequest>,
     ) -> Result<Response<SetEpochResponse>, Status> {
-        let epoch = self
-            .handler
-            .ownership
-            .observe_epoch(request.into_inner().epoch);
+        let epoch = self.handler.ownership.observe_epoch(request.into_inner().epoch);
         self.handler.metrics.epoch.set(epoch as i64);
         Ok(Response::new(SetEpochResponse { epoch }))
     }
 
-    async fn get_stats(
-        &self,
-        _request: Request<GetStatsRequest>,
-    ) -> Result<Response<NodeStats>, Status> {
+    async fn get_stats(&self, _request: Request<GetStatsRequest>) -> Result<Response<NodeStats>, Status> {
         let h = &self.handler;
         let mut stats = NodeStats {
             node_id: h.node_id,

@@ -52,10 +52,7 @@ impl Handler {
             ownership: Ownership::default(),
             records: CompletionTable::new(config.client_record_ttl()),
             metrics: NodeMetrics::new(),
-            limits: Limits {
-                max_key_bytes: config.max_key_bytes,
-                max_value_bytes: config.max_value_bytes,
-            },
+            limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }
     }
 
@@ -102,12 +99,9 @@ impl Handler {
                 let outcome = self.read(key, Op::Get);
                 (outcome.status, vec![outcome])
             }
-            RequestBody::MultiGet { keys } => (
-                Status::Ok,
-                keys.iter()
-                    .map(|key| self.read(key, Op::MultiGet))
-                    .collect(),
-            ),
+            RequestBody::MultiGet { keys } => {
+                (Status::Ok, keys.iter().map(|key| self.read(key, Op::MultiGet)).collect())
+            }
             RequestBody::Put { key, value } => {
                 let outcome = self.write(&request.header, key, Some(value), op)?;
                 (outcome.status, vec![outcome])
@@ -117,8 +111,7 @@ impl Handler {
                 (outcome.status, vec![outcome])
             }
         };
-        self.metrics
-            .observe_latency(op, started.elapsed().as_secs_f64());
+        self.metrics.observe_latency(op, started.elapsed().as_secs_f64());
         Some(Reply {
             op: op as u8,
             status,
@@ -134,47 +127,37 @@ impl Handler {
             return Outcome::status(Status::TooLarge);
         }
         let hash = key_hash(key);
-        self.ownership
-            .with_placement(hash, |placement| match placement {
-                Placement::Served(range) => {
-                    range.metrics.count_op(op);
-                    match self.store.get(hash, key) {
-                        Some(object) => match object.value {
-                            Some(value) => {
-                                range.metrics.count_read_bytes(value.len());
-                                Outcome {
-                                    status: Status::Ok,
-                                    version: object.version,
-                                    redirect: None,
-                                    value: Some(value),
-                                }
-                            }
-                            None => Outcome {
-                                status: Status::NotFound,
+        self.ownership.with_placement(hash, |placement| match placement {
+            Placement::Served(range) => {
+                range.metrics.count_op(op);
+                match self.store.get(hash, key) {
+                    Some(object) => match object.value {
+                        Some(value) => {
+                            range.metrics.count_read_bytes(value.len());
+                            Outcome {
+                                status: Status::Ok,
                                 version: object.version,
                                 redirect: None,
-                                value: None,
-                            },
+                                value: Some(value),
+                            }
+                        }
+                        None => Outcome {
+                            status: Status::NotFound,
+                            version: object.version,
+                            redirect: None,
+                            value: None,
                         },
-                        None => Outcome::status(Status::NotFound),
-                    }
+                    },
+                    None => Outcome::status(Status::NotFound),
                 }
-                Placement::Elsewhere { redirect } => Outcome {
-                    status: Status::Redirect,
-                    version: 0,
-                    redirect,
-                    value: None,
-                },
-            })
+            }
+            Placement::Elsewhere { redirect } => {
+                Outcome { status: Status::Redirect, version: 0, redirect, value: None }
+            }
+        })
     }
 
-    fn write(
-        &self,
-        header: &RequestHeader,
-        key: &[u8],
-        value: Option<&[u8]>,
-        op: Op,
-    ) -> Option<Outcome> {
+    fn write(&self, header: &RequestHeader, key: &[u8], value: Option<&[u8]>, op: Op) -> Option<Outcome> {
         if key.len() > self.limits.max_key_bytes
             || value.is_some_and(|v| v.len() > self.limits.max_value_bytes)
         {
@@ -182,79 +165,57 @@ impl Handler {
         }
         let hash = key_hash(key);
         let tracked = header.seq != 0;
-        self.ownership
-            .with_placement(hash, |placement| match placement {
-                Placement::Elsewhere { redirect } => {
-                    // A retry of a write applied here before the range left is
-                    // answered from its record; only a never-applied write is redirected.
-                    if let Some(done) = tracked
-                        .then(|| self.records.lookup(header.client_id, header.seq))
-                        .flatten()
-                    {
-                        return Some(Outcome {
-                            status: done.status,
-                            version: done.version,
-                            redirect: None,
-                            value: None,
-                        });
-                    }
-                    Some(Outcome {
-                        status: Status::Redirect,
-                        version: 0,
-                        redirect,
-                        value: None,
-                    })
-                }
-                Placement::Served(range) => {
-                    if tracked {
-                        match self.records.admit(header.client_id, header.seq, header.ack) {
-                            Admission::Apply => {}
-                            Admission::Replay(done) => {
-                                return Some(Outcome {
-                                    status: done.status,
-                                    version: done.version,
-                                    redirect: None,
-                                    value: None,
-                                })
-                            }
-                            Admission::Stale => return Some(Outcome::status(Status::Stale)),
-                            Admission::InProgress => {
-                                self.metrics.count_drop(DropReason::InProgress);
-                                return None;
-                            }
-                        }
-                    }
-                    range.metrics.count_op(op);
-                    range
-                        .metrics
-                        .count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
-                    let result =
-                        self.store
-                            .write(hash, key, value.map(Bytes::copy_from_slice), false);
-                    apply_delta(&range.metrics, result.delta);
-                    let status = if value.is_none() && !result.existed {
-                        Status::NotFound
-                    } else {
-                        Status::Ok
-                    };
-                    if tracked {
-                        self.records.finish(
-                            header.client_id,
-                            header.seq,
-                            Completion {
-                                status,
-                                version: result.version,
-                            },
-                        );
-                    }
-                    Some(Outcome {
-                        status,
-                        version: result.version,
+        self.ownership.with_placement(hash, |placement| match placement {
+            Placement::Elsewhere { redirect } => {
+                // A retry of a write applied here before the range left is
+                // answered from its record; only a never-applied write is redirected.
+                if let Some(done) =
+                    tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()
+                {
+                    return Some(Outcome {
+                        status: done.status,
+                        version: done.version,
                         redirect: None,
                         value: None,
-                    })
+                    });
                 }
-            })
+                Some(Outcome { status: Status::Redirect, version: 0, redirect, value: None })
+            }
+            Placement::Served(range) => {
+                if tracked {
+                    match self.records.admit(header.client_id, header.seq, header.ack) {
+                        Admission::Apply => {}
+                        Admission::Replay(done) => {
+                            self.metrics.write_replays.inc();
+                            return Some(Outcome {
+                                status: done.status,
+                                version: done.version,
+                                redirect: None,
+                                value: None,
+                            });
+                        }
+                        Admission::Stale => return Some(Outcome::status(Status::Stale)),
+                        Admission::InProgress => {
+                            self.metrics.count_drop(DropReason::InProgress);
+                            return None;
+                        }
+                    }
+                }
+                range.metrics.count_op(op);
+                range.metrics.count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
+                let result = self.store.write(hash, key, value.map(Bytes::copy_from_slice), false);
+                apply_delta(&range.metrics, result.delta);
+                let status = if value.is_none() && !result.existed { Status::NotFound } else { Status::Ok };
+                if tracked {
+                    self.records.finish(
+                        header.client_id,
+                        header.seq,
+                        Completion { status, version: result.version },
+                    );
+                }
+                Some(Outcome { status, version: result.version, redirect: None, value: None })
+            }
+        })
     }
 
     /// Sets a range's object and byte gauges from a scan of the store.

@@ -18,10 +18,7 @@ pub fn router(handler: Arc<Handler>) -> Router {
 }
 
 async fn metrics(State(handler): State<Arc<Handler>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handler.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handler.metrics.render())
 }
 
 /// Ready once the node serves at least one range.

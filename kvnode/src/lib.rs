@@ -30,7 +30,7 @@ pub use config::NodeConfig;
 pub use handler::Handler;
 
 use fulva_proto::grpc::node_control_server::NodeControlServer;
-use fulva_proto::transport::UdpTransport;
+use fulva_proto::transport::{Transport, UdpTransport};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,18 +97,31 @@ async fn start_with_shutdown(
     if config.workers == 0 {
         return Err(NodeError::Config("--workers must be at least 1".into()));
     }
-    let handler = Arc::new(Handler::new(&config));
-    let mut tasks = JoinSet::new();
-
     let bind = |what, addr| move |source| NodeError::Bind { what, addr, source };
-    let first =
-        UdpTransport::bind(config.data_addr, true).map_err(bind("data", config.data_addr))?;
-    let data_addr = fulva_proto::transport::Transport::local_addr(&first)
-        .map_err(bind("data", config.data_addr))?;
+    let first = UdpTransport::bind(config.data_addr, true).map_err(bind("data", config.data_addr))?;
+    let data_addr = Transport::local_addr(&first).map_err(bind("data", config.data_addr))?;
     let mut transports = vec![first];
     for _ in 1..config.workers {
         transports.push(UdpTransport::bind(data_addr, true).map_err(bind("data", data_addr))?);
     }
+    start_on(config, transports, shutdown).await
+}
+
+/// Starts a node whose data path runs on `transports` (one worker each), for
+/// transports other than kernel UDP (DPDK, fault injection in tests).
+pub async fn start_on<T: Transport>(
+    config: NodeConfig,
+    transports: Vec<T>,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let bind = |what, addr| move |source| NodeError::Bind { what, addr, source };
+    let data_addr = transports
+        .first()
+        .ok_or_else(|| NodeError::Config("a node needs at least one transport".into()))?
+        .local_addr()
+        .map_err(bind("data", config.data_addr))?;
+    let handler = Arc::new(Handler::new(&config));
+    let mut tasks = JoinSet::new();
     for transport in transports {
         tasks.spawn(server::serve(transport, handler.clone(), shutdown.clone()));
     }
@@ -116,9 +129,7 @@ async fn start_with_shutdown(
     let control = tokio::net::TcpListener::bind(config.control_addr)
         .await
         .map_err(bind("control", config.control_addr))?;
-    let control_addr = control
-        .local_addr()
-        .map_err(bind("control", config.control_addr))?;
+    let control_addr = control.local_addr().map_err(bind("control", config.control_addr))?;
     let service = NodeControlServer::new(control::ControlService::new(handler.clone()));
     let token = shutdown.clone();
     tasks.spawn(async move {
@@ -135,16 +146,11 @@ async fn start_with_shutdown(
     let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .map_err(bind("metrics", config.metrics_addr))?;
-    let metrics_addr = metrics
-        .local_addr()
-        .map_err(bind("metrics", config.metrics_addr))?;
+    let metrics_addr = metrics.local_addr().map_err(bind("metrics", config.metrics_addr))?;
     let router = http::router(handler.clone());
     let token = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(err) = axum::serve(metrics, router)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-        {
+        if let Err(err) = axum::serve(metrics, router).with_graceful_shutdown(token.cancelled_owned()).await {
             tracing::error!(error = %err, "metrics endpoint failed");
         }
     });

@@ -6,8 +6,8 @@
 
 use fulva_proto::{HashRange, Op, Status};
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Why a datagram was dropped without a reply.
@@ -54,6 +54,8 @@ pub struct NodeMetrics {
     pub epoch: IntGauge,
     /// Clients with completion records.
     pub client_records: IntGauge,
+    /// Retried writes answered from a completion record instead of applied again.
+    pub write_replays: IntCounter,
 }
 
 /// Metric handles of one served range.
@@ -99,9 +101,7 @@ pub fn range_label(range: HashRange) -> String {
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
     c
 }
 
@@ -112,10 +112,7 @@ impl NodeMetrics {
         let range_ops = register(
             &registry,
             IntCounterVec::new(
-                Opts::new(
-                    "fulva_kvnode_range_ops_total",
-                    "Requests served, by range and op",
-                ),
+                Opts::new("fulva_kvnode_range_ops_total", "Requests served, by range and op"),
                 &["range", "op"],
             )
             .expect("valid metric"),
@@ -123,10 +120,7 @@ impl NodeMetrics {
         let range_read_bytes = register(
             &registry,
             IntCounterVec::new(
-                Opts::new(
-                    "fulva_kvnode_range_read_bytes_total",
-                    "Value bytes returned by reads",
-                ),
+                Opts::new("fulva_kvnode_range_read_bytes_total", "Value bytes returned by reads"),
                 &["range"],
             )
             .expect("valid metric"),
@@ -134,29 +128,20 @@ impl NodeMetrics {
         let range_written_bytes = register(
             &registry,
             IntCounterVec::new(
-                Opts::new(
-                    "fulva_kvnode_range_written_bytes_total",
-                    "Key and value bytes written",
-                ),
+                Opts::new("fulva_kvnode_range_written_bytes_total", "Key and value bytes written"),
                 &["range"],
             )
             .expect("valid metric"),
         );
         let range_objects = register(
             &registry,
-            IntGaugeVec::new(
-                Opts::new("fulva_kvnode_range_objects", "Objects stored, by range"),
-                &["range"],
-            )
-            .expect("valid metric"),
+            IntGaugeVec::new(Opts::new("fulva_kvnode_range_objects", "Objects stored, by range"), &["range"])
+                .expect("valid metric"),
         );
         let range_stored_bytes = register(
             &registry,
             IntGaugeVec::new(
-                Opts::new(
-                    "fulva_kvnode_range_stored_bytes",
-                    "Key and value bytes stored, by range",
-                ),
+                Opts::new("fulva_kvnode_range_stored_bytes", "Key and value bytes stored, by range"),
                 &["range"],
             )
             .expect("valid metric"),
@@ -194,18 +179,23 @@ impl NodeMetrics {
         );
         let epoch = register(
             &registry,
-            IntGauge::new("fulva_kvnode_epoch", "Shard-map epoch known to the node")
-                .expect("valid metric"),
+            IntGauge::new("fulva_kvnode_epoch", "Shard-map epoch known to the node").expect("valid metric"),
         );
         let client_records = register(
             &registry,
-            IntGauge::new(
-                "fulva_kvnode_client_records",
-                "Clients with at-most-once completion records",
+            IntGauge::new("fulva_kvnode_client_records", "Clients with at-most-once completion records")
+                .expect("valid metric"),
+        );
+        let write_replays = register(
+            &registry,
+            IntCounter::new(
+                "fulva_kvnode_write_replays_total",
+                "Retried writes answered from their completion record instead of applied again",
             )
             .expect("valid metric"),
         );
         NodeMetrics {
+            write_replays,
             latency: OPS.map(|op| latency_vec.with_label_values(&[op.name()])),
             replies: STATUSES.map(|s| replies_vec.with_label_values(&[s.name()])),
             dropped: DropReason::ALL.map(|r| dropped_vec.with_label_values(&[r])),
@@ -224,10 +214,7 @@ impl NodeMetrics {
     pub fn range(&self, range: HashRange) -> RangeMetrics {
         let label = range_label(range);
         RangeMetrics {
-            ops: OPS.map(|op| {
-                self.range_ops
-                    .with_label_values(&[label.as_str(), op.name()])
-            }),
+            ops: OPS.map(|op| self.range_ops.with_label_values(&[label.as_str(), op.name()])),
             read_bytes: self.range_read_bytes.with_label_values(&[&label]),
             written_bytes: self.range_written_bytes.with_label_values(&[&label]),
             objects: self.range_objects.with_label_values(&[&label]),

@@ -70,10 +70,7 @@ impl Ownership {
     fn check_epoch(&self, epoch: Epoch) -> Result<(), OwnershipError> {
         let current = self.epoch();
         if epoch < current {
-            return Err(OwnershipError::StaleEpoch {
-                given: epoch,
-                current,
-            });
+            return Err(OwnershipError::StaleEpoch { given: epoch, current });
         }
         Ok(())
     }
@@ -84,21 +81,11 @@ impl Ownership {
     pub fn with_placement<R>(&self, hash: u64, f: impl FnOnce(Placement<'_>) -> R) -> R {
         let served = self.served.read();
         let idx = served.partition_point(|r| r.range.first <= hash);
-        if let Some(owned) = idx
-            .checked_sub(1)
-            .map(|i| &served[i])
-            .filter(|r| r.range.contains(hash))
-        {
+        if let Some(owned) = idx.checked_sub(1).map(|i| &served[i]).filter(|r| r.range.contains(hash)) {
             return f(Placement::Served(owned));
         }
         drop(served);
-        let redirect = self
-            .moved
-            .read()
-            .iter()
-            .rev()
-            .find(|(r, _)| r.contains(hash))
-            .map(|(_, n)| *n);
+        let redirect = self.moved.read().iter().rev().find(|(r, _)| r.contains(hash)).map(|(_, n)| *n);
         f(Placement::Elsewhere { redirect })
     }
 
@@ -115,19 +102,10 @@ impl Ownership {
             if existing.range == range {
                 return Ok(());
             }
-            return Err(OwnershipError::Overlap {
-                new: range,
-                existing: existing.range,
-            });
+            return Err(OwnershipError::Overlap { new: range, existing: existing.range });
         }
         let idx = served.partition_point(|r| r.range.first < range.first);
-        served.insert(
-            idx,
-            OwnedRange {
-                range,
-                metrics: metrics.range(range),
-            },
-        );
+        served.insert(idx, OwnedRange { range, metrics: metrics.range(range) });
         self.moved.write().retain(|(r, _)| !r.overlaps(&range));
         self.observe_epoch(epoch);
         Ok(())
@@ -144,10 +122,7 @@ impl Ownership {
     ) -> Result<(), OwnershipError> {
         self.check_epoch(epoch)?;
         let mut served = self.served.write();
-        let idx = served
-            .iter()
-            .position(|r| r.range == range)
-            .ok_or(OwnershipError::NotServed(range))?;
+        let idx = served.iter().position(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
         let owned = served.remove(idx);
         metrics.forget_range(&owned.metrics);
         if let Some(node) = new_owner {
@@ -196,18 +171,9 @@ mod tests {
         o.drop_range(parts[1], 4, Some(7), &metrics).unwrap();
         assert_eq!(placed(&o, parts[1].first + 5), Err(Some(7)));
         assert_eq!(o.epoch(), 4);
-        assert!(matches!(
-            o.assign(parts[2], 2, &metrics),
-            Err(OwnershipError::StaleEpoch { .. })
-        ));
+        assert!(matches!(o.assign(parts[2], 2, &metrics), Err(OwnershipError::StaleEpoch { .. })));
         let wide = HashRange::new(parts[3].first - 10, parts[3].first + 10).unwrap();
-        assert!(matches!(
-            o.assign(wide, 5, &metrics),
-            Err(OwnershipError::Overlap { .. })
-        ));
-        assert_eq!(
-            o.drop_range(parts[0], 5, None, &metrics),
-            Err(OwnershipError::NotServed(parts[0]))
-        );
+        assert!(matches!(o.assign(wide, 5, &metrics), Err(OwnershipError::Overlap { .. })));
+        assert_eq!(o.drop_range(parts[0], 5, None, &metrics), Err(OwnershipError::NotServed(parts[0])));
     }
 }

@@ -59,10 +59,7 @@ pub struct CompletionTable {
 impl CompletionTable {
     /// A table that forgets clients idle for `ttl`.
     pub fn new(ttl: Duration) -> CompletionTable {
-        CompletionTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            ttl,
-        }
+        CompletionTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), ttl }
     }
 
     fn shard(&self, client: u64) -> &Mutex<HashMap<u64, ClientRecords>> {
@@ -132,10 +129,7 @@ impl CompletionTable {
 mod tests {
     use super::*;
 
-    const DONE: Completion = Completion {
-        status: Status::Ok,
-        version: 9,
-    };
+    const DONE: Completion = Completion { status: Status::Ok, version: 9 };
 
     #[test]
     fn retries_replay_and_old_duplicates_are_stale() {

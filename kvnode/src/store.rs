@@ -72,14 +72,8 @@ impl Store {
     /// A store with `2^stripe_bits` stripes (clamped to 0..=16).
     pub fn new(stripe_bits: u32) -> Store {
         let bits = stripe_bits.min(16);
-        let stripes = (0..1usize << bits)
-            .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
-            .collect();
-        Store {
-            stripes,
-            shift: 64 - bits,
-            next_version: AtomicU64::new(1),
-        }
+        let stripes = (0..1usize << bits).map(|_| CachePadded::new(Mutex::new(HashTable::new()))).collect();
+        Store { stripes, shift: 64 - bits, next_version: AtomicU64::new(1) }
     }
 
     #[inline]
@@ -91,8 +85,7 @@ impl Store {
 
     /// Raises the version counter so every later write gets a version above `floor`.
     pub fn raise_version_floor(&self, floor: u64) {
-        self.next_version
-            .fetch_max(floor.saturating_add(1), Ordering::AcqRel);
+        self.next_version.fetch_max(floor.saturating_add(1), Ordering::AcqRel);
     }
 
     /// Highest version handed out so far (0 if none).
@@ -103,21 +96,13 @@ impl Store {
     /// Reads `key`. Tombstones are returned as objects with no value.
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Object> {
         let stripe = self.stripe(hash).lock();
-        stripe
-            .find(table_hash(hash), |e| e.hash == hash && e.key == key)
-            .map(|e| e.object.clone())
+        stripe.find(table_hash(hash), |e| e.hash == hash && e.key == key).map(|e| e.object.clone())
     }
 
     /// Writes `value` (or deletes, with `None`) under a fresh version above the
     /// key's current one. With `keep_tombstone` false a delete removes the key
     /// outright; true leaves a versioned tombstone.
-    pub fn write(
-        &self,
-        hash: u64,
-        key: &[u8],
-        value: Option<Bytes>,
-        keep_tombstone: bool,
-    ) -> WriteResult {
+    pub fn write(&self, hash: u64, key: &[u8], value: Option<Bytes>, keep_tombstone: bool) -> WriteResult {
         let mut stripe = self.stripe(hash).lock();
         let th = table_hash(hash);
         let same_key = |e: &Entry| e.hash == hash && e.key == key;
@@ -128,10 +113,7 @@ impl Store {
                     WriteResult {
                         version: self.fresh_version(entry.object.version),
                         existed: entry.object.value.is_some(),
-                        delta: SizeDelta {
-                            objects: -1,
-                            bytes: -(entry.bytes() as i64),
-                        },
+                        delta: SizeDelta { objects: -1, bytes: -(entry.bytes() as i64) },
                     }
                 }
                 Err(_) => WriteResult {
@@ -150,26 +132,16 @@ impl Store {
                 WriteResult {
                     version,
                     existed,
-                    delta: SizeDelta {
-                        objects: 0,
-                        bytes: entry.bytes() as i64 - before,
-                    },
+                    delta: SizeDelta { objects: 0, bytes: entry.bytes() as i64 - before },
                 }
             }
             None => {
                 let version = self.fresh_version(0);
-                let entry = Entry {
-                    hash,
-                    key: Bytes::copy_from_slice(key),
-                    object: Object { version, value },
-                };
+                let entry =
+                    Entry { hash, key: Bytes::copy_from_slice(key), object: Object { version, value } };
                 let bytes = entry.bytes() as i64;
                 stripe.insert_unique(th, entry, |e| table_hash(e.hash));
-                WriteResult {
-                    version,
-                    existed: false,
-                    delta: SizeDelta { objects: 1, bytes },
-                }
+                WriteResult { version, existed: false, delta: SizeDelta { objects: 1, bytes } }
             }
         }
     }
@@ -189,27 +161,16 @@ impl Store {
     pub fn apply_if_newer(&self, hash: u64, key: &[u8], object: Object) -> (bool, SizeDelta) {
         let mut stripe = self.stripe(hash).lock();
         let th = table_hash(hash);
-        self.next_version
-            .fetch_max(object.version.saturating_add(1), Ordering::AcqRel);
+        self.next_version.fetch_max(object.version.saturating_add(1), Ordering::AcqRel);
         match stripe.find_mut(th, |e| e.hash == hash && e.key == key) {
             Some(entry) if entry.object.version >= object.version => (false, SizeDelta::default()),
             Some(entry) => {
                 let before = entry.bytes() as i64;
                 entry.object = object;
-                (
-                    true,
-                    SizeDelta {
-                        objects: 0,
-                        bytes: entry.bytes() as i64 - before,
-                    },
-                )
+                (true, SizeDelta { objects: 0, bytes: entry.bytes() as i64 - before })
             }
             None => {
-                let entry = Entry {
-                    hash,
-                    key: Bytes::copy_from_slice(key),
-                    object,
-                };
+                let entry = Entry { hash, key: Bytes::copy_from_slice(key), object };
                 let bytes = entry.bytes() as i64;
                 stripe.insert_unique(th, entry, |e| table_hash(e.hash));
                 (true, SizeDelta { objects: 1, bytes })
@@ -243,11 +204,7 @@ impl Store {
     pub fn measure(&self, range: HashRange) -> SizeDelta {
         let mut size = SizeDelta::default();
         for idx in self.stripes_of(range) {
-            for e in self.stripes[idx]
-                .lock()
-                .iter()
-                .filter(|e| range.contains(e.hash))
-            {
+            for e in self.stripes[idx].lock().iter().filter(|e| range.contains(e.hash)) {
                 size.objects += 1;
                 size.bytes += e.bytes() as i64;
             }
@@ -293,27 +250,12 @@ mod tests {
         let a = put(&store, "a", "1");
         let b = put(&store, "a", "22");
         assert!(b.version > a.version);
-        assert_eq!(
-            b.delta,
-            SizeDelta {
-                objects: 0,
-                bytes: 1
-            }
-        );
+        assert_eq!(b.delta, SizeDelta { objects: 0, bytes: 1 });
         let h = key_hash(b"a");
-        assert_eq!(
-            store.get(h, b"a").unwrap().value.as_deref(),
-            Some(b"22".as_slice())
-        );
+        assert_eq!(store.get(h, b"a").unwrap().value.as_deref(), Some(b"22".as_slice()));
         let d = store.write(h, b"a", None, false);
         assert!(d.existed && d.version > b.version);
-        assert_eq!(
-            d.delta,
-            SizeDelta {
-                objects: -1,
-                bytes: -3
-            }
-        );
+        assert_eq!(d.delta, SizeDelta { objects: -1, bytes: -3 });
         assert_eq!(store.get(h, b"a"), None);
     }
 
@@ -323,13 +265,7 @@ mod tests {
         let h = key_hash(b"t");
         put(&store, "t", "x");
         let d = store.write(h, b"t", None, true);
-        assert_eq!(
-            store.get(h, b"t"),
-            Some(Object {
-                version: d.version,
-                value: None
-            })
-        );
+        assert_eq!(store.get(h, b"t"), Some(Object { version: d.version, value: None }));
     }
 
     #[test]
@@ -337,19 +273,10 @@ mod tests {
         let store = Store::new(2);
         let h = key_hash(b"k");
         let w = put(&store, "k", "new");
-        let old = Object {
-            version: w.version - 1,
-            value: Some(Bytes::from_static(b"old")),
-        };
+        let old = Object { version: w.version - 1, value: Some(Bytes::from_static(b"old")) };
         assert!(!store.apply_if_newer(h, b"k", old).0);
-        assert_eq!(
-            store.get(h, b"k").unwrap().value.as_deref(),
-            Some(b"new".as_slice())
-        );
-        let newer = Object {
-            version: w.version + 10,
-            value: None,
-        };
+        assert_eq!(store.get(h, b"k").unwrap().value.as_deref(), Some(b"new".as_slice()));
+        let newer = Object { version: w.version + 10, value: None };
         assert!(store.apply_if_newer(h, b"k", newer.clone()).0);
         assert_eq!(store.get(h, b"k"), Some(newer));
         // Later local writes are versioned above what was applied.
@@ -372,10 +299,7 @@ mod tests {
         let (low, high) = HashRange::FULL.split_at(0x9000_0000_0000_0000).unwrap();
         let mut hashes = Vec::new();
         store.scan(low, |h, _, _| hashes.push(h));
-        assert!(
-            hashes.windows(2).all(|w| w[0] <= w[1]),
-            "scan must be in hash order"
-        );
+        assert!(hashes.windows(2).all(|w| w[0] <= w[1]), "scan must be in hash order");
         assert!(hashes.iter().all(|h| low.contains(*h)));
         let in_low = hashes.len() as i64;
         assert_eq!(store.measure(low).objects, in_low);

@@ -64,39 +64,25 @@ impl Coordinator {
             return Err(CoordinatorError::Bootstrap("no nodes".into()));
         }
         if shard_count == 0 {
-            return Err(CoordinatorError::Bootstrap(
-                "the shard count must be at least 1".into(),
-            ));
+            return Err(CoordinatorError::Bootstrap("the shard count must be at least 1".into()));
         }
         let previous = store.load()?;
         if previous.is_some() && !replace {
-            return Err(CoordinatorError::Bootstrap(
-                "a shard map is already stored; open it instead".into(),
-            ));
+            return Err(CoordinatorError::Bootstrap("a shard map is already stored; open it instead".into()));
         }
         let shards = HashRange::FULL
             .divide(u64::from(shard_count))
             .into_iter()
             .enumerate()
-            .map(|(i, range)| Shard {
-                range,
-                owner: nodes[i % nodes.len()].id,
-                state: ShardState::Normal,
-            })
+            .map(|(i, range)| Shard { range, owner: nodes[i % nodes.len()].id, state: ShardState::Normal })
             .collect();
         let epoch = previous.as_ref().map_or(0, |m| m.epoch) + 1;
-        let map = ShardMap {
-            epoch,
-            nodes,
-            shards,
-        };
+        let map = ShardMap { epoch, nodes, shards };
         map.validate()?;
         store.compare_and_set(previous.map(|m| m.epoch), &map)?;
         let coordinator = Coordinator::with_map(store, map.clone());
         for shard in &map.shards {
-            coordinator
-                .assign(shard.owner, shard.range, map.epoch, 0)
-                .await?;
+            coordinator.assign(shard.owner, shard.range, map.epoch, 0).await?;
         }
         coordinator.broadcast_epoch(&map).await;
         tracing::info!(
@@ -115,12 +101,7 @@ impl Coordinator {
 
     fn with_map(store: Arc<dyn MapStore>, map: ShardMap) -> Coordinator {
         let (published, _) = watch::channel(Arc::new(map.clone()));
-        Coordinator {
-            store,
-            current: Mutex::new(map),
-            published,
-            clients: Mutex::new(HashMap::new()),
-        }
+        Coordinator { store, current: Mutex::new(map), published, clients: Mutex::new(HashMap::new()) }
     }
 
     /// The map in force.
@@ -142,10 +123,7 @@ impl Coordinator {
     ) -> Result<Arc<ShardMap>, CoordinatorError> {
         let mut current = self.current.lock().await;
         if current.epoch != expected {
-            return Err(CoordinatorError::EpochConflict {
-                expected,
-                current: current.epoch,
-            });
+            return Err(CoordinatorError::EpochConflict { expected, current: current.epoch });
         }
         let mut next = current.clone();
         change(&mut next);
@@ -171,18 +149,10 @@ impl Coordinator {
         })?;
         let addr = info.control_addr.to_string();
         let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| CoordinatorError::Node {
-                node,
-                addr: addr.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| CoordinatorError::Node { node, addr: addr.clone(), message: e.to_string() })?
             .connect()
             .await
-            .map_err(|e| CoordinatorError::Node {
-                node,
-                addr: addr.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| CoordinatorError::Node { node, addr: addr.clone(), message: e.to_string() })?;
         let client = NodeControlClient::new(channel);
         clients.insert(node, client.clone());
         Ok(client)
@@ -198,11 +168,7 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let mut client = self.client(node).await?;
         client
-            .assign_range(AssignRangeRequest {
-                range: Some(range.into()),
-                epoch,
-                version_floor,
-            })
+            .assign_range(AssignRangeRequest { range: Some(range.into()), epoch, version_floor })
             .await
             .map_err(|s| self.node_error(node, s))?;
         Ok(())
@@ -226,23 +192,13 @@ impl Coordinator {
     }
 
     /// A gRPC client for `node`'s control service.
-    pub async fn node_client(
-        &self,
-        node: NodeId,
-    ) -> Result<NodeControlClient<Channel>, CoordinatorError> {
+    pub async fn node_client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {
         self.client(node).await
     }
 
     fn node_error(&self, node: NodeId, status: tonic::Status) -> CoordinatorError {
-        let addr = self
-            .map()
-            .node(node)
-            .map_or_else(|| "?".into(), |n| n.control_addr.to_string());
-        CoordinatorError::Node {
-            node,
-            addr,
-            message: format!("{}: {}", status.code(), status.message()),
-        }
+        let addr = self.map().node(node).map_or_else(|| "?".into(), |n| n.control_addr.to_string());
+        CoordinatorError::Node { node, addr, message: format!("{}: {}", status.code(), status.message()) }
     }
 }
 
@@ -258,41 +214,24 @@ mod tests {
         let mut infos = Vec::new();
         for id in 0..3 {
             let node = fulva_kvnode::start(NodeConfig::loopback(id)).await.unwrap();
-            infos.push(NodeInfo {
-                id,
-                data_addr: node.data_addr,
-                control_addr: node.control_addr,
-            });
+            infos.push(NodeInfo { id, data_addr: node.data_addr, control_addr: node.control_addr });
             nodes.push(node);
         }
         let store = Arc::new(MemoryMapStore::default());
-        let c = Coordinator::bootstrap(store.clone(), infos, 6, false)
-            .await
-            .unwrap();
+        let c = Coordinator::bootstrap(store.clone(), infos, 6, false).await.unwrap();
         let map = c.map();
         assert_eq!(map.epoch, 1);
         for node in &nodes {
             let served = node.handler.ownership.ranges();
-            let expected: Vec<_> = map
-                .shards
-                .iter()
-                .filter(|s| s.owner == node.node_id)
-                .map(|s| s.range)
-                .collect();
+            let expected: Vec<_> =
+                map.shards.iter().filter(|s| s.owner == node.node_id).map(|s| s.range).collect();
             assert_eq!(served, expected);
             assert_eq!(node.handler.ownership.epoch(), 1);
         }
         // A second bootstrap onto a used store is refused unless asked to replace.
-        assert!(
-            Coordinator::bootstrap(store.clone(), map.nodes.clone(), 3, false)
-                .await
-                .is_err()
-        );
+        assert!(Coordinator::bootstrap(store.clone(), map.nodes.clone(), 3, false).await.is_err());
         // Compare-and-set: a change based on a stale epoch is refused.
-        let next = c
-            .compare_and_set(1, |m| m.shards[0].owner = 1)
-            .await
-            .unwrap();
+        let next = c.compare_and_set(1, |m| m.shards[0].owner = 1).await.unwrap();
         assert_eq!(next.epoch, 2);
         assert!(matches!(
             c.compare_and_set(1, |_| {}).await,

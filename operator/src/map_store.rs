@@ -38,8 +38,7 @@ pub trait MapStore: Send + Sync + 'static {
     /// The stored map, if any.
     fn load(&self) -> Result<Option<ShardMap>, MapStoreError>;
     /// Stores `map` if the stored epoch is `expected` (`None`: nothing stored yet).
-    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap)
-        -> Result<(), MapStoreError>;
+    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError>;
 }
 
 /// Keeps the map in memory only (tests, throwaway clusters).
@@ -53,11 +52,7 @@ impl MapStore for MemoryMapStore {
         Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
-    fn compare_and_set(
-        &self,
-        expected: Option<Epoch>,
-        map: &ShardMap,
-    ) -> Result<(), MapStoreError> {
+    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
         let mut slot = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let stored = slot.as_ref().map(|m| m.epoch);
         if stored != expected {
@@ -80,10 +75,7 @@ pub struct FileMapStore {
 impl FileMapStore {
     /// A store at `path` (created on first save, with its parent directory).
     pub fn new(path: impl Into<PathBuf>) -> FileMapStore {
-        FileMapStore {
-            path: path.into(),
-            lock: std::sync::Mutex::new(()),
-        }
+        FileMapStore { path: path.into(), lock: std::sync::Mutex::new(()) }
     }
 
     /// The file's path.
@@ -92,10 +84,7 @@ impl FileMapStore {
     }
 
     fn io(&self, source: std::io::Error) -> MapStoreError {
-        MapStoreError::Io {
-            path: self.path.clone(),
-            source,
-        }
+        MapStoreError::Io { path: self.path.clone(), source }
     }
 
     fn read(&self) -> Result<Option<ShardMap>, MapStoreError> {
@@ -104,10 +93,7 @@ impl FileMapStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        let corrupt = |reason: String| MapStoreError::Corrupt {
-            path: self.path.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| MapStoreError::Corrupt { path: self.path.clone(), reason };
         let map: ShardMap = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         map.validate().map_err(|e| corrupt(e.to_string()))?;
         Ok(Some(map))
@@ -120,11 +106,7 @@ impl MapStore for FileMapStore {
         self.read()
     }
 
-    fn compare_and_set(
-        &self,
-        expected: Option<Epoch>,
-        map: &ShardMap,
-    ) -> Result<(), MapStoreError> {
+    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let stored = self.read()?.map(|m| m.epoch);
         if stored != expected {
@@ -133,18 +115,12 @@ impl MapStore for FileMapStore {
                 stored: stored.unwrap_or(0),
             });
         }
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(map).expect("a shard map always serializes");
         let mut file = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
-        file.write_all(&text)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| self.io(e))?;
+        file.write_all(&text).and_then(|()| file.sync_all()).map_err(|e| self.io(e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
         // Make the rename itself durable.
         if let Ok(d) = std::fs::File::open(dir) {
@@ -167,11 +143,7 @@ mod tests {
                 data_addr: "127.0.0.1:1".parse().unwrap(),
                 control_addr: "127.0.0.1:2".parse().unwrap(),
             }],
-            shards: vec![Shard {
-                range: HashRange::FULL,
-                owner: 0,
-                state: ShardState::Normal,
-            }],
+            shards: vec![Shard { range: HashRange::FULL, owner: 0, state: ShardState::Normal }],
         }
     }
 

@@ -29,9 +29,7 @@ impl ShardMapService for ShardMapServiceImpl {
         &self,
         _request: Request<GetShardMapRequest>,
     ) -> Result<Response<grpc::ShardMap>, Status> {
-        Ok(Response::new(grpc::ShardMap::from(
-            self.coordinator.map().as_ref(),
-        )))
+        Ok(Response::new(grpc::ShardMap::from(self.coordinator.map().as_ref())))
     }
 
     type WatchShardMapStream = MapStream;
@@ -47,11 +45,7 @@ impl ShardMapService for ShardMapServiceImpl {
                 let map = updates.borrow_and_update().clone();
                 if map.epoch > after {
                     after = map.epoch;
-                    if tx
-                        .send(Ok(grpc::ShardMap::from(map.as_ref())))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(grpc::ShardMap::from(map.as_ref()))).await.is_err() {
                         return;
                     }
                 }

@@ -117,20 +117,9 @@ impl Status {
     /// The status for a wire code.
     pub fn from_code(code: u8) -> Option<Status> {
         use Status::*;
-        [
-            Ok,
-            NotFound,
-            Redirect,
-            TooLarge,
-            Malformed,
-            UnknownOp,
-            Stale,
-            Retry,
-            UnsupportedVersion,
-            Internal,
-        ]
-        .get(usize::from(code))
-        .copied()
+        [Ok, NotFound, Redirect, TooLarge, Malformed, UnknownOp, Stale, Retry, UnsupportedVersion, Internal]
+            .get(usize::from(code))
+            .copied()
     }
 
     /// Lowercase name, used as a metric label.
@@ -267,9 +256,7 @@ impl FrameError {
                 Some((Status::UnsupportedVersion, *request_id, *op))
             }
             FrameError::UnknownOp(h) => Some((Status::UnknownOp, h.request_id, h.op)),
-            FrameError::Malformed { header, .. } => {
-                Some((Status::Malformed, header.request_id, header.op))
-            }
+            FrameError::Malformed { header, .. } => Some((Status::Malformed, header.request_id, header.op)),
         }
     }
 }
@@ -295,14 +282,10 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
+        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
     }
     fn is_empty(&self) -> bool {
         self.buf.is_empty()
@@ -328,11 +311,7 @@ impl<'a> Request<'a> {
         let _flags = r.u32();
         let request_id = r.u64().unwrap_or_default();
         if version != PROTOCOL_VERSION {
-            return Err(FrameError::UnsupportedVersion {
-                version,
-                request_id,
-                op,
-            });
+            return Err(FrameError::UnsupportedVersion { version, request_id, op });
         }
         if frame.len() < REQUEST_HEADER_LEN {
             return Err(FrameError::TooShort { len: frame.len() });
@@ -365,12 +344,8 @@ impl<'a> Request<'a> {
                 if value_len as usize > r.remaining() {
                     return Err(malformed("value length"));
                 }
-                let key = r
-                    .take(usize::from(key_len))
-                    .ok_or_else(|| malformed("key"))?;
-                let value = r
-                    .take(value_len as usize)
-                    .ok_or_else(|| malformed("value"))?;
+                let key = r.take(usize::from(key_len)).ok_or_else(|| malformed("key"))?;
+                let value = r.take(value_len as usize).ok_or_else(|| malformed("value"))?;
                 RequestBody::Put { key, value }
             }
             Op::MultiGet => {
@@ -435,9 +410,7 @@ impl<'a> Request<'a> {
             + match &self.body {
                 RequestBody::Get { key } | RequestBody::Delete { key } => 2 + key.len(),
                 RequestBody::Put { key, value } => 6 + key.len() + value.len(),
-                RequestBody::MultiGet { keys } => {
-                    2 + keys.iter().map(|k| 2 + k.len()).sum::<usize>()
-                }
+                RequestBody::MultiGet { keys } => 2 + keys.iter().map(|k| 2 + k.len()).sum::<usize>(),
             }
     }
 }
@@ -458,12 +431,7 @@ pub struct Outcome {
 impl Outcome {
     /// An outcome with only a status.
     pub fn status(status: Status) -> Outcome {
-        Outcome {
-            status,
-            version: 0,
-            redirect: None,
-            value: None,
-        }
+        Outcome { status, version: 0, redirect: None, value: None }
     }
 }
 
@@ -501,14 +469,7 @@ pub struct Reply {
 impl Reply {
     /// A reply with an overall status and no outcomes.
     pub fn error(op: u8, request_id: u64, epoch: u64, status: Status) -> Reply {
-        Reply {
-            op,
-            status,
-            request_id,
-            epoch,
-            outcomes: Vec::new(),
-            progress: None,
-        }
+        Reply { op, status, request_id, epoch, outcomes: Vec::new(), progress: None }
     }
 
     /// Appends the encoded frame to `out`.
@@ -518,11 +479,7 @@ impl Reply {
         out.put_u8(PROTOCOL_VERSION);
         out.put_u8(0x80 | self.op);
         out.put_u8(self.status as u8);
-        out.put_u8(if self.progress.is_some() {
-            FLAG_PROGRESS
-        } else {
-            0
-        });
+        out.put_u8(if self.progress.is_some() { FLAG_PROGRESS } else { 0 });
         out.put_u16_le(self.outcomes.len() as u16);
         out.put_u64_le(self.request_id);
         out.put_u64_le(self.epoch);
@@ -555,11 +512,7 @@ impl Reply {
                 .iter()
                 .map(|o| OUTCOME_FIXED_LEN + o.value.as_ref().map_or(0, |v| v.len()))
                 .sum::<usize>()
-            + if self.progress.is_some() {
-                PROGRESS_LEN
-            } else {
-                0
-            }
+            + if self.progress.is_some() { PROGRESS_LEN } else { 0 }
     }
 
     /// Checks then parses a reply; values are zero-copy slices of `frame`.
@@ -589,10 +542,7 @@ impl Reply {
         }
         let mut outcomes = Vec::with_capacity(count);
         for _ in 0..count {
-            let status = r
-                .u8()
-                .and_then(Status::from_code)
-                .ok_or(bad("outcome status"))?;
+            let status = r.u8().and_then(Status::from_code).ok_or(bad("outcome status"))?;
             let version = r.u64().ok_or(bad("version"))?;
             let redirect = r.u32().ok_or(bad("redirect"))?;
             let len = r.u32().ok_or(bad("value length"))?;
@@ -617,26 +567,14 @@ impl Reply {
             let source = r.u32().ok_or(bad("progress"))?;
             let done = r.u8().ok_or(bad("progress"))? != 0;
             let range = HashRange::new(first, last).map_err(|_| bad("progress range"))?;
-            Some(MigrationProgress {
-                range,
-                cursor,
-                source,
-                done,
-            })
+            Some(MigrationProgress { range, cursor, source, done })
         } else {
             None
         };
         if !r.is_empty() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Reply {
-            op: kind & 0x7f,
-            status,
-            request_id,
-            epoch,
-            outcomes,
-            progress,
-        })
+        Ok(Reply { op: kind & 0x7f, status, request_id, epoch, outcomes, progress })
     }
 }
 

@@ -21,11 +21,8 @@ pub mod grpc {
 }
 
 pub use frame::{
-    FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status,
-    PROTOCOL_VERSION,
+    FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status, PROTOCOL_VERSION,
 };
 pub use hash::key_hash;
 pub use range::{HashRange, RangeError};
-pub use shard_map::{
-    Epoch, NodeId, NodeInfo, Shard, ShardMap, ShardMapError, ShardState, Strategy,
-};
+pub use shard_map::{Epoch, NodeId, NodeInfo, Shard, ShardMap, ShardMapError, ShardState, Strategy};

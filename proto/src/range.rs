@@ -43,10 +43,7 @@ pub enum RangeError {
 
 impl HashRange {
     /// The whole hash space.
-    pub const FULL: HashRange = HashRange {
-        first: 0,
-        last: u64::MAX,
-    };
+    pub const FULL: HashRange = HashRange { first: 0, last: u64::MAX };
 
     /// A range `[first, last]`.
     pub fn new(first: u64, last: u64) -> Result<Self, RangeError> {
@@ -80,22 +77,9 @@ impl HashRange {
     /// Splits into `[first, at - 1]` and `[at, last]`.
     pub fn split_at(&self, at: u64) -> Result<(HashRange, HashRange), RangeError> {
         if at <= self.first || at > self.last {
-            return Err(RangeError::BadSplit {
-                at,
-                first: self.first,
-                last: self.last,
-            });
+            return Err(RangeError::BadSplit { at, first: self.first, last: self.last });
         }
-        Ok((
-            HashRange {
-                first: self.first,
-                last: at - 1,
-            },
-            HashRange {
-                first: at,
-                last: self.last,
-            },
-        ))
+        Ok((HashRange { first: self.first, last: at - 1 }, HashRange { first: at, last: self.last }))
     }
 
     /// Divides the range into `parts` contiguous ranges of (nearly) equal width.
@@ -109,10 +93,7 @@ impl HashRange {
                 let first = u128::from(self.first) + width * i / parts;
                 let next = u128::from(self.first) + width * (i + 1) / parts;
                 // Both bounds fit in u64: `next - 1 <= last`.
-                HashRange {
-                    first: first as u64,
-                    last: (next - 1) as u64,
-                }
+                HashRange { first: first as u64, last: (next - 1) as u64 }
             })
             .collect()
     }
@@ -139,17 +120,11 @@ impl FromStr for HashRange {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let bad = || RangeError::Parse(text.to_string());
         if let Some((a, b)) = text.split_once("..=") {
-            return HashRange::new(
-                parse_bound(a).ok_or_else(bad)?,
-                parse_bound(b).ok_or_else(bad)?,
-            );
+            return HashRange::new(parse_bound(a).ok_or_else(bad)?, parse_bound(b).ok_or_else(bad)?);
         }
         let (a, b) = text.split_once("..").ok_or_else(bad)?;
         let end = parse_bound(b).ok_or_else(bad)?;
-        HashRange::new(
-            parse_bound(a).ok_or_else(bad)?,
-            end.checked_sub(1).ok_or_else(bad)?,
-        )
+        HashRange::new(parse_bound(a).ok_or_else(bad)?, end.checked_sub(1).ok_or_else(bad)?)
     }
 }
 
@@ -162,32 +137,14 @@ mod tests {
     fn full_range_divides_evenly() {
         let parts = HashRange::FULL.divide(4);
         assert_eq!(parts.len(), 4);
-        assert_eq!(
-            parts[0],
-            HashRange {
-                first: 0,
-                last: 0x3fff_ffff_ffff_ffff
-            }
-        );
+        assert_eq!(parts[0], HashRange { first: 0, last: 0x3fff_ffff_ffff_ffff });
         assert_eq!(parts[3].last, u64::MAX);
     }
 
     #[test]
     fn parses_both_forms() {
-        assert_eq!(
-            "0x10..=0x20".parse(),
-            Ok(HashRange {
-                first: 16,
-                last: 32
-            })
-        );
-        assert_eq!(
-            "16..33".parse(),
-            Ok(HashRange {
-                first: 16,
-                last: 32
-            })
-        );
+        assert_eq!("0x10..=0x20".parse(), Ok(HashRange { first: 16, last: 32 }));
+        assert_eq!("16..33".parse(), Ok(HashRange { first: 16, last: 32 }));
         assert!("5..=4".parse::<HashRange>().is_err());
         assert!("abc".parse::<HashRange>().is_err());
         assert!("0..0".parse::<HashRange>().is_err());

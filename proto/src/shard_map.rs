@@ -114,10 +114,7 @@ impl ShardMap {
         let mut expect: Option<u64> = Some(0);
         for shard in &self.shards {
             let Some(first) = expect else {
-                return Err(ShardMapError::NotTiled(format!(
-                    "{} lies past the end",
-                    shard.range
-                )));
+                return Err(ShardMapError::NotTiled(format!("{} lies past the end", shard.range)));
             };
             if shard.range.first != first || shard.range.first > shard.range.last {
                 return Err(ShardMapError::NotTiled(format!(
@@ -125,24 +122,16 @@ impl ShardMap {
                     shard.range
                 )));
             }
-            for node in [Some(shard.owner), migrating_source(shard)]
-                .into_iter()
-                .flatten()
-            {
+            for node in [Some(shard.owner), migrating_source(shard)].into_iter().flatten() {
                 if self.node(node).is_none() {
-                    return Err(ShardMapError::UnknownNode {
-                        range: shard.range,
-                        node,
-                    });
+                    return Err(ShardMapError::UnknownNode { range: shard.range, node });
                 }
             }
             expect = shard.range.last.checked_add(1);
         }
         match expect {
             None => Ok(()),
-            Some(first) => Err(ShardMapError::NotTiled(format!(
-                "nothing covers {first:#x}"
-            ))),
+            Some(first) => Err(ShardMapError::NotTiled(format!("nothing covers {first:#x}"))),
         }
     }
 }
@@ -156,10 +145,7 @@ fn migrating_source(shard: &Shard) -> Option<NodeId> {
 
 impl From<HashRange> for grpc::HashRange {
     fn from(r: HashRange) -> Self {
-        grpc::HashRange {
-            first: r.first,
-            last: r.last,
-        }
+        grpc::HashRange { first: r.first, last: r.last }
     }
 }
 
@@ -209,9 +195,7 @@ impl From<&ShardMap> for grpc::ShardMap {
                 .iter()
                 .map(|s| {
                     let (state, source, strategy) = match s.state {
-                        ShardState::Normal => {
-                            (grpc::ShardStateKind::ShardStateNormal, 0, Strategy::Fulva)
-                        }
+                        ShardState::Normal => (grpc::ShardStateKind::ShardStateNormal, 0, Strategy::Fulva),
                         ShardState::Migrating { source, strategy } => {
                             (grpc::ShardStateKind::ShardStateMigrating, source, strategy)
                         }
@@ -256,30 +240,15 @@ impl TryFrom<grpc::ShardMap> for ShardMap {
                     Ok(grpc::ShardStateKind::ShardStateMigrating) => ShardState::Migrating {
                         source: s.source,
                         strategy: grpc::Strategy::try_from(s.strategy)
-                            .map_err(|_| {
-                                ShardMapError::Invalid(format!("unknown strategy {}", s.strategy))
-                            })?
+                            .map_err(|_| ShardMapError::Invalid(format!("unknown strategy {}", s.strategy)))?
                             .into(),
                     },
-                    Err(_) => {
-                        return Err(ShardMapError::Invalid(format!(
-                            "unknown shard state {}",
-                            s.state
-                        )))
-                    }
+                    Err(_) => return Err(ShardMapError::Invalid(format!("unknown shard state {}", s.state))),
                 };
-                Ok(Shard {
-                    range: HashRange::try_from(s.range)?,
-                    owner: s.owner,
-                    state,
-                })
+                Ok(Shard { range: HashRange::try_from(s.range)?, owner: s.owner, state })
             })
             .collect::<Result<Vec<_>, ShardMapError>>()?;
-        let map = ShardMap {
-            epoch: msg.epoch,
-            nodes,
-            shards,
-        };
+        let map = ShardMap { epoch: msg.epoch, nodes, shards };
         map.validate()?;
         Ok(map)
     }
@@ -301,28 +270,16 @@ mod tests {
             .divide(parts)
             .into_iter()
             .enumerate()
-            .map(|(i, range)| Shard {
-                range,
-                owner: i as u32 % nodes,
-                state: ShardState::Normal,
-            })
+            .map(|(i, range)| Shard { range, owner: i as u32 % nodes, state: ShardState::Normal })
             .collect();
-        ShardMap {
-            epoch: 7,
-            nodes: infos,
-            shards,
-        }
+        ShardMap { epoch: 7, nodes: infos, shards }
     }
 
     #[test]
     fn owner_lookup_matches_linear_scan() {
         let m = map(13, 3);
         for hash in [0, 1, u64::MAX, u64::MAX / 2, 0x1234_5678_9abc_def0] {
-            let linear = m
-                .shards
-                .iter()
-                .find(|s| s.range.contains(hash))
-                .map(|s| s.owner);
+            let linear = m.shards.iter().find(|s| s.range.contains(hash)).map(|s| s.owner);
             assert_eq!(m.owner_of(hash), linear);
         }
     }
@@ -330,10 +287,7 @@ mod tests {
     #[test]
     fn grpc_round_trip_keeps_the_map() {
         let mut m = map(6, 3);
-        m.shards[2].state = ShardState::Migrating {
-            source: 1,
-            strategy: Strategy::Rocksteady,
-        };
+        m.shards[2].state = ShardState::Migrating { source: 1, strategy: Strategy::Rocksteady };
         let back = ShardMap::try_from(grpc::ShardMap::from(&m)).unwrap();
         assert_eq!(back, m);
     }
@@ -346,10 +300,7 @@ mod tests {
         assert!(matches!(m.validate(), Err(ShardMapError::NotTiled(_))));
         let mut m = map(4, 2);
         m.shards[0].owner = 9;
-        assert!(matches!(
-            m.validate(),
-            Err(ShardMapError::UnknownNode { node: 9, .. })
-        ));
+        assert!(matches!(m.validate(), Err(ShardMapError::UnknownNode { node: 9, .. })));
         let mut m = map(4, 2);
         m.shards.pop();
         assert!(matches!(m.validate(), Err(ShardMapError::NotTiled(_))));
@@ -358,10 +309,7 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let mut m = map(3, 2);
-        m.shards[0].state = ShardState::Migrating {
-            source: 1,
-            strategy: Strategy::SourceDriven,
-        };
+        m.shards[0].state = ShardState::Migrating { source: 1, strategy: Strategy::SourceDriven };
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<ShardMap>(&text).unwrap(), m);
     }

@@ -18,12 +18,7 @@ pub struct KvBenchArgs {
     #[arg(long)]
     pub endpoint: Option<String>,
     /// Workload mixes to run, in order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "ycsb-b,ycsb-c"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ycsb-b,ycsb-c")]
     pub mix: Vec<Mix>,
     /// Keys loaded before the runs.
     #[arg(long, default_value_t = 1_000_000)]
@@ -91,20 +86,11 @@ where
 {
     let spec = WorkloadSpec {
         read_fraction: mix.read_fraction(),
-        distribution: if args.zipf > 0.0 {
-            Distribution::Zipfian(args.zipf)
-        } else {
-            Distribution::Uniform
-        },
+        distribution: if args.zipf > 0.0 { Distribution::Zipfian(args.zipf) } else { Distribution::Uniform },
         keys: args.keys,
         value_size: args.value_size,
     };
-    eprintln!(
-        "  {system} {}: warming up {} s, measuring {} s",
-        mix.name(),
-        args.warmup,
-        args.duration
-    );
+    eprintln!("  {system} {}: warming up {} s, measuring {} s", mix.name(), args.warmup, args.duration);
     let mut result = None;
     for secs in [args.warmup, args.duration] {
         let recorder = Recorder::new(1);
@@ -120,12 +106,8 @@ where
         let elapsed = started.elapsed().as_secs_f64();
         let (latency, errors) = recorder.drain();
         let latency = Summary::of(&latency[0], errors);
-        result = Some(RunResult {
-            system,
-            mix,
-            ops_per_sec: latency.ops as f64 / elapsed.max(1e-9),
-            latency,
-        });
+        result =
+            Some(RunResult { system, mix, ops_per_sec: latency.ops as f64 / elapsed.max(1e-9), latency });
     }
     Ok(result.expect("the measurement ran"))
 }
@@ -159,10 +141,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             LocalCluster::start(LocalClusterConfig {
                 nodes: 1,
                 shards: 1,
-                node: NodeConfig {
-                    workers: args.workers.max(1),
-                    ..NodeConfig::loopback(0)
-                },
+                node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
                 ..LocalClusterConfig::default()
             })
             .await?,
@@ -181,12 +160,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         args.keys, args.value_size, args.clients, args.zipf
     );
     let took = workload::load(
-        vec![
-            FulvaSession {
-                client: client.clone()
-            };
-            64
-        ],
+        vec![FulvaSession { client: client.clone() }; 64],
         args.keys,
         args.value_size,
         Some("fulva"),
@@ -198,14 +172,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         args.keys as f64 / took.as_secs_f64()
     );
     for &mix in &args.mix {
-        let make = || async {
-            Ok(vec![
-                SingleBucket(FulvaSession {
-                    client: client.clone()
-                });
-                args.clients
-            ])
-        };
+        let make = || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.clients]) };
         results.push(measure("fulva", make, &args, mix).await?);
     }
     drop(client);
@@ -225,19 +192,13 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             let (addr, value) = (redis.addr, value.clone());
             let range = (i * per).min(args.keys)..((i + 1) * per).min(args.keys);
             loads.push(tokio::spawn(async move {
-                RedisSession::connect(addr)
-                    .await?
-                    .set_pipelined(range, &value, 512)
-                    .await
+                RedisSession::connect(addr).await?.set_pipelined(range, &value, 512).await
             }));
         }
         for load in loads {
             load.await??;
         }
-        eprintln!(
-            "  redis: loaded in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("  redis: loaded in {:.1} s", started.elapsed().as_secs_f64());
         for &mix in &args.mix {
             let addr = redis.addr;
             let make = || async move {
@@ -280,10 +241,7 @@ fn print_results(results: &[RunResult]) {
         );
     }
     for f in results.iter().filter(|r| r.system == "fulva") {
-        if let Some(r) = results
-            .iter()
-            .find(|r| r.system == "redis" && r.mix == f.mix)
-        {
+        if let Some(r) = results.iter().find(|r| r.system == "redis" && r.mix == f.mix) {
             println!(
                 "{}: fulva/redis ops/s {:.2}x, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x (latency ratios below 1 favour fulva)",
                 f.mix.name(),

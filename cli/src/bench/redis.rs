@@ -15,36 +15,16 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `binary` on a free loopback port with persistence off and waits until it answers.
     pub async fn start(binary: &str) -> anyhow::Result<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args([
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start {binary}: {e} (install it with `apt-get install redis-server`)"
-                )
+                anyhow::anyhow!("cannot start {binary}: {e} (install it with `apt-get install redis-server`)")
             })?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let server = RedisServer { child, addr };

@@ -2,14 +2,7 @@ use super::*;
 use proptest::prelude::*;
 
 fn header(op: Op) -> RequestHeader {
-    RequestHeader {
-        op: op as u8,
-        request_id: 42,
-        client_id: 7,
-        seq: 3,
-        ack: 2,
-        epoch: 9,
-    }
+    RequestHeader { op: op as u8, request_id: 42, client_id: 7, seq: 3, ack: 2, epoch: 9 }
 }
 
 fn encode(req: &Request<'_>) -> Vec<u8> {
@@ -23,24 +16,13 @@ fn encode(req: &Request<'_>) -> Vec<u8> {
 fn every_request_kind_round_trips() {
     let bodies = [
         RequestBody::Get { key: b"k" },
-        RequestBody::Put {
-            key: b"key",
-            value: b"value",
-        },
-        RequestBody::Put {
-            key: b"",
-            value: b"",
-        },
+        RequestBody::Put { key: b"key", value: b"value" },
+        RequestBody::Put { key: b"", value: b"" },
         RequestBody::Delete { key: b"gone" },
-        RequestBody::MultiGet {
-            keys: vec![b"a".as_slice(), b"bb", b""],
-        },
+        RequestBody::MultiGet { keys: vec![b"a".as_slice(), b"bb", b""] },
     ];
     for body in bodies {
-        let req = Request {
-            header: header(body.op()),
-            body,
-        };
+        let req = Request { header: header(body.op()), body };
         let bytes = encode(&req);
         assert_eq!(Request::decode(&bytes), Ok(req));
     }
@@ -48,10 +30,7 @@ fn every_request_kind_round_trips() {
 
 #[test]
 fn unknown_op_is_answerable() {
-    let mut bytes = encode(&Request {
-        header: header(Op::Get),
-        body: RequestBody::Get { key: b"k" },
-    });
+    let mut bytes = encode(&Request { header: header(Op::Get), body: RequestBody::Get { key: b"k" } });
     bytes[3] = 0x33;
     let err = Request::decode(&bytes).unwrap_err();
     assert_eq!(err.reply_to(), Some((Status::UnknownOp, 42, 0x33)));
@@ -59,56 +38,27 @@ fn unknown_op_is_answerable() {
 
 #[test]
 fn other_version_is_answerable_but_garbage_is_not() {
-    let mut bytes = encode(&Request {
-        header: header(Op::Get),
-        body: RequestBody::Get { key: b"k" },
-    });
+    let mut bytes = encode(&Request { header: header(Op::Get), body: RequestBody::Get { key: b"k" } });
     bytes[2] = 9;
-    assert_eq!(
-        Request::decode(&bytes).unwrap_err().reply_to(),
-        Some((Status::UnsupportedVersion, 42, 1))
-    );
+    assert_eq!(Request::decode(&bytes).unwrap_err().reply_to(), Some((Status::UnsupportedVersion, 42, 1)));
     bytes[0] = 0;
     assert_eq!(Request::decode(&bytes).unwrap_err().reply_to(), None);
-    assert_eq!(
-        Request::decode(&[]).unwrap_err(),
-        FrameError::TooShort { len: 0 }
-    );
+    assert_eq!(Request::decode(&[]).unwrap_err(), FrameError::TooShort { len: 0 });
 }
 
 #[test]
 fn lying_value_length_is_malformed() {
-    let mut bytes = encode(&Request {
-        header: header(Op::Put),
-        body: RequestBody::Put {
-            key: b"k",
-            value: b"v",
-        },
-    });
+    let mut bytes =
+        encode(&Request { header: header(Op::Put), body: RequestBody::Put { key: b"k", value: b"v" } });
     bytes[REQUEST_HEADER_LEN + 2..REQUEST_HEADER_LEN + 6].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(matches!(
-        Request::decode(&bytes),
-        Err(FrameError::Malformed {
-            what: "value length",
-            ..
-        })
-    ));
+    assert!(matches!(Request::decode(&bytes), Err(FrameError::Malformed { what: "value length", .. })));
 }
 
 #[test]
 fn trailing_bytes_are_malformed() {
-    let mut bytes = encode(&Request {
-        header: header(Op::Delete),
-        body: RequestBody::Delete { key: b"k" },
-    });
+    let mut bytes = encode(&Request { header: header(Op::Delete), body: RequestBody::Delete { key: b"k" } });
     bytes.push(0);
-    assert!(matches!(
-        Request::decode(&bytes),
-        Err(FrameError::Malformed {
-            what: "trailing bytes",
-            ..
-        })
-    ));
+    assert!(matches!(Request::decode(&bytes), Err(FrameError::Malformed { what: "trailing bytes", .. })));
 }
 
 fn reply_strategy() -> impl Strategy<Value = Reply> {
@@ -124,22 +74,14 @@ fn reply_strategy() -> impl Strategy<Value = Reply> {
             redirect,
             value: value.map(Bytes::from),
         });
-    let progress = (
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<bool>(),
-    )
-        .prop_map(|(a, b, cursor, source, done)| MigrationProgress {
-            range: HashRange {
-                first: a.min(b),
-                last: a.max(b),
-            },
+    let progress = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
+        |(a, b, cursor, source, done)| MigrationProgress {
+            range: HashRange { first: a.min(b), last: a.max(b) },
             cursor,
             source,
             done,
-        });
+        },
+    );
     (
         1u8..5,
         0u8..10,

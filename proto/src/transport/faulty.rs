@@ -28,13 +28,7 @@ pub struct FaultConfig {
 
 impl Default for FaultConfig {
     fn default() -> Self {
-        FaultConfig {
-            loss: 0.0,
-            duplicate: 0.0,
-            reorder: 0.0,
-            max_delay: Duration::from_millis(5),
-            seed: 1,
-        }
+        FaultConfig { loss: 0.0, duplicate: 0.0, reorder: 0.0, max_delay: Duration::from_millis(5), seed: 1 }
     }
 }
 
@@ -78,10 +72,7 @@ impl<T: Transport> FaultyTransport<T> {
 
 enum Fate {
     Lose,
-    Send {
-        copies: u32,
-        delay: Option<Duration>,
-    },
+    Send { copies: u32, delay: Option<Duration> },
 }
 
 impl<T: Transport> FaultyTransport<T> {
@@ -91,11 +82,7 @@ impl<T: Transport> FaultyTransport<T> {
         if rng.random_bool(c.loss.clamp(0.0, 1.0)) {
             return Fate::Lose;
         }
-        let copies = if rng.random_bool(c.duplicate.clamp(0.0, 1.0)) {
-            2
-        } else {
-            1
-        };
+        let copies = if rng.random_bool(c.duplicate.clamp(0.0, 1.0)) { 2 } else { 1 };
         let delay = rng
             .random_bool(c.reorder.clamp(0.0, 1.0))
             .then(|| c.max_delay.mul_f64(rng.random_range(0.1..1.0)));

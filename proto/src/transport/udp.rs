@@ -22,13 +22,8 @@ impl UdpTransport {
     /// With `reuse_port`, several transports may bind the same address and the
     /// kernel spreads senders across them (SO_REUSEPORT), one per server worker.
     pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpTransport> {
-        let domain = if addr.is_ipv4() {
-            socket2::Domain::IPV4
-        } else {
-            socket2::Domain::IPV6
-        };
-        let socket =
-            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         if reuse_port {
             socket.set_reuse_port(true)?;
         }
@@ -37,9 +32,7 @@ impl UdpTransport {
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        Ok(UdpTransport {
-            socket: UdpSocket::from_std(socket.into())?,
-        })
+        Ok(UdpTransport { socket: UdpSocket::from_std(socket.into())? })
     }
 }
 
