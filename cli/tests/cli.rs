@@ -1,0 +1,94 @@
+//! The `fulva` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn fulva() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fulva"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kills the child we started (by its handle, i.e. its PID) when dropped.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn up_serves_a_workload_across_three_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = fulva()
+        .args(["up", "--duration", "4", "--keys", "3000", "--clients", "8"])
+        .args(["--control-addr", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The closing line lists client operations per node: all three served load.
+    let totals = stderr.lines().find_map(|l| l.split_once("client operations per node: ")).expect(&stderr).1;
+    let per_node: Vec<u64> =
+        totals.trim_matches(['[', ']']).split(", ").map(|n| n.parse().unwrap()).collect();
+    assert_eq!(per_node.len(), 3, "{stderr}");
+    assert!(per_node.iter().all(|&n| n > 100), "every node must serve load: {per_node:?}");
+    assert!(stdout.contains("served ops/s"), "{stdout}");
+    // The coordinator persisted the map.
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("shard-map.json")).unwrap()).unwrap();
+    assert_eq!(map["shards"].as_array().unwrap().len(), 12);
+}
+
+#[test]
+fn kv_commands_work_against_a_running_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let mut child = fulva()
+        .args(["up", "--no-workload", "--duration", "60", "--control-addr", &endpoint])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let _reaper = Reaper(child);
+    let started = Instant::now();
+    for line in stderr.lines() {
+        if line.unwrap().contains("control endpoint") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "cluster did not start");
+    }
+    let kv = |args: &[&str]| {
+        let out = fulva().args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(kv(&["get", "greeting"]).0, Some(1));
+    let (code, out) = kv(&["put", "greeting", "hello"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(kv(&["get", "greeting"]), (Some(0), "hello\n".to_string()));
+    assert_eq!(kv(&["mget", "greeting", "nope"]), (Some(0), "greeting\thello\nnope\t(not found)\n".to_string()));
+    assert_eq!(kv(&["del", "greeting"]).0, Some(0));
+    assert_eq!(kv(&["del", "greeting"]).0, Some(1));
+    assert_eq!(kv(&["get", "greeting"]).0, Some(1));
+}
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    let out = fulva().args(["up", "--nodes", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes"));
+    let out = fulva().args(["kv", "--endpoint", "127.0.0.1:1", "get", "k"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("control endpoint"));
+}
