@@ -24,12 +24,15 @@ pub enum Distribution {
 pub enum Mix {
     /// 50% reads, 50% updates.
     #[value(name = "ycsb-a")]
+    #[serde(rename = "ycsb-a")]
     A,
     /// 95% reads, 5% updates.
     #[value(name = "ycsb-b")]
+    #[serde(rename = "ycsb-b")]
     B,
     /// 100% reads.
     #[value(name = "ycsb-c")]
+    #[serde(rename = "ycsb-c")]
     C,
 }
 

@@ -77,7 +77,10 @@ fn kv_commands_work_against_a_running_cluster() {
     let (code, out) = kv(&["put", "greeting", "hello"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(kv(&["get", "greeting"]), (Some(0), "hello\n".to_string()));
-    assert_eq!(kv(&["mget", "greeting", "nope"]), (Some(0), "greeting\thello\nnope\t(not found)\n".to_string()));
+    assert_eq!(
+        kv(&["mget", "greeting", "nope"]),
+        (Some(0), "greeting\thello\nnope\t(not found)\n".to_string())
+    );
     assert_eq!(kv(&["del", "greeting"]).0, Some(0));
     assert_eq!(kv(&["del", "greeting"]).0, Some(1));
     assert_eq!(kv(&["get", "greeting"]).0, Some(1));
@@ -91,4 +94,44 @@ fn bad_arguments_get_a_clear_error() {
     let out = fulva().args(["kv", "--endpoint", "127.0.0.1:1", "get", "k"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("control endpoint"));
+}
+
+#[test]
+fn bench_kv_runs_fulva_and_a_real_redis_side_by_side() {
+    assert!(
+        Command::new("redis-server").arg("--version").output().is_ok(),
+        "redis-server is needed (scripts/test installs it: apt-get install redis-server)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("kv.json");
+    let out = fulva()
+        .args([
+            "bench",
+            "kv",
+            "--vs-redis",
+            "--keys",
+            "2000",
+            "--clients",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    let systems: Vec<(&str, &str)> =
+        results.iter().map(|r| (r["system"].as_str().unwrap(), r["mix"].as_str().unwrap())).collect();
+    assert_eq!(systems, [("fulva", "ycsb-b"), ("fulva", "ycsb-c"), ("redis", "ycsb-b"), ("redis", "ycsb-c")]);
+    for r in results {
+        assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["latency"]["errors"].as_u64(), Some(0), "{r}");
+    }
+    assert!(stdout.contains("fulva/redis ops/s"), "{stdout}");
 }
