@@ -3,14 +3,16 @@
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::stats::ClientStats;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fulva_proto::frame::{RequestHeader, MAX_MULTI_GET};
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
-use fulva_proto::transport::{Transport, UdpTransport};
+use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
 use fulva_proto::{key_hash, Epoch, NodeId, Op, Reply, Request, RequestBody, ShardMap, Status};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,6 +33,8 @@ pub struct Versioned {
 /// Encoded size budget of one multi-get frame (keys), leaving room in a datagram.
 const MULTI_GET_FRAME_BUDGET: usize = 16 * 1024;
 const PENDING_SHARDS: usize = 16;
+/// Most replies taken per receive call.
+const RECEIVE_BATCH: usize = 32;
 
 /// Sequence numbers of writes, and the ack floor sent with every request.
 #[derive(Default)]
@@ -56,14 +60,30 @@ impl SeqTracker {
     }
 }
 
+/// A request waiting for its reply. The retransmission task resends its
+/// frame when `next_send` passes and fails it when `deadline` passes, so no
+/// call needs a timer of its own.
+struct Pending {
+    tx: oneshot::Sender<Result<Reply, u32>>,
+    frame: Bytes,
+    addr: SocketAddr,
+    transport: usize,
+    next_send: Instant,
+    timeout: Duration,
+    deadline: Instant,
+    attempts: u32,
+}
+
+type PendingShard = Mutex<HashMap<u64, Pending>>;
+
 struct Inner<T: Transport> {
     config: ClientConfig,
     client_id: u64,
     transports: Vec<Arc<T>>,
-    pending: Box<[Mutex<HashMap<u64, oneshot::Sender<Reply>>>]>,
+    pending: Box<[PendingShard]>,
     next_request_id: AtomicU64,
     seqs: Mutex<SeqTracker>,
-    map: RwLock<Arc<ShardMap>>,
+    map: ArcSwap<ShardMap>,
     control: ShardMapServiceClient<Channel>,
     refresh: tokio::sync::Mutex<()>,
     stats: ClientStats,
@@ -125,7 +145,7 @@ impl<T: Transport> Client<T> {
             pending: (0..PENDING_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_request_id: AtomicU64::new(1),
             seqs: Mutex::new(SeqTracker::default()),
-            map: RwLock::new(Arc::new(map)),
+            map: ArcSwap::from_pointee(map),
             control,
             refresh: tokio::sync::Mutex::new(()),
             stats: ClientStats::default(),
@@ -137,6 +157,7 @@ impl<T: Transport> Client<T> {
             .iter()
             .map(|t| tokio::spawn(receive_loop(t.clone(), Arc::downgrade(&inner))))
             .collect();
+        tasks.push(tokio::spawn(retransmit_loop(Arc::downgrade(&inner))));
         if inner.config.watch_map {
             tasks.push(tokio::spawn(watch_loop(inner.control.clone(), Arc::downgrade(&inner))));
         }
@@ -151,7 +172,7 @@ impl<T: Transport> Client<T> {
 
     /// The cached shard map.
     pub fn map(&self) -> Arc<ShardMap> {
-        self.inner.map.read().clone()
+        self.inner.map.load_full()
     }
 
     /// Counters of retransmissions, redirects and map refreshes.
@@ -161,7 +182,7 @@ impl<T: Transport> Client<T> {
 
     /// The node that the cached map says serves `key`.
     pub fn owner_of(&self, key: &[u8]) -> Option<NodeId> {
-        self.map().owner_of(key_hash(key))
+        self.inner.map.load().owner_of(key_hash(key))
     }
 
     /// Fetches the map from the control endpoint unless the cached one is at least `min_epoch`.
@@ -290,26 +311,29 @@ impl<T: Transport> Client<T> {
         let op = body.op();
         let deadline = Instant::now() + inner.config.deadline;
         let mut redirect: Option<NodeId> = None;
-        let mut attempts = 0u32;
-        let mut frame = Vec::with_capacity(128);
+        let mut exchanges = 0u32;
         loop {
-            let map = self.map();
+            exchanges += 1;
+            let map = self.inner.map.load_full();
             let node = redirect.take().filter(|n| map.node(*n).is_some()).or_else(|| map.owner_of(hash));
             let Some(addr) = node.and_then(|n| map.node(n)).map(|n| n.data_addr) else {
                 return Err(ClientError::NoRoute(hash));
             };
             let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            // The ack floor matters only to writes (reads keep no records).
+            let ack = if seq == 0 { 0 } else { inner.seqs.lock().ack() };
             let header = RequestHeader {
                 op: op as u8,
                 request_id,
                 client_id: inner.client_id,
                 seq,
-                ack: inner.seqs.lock().ack(),
+                ack,
                 epoch: map.epoch,
             };
-            frame.clear();
-            Request { header, body: body.clone() }.encode(&mut frame);
-            let reply = self.exchange(request_id, &frame, addr, deadline, &mut attempts, op).await?;
+            let request = Request { header, body: body.clone() };
+            let mut frame = Vec::with_capacity(request.encoded_len());
+            request.encode(&mut frame);
+            let reply = self.exchange(request_id, Bytes::from(frame), addr, deadline, op).await?;
             match reply.status {
                 Status::Redirect => {
                     inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
@@ -327,62 +351,62 @@ impl<T: Transport> Client<T> {
                 _ => return Ok(reply),
             }
             if Instant::now() >= deadline {
-                return Err(ClientError::Timeout { op: op.name(), attempts });
+                return Err(ClientError::Timeout { op: op.name(), attempts: exchanges });
             }
         }
     }
 
+    /// Sends `frame` and waits for its reply; the retransmission task resends
+    /// it until the reply arrives or `deadline` passes.
     async fn exchange(
         &self,
         request_id: u64,
-        frame: &[u8],
-        addr: std::net::SocketAddr,
+        frame: Bytes,
+        addr: SocketAddr,
         deadline: Instant,
-        attempts: &mut u32,
         op: Op,
     ) -> Result<Reply, ClientError> {
         let inner = &self.inner;
-        let transport = &inner.transports[(request_id % inner.transports.len() as u64) as usize];
-        let (tx, mut rx) = oneshot::channel();
-        inner.pending_shard(request_id).lock().insert(request_id, tx);
-        let mut timeout = inner.config.initial_timeout;
-        let result = loop {
-            *attempts += 1;
-            if *attempts > 1 {
-                inner.stats.retransmits.fetch_add(1, Ordering::Relaxed);
-            }
-            // A failed send is a lost datagram: the retransmission timer covers it.
-            let _ = transport.send_to(frame, addr).await;
-            let now = Instant::now();
-            if now >= deadline {
-                break Err(ClientError::Timeout { op: op.name(), attempts: *attempts });
-            }
-            match tokio::time::timeout(timeout.min(deadline - now), &mut rx).await {
-                Ok(Ok(reply)) => break Ok(reply),
-                Ok(Err(_)) => break Err(ClientError::Io(std::io::Error::other("client shut down"))),
-                Err(_) => timeout = (timeout * 2).min(inner.config.max_timeout),
-            }
+        let transport = (request_id % inner.transports.len() as u64) as usize;
+        let (tx, rx) = oneshot::channel();
+        let timeout = inner.config.initial_timeout;
+        let pending = Pending {
+            tx,
+            frame: frame.clone(),
+            addr,
+            transport,
+            next_send: Instant::now() + timeout,
+            timeout,
+            deadline,
+            attempts: 1,
         };
-        if result.is_err() {
-            inner.pending_shard(request_id).lock().remove(&request_id);
-            inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        // Registered before the first send, so even an instant reply finds it.
+        inner.pending_shard(request_id).lock().insert(request_id, pending);
+        // A failed send is a lost datagram: retransmission covers it.
+        let _ = inner.transports[transport].send_to(&frame, addr).await;
+        match rx.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(attempts)) => Err(ClientError::Timeout { op: op.name(), attempts }),
+            Err(_) => Err(ClientError::Io(std::io::Error::other("client shut down"))),
         }
-        result
     }
 }
 
 impl<T: Transport> Inner<T> {
-    fn pending_shard(&self, request_id: u64) -> &Mutex<HashMap<u64, oneshot::Sender<Reply>>> {
+    fn pending_shard(&self, request_id: u64) -> &PendingShard {
         &self.pending[(request_id % PENDING_SHARDS as u64) as usize]
     }
 
     /// Installs `map` if it is newer than the cached one; returns the map in force.
     fn install(&self, map: ShardMap) -> Arc<ShardMap> {
-        let mut cached = self.map.write();
-        if map.epoch > cached.epoch {
-            *cached = Arc::new(map);
+        let map = Arc::new(map);
+        let previous =
+            self.map.rcu(|cached| if map.epoch > cached.epoch { map.clone() } else { cached.clone() });
+        if map.epoch > previous.epoch {
+            map
+        } else {
+            previous
         }
-        cached.clone()
     }
 }
 
@@ -418,33 +442,70 @@ fn versioned(outcome: Option<fulva_proto::Outcome>) -> Result<Versioned, ClientE
 
 /// Delivers replies arriving on one transport to the calls waiting for them.
 async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
-    let mut buf = vec![0u8; fulva_proto::frame::MAX_DATAGRAM + 1];
+    let mut batch = RecvBatch::new(RECEIVE_BATCH, fulva_proto::frame::MAX_DATAGRAM + 1);
     loop {
-        let len = match transport.recv_from(&mut buf).await {
-            Ok((len, _from)) => len,
-            Err(err) => {
-                tracing::debug!(error = %err, "client receive failed");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-        };
+        if let Err(err) = transport.recv_batch(&mut batch).await {
+            tracing::debug!(error = %err, "client receive failed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
         let Some(inner) = inner.upgrade() else { return };
-        let frame = Bytes::copy_from_slice(&buf[..len]);
-        match Reply::decode(&frame) {
-            Ok(reply) => {
-                let waiter = inner.pending_shard(reply.request_id).lock().remove(&reply.request_id);
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(reply);
-                    }
-                    None => {
-                        inner.stats.late_replies.fetch_add(1, Ordering::Relaxed);
+        for i in 0..batch.len() {
+            let frame = Bytes::copy_from_slice(batch.get(i).0);
+            match Reply::decode(&frame) {
+                Ok(reply) => {
+                    let waiter = inner.pending_shard(reply.request_id).lock().remove(&reply.request_id);
+                    match waiter {
+                        Some(pending) => {
+                            let _ = pending.tx.send(Ok(reply));
+                        }
+                        None => {
+                            inner.stats.late_replies.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
+                Err(_) => {
+                    inner.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            Err(_) => {
-                inner.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Resends requests whose reply is overdue (same bytes: same request id and
+/// seq) with exponential backoff, and fails those past their deadline.
+async fn retransmit_loop<T: Transport>(inner: Weak<Inner<T>>) {
+    let Some(tick) = inner
+        .upgrade()
+        .map(|i| (i.config.initial_timeout / 4).clamp(Duration::from_millis(1), Duration::from_millis(10)))
+    else {
+        return;
+    };
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resend: Vec<(usize, Bytes, SocketAddr)> = Vec::new();
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        for shard in inner.pending.iter() {
+            let mut shard = shard.lock();
+            let expired: Vec<Pending> = shard.extract_if(|_, p| now >= p.deadline).map(|(_, p)| p).collect();
+            for p in shard.values_mut().filter(|p| now >= p.next_send) {
+                p.attempts += 1;
+                p.timeout = (p.timeout * 2).min(inner.config.max_timeout);
+                p.next_send = now + p.timeout;
+                resend.push((p.transport, p.frame.clone(), p.addr));
             }
+            drop(shard);
+            for p in expired {
+                inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                let _ = p.tx.send(Err(p.attempts));
+            }
+        }
+        for (transport, frame, addr) in resend.drain(..) {
+            inner.stats.retransmits.fetch_add(1, Ordering::Relaxed);
+            let _ = inner.transports[transport].send_to(&frame, addr).await;
         }
     }
 }
@@ -452,7 +513,7 @@ async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
 /// Follows the control endpoint's map changes; reconnects after errors.
 async fn watch_loop<T: Transport>(mut control: ShardMapServiceClient<Channel>, inner: Weak<Inner<T>>) {
     loop {
-        let Some(after_epoch) = inner.upgrade().map(|i| i.map.read().epoch) else {
+        let Some(after_epoch) = inner.upgrade().map(|i| i.map.load().epoch) else {
             return;
         };
         if let Ok(response) = control.watch_shard_map(WatchShardMapRequest { after_epoch }).await {

@@ -17,9 +17,9 @@
 //!
 //! # Layout
 //! - [`client`]: [`Client`] and its request path.
-//! - [`config`]: [`ClientConfig`].
-//! - [`error`]: [`ClientError`].
-//! - [`stats`]: [`ClientStats`].
+//! - [`config`]: the [`ClientConfig`].
+//! - [`error`]: the [`ClientError`] enum.
+//! - [`stats`]: the [`ClientStats`] counters.
 
 pub mod client;
 pub mod config;

@@ -1,35 +1,43 @@
-//! The data-path server loop: receive a frame, execute it, send the reply.
+//! The data-path server loop: receive frames, execute them, send the replies.
 
 use crate::handler::Handler;
 use fulva_proto::frame::MAX_DATAGRAM;
-use fulva_proto::transport::Transport;
+use fulva_proto::transport::{RecvBatch, SendBatch, Transport};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// Most datagrams taken (and replies sent) per system call.
+const BATCH: usize = 32;
 
 /// Serves frames arriving on `transport` until `shutdown` is cancelled.
 ///
 /// Run one per worker; each owns its transport (its own socket or queue).
+/// Frames are taken in batches of whatever is ready, executed in order, and
+/// the replies leave together.
 pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: CancellationToken) {
-    let mut frame = vec![0u8; MAX_DATAGRAM + 1];
-    let mut reply = Vec::with_capacity(2048);
+    let mut incoming = RecvBatch::new(BATCH, MAX_DATAGRAM + 1);
+    let mut replies = SendBatch::new();
     loop {
         let received = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            received = transport.recv_from(&mut frame) => received,
+            received = transport.recv_batch(&mut incoming) => received,
         };
-        let (len, from) = match received {
-            Ok(r) => r,
-            Err(err) => {
-                // ICMP errors from earlier sends surface here on some kernels; keep serving.
-                tracing::debug!(error = %err, "data-path receive failed");
-                continue;
+        if let Err(err) = received {
+            // ICMP errors from earlier sends surface here on some kernels; keep serving.
+            tracing::debug!(error = %err, "data-path receive failed");
+            continue;
+        }
+        replies.clear();
+        for i in 0..incoming.len() {
+            let (frame, from) = incoming.get(i);
+            if !handler.handle_frame(frame, replies.next_buf(from)) {
+                replies.pop();
             }
-        };
-        reply.clear();
-        if handler.handle_frame(&frame[..len], &mut reply) {
-            if let Err(err) = transport.send_to(&reply, from).await {
-                tracing::debug!(error = %err, peer = %from, "data-path send failed");
+        }
+        if !replies.is_empty() {
+            if let Err(err) = transport.send_batch(&replies).await {
+                tracing::debug!(error = %err, "data-path send failed");
             }
         }
     }

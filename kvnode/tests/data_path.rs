@@ -71,8 +71,11 @@ async fn node_serving(ranges: &[HashRange], config: NodeConfig) -> NodeHandle {
     node
 }
 
-/// Every (hash, key, version) in the store.
-fn snapshot(node: &NodeHandle) -> Vec<(u64, Vec<u8>, u64, Option<Vec<u8>>)> {
+/// One stored object: hash, key, version, value.
+type StoredObject = (u64, Vec<u8>, u64, Option<Vec<u8>>);
+
+/// Every object in the store.
+fn snapshot(node: &NodeHandle) -> Vec<StoredObject> {
     let mut all = Vec::new();
     node.handler.store.scan(HashRange::FULL, |h, k, o| {
         all.push((h, k.to_vec(), o.version, o.value.as_ref().map(|v| v.to_vec())))

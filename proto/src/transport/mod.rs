@@ -5,8 +5,11 @@
 //! tests ([`FaultyTransport`]) and a DPDK transport slot in alike. Addresses are
 //! IP:port pairs on every transport (DPDK frames carry real IPv4/UDP headers).
 
+mod batch;
 mod faulty;
 mod udp;
+
+pub use batch::{RecvBatch, SendBatch};
 
 pub use faulty::{FaultConfig, FaultStats, FaultyTransport};
 pub use udp::UdpTransport;
@@ -33,6 +36,32 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Address this transport receives on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Waits for at least one datagram and takes as many as are ready, up to
+    /// the batch's capacity. Returns how many were received.
+    fn recv_batch<'a>(
+        &'a self,
+        batch: &'a mut RecvBatch,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        async move {
+            let (len, from) = self.recv_from(&mut batch.bufs[0]).await?;
+            batch.lens[0] = len;
+            batch.from[0] = from;
+            batch.filled = 1;
+            Ok(1)
+        }
+    }
+
+    /// Sends every datagram in the batch. Delivery is not guaranteed.
+    fn send_batch<'a>(&'a self, batch: &'a SendBatch) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        async move {
+            for i in 0..batch.len() {
+                let (frame, to) = batch.get(i);
+                self.send_to(frame, to).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 impl<T: Transport> Transport for std::sync::Arc<T> {
@@ -53,5 +82,16 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         (**self).local_addr()
+    }
+
+    fn recv_batch<'a>(
+        &'a self,
+        batch: &'a mut RecvBatch,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        (**self).recv_batch(batch)
+    }
+
+    fn send_batch<'a>(&'a self, batch: &'a SendBatch) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        (**self).send_batch(batch)
     }
 }
