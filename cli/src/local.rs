@@ -83,7 +83,10 @@ impl LocalCluster {
             .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", config.control_addr))?;
         let control_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let service = ShardMapServiceServer::new(ShardMapServiceImpl::new(coordinator.clone()));
+        let service = ShardMapServiceServer::new(ShardMapServiceImpl::with_shutdown(
+            coordinator.clone(),
+            shutdown.clone(),
+        ));
         let token = shutdown.clone();
         let control_task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -116,7 +119,11 @@ impl LocalCluster {
     /// Stops the control endpoint and every node.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let _ = self.control_task.await;
+        // Clients' map watches keep connections open; cut them after a grace period.
+        let mut control_task = self.control_task;
+        if tokio::time::timeout(fulva_kvnode::SHUTDOWN_GRACE, &mut control_task).await.is_err() {
+            control_task.abort();
+        }
         for node in self.nodes {
             node.shutdown().await;
         }

@@ -5,11 +5,13 @@ use crate::error::ClientError;
 use crate::stats::ClientStats;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use fulva_proto::frame::{RequestHeader, MAX_MULTI_GET};
+use fulva_proto::frame::{RequestHeader, FLAG_DUAL_READ, MAX_MULTI_GET};
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
 use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
-use fulva_proto::{key_hash, Epoch, NodeId, Op, Reply, Request, RequestBody, ShardMap, Status};
+use fulva_proto::{
+    key_hash, Epoch, MigrationProgress, NodeId, Op, Reply, Request, RequestBody, ShardMap, ShardState, Status,
+};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -76,6 +78,24 @@ struct Pending {
 
 type PendingShard = Mutex<HashMap<u64, Pending>>;
 
+/// A move the client knows of, from the map or from a destination's reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KnownMove {
+    range: fulva_proto::HashRange,
+    source: NodeId,
+    destination: NodeId,
+    /// Every hash below this one is at the destination.
+    cursor: u64,
+    done: bool,
+}
+
+impl KnownMove {
+    /// Whether a read of `hash` must ask both nodes.
+    fn needs_dual_read(&self, hash: u64) -> bool {
+        !self.done && self.range.contains(hash) && hash >= self.cursor
+    }
+}
+
 struct Inner<T: Transport> {
     config: ClientConfig,
     client_id: u64,
@@ -84,6 +104,9 @@ struct Inner<T: Transport> {
     next_request_id: AtomicU64,
     seqs: Mutex<SeqTracker>,
     map: ArcSwap<ShardMap>,
+    moves: Mutex<Vec<KnownMove>>,
+    /// Whether `moves` is non-empty: reads skip its lock when no move is known.
+    has_moves: std::sync::atomic::AtomicBool,
     control: ShardMapServiceClient<Channel>,
     refresh: tokio::sync::Mutex<()>,
     stats: ClientStats,
@@ -145,6 +168,8 @@ impl<T: Transport> Client<T> {
             pending: (0..PENDING_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_request_id: AtomicU64::new(1),
             seqs: Mutex::new(SeqTracker::default()),
+            has_moves: std::sync::atomic::AtomicBool::new(!moves_of(&map, &[]).is_empty()),
+            moves: Mutex::new(moves_of(&map, &[])),
             map: ArcSwap::from_pointee(map),
             control,
             refresh: tokio::sync::Mutex::new(()),
@@ -206,8 +231,42 @@ impl<T: Transport> Client<T> {
     pub async fn get_versioned(&self, key: impl AsRef<[u8]>) -> Result<Versioned, ClientError> {
         let key = key.as_ref();
         self.check_key(key)?;
-        let reply = self.call(RequestBody::Get { key }, key_hash(key), 0).await?;
-        versioned(reply.outcomes.into_iter().next())
+        let hash = key_hash(key);
+        loop {
+            if let Some(mv) = self.inner.move_for(hash) {
+                return self.dual_read(key, hash, mv).await;
+            }
+            let reply = self.call(RequestBody::Get { key }, hash, 0, None, 0).await?;
+            // The destination of a move we did not know of answered for a key
+            // it may not have yet: read both nodes.
+            if reply.progress.is_some_and(|p| !p.done && p.range.contains(hash) && hash >= p.cursor) {
+                continue;
+            }
+            return versioned(reply.outcomes.into_iter().next());
+        }
+    }
+
+    /// Reads `key` from a move's destination and source at once and keeps
+    /// the higher version (a tie goes to the destination; absent is version 0;
+    /// a tombstone counts with its version). A source that no longer holds the
+    /// range answers with a redirect: the move is over and the destination
+    /// alone is right.
+    async fn dual_read(&self, key: &[u8], hash: u64, mv: KnownMove) -> Result<Versioned, ClientError> {
+        let body = RequestBody::Get { key };
+        let (at_destination, at_source) = futures::join!(
+            self.call(body.clone(), hash, 0, Some(mv.destination), FLAG_DUAL_READ),
+            self.call_once(body.clone(), hash, mv.source, FLAG_DUAL_READ),
+        );
+        let destination = versioned(at_destination?.outcomes.into_iter().next())?;
+        let source = at_source?;
+        if source.status == Status::Redirect
+            || source.outcomes.first().is_some_and(|o| o.status == Status::Redirect)
+        {
+            self.inner.forget_move(mv.range);
+            return Ok(destination);
+        }
+        let source = versioned(source.outcomes.into_iter().next())?;
+        Ok(if source.version > destination.version { source } else { destination })
     }
 
     /// Writes `value` under `key`; returns the version given to the write.
@@ -264,15 +323,18 @@ impl<T: Transport> Client<T> {
         let calls = batches.into_iter().filter(|b| !b.is_empty()).map(|batch| async move {
             let batch_keys: Vec<&[u8]> = batch.iter().map(|&i| keys[i].as_ref()).collect();
             let hash = key_hash(batch_keys[0]);
-            let reply = self.call(RequestBody::MultiGet { keys: batch_keys }, hash, 0).await?;
+            let reply = self.call(RequestBody::MultiGet { keys: batch_keys }, hash, 0, None, 0).await?;
             if reply.outcomes.len() != batch.len() {
                 return Err(ClientError::Rejected(Status::Malformed));
             }
             let mut results = Vec::with_capacity(batch.len());
             for (&i, outcome) in batch.iter().zip(reply.outcomes) {
+                let moving = self.inner.move_for(key_hash(keys[i].as_ref())).is_some()
+                    || reply.progress.is_some_and(|p| !p.done);
                 let value = match outcome.status {
-                    // Served elsewhere since the map was read: ask for it alone.
+                    // Served elsewhere since the map was read, or moving: ask for it alone.
                     Status::Redirect => self.get(keys[i].as_ref()).await?,
+                    _ if moving => self.get(keys[i].as_ref()).await?,
                     _ => versioned(Some(outcome))?.value,
                 };
                 results.push((i, value));
@@ -297,7 +359,7 @@ impl<T: Transport> Client<T> {
 
     async fn write(&self, body: RequestBody<'_>, hash: u64) -> Result<fulva_proto::Outcome, ClientError> {
         let seq = self.inner.seqs.lock().begin();
-        let result = self.call(body, hash, seq).await;
+        let result = self.call(body, hash, seq, None, 0).await;
         self.inner.seqs.lock().end(seq);
         let reply = result?;
         reply.outcomes.into_iter().next().ok_or_else(|| status_error(reply.status))
@@ -306,11 +368,18 @@ impl<T: Transport> Client<T> {
     /// Sends one request until it gets a final reply: retransmits the same
     /// frame (same request id and seq) on timeout, follows redirects, and
     /// refreshes the map when a node reports a newer epoch.
-    async fn call(&self, body: RequestBody<'_>, hash: u64, seq: u64) -> Result<Reply, ClientError> {
+    async fn call(
+        &self,
+        body: RequestBody<'_>,
+        hash: u64,
+        seq: u64,
+        target: Option<NodeId>,
+        flags: u32,
+    ) -> Result<Reply, ClientError> {
         let inner = &self.inner;
         let op = body.op();
         let deadline = Instant::now() + inner.config.deadline;
-        let mut redirect: Option<NodeId> = None;
+        let mut redirect: Option<NodeId> = target;
         let mut exchanges = 0u32;
         loop {
             exchanges += 1;
@@ -324,6 +393,7 @@ impl<T: Transport> Client<T> {
             let ack = if seq == 0 { 0 } else { inner.seqs.lock().ack() };
             let header = RequestHeader {
                 op: op as u8,
+                flags,
                 request_id,
                 client_id: inner.client_id,
                 seq,
@@ -334,6 +404,9 @@ impl<T: Transport> Client<T> {
             let mut frame = Vec::with_capacity(request.encoded_len());
             request.encode(&mut frame);
             let reply = self.exchange(request_id, Bytes::from(frame), addr, deadline, op).await?;
+            if let (Some(progress), Some(node)) = (reply.progress, node) {
+                inner.learn(progress, node);
+            }
             match reply.status {
                 Status::Redirect => {
                     inner.stats.redirects.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +427,36 @@ impl<T: Transport> Client<T> {
                 return Err(ClientError::Timeout { op: op.name(), attempts: exchanges });
             }
         }
+    }
+
+    /// Sends one request to `node` and returns whatever it answers
+    /// (retransmitting on timeout, but following no redirect).
+    async fn call_once(
+        &self,
+        body: RequestBody<'_>,
+        hash: u64,
+        node: NodeId,
+        flags: u32,
+    ) -> Result<Reply, ClientError> {
+        let inner = &self.inner;
+        let op = body.op();
+        let map = inner.map.load_full();
+        let _ = hash;
+        let addr = map.node(node).map(|n| n.data_addr).ok_or(ClientError::NoRoute(hash))?;
+        let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let header = RequestHeader {
+            op: op as u8,
+            flags,
+            request_id,
+            client_id: inner.client_id,
+            seq: 0,
+            ack: 0,
+            epoch: map.epoch,
+        };
+        let request = Request { header, body };
+        let mut frame = Vec::with_capacity(request.encoded_len());
+        request.encode(&mut frame);
+        self.exchange(request_id, Bytes::from(frame), addr, Instant::now() + inner.config.deadline, op).await
     }
 
     /// Sends `frame` and waits for its reply; the retransmission task resends
@@ -403,11 +506,83 @@ impl<T: Transport> Inner<T> {
         let previous =
             self.map.rcu(|cached| if map.epoch > cached.epoch { map.clone() } else { cached.clone() });
         if map.epoch > previous.epoch {
+            let mut moves = self.moves.lock();
+            *moves = moves_of(&map, &moves);
+            self.has_moves.store(!moves.is_empty(), Ordering::Release);
             map
         } else {
             previous
         }
     }
+
+    /// The move a read of `hash` must treat as in progress, if any.
+    fn move_for(&self, hash: u64) -> Option<KnownMove> {
+        if !self.has_moves.load(Ordering::Acquire) {
+            return None;
+        }
+        self.moves.lock().iter().find(|m| m.needs_dual_read(hash)).copied()
+    }
+
+    /// Takes in progress reported by `destination`.
+    fn learn(&self, progress: MigrationProgress, destination: NodeId) {
+        let mut moves = self.moves.lock();
+        match moves.iter_mut().find(|m| m.range == progress.range) {
+            Some(m) => {
+                m.cursor = m.cursor.max(progress.cursor);
+                m.done |= progress.done;
+            }
+            None if !progress.done => moves.push(KnownMove {
+                range: progress.range,
+                source: progress.source,
+                destination,
+                cursor: progress.cursor,
+                done: false,
+            }),
+            None => {}
+        }
+        moves.retain(|m| !m.done);
+        self.has_moves.store(!moves.is_empty(), Ordering::Release);
+    }
+
+    /// Forgets a move the source reported over (trap 4: "unknown range" means finished).
+    fn forget_move(&self, range: fulva_proto::HashRange) {
+        let mut moves = self.moves.lock();
+        moves.retain(|m| m.range != range);
+        self.has_moves.store(!moves.is_empty(), Ordering::Release);
+    }
+}
+
+/// The moves a new map shows, keeping what replies taught of their progress.
+fn moves_of(map: &ShardMap, known: &[KnownMove]) -> Vec<KnownMove> {
+    let mut moves: Vec<KnownMove> = map
+        .shards
+        .iter()
+        .filter_map(|s| match s.state {
+            ShardState::Migrating { source, .. } => {
+                let learned = known.iter().find(|m| m.range == s.range && m.source == source);
+                Some(KnownMove {
+                    range: s.range,
+                    source,
+                    destination: s.owner,
+                    cursor: learned.map_or(s.range.first, |m| m.cursor),
+                    done: learned.is_some_and(|m| m.done),
+                })
+            }
+            ShardState::Normal => None,
+        })
+        .collect();
+    // Moves learned from replies that this map does not show as settled yet.
+    for m in known {
+        let settled = map
+            .shards
+            .iter()
+            .any(|s| s.range == m.range && s.state == ShardState::Normal && s.owner == m.destination);
+        if !settled && !moves.iter().any(|k| k.range == m.range) {
+            moves.push(*m);
+        }
+    }
+    moves.retain(|m| !m.done);
+    moves
 }
 
 async fn fetch_map(

@@ -38,6 +38,12 @@ pub struct NodeConfig {
     /// Seconds after which the at-most-once records of a silent client are dropped.
     #[arg(long, env = "FULVA_CLIENT_RECORD_TTL_SECS", default_value_t = 600)]
     pub client_record_ttl_secs: u64,
+    /// Test only: re-create trap 1 (progress published before it is applied).
+    #[arg(long, hide = true)]
+    pub trap_cursor_before_apply: bool,
+    /// Test only: re-create trap 3 (deletes leave no tombstone during a move).
+    #[arg(long, hide = true)]
+    pub trap_no_tombstones: bool,
 }
 
 impl NodeConfig {
@@ -54,6 +60,8 @@ impl NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             stripe_bits: 12,
             client_record_ttl_secs: 600,
+            trap_cursor_before_apply: false,
+            trap_no_tombstones: false,
         }
     }
 

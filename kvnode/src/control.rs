@@ -1,13 +1,20 @@
 //! The node's gRPC control service (called by the coordinator/operator).
 
 use crate::handler::Handler;
+use crate::migration::IncomingMove;
 use crate::ownership::OwnershipError;
+use crate::records::{Completion, MovedRecord};
 use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
-    AssignRangeRequest, AssignRangeResponse, DropRangeRequest, DropRangeResponse, GetStatsRequest, NodeStats,
-    RangeStats, SetEpochRequest, SetEpochResponse,
+    self, AssignRangeRequest, AssignRangeResponse, ClientAck, CompletionRecord, DropRangeRequest,
+    DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse, FreezeRangeRequest,
+    FreezeRangeResponse, GetStatsRequest, MigratedObject, MigrationStatusRequest, MigrationStatusResponse,
+    NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullRangeRequest, RangeBatch, RangeStats,
+    SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest,
+    SplitRangeResponse, StartMigrationRequest, StartMigrationResponse,
 };
-use fulva_proto::{HashRange, Op, ShardMapError};
+use fulva_proto::{HashRange, Op, ShardMapError, Status as FrameStatus};
+use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -20,7 +27,27 @@ pub enum ControlError {
     /// A message field is missing or invalid.
     #[error(transparent)]
     Invalid(#[from] ShardMapError),
+    /// No move of this range is coming in here.
+    #[error("no move of range {0} is coming into this node")]
+    NoMove(HashRange),
 }
+
+fn moved_records(records: &[CompletionRecord]) -> Vec<MovedRecord> {
+    records
+        .iter()
+        .map(|r| MovedRecord {
+            client: r.client_id,
+            seq: r.seq,
+            completion: Completion {
+                status: FrameStatus::from_code(r.status as u8).unwrap_or(FrameStatus::Ok),
+                version: r.version,
+            },
+            hash: r.hash,
+        })
+        .collect()
+}
+
+type BatchStream = Pin<Box<dyn futures_core::Stream<Item = Result<RangeBatch, Status>> + Send>>;
 
 impl From<ControlError> for Status {
     fn from(err: ControlError) -> Status {
@@ -29,9 +56,10 @@ impl From<ControlError> for Status {
                 Status::already_exists(err.to_string())
             }
             ControlError::Ownership(OwnershipError::NotServed(_)) => Status::not_found(err.to_string()),
-            ControlError::Ownership(OwnershipError::StaleEpoch { .. }) => {
-                Status::failed_precondition(err.to_string())
-            }
+            ControlError::Ownership(
+                OwnershipError::StaleEpoch { .. } | OwnershipError::WrongState { .. },
+            ) => Status::failed_precondition(err.to_string()),
+            ControlError::NoMove(_) => Status::not_found(err.to_string()),
             ControlError::Invalid(_) => Status::invalid_argument(err.to_string()),
         }
     }
@@ -84,6 +112,171 @@ impl NodeControl for ControlService {
             epoch: h.ownership.epoch(),
             objects_dropped: (-removed.objects) as u64,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn split_range(
+        &self,
+        request: Request<SplitRangeRequest>,
+    ) -> Result<Response<SplitRangeResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        h.ownership.split(range, req.at, req.epoch, &h.metrics).map_err(ControlError::from)?;
+        h.refresh_range_gauges();
+        tracing::info!(%range, at = req.at, "range split");
+        Ok(Response::new(SplitRangeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn prepare_migration(
+        &self,
+        request: Request<PrepareMigrationRequest>,
+    ) -> Result<Response<PrepareMigrationResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let strategy = grpc::Strategy::try_from(req.strategy).unwrap_or(grpc::Strategy::Fulva).into();
+        let mv = Arc::new(IncomingMove::new(range, req.source, req.source_control_addr, strategy));
+        let h = &self.handler;
+        if h.ownership.incoming(range).is_none() {
+            h.ownership.prepare_incoming(mv, req.epoch, &h.metrics).map_err(ControlError::from)?;
+        }
+        tracing::info!(%range, source = req.source, "move prepared");
+        Ok(Response::new(PrepareMigrationResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn freeze_range(
+        &self,
+        request: Request<FreezeRangeRequest>,
+    ) -> Result<Response<FreezeRangeResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        // Returns once no write is in flight in the range.
+        let max_version =
+            h.ownership.freeze(range, req.destination, req.epoch).map_err(ControlError::from)?;
+        let (records, acks) = h.records.export(range);
+        let size = h.store.measure(range);
+        tracing::info!(%range, destination = req.destination, max_version, records = records.len(), "range frozen");
+        Ok(Response::new(FreezeRangeResponse {
+            max_version: max_version.max(h.store.version_ceiling_in(range)),
+            records: records
+                .iter()
+                .map(|r| CompletionRecord {
+                    client_id: r.client,
+                    seq: r.seq,
+                    status: r.completion.status as u32,
+                    version: r.completion.version,
+                    hash: r.hash,
+                })
+                .collect(),
+            acks: acks.into_iter().map(|(client_id, ack)| ClientAck { client_id, ack }).collect(),
+            objects: size.objects.max(0) as u64,
+            bytes: size.bytes.max(0) as u64,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn start_migration(
+        &self,
+        request: Request<StartMigrationRequest>,
+    ) -> Result<Response<StartMigrationResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        let mv = h.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
+        if !mv.is_active() {
+            h.records.import(
+                &moved_records(&req.records),
+                &req.acks.iter().map(|a| (a.client_id, a.ack)).collect::<Vec<_>>(),
+            );
+            // Trap 2 avoided: the floor is the source's true maximum version.
+            h.store.raise_version_floor(req.version_floor);
+            h.ownership.raise_max_version(range, req.version_floor);
+            h.ownership.observe_epoch(req.epoch);
+            mv.activate(req.objects_total, req.bytes_total, req.rate_limit_bytes_per_sec);
+            tokio::spawn(crate::migration::pull(h.clone(), mv));
+            tracing::info!(%range, floor = req.version_floor, "move started");
+        }
+        Ok(Response::new(StartMigrationResponse {}))
+    }
+
+    async fn migration_status(
+        &self,
+        request: Request<MigrationStatusRequest>,
+    ) -> Result<Response<MigrationStatusResponse>, Status> {
+        let range = HashRange::try_from(request.into_inner().range).map_err(ControlError::from)?;
+        let mv = self.handler.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
+        Ok(Response::new(mv.status()))
+    }
+
+    async fn set_migration_rate(
+        &self,
+        request: Request<SetMigrationRateRequest>,
+    ) -> Result<Response<SetMigrationRateResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let mv = self.handler.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
+        mv.set_rate_limit(req.rate_limit_bytes_per_sec);
+        Ok(Response::new(SetMigrationRateResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn finish_migration(
+        &self,
+        request: Request<FinishMigrationRequest>,
+    ) -> Result<Response<FinishMigrationResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        h.ownership.finish_incoming(range, req.epoch).map_err(ControlError::from)?;
+        // The source has dropped its copy: no old version can arrive any more.
+        let purged = h.store.purge_tombstones(range);
+        h.refresh_range_gauges();
+        tracing::info!(%range, tombstones = -purged.objects, "move finished");
+        Ok(Response::new(FinishMigrationResponse { tombstones_purged: (-purged.objects) as u64 }))
+    }
+
+    type PullRangeStream = BatchStream;
+
+    async fn pull_range(
+        &self,
+        request: Request<PullRangeRequest>,
+    ) -> Result<Response<Self::PullRangeStream>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let handler = self.handler.clone();
+        if !handler.ownership.ranges().iter().any(|r| r.covers(&range)) {
+            return Err(ControlError::Ownership(OwnershipError::NotServed(range)).into());
+        }
+        let batch_bytes = (req.batch_bytes as usize).clamp(4 * 1024, 4 * 1024 * 1024);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut from = req.from_hash;
+            loop {
+                let (objects, next, last) = handler.store.scan_batch(range, from, batch_bytes);
+                let batch = RangeBatch {
+                    objects: objects
+                        .into_iter()
+                        .map(|(hash, key, object)| MigratedObject {
+                            key: key.to_vec(),
+                            hash,
+                            version: object.version,
+                            tombstone: object.value.is_none(),
+                            value: object.value.map(|v| v.to_vec()).unwrap_or_default(),
+                        })
+                        .collect(),
+                    next_cursor: next,
+                    last,
+                };
+                if tx.send(Ok(batch)).await.is_err() || last {
+                    return;
+                }
+                from = next;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn set_epoch(

@@ -2,12 +2,15 @@
 
 use crate::config::NodeConfig;
 use crate::metrics::{DropReason, NodeMetrics};
-use crate::ownership::{Ownership, Placement};
+use crate::migration::TrapSwitches;
+use crate::ownership::{Ownership, Placement, RangeRole};
 use crate::records::{Admission, Completion, CompletionTable};
-use crate::store::{SizeDelta, Store};
+use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
-use fulva_proto::frame::RequestHeader;
-use fulva_proto::{key_hash, FrameError, Op, Outcome, Reply, Request, RequestBody, Status};
+use fulva_proto::frame::{RequestHeader, FLAG_DUAL_READ};
+use fulva_proto::{
+    key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status,
+};
 use std::time::Instant;
 
 /// Limits on what a request may carry.
@@ -31,7 +34,13 @@ pub struct Handler {
     pub records: CompletionTable,
     /// Metrics.
     pub metrics: NodeMetrics,
+    /// Test-only switches that re-create known bugs.
+    pub traps: TrapSwitches,
     limits: Limits,
+}
+
+fn redirect(to: Option<u32>) -> Outcome {
+    Outcome { status: Status::Redirect, version: 0, redirect: to, value: None }
 }
 
 fn apply_delta(gauges: &crate::metrics::RangeMetrics, delta: SizeDelta) {
@@ -52,6 +61,10 @@ impl Handler {
             ownership: Ownership::default(),
             records: CompletionTable::new(config.client_record_ttl()),
             metrics: NodeMetrics::new(),
+            traps: TrapSwitches {
+                cursor_before_apply: config.trap_cursor_before_apply,
+                no_tombstones: config.trap_no_tombstones,
+            },
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }
     }
@@ -94,20 +107,23 @@ impl Handler {
     pub fn execute(&self, request: &Request<'_>) -> Option<Reply> {
         let started = Instant::now();
         let op = request.body.op();
+        let dual = request.header.flags & FLAG_DUAL_READ != 0;
+        let mut progress = None;
         let (status, outcomes) = match &request.body {
             RequestBody::Get { key } => {
-                let outcome = self.read(key, Op::Get);
+                let outcome = self.read(key, Op::Get, dual, &mut progress);
                 (outcome.status, vec![outcome])
             }
-            RequestBody::MultiGet { keys } => {
-                (Status::Ok, keys.iter().map(|key| self.read(key, Op::MultiGet)).collect())
-            }
+            RequestBody::MultiGet { keys } => (
+                Status::Ok,
+                keys.iter().map(|key| self.read(key, Op::MultiGet, dual, &mut progress)).collect(),
+            ),
             RequestBody::Put { key, value } => {
-                let outcome = self.write(&request.header, key, Some(value), op)?;
+                let outcome = self.write(&request.header, key, Some(value), op, &mut progress)?;
                 (outcome.status, vec![outcome])
             }
             RequestBody::Delete { key } => {
-                let outcome = self.write(&request.header, key, None, op)?;
+                let outcome = self.write(&request.header, key, None, op, &mut progress)?;
                 (outcome.status, vec![outcome])
             }
         };
@@ -118,46 +134,50 @@ impl Handler {
             request_id: request.header.request_id,
             epoch: self.ownership.epoch(),
             outcomes,
-            progress: None,
+            progress,
         })
     }
 
-    fn read(&self, key: &[u8], op: Op) -> Outcome {
+    fn read(&self, key: &[u8], op: Op, dual: bool, progress: &mut Option<MigrationProgress>) -> Outcome {
         if key.len() > self.limits.max_key_bytes {
             return Outcome::status(Status::TooLarge);
         }
         let hash = key_hash(key);
         self.ownership.with_placement(hash, |placement| match placement {
             Placement::Served(range) => {
+                match &range.role {
+                    RangeRole::Serving => {}
+                    // A frozen source answers only clients that also read the
+                    // destination; others learn of the move from the redirect.
+                    RangeRole::Frozen { destination } if !dual => return redirect(Some(*destination)),
+                    RangeRole::Frozen { .. } => {}
+                    RangeRole::Incoming(mv) if !mv.is_active() => return Outcome::status(Status::Retry),
+                    RangeRole::Incoming(mv) => *progress = Some(mv.progress()),
+                }
                 range.metrics.count_op(op);
                 match self.store.get(hash, key) {
-                    Some(object) => match object.value {
-                        Some(value) => {
-                            range.metrics.count_read_bytes(value.len());
-                            Outcome {
-                                status: Status::Ok,
-                                version: object.version,
-                                redirect: None,
-                                value: Some(value),
-                            }
-                        }
-                        None => Outcome {
-                            status: Status::NotFound,
-                            version: object.version,
-                            redirect: None,
-                            value: None,
-                        },
-                    },
+                    Some(Object { version, value: Some(value) }) => {
+                        range.metrics.count_read_bytes(value.len());
+                        Outcome { status: Status::Ok, version, redirect: None, value: Some(value) }
+                    }
+                    Some(Object { version, value: None }) => {
+                        Outcome { status: Status::NotFound, version, redirect: None, value: None }
+                    }
                     None => Outcome::status(Status::NotFound),
                 }
             }
-            Placement::Elsewhere { redirect } => {
-                Outcome { status: Status::Redirect, version: 0, redirect, value: None }
-            }
+            Placement::Elsewhere { redirect: to } => redirect(to),
         })
     }
 
-    fn write(&self, header: &RequestHeader, key: &[u8], value: Option<&[u8]>, op: Op) -> Option<Outcome> {
+    fn write(
+        &self,
+        header: &RequestHeader,
+        key: &[u8],
+        value: Option<&[u8]>,
+        op: Op,
+        progress: &mut Option<MigrationProgress>,
+    ) -> Option<Outcome> {
         if key.len() > self.limits.max_key_bytes
             || value.is_some_and(|v| v.len() > self.limits.max_value_bytes)
         {
@@ -165,57 +185,85 @@ impl Handler {
         }
         let hash = key_hash(key);
         let tracked = header.seq != 0;
-        self.ownership.with_placement(hash, |placement| match placement {
-            Placement::Elsewhere { redirect } => {
-                // A retry of a write applied here before the range left is
-                // answered from its record; only a never-applied write is redirected.
-                if let Some(done) =
-                    tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()
-                {
-                    return Some(Outcome {
-                        status: done.status,
-                        version: done.version,
-                        redirect: None,
-                        value: None,
-                    });
-                }
-                Some(Outcome { status: Status::Redirect, version: 0, redirect, value: None })
+        // A retry of a write applied here before the range left (or froze) is
+        // answered from its record; only a never-applied write is redirected.
+        let replay_or_redirect = |to: Option<u32>| {
+            if let Some(done) = tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten() {
+                self.metrics.write_replays.inc();
+                return Some(Outcome {
+                    status: done.status,
+                    version: done.version,
+                    redirect: None,
+                    value: None,
+                });
             }
-            Placement::Served(range) => {
-                if tracked {
-                    match self.records.admit(header.client_id, header.seq, header.ack) {
-                        Admission::Apply => {}
-                        Admission::Replay(done) => {
-                            self.metrics.write_replays.inc();
-                            return Some(Outcome {
-                                status: done.status,
-                                version: done.version,
-                                redirect: None,
-                                value: None,
-                            });
-                        }
-                        Admission::Stale => return Some(Outcome::status(Status::Stale)),
-                        Admission::InProgress => {
-                            self.metrics.count_drop(DropReason::InProgress);
-                            return None;
-                        }
+            Some(redirect(to))
+        };
+        self.ownership.with_placement(hash, |placement| {
+            let range = match placement {
+                Placement::Elsewhere { redirect: to } => return replay_or_redirect(to),
+                Placement::Served(range) => range,
+            };
+            let keep_tombstone = match &range.role {
+                RangeRole::Serving => false,
+                RangeRole::Frozen { destination } => return replay_or_redirect(Some(*destination)),
+                RangeRole::Incoming(mv) if !mv.is_active() => return Some(Outcome::status(Status::Retry)),
+                RangeRole::Incoming(mv) => {
+                    *progress = Some(mv.progress());
+                    // Until the move completes, a delete must outrank the old
+                    // copy still on its way from the source (trap 3).
+                    !self.traps.no_tombstones
+                }
+            };
+            if tracked {
+                match self.records.admit(header.client_id, header.seq, header.ack) {
+                    Admission::Apply => {}
+                    Admission::Replay(done) => {
+                        self.metrics.write_replays.inc();
+                        return Some(Outcome {
+                            status: done.status,
+                            version: done.version,
+                            redirect: None,
+                            value: None,
+                        });
+                    }
+                    Admission::Stale => return Some(Outcome::status(Status::Stale)),
+                    Admission::InProgress => {
+                        self.metrics.count_drop(DropReason::InProgress);
+                        return None;
                     }
                 }
-                range.metrics.count_op(op);
-                range.metrics.count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
-                let result = self.store.write(hash, key, value.map(Bytes::copy_from_slice), false);
-                apply_delta(&range.metrics, result.delta);
-                let status = if value.is_none() && !result.existed { Status::NotFound } else { Status::Ok };
-                if tracked {
-                    self.records.finish(
-                        header.client_id,
-                        header.seq,
-                        Completion { status, version: result.version },
-                    );
-                }
-                Some(Outcome { status, version: result.version, redirect: None, value: None })
             }
+            range.metrics.count_op(op);
+            range.metrics.count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
+            let result = self.store.write(hash, key, value.map(Bytes::copy_from_slice), keep_tombstone);
+            range.observe_version(result.version);
+            apply_delta(&range.metrics, result.delta);
+            let status = if value.is_none() && !result.existed { Status::NotFound } else { Status::Ok };
+            if tracked {
+                self.records.finish(
+                    header.client_id,
+                    header.seq,
+                    Completion { status, version: result.version },
+                    hash,
+                );
+            }
+            Some(Outcome { status, version: result.version, redirect: None, value: None })
         })
+    }
+
+    /// Applies an object pulled from a move's source ("higher version wins").
+    pub fn apply_migrated(&self, hash: u64, key: &[u8], object: Object) {
+        let version = object.version;
+        self.ownership.with_placement(hash, |placement| {
+            if let Placement::Served(range) = placement {
+                let (applied, delta) = self.store.apply_if_newer(hash, key, object);
+                range.observe_version(version);
+                if applied {
+                    apply_delta(&range.metrics, delta);
+                }
+            }
+        });
     }
 
     /// Sets a range's object and byte gauges from a scan of the store.

@@ -14,6 +14,7 @@
 //! - [`handler`]: executes one request against the above.
 //! - [`server`]: the data-path loop over a transport.
 //! - [`control`]: the `NodeControl` gRPC service.
+//! - [`migration`]: the destination side of a live move.
 //! - [`metrics`], [`http`]: Prometheus metrics and the HTTP endpoint.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod control;
 pub mod handler;
 pub mod http;
 pub mod metrics;
+pub mod migration;
 pub mod ownership;
 pub mod records;
 pub mod server;
@@ -37,6 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How long a stopping node waits for open gRPC and HTTP connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Failure to start a node.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +78,18 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Stops every server of the node and waits for them.
+    /// Stops every server of the node and waits for them: up to
+    /// [`SHUTDOWN_GRACE`] for open control connections to finish, then they are cut.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                node = self.node_id,
+                "connections still open after the grace period; closing them"
+            );
+            self.tasks.shutdown().await;
+        }
     }
 
     /// Waits until the node stops (after its token is cancelled).

@@ -1,16 +1,49 @@
 //! Which hash ranges this node serves, and where the ones it gave away went.
 
 use crate::metrics::{NodeMetrics, RangeMetrics};
+use crate::migration::IncomingMove;
 use fulva_proto::{Epoch, HashRange, NodeId};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// A range this node serves, with its metric handles.
+/// What this node does with a range it holds.
+#[derive(Clone)]
+pub enum RangeRole {
+    /// Serves reads and writes.
+    Serving,
+    /// Source of a move after the freeze: writes are redirected to the
+    /// destination; reads are answered only to clients reading both nodes.
+    Frozen {
+        /// Node the range moves to.
+        destination: NodeId,
+    },
+    /// Destination of a move.
+    Incoming(Arc<IncomingMove>),
+}
+
+/// A range this node holds, with its role and metric handles.
 pub struct OwnedRange {
-    /// Hashes served.
+    /// Hashes covered.
     pub range: HashRange,
     /// Per-range counters and gauges.
     pub metrics: RangeMetrics,
+    /// Serving, frozen source or incoming destination.
+    pub role: RangeRole,
+    /// Highest object version given or applied in the range (a move's version floor).
+    pub max_version: AtomicU64,
+}
+
+impl OwnedRange {
+    fn new(range: HashRange, metrics: &NodeMetrics, role: RangeRole, max_version: u64) -> OwnedRange {
+        OwnedRange { range, metrics: metrics.range(range), role, max_version: AtomicU64::new(max_version) }
+    }
+
+    /// Records that `version` now exists in the range.
+    #[inline]
+    pub fn observe_version(&self, version: u64) {
+        self.max_version.fetch_max(version, Ordering::AcqRel);
+    }
 }
 
 /// Why a range could not be assigned or dropped.
@@ -27,6 +60,16 @@ pub enum OwnershipError {
     /// The range to drop is not served here.
     #[error("range {0} is not served by this node")]
     NotServed(HashRange),
+    /// The range is not in the state the operation needs.
+    #[error("range {range} cannot {operation}: {state}")]
+    WrongState {
+        /// The range.
+        range: HashRange,
+        /// What was asked.
+        operation: &'static str,
+        /// Its state.
+        state: &'static str,
+    },
     /// The request carries an epoch older than the node's.
     #[error("epoch {given} is older than the node's epoch {current}")]
     StaleEpoch {
@@ -105,8 +148,128 @@ impl Ownership {
             return Err(OwnershipError::Overlap { new: range, existing: existing.range });
         }
         let idx = served.partition_point(|r| r.range.first < range.first);
-        served.insert(idx, OwnedRange { range, metrics: metrics.range(range) });
+        served.insert(idx, OwnedRange::new(range, metrics, RangeRole::Serving, 0));
         self.moved.write().retain(|(r, _)| !r.overlaps(&range));
+        self.observe_epoch(epoch);
+        Ok(())
+    }
+
+    /// Takes `range` as the destination of a move (requests get Retry until
+    /// the move is activated).
+    pub fn prepare_incoming(
+        &self,
+        incoming: Arc<IncomingMove>,
+        epoch: Epoch,
+        metrics: &NodeMetrics,
+    ) -> Result<(), OwnershipError> {
+        self.check_epoch(epoch)?;
+        let range = incoming.range;
+        let mut served = self.served.write();
+        if let Some(existing) = served.iter().find(|r| r.range.overlaps(&range)) {
+            return Err(OwnershipError::Overlap { new: range, existing: existing.range });
+        }
+        let idx = served.partition_point(|r| r.range.first < range.first);
+        served.insert(idx, OwnedRange::new(range, metrics, RangeRole::Incoming(incoming), 0));
+        self.moved.write().retain(|(r, _)| !r.overlaps(&range));
+        Ok(())
+    }
+
+    /// Freezes a served range as the source of a move to `destination`. Taking
+    /// the table's write lock waits for every request in flight, so when this
+    /// returns no write is running in the range; returns the range's highest version.
+    pub fn freeze(&self, range: HashRange, destination: NodeId, epoch: Epoch) -> Result<u64, OwnershipError> {
+        self.check_epoch(epoch)?;
+        let mut served = self.served.write();
+        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        match owned.role {
+            RangeRole::Serving => owned.role = RangeRole::Frozen { destination },
+            RangeRole::Frozen { destination: d } if d == destination => {}
+            RangeRole::Frozen { .. } => {
+                return Err(OwnershipError::WrongState {
+                    range,
+                    operation: "freeze",
+                    state: "frozen for another move",
+                })
+            }
+            RangeRole::Incoming(_) => {
+                return Err(OwnershipError::WrongState {
+                    range,
+                    operation: "freeze",
+                    state: "still moving in",
+                })
+            }
+        }
+        Ok(owned.max_version.load(Ordering::Acquire))
+    }
+
+    /// Turns a finished incoming range into a plainly served one.
+    pub fn finish_incoming(&self, range: HashRange, epoch: Epoch) -> Result<(), OwnershipError> {
+        self.check_epoch(epoch)?;
+        let mut served = self.served.write();
+        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        match &owned.role {
+            RangeRole::Incoming(mv) if mv.is_done() => owned.role = RangeRole::Serving,
+            RangeRole::Incoming(_) => {
+                return Err(OwnershipError::WrongState {
+                    range,
+                    operation: "finish",
+                    state: "not fully moved in",
+                })
+            }
+            RangeRole::Serving => {}
+            RangeRole::Frozen { .. } => {
+                return Err(OwnershipError::WrongState { range, operation: "finish", state: "frozen" })
+            }
+        }
+        self.observe_epoch(epoch);
+        Ok(())
+    }
+
+    /// The incoming move of `range`, if the node is its destination.
+    pub fn incoming(&self, range: HashRange) -> Option<Arc<IncomingMove>> {
+        self.served.read().iter().find(|r| r.range == range).and_then(|r| match &r.role {
+            RangeRole::Incoming(mv) => Some(mv.clone()),
+            _ => None,
+        })
+    }
+
+    /// Raises a range's version floor (a move's destination, on activation).
+    pub fn raise_max_version(&self, range: HashRange, version: u64) {
+        if let Some(r) = self.served.read().iter().find(|r| r.range == range) {
+            r.observe_version(version);
+        }
+    }
+
+    /// Splits a served range at `at` (the first hash of the upper part).
+    pub fn split(
+        &self,
+        range: HashRange,
+        at: u64,
+        epoch: Epoch,
+        metrics: &NodeMetrics,
+    ) -> Result<(), OwnershipError> {
+        self.check_epoch(epoch)?;
+        let (low, high) = range.split_at(at).map_err(|_| OwnershipError::WrongState {
+            range,
+            operation: "split",
+            state: "bad split point",
+        })?;
+        let mut served = self.served.write();
+        let idx = served.iter().position(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        if !matches!(served[idx].role, RangeRole::Serving) {
+            return Err(OwnershipError::WrongState { range, operation: "split", state: "moving" });
+        }
+        let old = served.remove(idx);
+        let max_version = old.max_version.load(Ordering::Acquire);
+        metrics.forget_range(&old.metrics);
+        let (objects, bytes) = (old.metrics.objects.get(), old.metrics.stored_bytes.get());
+        let lower = OwnedRange::new(low, metrics, RangeRole::Serving, max_version);
+        let upper = OwnedRange::new(high, metrics, RangeRole::Serving, max_version);
+        // Gauges are re-measured by the caller; keep totals meanwhile.
+        lower.metrics.objects.set(objects);
+        lower.metrics.stored_bytes.set(bytes);
+        served.insert(idx, upper);
+        served.insert(idx, lower);
         self.observe_epoch(epoch);
         Ok(())
     }
@@ -124,6 +287,9 @@ impl Ownership {
         let mut served = self.served.write();
         let idx = served.iter().position(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
         let owned = served.remove(idx);
+        if let RangeRole::Incoming(mv) = &owned.role {
+            mv.cancel();
+        }
         metrics.forget_range(&owned.metrics);
         if let Some(node) = new_owner {
             let mut moved = self.moved.write();

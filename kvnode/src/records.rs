@@ -39,7 +39,21 @@ pub enum Admission {
 #[derive(Clone, Copy, Debug)]
 enum Record {
     InProgress,
-    Done(Completion),
+    /// Completed write and the hash of its key (records move with their range).
+    Done(Completion, u64),
+}
+
+/// A record as handed from a move's source to its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MovedRecord {
+    /// Client.
+    pub client: u64,
+    /// Write sequence number.
+    pub seq: u64,
+    /// Outcome.
+    pub completion: Completion,
+    /// Hash of the written key.
+    pub hash: u64,
 }
 
 struct ClientRecords {
@@ -83,7 +97,7 @@ impl CompletionTable {
             return Admission::Stale;
         }
         match entry.records.get(&seq) {
-            Some(Record::Done(c)) => Admission::Replay(*c),
+            Some(Record::Done(c, _)) => Admission::Replay(*c),
             Some(Record::InProgress) => Admission::InProgress,
             None => {
                 entry.records.insert(seq, Record::InProgress);
@@ -96,17 +110,62 @@ impl CompletionTable {
     pub fn lookup(&self, client: u64, seq: u64) -> Option<Completion> {
         let shard = self.shard(client).lock();
         match shard.get(&client)?.records.get(&seq)? {
-            Record::Done(c) => Some(*c),
+            Record::Done(c, _) => Some(*c),
             Record::InProgress => None,
         }
     }
 
     /// Records the outcome of a write admitted with [`Admission::Apply`].
-    pub fn finish(&self, client: u64, seq: u64, completion: Completion) {
+    pub fn finish(&self, client: u64, seq: u64, completion: Completion, hash: u64) {
         let mut shard = self.shard(client).lock();
         if let Some(entry) = shard.get_mut(&client) {
             if seq >= entry.ack {
-                entry.records.insert(seq, Record::Done(completion));
+                entry.records.insert(seq, Record::Done(completion, hash));
+            }
+        }
+    }
+
+    /// Completed records of writes to keys in `range`, and every client's ack floor.
+    pub fn export(&self, range: fulva_proto::HashRange) -> (Vec<MovedRecord>, Vec<(u64, u64)>) {
+        let mut records = Vec::new();
+        let mut acks = Vec::new();
+        for shard in self.shards.iter() {
+            for (client, entry) in shard.lock().iter() {
+                acks.push((*client, entry.ack));
+                for (seq, record) in &entry.records {
+                    if let Record::Done(completion, hash) = record {
+                        if range.contains(*hash) {
+                            records.push(MovedRecord {
+                                client: *client,
+                                seq: *seq,
+                                completion: *completion,
+                                hash: *hash,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        (records, acks)
+    }
+
+    /// Installs records and ack floors handed over by a move's source.
+    pub fn import(&self, records: &[MovedRecord], acks: &[(u64, u64)]) {
+        let now = Instant::now();
+        let fresh = || ClientRecords { ack: 0, records: HashMap::new(), last_seen: now };
+        for &(client, ack) in acks {
+            let mut shard = self.shard(client).lock();
+            let entry = shard.entry(client).or_insert_with(fresh);
+            if ack > entry.ack {
+                entry.ack = ack;
+                entry.records.retain(|s, _| *s >= ack);
+            }
+        }
+        for r in records {
+            let mut shard = self.shard(r.client).lock();
+            let entry = shard.entry(r.client).or_insert_with(fresh);
+            if r.seq >= entry.ack {
+                entry.records.entry(r.seq).or_insert(Record::Done(r.completion, r.hash));
             }
         }
     }
@@ -136,7 +195,7 @@ mod tests {
         let t = CompletionTable::new(Duration::from_secs(60));
         assert_eq!(t.admit(1, 1, 1), Admission::Apply);
         assert_eq!(t.admit(1, 1, 1), Admission::InProgress);
-        t.finish(1, 1, DONE);
+        t.finish(1, 1, DONE, 0);
         assert_eq!(t.admit(1, 1, 1), Admission::Replay(DONE));
         // The client acknowledged seq 1 (ack = 2): its record goes, and a late copy is stale.
         assert_eq!(t.admit(1, 2, 2), Admission::Apply);

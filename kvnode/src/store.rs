@@ -93,6 +93,18 @@ impl Store {
         self.next_version.load(Ordering::Acquire) - 1
     }
 
+    /// Highest version stored in `range` (a scan; a cross-check of the
+    /// per-range maximum kept by the ownership table).
+    pub fn version_ceiling_in(&self, range: HashRange) -> u64 {
+        let mut max = 0;
+        for idx in self.stripes_of(range) {
+            for e in self.stripes[idx].lock().iter().filter(|e| range.contains(e.hash)) {
+                max = max.max(e.object.version);
+            }
+        }
+        max
+    }
+
     /// Reads `key`. Tombstones are returned as objects with no value.
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Object> {
         let stripe = self.stripe(hash).lock();
@@ -198,6 +210,59 @@ impl Store {
             });
         }
         delta
+    }
+
+    /// Removes the tombstones in `range`; returns how many went.
+    pub fn purge_tombstones(&self, range: HashRange) -> SizeDelta {
+        let mut delta = SizeDelta::default();
+        for idx in self.stripes_of(range) {
+            self.stripes[idx].lock().retain(|e| {
+                let keep = !(range.contains(e.hash) && e.object.value.is_none());
+                if !keep {
+                    delta.objects -= 1;
+                    delta.bytes -= e.bytes() as i64;
+                }
+                keep
+            });
+        }
+        delta
+    }
+
+    /// One batch of a range's objects in hash order, starting at hash `from`:
+    /// whole hashes only, about `max_bytes` of keys and values. Returns the
+    /// objects, the hash the next batch starts at, and whether this is the last.
+    pub fn scan_batch(
+        &self,
+        range: HashRange,
+        from: u64,
+        max_bytes: usize,
+    ) -> (Vec<(u64, Bytes, Object)>, u64, bool) {
+        let start = from.max(range.first);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if start > range.last {
+            return (out, range.last, true);
+        }
+        let part = HashRange { first: start, last: range.last };
+        for idx in self.stripes_of(part) {
+            let mut stripe: Vec<(u64, Bytes, Object)> = self.stripes[idx]
+                .lock()
+                .iter()
+                .filter(|e| part.contains(e.hash))
+                .map(|e| (e.hash, e.key.clone(), e.object.clone()))
+                .collect();
+            stripe.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            for item in stripe {
+                let hash = item.0;
+                if bytes >= max_bytes && out.last().is_some_and(|(h, _, _): &(u64, Bytes, Object)| *h != hash)
+                {
+                    return (out, hash, false);
+                }
+                bytes += item.1.len() + item.2.value.as_ref().map_or(0, Bytes::len);
+                out.push(item);
+            }
+        }
+        (out, range.last, true)
     }
 
     /// Objects and bytes stored in `range` (a scan).

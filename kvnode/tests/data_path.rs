@@ -24,6 +24,7 @@ impl Peer {
         self.next_id += 1;
         let header = RequestHeader {
             op: body.op() as u8,
+            flags: 0,
             request_id: self.next_id,
             client_id: 99,
             seq,

@@ -37,6 +37,9 @@ pub enum CoordinatorError {
         /// What went wrong.
         message: String,
     },
+    /// A move or split cannot be done.
+    #[error("{0}")]
+    Move(String),
     /// Bootstrap was asked for something impossible.
     #[error("cannot bootstrap: {0}")]
     Bootstrap(String),
@@ -125,6 +128,15 @@ impl Coordinator {
         if current.epoch != expected {
             return Err(CoordinatorError::EpochConflict { expected, current: current.epoch });
         }
+        self.apply(&mut current, change)
+    }
+
+    fn apply(
+        &self,
+        current: &mut ShardMap,
+        change: impl FnOnce(&mut ShardMap),
+    ) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let expected = current.epoch;
         let mut next = current.clone();
         change(&mut next);
         next.epoch = expected + 1;
@@ -134,6 +146,16 @@ impl Coordinator {
         let next = Arc::new(next);
         self.published.send_replace(next.clone());
         Ok(next)
+    }
+
+    /// Applies `change` to the map in force (the coordinator is the one
+    /// writer, so this is a compare-and-set on the current epoch).
+    pub async fn update(
+        &self,
+        change: impl FnOnce(&mut ShardMap),
+    ) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let mut current = self.current.lock().await;
+        self.apply(&mut current, change)
     }
 
     async fn client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {

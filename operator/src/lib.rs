@@ -8,12 +8,15 @@
 //! # Layout
 //! - [`map_store`]: persistence of the map ([`FileMapStore`], [`MemoryMapStore`]).
 //! - [`coordinator`]: [`Coordinator`], map changes and node assignment.
+//! - [`moves`]: moving and splitting ranges live.
 //! - [`service`]: the gRPC `ShardMapService`.
 
 pub mod coordinator;
 pub mod map_store;
+pub mod moves;
 pub mod service;
 
 pub use coordinator::{Coordinator, CoordinatorError};
 pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
+pub use moves::{MoveOptions, MoveReport};
 pub use service::ShardMapServiceImpl;

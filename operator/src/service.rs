@@ -6,18 +6,26 @@ use fulva_proto::grpc::{self, GetShardMapRequest, WatchShardMapRequest};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// Serves the coordinator's shard map over gRPC.
 #[derive(Clone)]
 pub struct ShardMapServiceImpl {
     coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
 }
 
 impl ShardMapServiceImpl {
     /// A service over `coordinator`.
     pub fn new(coordinator: Arc<Coordinator>) -> ShardMapServiceImpl {
-        ShardMapServiceImpl { coordinator }
+        ShardMapServiceImpl { coordinator, shutdown: CancellationToken::new() }
+    }
+
+    /// A service whose map watches end when `shutdown` is cancelled, so a
+    /// graceful server shutdown does not wait for watching clients.
+    pub fn with_shutdown(coordinator: Arc<Coordinator>, shutdown: CancellationToken) -> ShardMapServiceImpl {
+        ShardMapServiceImpl { coordinator, shutdown }
     }
 }
 
@@ -40,6 +48,7 @@ impl ShardMapService for ShardMapServiceImpl {
     ) -> Result<Response<Self::WatchShardMapStream>, Status> {
         let mut after = request.into_inner().after_epoch;
         let mut updates = self.coordinator.subscribe();
+        let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             loop {
                 let map = updates.borrow_and_update().clone();
@@ -49,8 +58,9 @@ impl ShardMapService for ShardMapServiceImpl {
                         return;
                     }
                 }
-                if updates.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = updates.changed() => if changed.is_err() { return },
                 }
             }
         });

@@ -4,7 +4,7 @@
 //!
 //! Request (48-byte header, then the body):
 //! ```text
-//!  0 magic u16 = 0xF17A   2 version u8 = 1   3 op u8   4 flags u32 (0)
+//!  0 magic u16 = 0xF17A   2 version u8 = 1   3 op u8   4 flags u32 (bit 0: dual read)
 //!  8 request_id u64      16 client_id u64  24 seq u64 (0 = read, no record)
 //! 32 ack u64 (every seq below it is acknowledged)   40 epoch u64 (client's map)
 //! 48 body: GET/DELETE: key_len u16, key
@@ -140,11 +140,17 @@ impl Status {
     }
 }
 
+/// Request flag: the client knows the key's range is moving and is reading
+/// from the source and the destination at once, so a frozen source may answer.
+pub const FLAG_DUAL_READ: u32 = 1;
+
 /// Fields of a request header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
     /// Raw op code (may be unknown).
     pub op: u8,
+    /// Request flags ([`FLAG_DUAL_READ`]); unknown bits are ignored.
+    pub flags: u32,
     /// Matches a reply to its request; unique per client among requests in flight.
     pub request_id: u64,
     /// Client identity for at-most-once records.
@@ -308,7 +314,7 @@ impl<'a> Request<'a> {
         }
         let version = r.u8().unwrap_or_default();
         let op = r.u8().unwrap_or_default();
-        let _flags = r.u32();
+        let flags = r.u32().unwrap_or_default();
         let request_id = r.u64().unwrap_or_default();
         if version != PROTOCOL_VERSION {
             return Err(FrameError::UnsupportedVersion { version, request_id, op });
@@ -318,6 +324,7 @@ impl<'a> Request<'a> {
         }
         let header = RequestHeader {
             op,
+            flags,
             request_id,
             client_id: r.u64().unwrap_or_default(),
             seq: r.u64().unwrap_or_default(),
@@ -377,7 +384,7 @@ impl<'a> Request<'a> {
         out.put_u16_le(MAGIC);
         out.put_u8(PROTOCOL_VERSION);
         out.put_u8(self.body.op() as u8);
-        out.put_u32_le(0);
+        out.put_u32_le(h.flags);
         out.put_u64_le(h.request_id);
         out.put_u64_le(h.client_id);
         out.put_u64_le(h.seq);
