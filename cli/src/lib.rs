@@ -8,8 +8,10 @@
 //! - [`up`]: `fulva up`.
 //! - [`kv`]: `fulva kv get|put|del|mget`.
 //! - [`bench`]: `fulva bench kv`.
+//! - [`check`]: `fulva check`, the linearizability checker.
 
 pub mod bench;
+pub mod check;
 pub mod kv;
 pub mod local;
 pub mod sessions;

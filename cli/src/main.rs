@@ -22,6 +22,11 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Check a recorded history (JSON lines) for linearizability; exit code 1 if it is not.
+    Check {
+        /// History file written by the client's recorder.
+        history: std::path::PathBuf,
+    },
     /// Run one storage node (same as `fulva-kvnode`).
     Node {
         #[command(flatten)]
@@ -48,6 +53,7 @@ async fn main() -> std::process::ExitCode {
         Command::Up(args) => up::run(args).await.map(|()| true),
         Command::Kv(args) => kv::run(args).await,
         Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
+        Command::Check { history } => fulva_cli::check::run(&history),
         Command::Node { node } => fulva_kvnode::run(node, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -19,14 +19,17 @@
 //! - [`client`]: [`Client`] and its request path.
 //! - [`config`]: the [`ClientConfig`].
 //! - [`error`]: the [`ClientError`] enum.
+//! - [`history`]: the opt-in [`History`] recorder ([`RecordingClient`]).
 //! - [`stats`]: the [`ClientStats`] counters.
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod stats;
 
 pub use client::{Client, Versioned};
 pub use config::ClientConfig;
 pub use error::ClientError;
+pub use history::{Event, EventType, Function, History, RecordingClient};
 pub use stats::ClientStats;
