@@ -5,6 +5,7 @@
 //! - [`local`]: [`LocalCluster`], a whole cluster in one process.
 //! - [`workload`]: YCSB mixes, zipfian keys, closed-loop runner and recorder.
 //! - [`sessions`]: workload sessions for Fulva and Redis.
+//! - [`stress`]: randomized moves under load, checked for linearizability.
 //! - [`up`]: `fulva up`.
 //! - [`kv`]: `fulva kv get|put|del|mget`.
 //! - [`bench`]: `fulva bench kv`.
@@ -15,6 +16,7 @@ pub mod check;
 pub mod kv;
 pub mod local;
 pub mod sessions;
+pub mod stress;
 pub mod up;
 pub mod workload;
 

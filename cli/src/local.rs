@@ -6,6 +6,7 @@ use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::{NodeConfig, NodeHandle};
 use fulva_operator::{Coordinator, FileMapStore, MapStore, MemoryMapStore, ShardMapServiceImpl};
 use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
+use fulva_proto::transport::{FaultConfig, FaultyTransport, UdpTransport};
 use fulva_proto::NodeInfo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub struct LocalClusterConfig {
     pub control_addr: SocketAddr,
     /// Where the coordinator keeps the map (`None`: in memory).
     pub map_file: Option<PathBuf>,
+    /// Loss, duplication and reordering injected on every data-path socket
+    /// (nodes' and the clients' made by [`LocalCluster::client`]).
+    pub faults: Option<FaultConfig>,
 }
 
 impl Default for LocalClusterConfig {
@@ -36,6 +40,7 @@ impl Default for LocalClusterConfig {
             node: NodeConfig::loopback(0),
             control_addr: "127.0.0.1:0".parse().expect("valid address"),
             map_file: None,
+            faults: None,
         }
     }
 }
@@ -50,6 +55,7 @@ pub struct LocalCluster {
     pub control_addr: SocketAddr,
     shutdown: CancellationToken,
     control_task: JoinHandle<()>,
+    faults: Option<FaultConfig>,
 }
 
 impl LocalCluster {
@@ -65,7 +71,18 @@ impl LocalCluster {
                 metrics_addr: with_port(config.node.metrics_addr, 0),
                 ..config.node.clone()
             };
-            nodes.push(fulva_kvnode::start(node_config).await?);
+            let node = match config.faults {
+                None => fulva_kvnode::start(node_config).await?,
+                Some(faults) => {
+                    let udp = UdpTransport::bind(node_config.data_addr, false)?;
+                    let faulty = FaultyTransport::new(
+                        udp,
+                        FaultConfig { seed: faults.seed ^ u64::from(id), ..faults },
+                    );
+                    fulva_kvnode::start_on(node_config, vec![faulty], CancellationToken::new()).await?
+                }
+            };
+            nodes.push(node);
         }
         let infos = nodes
             .iter()
@@ -98,7 +115,7 @@ impl LocalCluster {
                 tracing::error!(error = %err, "control endpoint failed");
             }
         });
-        Ok(LocalCluster { nodes, coordinator, control_addr, shutdown, control_task })
+        Ok(LocalCluster { nodes, coordinator, control_addr, shutdown, control_task, faults: config.faults })
     }
 
     /// The control endpoint as a client connects to it.
@@ -109,6 +126,24 @@ impl LocalCluster {
     /// A client of this cluster with default settings.
     pub async fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(ClientConfig::new(self.control_endpoint())).await?)
+    }
+
+    /// A client whose sockets suffer the cluster's injected faults (seeded by `seed`).
+    pub async fn faulty_client(&self, seed: u64) -> anyhow::Result<Client<FaultyTransport<UdpTransport>>> {
+        let faults = self.faults.unwrap_or_default();
+        let mut config = ClientConfig::new(self.control_endpoint());
+        config.initial_timeout = std::time::Duration::from_millis(10);
+        config.deadline = std::time::Duration::from_secs(20);
+        let transports = (0..2)
+            .map(|i| {
+                let udp = UdpTransport::bind(config.bind_addr, false)?;
+                Ok(FaultyTransport::new(
+                    udp,
+                    FaultConfig { seed: faults.seed.wrapping_mul(31).wrapping_add(seed * 2 + i), ..faults },
+                ))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Client::with_transports(config, transports).await?)
     }
 
     /// The node with id `id`.

@@ -27,6 +27,9 @@ enum Command {
         /// History file written by the client's recorder.
         history: std::path::PathBuf,
     },
+    /// Randomized soak: many live moves and splits under faults while clients
+    /// hammer hot keys; the recorded history is checked for linearizability.
+    Soak(fulva_cli::stress::SoakArgs),
     /// Run one storage node (same as `fulva-kvnode`).
     Node {
         #[command(flatten)]
@@ -54,6 +57,7 @@ async fn main() -> std::process::ExitCode {
         Command::Kv(args) => kv::run(args).await,
         Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
         Command::Check { history } => fulva_cli::check::run(&history),
+        Command::Soak(args) => fulva_cli::stress::soak(args).await,
         Command::Node { node } => fulva_kvnode::run(node, async {
             let _ = tokio::signal::ctrl_c().await;
         })

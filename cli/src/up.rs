@@ -61,6 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
         control_addr: args.control_addr,
         map_file: Some(args.data_dir.join("shard-map.json")),
+        faults: None,
     };
     let cluster = LocalCluster::start(config).await?;
     eprintln!(

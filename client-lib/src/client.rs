@@ -5,7 +5,7 @@ use crate::error::ClientError;
 use crate::stats::ClientStats;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use fulva_proto::frame::{RequestHeader, FLAG_DUAL_READ, MAX_MULTI_GET};
+use fulva_proto::frame::{dual_read_flags, RequestHeader, MAX_MULTI_GET};
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
 use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
@@ -232,13 +232,26 @@ impl<T: Transport> Client<T> {
         let key = key.as_ref();
         self.check_key(key)?;
         let hash = key_hash(key);
+        let deadline = Instant::now() + self.inner.config.deadline;
+        let mut rounds = 0u32;
         loop {
+            rounds += 1;
+            if rounds > 1 && Instant::now() >= deadline {
+                return Err(ClientError::Timeout { op: "get", attempts: rounds });
+            }
             if let Some(mv) = self.inner.move_for(hash) {
-                return self.dual_read(key, hash, mv).await;
+                match self.dual_read(key, hash, mv).await? {
+                    Some(read) => return Ok(read),
+                    // What the client knew of the move is out of date: ask afresh.
+                    None => {
+                        self.inner.forget_move(mv.range);
+                        continue;
+                    }
+                }
             }
             let reply = self.call(RequestBody::Get { key }, hash, 0, None, 0).await?;
-            // The destination of a move we did not know of answered for a key
-            // it may not have yet: read both nodes.
+            // The destination of a move answered for a key it may not have
+            // yet: read both ends of the move.
             if reply.progress.is_some_and(|p| !p.done && p.range.contains(hash) && hash >= p.cursor) {
                 continue;
             }
@@ -246,27 +259,43 @@ impl<T: Transport> Client<T> {
         }
     }
 
-    /// Reads `key` from a move's destination and source at once and keeps
-    /// the higher version (a tie goes to the destination; absent is version 0;
-    /// a tombstone counts with its version). A source that no longer holds the
-    /// range answers with a redirect: the move is over and the destination
-    /// alone is right.
-    async fn dual_read(&self, key: &[u8], hash: u64, mv: KnownMove) -> Result<Versioned, ClientError> {
+    /// Reads `key` from a move's destination and source at once and keeps the
+    /// higher version (a tie goes to the destination; absent is version 0; a
+    /// tombstone counts with its version). Returns `None` when either end
+    /// shows the move is not what the client believed (moved on, finished,
+    /// another move): the caller then asks afresh.
+    async fn dual_read(
+        &self,
+        key: &[u8],
+        hash: u64,
+        mv: KnownMove,
+    ) -> Result<Option<Versioned>, ClientError> {
         let body = RequestBody::Get { key };
         let (at_destination, at_source) = futures::join!(
-            self.call(body.clone(), hash, 0, Some(mv.destination), FLAG_DUAL_READ),
-            self.call_once(body.clone(), hash, mv.source, FLAG_DUAL_READ),
+            self.call_routed(body.clone(), hash, 0, Some(mv.destination), 0),
+            self.call_once(body.clone(), hash, mv.source, dual_read_flags(mv.destination)),
         );
-        let destination = versioned(at_destination?.outcomes.into_iter().next())?;
-        let source = at_source?;
-        if source.status == Status::Redirect
-            || source.outcomes.first().is_some_and(|o| o.status == Status::Redirect)
-        {
-            self.inner.forget_move(mv.range);
-            return Ok(destination);
+        let (reply, answered_by) = at_destination?;
+        if answered_by != Some(mv.destination) {
+            return Ok(None);
         }
-        let source = versioned(source.outcomes.into_iter().next())?;
-        Ok(if source.version > destination.version { source } else { destination })
+        let covered = match reply.progress {
+            // The destination serves the range alone: the move is over.
+            None => true,
+            Some(p) if p.range.contains(hash) && p.source == mv.source => p.done || hash < p.cursor,
+            Some(_) => return Ok(None),
+        };
+        let destination = versioned(reply.outcomes.into_iter().next())?;
+        if covered {
+            return Ok(Some(destination));
+        }
+        let source = at_source?;
+        let Some(outcome) = source.outcomes.into_iter().next() else { return Ok(None) };
+        if !matches!(outcome.status, Status::Ok | Status::NotFound) {
+            return Ok(None);
+        }
+        let source = versioned(Some(outcome))?;
+        Ok(Some(if source.version > destination.version { source } else { destination }))
     }
 
     /// Writes `value` under `key`; returns the version given to the write.
@@ -376,6 +405,18 @@ impl<T: Transport> Client<T> {
         target: Option<NodeId>,
         flags: u32,
     ) -> Result<Reply, ClientError> {
+        self.call_routed(body, hash, seq, target, flags).await.map(|(reply, _)| reply)
+    }
+
+    /// Like `call`, also naming the node that gave the final reply.
+    async fn call_routed(
+        &self,
+        body: RequestBody<'_>,
+        hash: u64,
+        seq: u64,
+        target: Option<NodeId>,
+        flags: u32,
+    ) -> Result<(Reply, Option<NodeId>), ClientError> {
         let inner = &self.inner;
         let op = body.op();
         let deadline = Instant::now() + inner.config.deadline;
@@ -421,7 +462,7 @@ impl<T: Transport> Client<T> {
                     }
                 }
                 Status::Retry => tokio::time::sleep(Duration::from_millis(1)).await,
-                _ => return Ok(reply),
+                _ => return Ok((reply, node)),
             }
             if Instant::now() >= deadline {
                 return Err(ClientError::Timeout { op: op.name(), attempts: exchanges });

@@ -250,7 +250,7 @@ impl NodeControl for ControlService {
         if !handler.ownership.ranges().iter().any(|r| r.covers(&range)) {
             return Err(ControlError::Ownership(OwnershipError::NotServed(range)).into());
         }
-        let batch_bytes = (req.batch_bytes as usize).clamp(4 * 1024, 4 * 1024 * 1024);
+        let batch_bytes = (req.batch_bytes as usize).clamp(1024, 4 * 1024 * 1024);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut from = req.from_hash;

@@ -7,7 +7,7 @@ use crate::ownership::{Ownership, Placement, RangeRole};
 use crate::records::{Admission, Completion, CompletionTable};
 use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
-use fulva_proto::frame::{RequestHeader, FLAG_DUAL_READ};
+use fulva_proto::frame::{dual_read_destination, RequestHeader};
 use fulva_proto::{
     key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status,
 };
@@ -36,6 +36,8 @@ pub struct Handler {
     pub metrics: NodeMetrics,
     /// Test-only switches that re-create known bugs.
     pub traps: TrapSwitches,
+    /// Target size of a pulled migration batch.
+    pub migration_batch_bytes: u32,
     limits: Limits,
 }
 
@@ -65,6 +67,7 @@ impl Handler {
                 cursor_before_apply: config.trap_cursor_before_apply,
                 no_tombstones: config.trap_no_tombstones,
             },
+            migration_batch_bytes: config.migration_batch_bytes,
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }
     }
@@ -107,7 +110,7 @@ impl Handler {
     pub fn execute(&self, request: &Request<'_>) -> Option<Reply> {
         let started = Instant::now();
         let op = request.body.op();
-        let dual = request.header.flags & FLAG_DUAL_READ != 0;
+        let dual = dual_read_destination(request.header.flags);
         let mut progress = None;
         let (status, outcomes) = match &request.body {
             RequestBody::Get { key } => {
@@ -138,21 +141,32 @@ impl Handler {
         })
     }
 
-    fn read(&self, key: &[u8], op: Op, dual: bool, progress: &mut Option<MigrationProgress>) -> Outcome {
+    fn read(
+        &self,
+        key: &[u8],
+        op: Op,
+        dual: Option<u32>,
+        progress: &mut Option<MigrationProgress>,
+    ) -> Outcome {
         if key.len() > self.limits.max_key_bytes {
             return Outcome::status(Status::TooLarge);
         }
         let hash = key_hash(key);
         self.ownership.with_placement(hash, |placement| match placement {
             Placement::Served(range) => {
-                match &range.role {
-                    RangeRole::Serving => {}
-                    // A frozen source answers only clients that also read the
-                    // destination; others learn of the move from the redirect.
-                    RangeRole::Frozen { destination } if !dual => return redirect(Some(*destination)),
-                    RangeRole::Frozen { .. } => {}
-                    RangeRole::Incoming(mv) if !mv.is_active() => return Outcome::status(Status::Retry),
-                    RangeRole::Incoming(mv) => *progress = Some(mv.progress()),
+                match (&range.role, dual) {
+                    (RangeRole::Serving, None) => {}
+                    // A frozen source answers only a client reading both ends of
+                    // this very move; others learn of the move from the redirect.
+                    (RangeRole::Frozen { destination }, Some(to)) if *destination == to => {}
+                    (RangeRole::Frozen { destination }, _) => return redirect(Some(*destination)),
+                    // A dual read sent here believes in a move this node is not
+                    // the frozen source of: no answer from here is one it wants.
+                    (_, Some(_)) => return redirect(None),
+                    (RangeRole::Incoming(mv), None) if !mv.is_active() => {
+                        return Outcome::status(Status::Retry)
+                    }
+                    (RangeRole::Incoming(mv), None) => *progress = Some(mv.progress()),
                 }
                 range.metrics.count_op(op);
                 match self.store.get(hash, key) {

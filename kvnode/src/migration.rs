@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Target size of one pulled batch.
-pub const PULL_BATCH_BYTES: u32 = 256 * 1024;
 /// Attempts to resume a pull after the stream from the source fails.
 const PULL_ATTEMPTS: u32 = 20;
 
@@ -208,8 +206,11 @@ async fn pull_once(handler: &Handler, mv: &IncomingMove, limiter: &mut RateLimit
         .await
         .map_err(|e| format!("connect to source {}: {e}", mv.source_control_addr))?;
     let from = mv.cursor.load(Ordering::Acquire);
-    let request =
-        PullRangeRequest { range: Some(mv.range.into()), from_hash: from, batch_bytes: PULL_BATCH_BYTES };
+    let request = PullRangeRequest {
+        range: Some(mv.range.into()),
+        from_hash: from,
+        batch_bytes: handler.migration_batch_bytes,
+    };
     let mut stream =
         client.pull_range(request).await.map_err(|s| format!("pull: {}", s.message()))?.into_inner();
     let traps = handler.traps;

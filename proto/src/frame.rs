@@ -140,16 +140,28 @@ impl Status {
     }
 }
 
-/// Request flag: the client knows the key's range is moving and is reading
-/// from the source and the destination at once, so a frozen source may answer.
+/// Request flag: a read sent to the source of a move while the client also
+/// reads the destination. Bits 8..32 hold the move's destination node id + 1:
+/// a frozen source answers only when that is the node it is moving to.
 pub const FLAG_DUAL_READ: u32 = 1;
+
+/// Flags of a dual read sent to the source of a move to `destination`
+/// (node ids up to 2^24 - 2).
+pub fn dual_read_flags(destination: NodeId) -> u32 {
+    FLAG_DUAL_READ | (destination.wrapping_add(1) << 8)
+}
+
+/// The move destination named by a dual read's flags.
+pub fn dual_read_destination(flags: u32) -> Option<NodeId> {
+    (flags & FLAG_DUAL_READ != 0).then(|| (flags >> 8).wrapping_sub(1))
+}
 
 /// Fields of a request header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
     /// Raw op code (may be unknown).
     pub op: u8,
-    /// Request flags ([`FLAG_DUAL_READ`]); unknown bits are ignored.
+    /// Request flags ([`FLAG_DUAL_READ`], see [`dual_read_flags`]); unknown bits are ignored.
     pub flags: u32,
     /// Matches a reply to its request; unique per client among requests in flight.
     pub request_id: u64,

@@ -1,0 +1,310 @@
+//! A randomized stress run: clients read, write and delete a small set of hot
+//! keys over a lossy network while ranges move back and forth and split; the
+//! recorded history is checked for linearizability. Used by the default test
+//! suite (short) and by `fulva soak` (long).
+
+use crate::check::{self, Operation, Report};
+use crate::local::{LocalCluster, LocalClusterConfig};
+use fulva_client::{Function, History, RecordingClient};
+use fulva_kvnode::NodeConfig;
+use fulva_operator::MoveOptions;
+use fulva_proto::transport::FaultConfig;
+use fulva_proto::{key_hash, ShardState};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shape of a stress run.
+#[derive(Clone, Debug)]
+pub struct StressConfig {
+    /// Storage nodes.
+    pub nodes: u32,
+    /// Concurrent client processes.
+    pub clients: u32,
+    /// Hot keys the clients use.
+    pub keys: u32,
+    /// Filler keys loaded so that moves carry data and take several batches.
+    pub filler_keys: u32,
+    /// Stop after this many moves ...
+    pub moves: u64,
+    /// ... or after this long, whichever comes first.
+    pub max_duration: Duration,
+    /// Most shards splitting may create.
+    pub max_shards: usize,
+    /// Bandwidth limit of each move (bytes/s), so moves overlap many operations.
+    pub move_rate_limit: u64,
+    /// Faults injected on every data-path socket.
+    pub faults: FaultConfig,
+    /// Where the history goes.
+    pub history: PathBuf,
+    /// Node settings (trap switches, batch size).
+    pub node: NodeConfig,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Print progress every few seconds.
+    pub verbose: bool,
+}
+
+impl StressConfig {
+    /// A short run for the default test suite.
+    pub fn quick(history: PathBuf) -> StressConfig {
+        StressConfig {
+            nodes: 3,
+            clients: 6,
+            keys: 8,
+            filler_keys: 4_000,
+            moves: 40,
+            max_duration: Duration::from_secs(25),
+            max_shards: 24,
+            move_rate_limit: 2_000_000,
+            faults: FaultConfig {
+                loss: 0.02,
+                duplicate: 0.02,
+                reorder: 0.02,
+                max_delay: Duration::from_millis(3),
+                seed: 7,
+            },
+            history,
+            node: NodeConfig { migration_batch_bytes: 8 * 1024, ..NodeConfig::loopback(0) },
+            seed: 1,
+            verbose: false,
+        }
+    }
+}
+
+/// What a stress run did and found.
+#[derive(Clone, Debug)]
+pub struct StressReport {
+    /// Moves completed.
+    pub moves: u64,
+    /// Splits done.
+    pub splits: u64,
+    /// Client operations completed (all kinds).
+    pub operations: u64,
+    /// Operations that failed or timed out.
+    pub errors: u64,
+    /// Linearizability of the history.
+    pub check: Report,
+    /// Acknowledged writes the final state lost (0 when correct).
+    pub lost_writes: usize,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+/// Runs a stress run and checks its history.
+pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
+    let started = Instant::now();
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        nodes: config.nodes,
+        shards: config.nodes * 2,
+        node: config.node.clone(),
+        faults: Some(config.faults),
+        ..LocalClusterConfig::default()
+    })
+    .await?;
+    let loader = cluster.client().await?;
+    for i in 0..config.filler_keys {
+        loader.put(format!("filler{i}"), [b'f'; 100]).await?;
+    }
+    let history = History::create(&config.history)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let operations = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let hot: Vec<String> = (0..config.keys).map(|k| format!("hot{k}")).collect();
+
+    let mut workers = Vec::new();
+    for p in 0..config.clients {
+        let client = cluster.faulty_client(u64::from(p) + config.seed * 1000).await?;
+        let mut recorder = RecordingClient::new(client, history.clone());
+        let (stop, operations, errors, hot) = (stop.clone(), operations.clone(), errors.clone(), hot.clone());
+        let seed = config.seed.wrapping_mul(7919).wrapping_add(u64::from(p));
+        workers.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
+                let key = hot[rng.random_range(0..hot.len())].as_bytes();
+                let roll = rng.random_range(0..100);
+                let ok = if roll < 50 {
+                    recorder.get(key).await.is_ok()
+                } else if roll < 85 {
+                    let value = format!("p{p}-{n}");
+                    recorder.put(key, value.as_bytes()).await.is_ok()
+                } else {
+                    recorder.delete(key).await.is_ok()
+                };
+                operations.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let (mut moves, mut splits) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    while moves < config.moves && started.elapsed() < config.max_duration {
+        let map = cluster.coordinator.map();
+        let hash = key_hash(hot[rng.random_range(0..hot.len())].as_bytes());
+        let Some(shard) = map.shard_of(hash).copied() else { continue };
+        if shard.state != ShardState::Normal {
+            continue;
+        }
+        let width = shard.range.last - shard.range.first;
+        if map.shards.len() < config.max_shards && width > 1 << 20 && rng.random_bool(0.3) {
+            let at = shard.range.first + rng.random_range(1..width);
+            cluster.coordinator.split(at).await?;
+            splits += 1;
+            continue;
+        }
+        let others: Vec<u32> = map.nodes.iter().map(|n| n.id).filter(|&id| id != shard.owner).collect();
+        let destination = others[rng.random_range(0..others.len())];
+        let options =
+            MoveOptions { rate_limit_bytes_per_sec: config.move_rate_limit, ..MoveOptions::default() };
+        cluster.coordinator.migrate(shard.range, destination, options, |_| {}).await?;
+        moves += 1;
+        if config.verbose && last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "  {:>5.0}s: {moves} moves, {splits} splits, {} operations, {} errors",
+                started.elapsed().as_secs_f64(),
+                operations.load(Ordering::Relaxed),
+                errors.load(Ordering::Relaxed)
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await?;
+    }
+    // Final reads through a clean client, recorded like the rest.
+    let mut reader = RecordingClient::new(cluster.client().await?, history.clone());
+    for key in &hot {
+        reader.get(key.as_bytes()).await?;
+    }
+    history.flush()?;
+    cluster.shutdown().await;
+
+    let events = check::read_history(&config.history)?;
+    let report = check::check_events(&events)?;
+    let by_key = check::operations_by_key(&events)?;
+    Ok(StressReport {
+        moves,
+        splits,
+        operations: operations.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        check: report,
+        lost_writes: lost_writes(&by_key),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Acknowledged writes missing from the final state: for each key, the final
+/// read (the last operation) must return the value of one of the writes that
+/// nothing overwrote for certain — a write or delete that completed with no
+/// other write invoked after it returned, or a write whose outcome is unknown.
+pub fn lost_writes(by_key: &BTreeMap<String, Vec<Operation>>) -> usize {
+    let mut lost = 0;
+    for ops in by_key.values() {
+        let Some(last_read) =
+            ops.iter().filter(|o| o.f == Function::Read && o.ret.is_some()).max_by_key(|o| o.call)
+        else {
+            continue;
+        };
+        let writes: Vec<&Operation> =
+            ops.iter().filter(|o| o.f != Function::Read && o.call < last_read.call).collect();
+        if writes.is_empty() {
+            continue;
+        }
+        let survivors: Vec<&&Operation> = writes
+            .iter()
+            .filter(|w| match w.ret {
+                None => true,
+                Some(ret) => !writes.iter().any(|o| o.call > ret),
+            })
+            .collect();
+        if !survivors.iter().any(|w| w.value == last_read.value) {
+            lost += 1;
+        }
+    }
+    lost
+}
+
+/// Options of `fulva soak`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// Moves to make.
+    #[arg(long, default_value_t = 1_000)]
+    pub moves: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 1_800)]
+    pub max_seconds: u64,
+    /// Storage nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Concurrent client processes.
+    #[arg(long, default_value_t = 6)]
+    pub clients: u32,
+    /// Hot keys.
+    #[arg(long, default_value_t = 8)]
+    pub keys: u32,
+    /// Loss, duplication and reordering probability on every datagram.
+    #[arg(long, default_value_t = 0.02)]
+    pub faults: f64,
+    /// Where the history is written.
+    #[arg(long, default_value = "fulva-soak-history.jsonl")]
+    pub history: PathBuf,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Runs `fulva soak`; returns whether the history is linearizable with no lost write.
+pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
+    let mut config = StressConfig::quick(args.history.clone());
+    config.moves = args.moves;
+    config.max_duration = Duration::from_secs(args.max_seconds);
+    config.nodes = args.nodes.max(2);
+    config.clients = args.clients.max(1);
+    config.keys = args.keys.max(1);
+    config.faults = FaultConfig {
+        loss: args.faults,
+        duplicate: args.faults,
+        reorder: args.faults,
+        seed: args.seed,
+        ..config.faults
+    };
+    config.seed = args.seed;
+    config.verbose = true;
+    eprintln!(
+        "fulva soak: {} moves, {} nodes, {} clients on {} hot keys, faults {}",
+        args.moves, config.nodes, config.clients, config.keys, args.faults
+    );
+    let report = run(config).await?;
+    println!(
+        "{} moves, {} splits, {} operations ({} failed or unknown) in {:.0} s",
+        report.moves,
+        report.splits,
+        report.operations,
+        report.errors,
+        report.elapsed.as_secs_f64()
+    );
+    println!(
+        "history: {} ({} operations on {} keys)",
+        args.history.display(),
+        report.check.operations,
+        report.check.keys
+    );
+    println!("acknowledged writes lost: {}", report.lost_writes);
+    let ok = report.check.is_linearizable() && report.lost_writes == 0;
+    println!(
+        "{}",
+        if ok { "linearizable" } else { "NOT linearizable: run `fulva check` on the history for the window" }
+    );
+    Ok(ok)
+}
