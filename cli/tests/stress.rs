@@ -30,3 +30,15 @@ async fn the_checker_catches_deletes_without_tombstones() {
     let report = stress::run(config).await.unwrap();
     assert!(!report.check.violations.is_empty(), "trap 3 went unnoticed: {report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_progress_published_before_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
+    config.node.trap_cursor_before_apply = true;
+    // Small batches, so many cursor steps open the trap's window.
+    config.node.migration_batch_bytes = 2 * 1024;
+    config.moves = 60;
+    let report = stress::run(config).await.unwrap();
+    assert!(!report.check.violations.is_empty(), "trap 1 went unnoticed: {report:?}");
+}

@@ -222,7 +222,7 @@ async fn pull_once(handler: &Handler, mv: &IncomingMove, limiter: &mut RateLimit
         let Some(batch) = batch else { return Err("stream ended before the last batch".into()) };
         if traps.cursor_before_apply {
             mv.publish_cursor(batch.next_cursor);
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut bytes = 0u64;
         for object in &batch.objects {
