@@ -8,9 +8,11 @@
 //! - [`stress`]: randomized moves under load, checked for linearizability.
 //! - [`up`]: `fulva up`.
 //! - [`kv`]: `fulva kv get|put|del|mget`.
+//! - [`admin`]: `fulva map`, `fulva migrate`, `fulva split`.
 //! - [`bench`]: `fulva bench kv`.
 //! - [`check`]: `fulva check`, the linearizability checker.
 
+pub mod admin;
 pub mod bench;
 pub mod check;
 pub mod kv;

@@ -4,7 +4,9 @@
 
 use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::{NodeConfig, NodeHandle};
+use fulva_operator::AdminService;
 use fulva_operator::{Coordinator, FileMapStore, MapStore, MemoryMapStore, ShardMapServiceImpl};
+use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdminServer;
 use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
 use fulva_proto::transport::{FaultConfig, FaultyTransport, UdpTransport};
 use fulva_proto::NodeInfo;
@@ -104,11 +106,13 @@ impl LocalCluster {
             coordinator.clone(),
             shutdown.clone(),
         ));
+        let admin = CoordinatorAdminServer::new(AdminService::new(coordinator.clone()));
         let token = shutdown.clone();
         let control_task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             if let Err(err) = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(admin)
                 .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                 .await
             {

@@ -15,6 +15,12 @@ struct Cli {
 enum Command {
     /// Start a local cluster (nodes, coordinator, load generator) and show it live.
     Up(up::UpArgs),
+    /// Print a running cluster's shard map.
+    Map(fulva_cli::admin::EndpointArgs),
+    /// Move a hash range to another node while clients keep using it.
+    Migrate(fulva_cli::admin::MigrateArgs),
+    /// Split the shard holding a hash so that a shard starts there.
+    Split(fulva_cli::admin::SplitArgs),
     /// Read and write keys of a running cluster.
     Kv(kv::KvArgs),
     /// Run a benchmark.
@@ -55,6 +61,9 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args).await.map(|()| true),
         Command::Kv(args) => kv::run(args).await,
+        Command::Map(args) => fulva_cli::admin::show_map(args).await,
+        Command::Migrate(args) => fulva_cli::admin::migrate(args).await,
+        Command::Split(args) => fulva_cli::admin::split(args).await,
         Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
         Command::Check { history } => fulva_cli::check::run(&history),
         Command::Soak(args) => fulva_cli::stress::soak(args).await,

@@ -5,7 +5,7 @@ use crate::sessions::FulvaSession;
 use crate::workload::{self, Distribution, Mix, Recorder, Summary, WorkloadSpec};
 use fulva_client::ClientConfig;
 use fulva_kvnode::NodeConfig;
-use fulva_proto::Op;
+use fulva_proto::{Op, ShardState};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -208,6 +208,29 @@ impl Display {
             ));
         }
         out.push_str(&format!("total {total_rate:>37.0} ops/s\n"));
+        for shard in &map.shards {
+            let ShardState::Migrating { source, strategy } = shard.state else { continue };
+            let status = cluster
+                .node(shard.owner)
+                .and_then(|n| n.handler.ownership.incoming(shard.range))
+                .map(|m| m.status());
+            let Some(status) = status else { continue };
+            let fraction = if status.bytes_total == 0 {
+                0.0
+            } else {
+                status.bytes_applied as f64 / status.bytes_total as f64
+            };
+            let filled = (fraction.clamp(0.0, 1.0) * 20.0) as usize;
+            out.push_str(&format!(
+                "move {} {source} -> {} ({strategy:?}) [{}{}] {:>5.1}% ETA {:.1} s\n",
+                shard.range,
+                shard.owner,
+                "#".repeat(filled),
+                ".".repeat(20 - filled),
+                fraction * 100.0,
+                status.eta_seconds
+            ));
+        }
         if self.tty {
             print!("{out}");
         } else {

@@ -135,3 +135,45 @@ fn bench_kv_runs_fulva_and_a_real_redis_side_by_side() {
     }
     assert!(stdout.contains("fulva/redis ops/s"), "{stdout}");
 }
+
+#[test]
+fn migrate_moves_a_range_of_a_running_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let mut child = fulva()
+        .args(["up", "--duration", "60", "--keys", "2000", "--clients", "4", "--control-addr", &endpoint])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let _reaper = Reaper(child);
+    for line in stderr.lines() {
+        if line.unwrap().contains("running ycsb-b") {
+            break;
+        }
+    }
+    let run = |args: &[&str]| {
+        let out = fulva().args(args).args(["--endpoint", &endpoint]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let map = run(&["map"]);
+    // The first shard, owned by node 0, moves to node 1 under load.
+    let first = map.lines().find(|l| l.starts_with("0x0000000000000000..=")).expect(&map);
+    let range = first.split_whitespace().next().unwrap().to_string();
+    assert!(first.split_whitespace().nth(1) == Some("0"), "{first}");
+    let moved = run(&["migrate", "--range", &range, "--to", "1"]);
+    assert!(moved.contains("from node 0 to node 1"), "{moved}");
+    let after = run(&["map"]);
+    let line = after.lines().find(|l| l.starts_with(&range)).expect(&after);
+    assert_eq!(line.split_whitespace().nth(1), Some("1"), "{after}");
+    assert!(line.ends_with("normal"), "{line}");
+    // A bad request is refused with a clear message.
+    let out =
+        fulva().args(["migrate", "--range", &range, "--to", "9", "--endpoint", &endpoint]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown destination node 9"));
+}

@@ -9,13 +9,16 @@
 //! - [`map_store`]: persistence of the map ([`FileMapStore`], [`MemoryMapStore`]).
 //! - [`coordinator`]: [`Coordinator`], map changes and node assignment.
 //! - [`moves`]: moving and splitting ranges live.
+//! - [`admin`]: the `CoordinatorAdmin` gRPC service (moves and splits on request).
 //! - [`service`]: the gRPC `ShardMapService`.
 
+pub mod admin;
 pub mod coordinator;
 pub mod map_store;
 pub mod moves;
 pub mod service;
 
+pub use admin::AdminService;
 pub use coordinator::{Coordinator, CoordinatorError};
 pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
 pub use moves::{MoveOptions, MoveReport};

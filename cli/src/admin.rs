@@ -1,0 +1,191 @@
+//! `fulva map`, `fulva migrate` and `fulva split`: look at and change a
+//! running cluster's shard map through its control endpoint.
+
+use fulva_proto::grpc::coordinator_admin_client::CoordinatorAdminClient;
+use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
+use fulva_proto::grpc::{GetShardMapRequest, MigrateRequest, SplitRequest};
+use fulva_proto::{HashRange, ShardMap, ShardState, Strategy};
+use std::io::{IsTerminal, Write};
+
+/// Where the control endpoint is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// Control endpoint of the cluster (as printed by `fulva up`).
+    #[arg(long, env = "FULVA_ENDPOINT", default_value = "127.0.0.1:7000")]
+    pub endpoint: String,
+}
+
+impl EndpointArgs {
+    fn url(&self) -> String {
+        if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            format!("http://{}", self.endpoint)
+        }
+    }
+}
+
+/// Migration strategy names on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// Source and destination serve together (the default).
+    Fulva,
+    /// Destination-driven with on-demand pulls.
+    Rocksteady,
+    /// Source serves while copying, then hands over under a lock.
+    SourceDriven,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Strategy {
+        match s {
+            StrategyArg::Fulva => Strategy::Fulva,
+            StrategyArg::Rocksteady => Strategy::Rocksteady,
+            StrategyArg::SourceDriven => Strategy::SourceDriven,
+        }
+    }
+}
+
+/// Options of `fulva migrate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Range to move: FIRST..=LAST or FIRST..END (hex with 0x, or decimal).
+    /// Shards are split at its bounds as needed.
+    #[arg(long)]
+    range: HashRange,
+    /// Destination node id.
+    #[arg(long)]
+    to: u32,
+    /// How the range moves.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Fulva)]
+    strategy: StrategyArg,
+    /// Bandwidth limit of the transfer in MB/s (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    rate_limit_mb: f64,
+}
+
+/// Options of `fulva split`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// First hash of the new upper shard (hex with 0x, or decimal).
+    #[arg(long, value_parser = parse_hash)]
+    at: u64,
+}
+
+fn parse_hash(text: &str) -> Result<u64, String> {
+    let t = text.trim().replace('_', "");
+    match t.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).map_err(|e| e.to_string()),
+        None => t.parse().map_err(|e: std::num::ParseIntError| e.to_string()),
+    }
+}
+
+fn print_map(map: &ShardMap) {
+    println!("epoch {}", map.epoch);
+    for n in &map.nodes {
+        println!("node {}: data {} control {}", n.id, n.data_addr, n.control_addr);
+    }
+    println!("{:<42} {:>5}  state", "range", "owner");
+    for s in &map.shards {
+        let state = match s.state {
+            ShardState::Normal => "normal".to_string(),
+            ShardState::Migrating { source, strategy } => format!("migrating from {source} ({strategy:?})"),
+        };
+        println!("{:<42} {:>5}  {state}", s.range.to_string(), s.owner);
+    }
+}
+
+/// Runs `fulva map`.
+pub async fn show_map(args: EndpointArgs) -> anyhow::Result<bool> {
+    let mut client = ShardMapServiceClient::connect(args.url())
+        .await
+        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint))?;
+    let map = ShardMap::try_from(client.get_shard_map(GetShardMapRequest {}).await?.into_inner())?;
+    print_map(&map);
+    Ok(true)
+}
+
+/// Runs `fulva split`.
+pub async fn split(args: SplitArgs) -> anyhow::Result<bool> {
+    let mut client = CoordinatorAdminClient::connect(args.endpoint.url())
+        .await
+        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint.endpoint))?;
+    let map =
+        client.split(SplitRequest { at: args.at }).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    print_map(&ShardMap::try_from(map.into_inner())?);
+    Ok(true)
+}
+
+/// Runs `fulva migrate`, drawing a progress bar on stderr.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
+    let mut client = CoordinatorAdminClient::connect(args.endpoint.url())
+        .await
+        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint.endpoint))?;
+    let request = MigrateRequest {
+        range: Some(args.range.into()),
+        destination: args.to,
+        strategy: fulva_proto::grpc::Strategy::from(Strategy::from(args.strategy)) as i32,
+        rate_limit_bytes_per_sec: (args.rate_limit_mb * 1e6) as u64,
+    };
+    let mut stream =
+        client.migrate(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    let tty = std::io::stderr().is_terminal();
+    eprintln!("moving {} to node {} ({:?})", args.range, args.to, args.strategy);
+    loop {
+        let progress = match stream.message().await {
+            Ok(Some(p)) => p,
+            Ok(None) => anyhow::bail!("the coordinator ended the move without a result"),
+            Err(status) => {
+                if tty {
+                    eprintln!();
+                }
+                anyhow::bail!("move failed: {}", status.message());
+            }
+        };
+        let status = progress.status.unwrap_or_default();
+        if progress.finished {
+            if tty {
+                eprintln!();
+            }
+            println!(
+                "moved {} from node {} to node {}: {} objects, {:.1} MB in {:.2} s ({:.1} MB/s); map epoch {}",
+                args.range,
+                progress.source,
+                args.to,
+                status.objects_applied,
+                status.bytes_applied as f64 / 1e6,
+                progress.seconds,
+                status.bytes_applied as f64 / 1e6 / progress.seconds.max(1e-9),
+                progress.epoch
+            );
+            return Ok(true);
+        }
+        let fraction = if status.bytes_total == 0 {
+            0.0
+        } else {
+            status.bytes_applied as f64 / status.bytes_total as f64
+        };
+        let filled = (fraction.clamp(0.0, 1.0) * 30.0) as usize;
+        let line = format!(
+            "[{}{}] {:>5.1}%  {}/{} objects  {:.1}/{:.1} MB  ETA {:.1} s",
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            fraction * 100.0,
+            status.objects_applied,
+            status.objects_total,
+            status.bytes_applied as f64 / 1e6,
+            status.bytes_total as f64 / 1e6,
+            status.eta_seconds
+        );
+        if tty {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

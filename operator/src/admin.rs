@@ -1,0 +1,108 @@
+//! The `CoordinatorAdmin` gRPC service: moves and splits on request
+//! (`fulva migrate`), next to the shard-map service.
+
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::moves::MoveOptions;
+use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdmin;
+use fulva_proto::grpc::{self, MigrateProgress, MigrateRequest, SplitRequest};
+use fulva_proto::HashRange;
+use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Serves moves and splits of a coordinator.
+#[derive(Clone)]
+pub struct AdminService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl AdminService {
+    /// A service over `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> AdminService {
+        AdminService { coordinator }
+    }
+}
+
+impl From<CoordinatorError> for Status {
+    fn from(err: CoordinatorError) -> Status {
+        match &err {
+            CoordinatorError::Move(_) | CoordinatorError::InvalidMap(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            CoordinatorError::EpochConflict { .. } => Status::aborted(err.to_string()),
+            CoordinatorError::Node { .. } => Status::unavailable(err.to_string()),
+            CoordinatorError::Store(_) | CoordinatorError::Bootstrap(_) => Status::internal(err.to_string()),
+        }
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<MigrateProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CoordinatorAdmin for AdminService {
+    type MigrateStream = ProgressStream;
+
+    async fn migrate(
+        &self,
+        request: Request<MigrateRequest>,
+    ) -> Result<Response<Self::MigrateStream>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let strategy = grpc::Strategy::try_from(req.strategy)
+            .map_err(|_| Status::invalid_argument("unknown strategy"))?;
+        let options = MoveOptions {
+            strategy: strategy.into(),
+            rate_limit_bytes_per_sec: req.rate_limit_bytes_per_sec,
+            ..MoveOptions::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let coordinator = self.coordinator.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut last_sent = Instant::now() - std::time::Duration::from_secs(1);
+            let progress_tx = tx.clone();
+            let result = coordinator
+                .migrate(range, req.destination, options, |status| {
+                    // About ten updates a second is plenty for a progress bar.
+                    if last_sent.elapsed().as_millis() >= 100 {
+                        last_sent = Instant::now();
+                        let _ = progress_tx.try_send(Ok(MigrateProgress {
+                            status: Some(status.clone()),
+                            finished: false,
+                            source: 0,
+                            epoch: 0,
+                            seconds: started.elapsed().as_secs_f64(),
+                        }));
+                    }
+                })
+                .await;
+            let last = match result {
+                Ok(report) => Ok(MigrateProgress {
+                    status: Some(grpc::MigrationStatusResponse {
+                        done: true,
+                        objects_applied: report.objects,
+                        bytes_applied: report.bytes,
+                        objects_total: report.objects,
+                        bytes_total: report.bytes,
+                        elapsed_seconds: report.duration.as_secs_f64(),
+                        ..Default::default()
+                    }),
+                    finished: true,
+                    source: report.source,
+                    epoch: report.epoch,
+                    seconds: report.duration.as_secs_f64(),
+                }),
+                Err(err) => Err(Status::from(err)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn split(&self, request: Request<SplitRequest>) -> Result<Response<grpc::ShardMap>, Status> {
+        let map = self.coordinator.split(request.into_inner().at).await?;
+        Ok(Response::new(grpc::ShardMap::from(map.as_ref())))
+    }
+}
