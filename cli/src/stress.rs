@@ -9,7 +9,7 @@ use fulva_client::{Function, History, RecordingClient};
 use fulva_kvnode::NodeConfig;
 use fulva_operator::MoveOptions;
 use fulva_proto::transport::FaultConfig;
-use fulva_proto::{key_hash, ShardState};
+use fulva_proto::{key_hash, ShardState, Strategy};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -39,6 +39,8 @@ pub struct StressConfig {
     pub move_rate_limit: u64,
     /// Faults injected on every data-path socket.
     pub faults: FaultConfig,
+    /// Strategies moves pick from at random.
+    pub strategies: Vec<Strategy>,
     /// Where the history goes.
     pub history: PathBuf,
     /// Node settings (trap switches, batch size).
@@ -68,6 +70,7 @@ impl StressConfig {
                 max_delay: Duration::from_millis(3),
                 seed: 7,
             },
+            strategies: vec![Strategy::Fulva, Strategy::Rocksteady, Strategy::SourceDriven],
             history,
             node: NodeConfig { migration_batch_bytes: 8 * 1024, ..NodeConfig::loopback(0) },
             seed: 1,

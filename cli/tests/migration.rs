@@ -2,14 +2,29 @@
 
 use fulva_cli::{LocalCluster, LocalClusterConfig};
 use fulva_operator::MoveOptions;
-use fulva_proto::{HashRange, ShardState};
+use fulva_proto::{HashRange, ShardState, Strategy};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_moves_while_clients_read_and_write() {
+async fn a_range_moves_with_fulva_while_clients_read_and_write() {
+    move_under_load(Strategy::Fulva).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_moves_with_rocksteady_while_clients_read_and_write() {
+    move_under_load(Strategy::Rocksteady).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_moves_source_driven_while_clients_read_and_write() {
+    let report = move_under_load(Strategy::SourceDriven).await;
+    assert!(report.lock_window.is_some(), "a source-driven move has a lock window: {report:?}");
+}
+
+async fn move_under_load(strategy: Strategy) -> fulva_operator::MoveReport {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
         .with_test_writer()
@@ -62,7 +77,7 @@ async fn a_range_moves_while_clients_read_and_write() {
     let mut statuses = 0;
     let report = cluster
         .coordinator
-        .migrate(moving, 1, MoveOptions { rate_limit_bytes_per_sec: 2_000_000, ..Default::default() }, |_| {
+        .migrate(moving, 1, MoveOptions { strategy, rate_limit_bytes_per_sec: 2_000_000, ..Default::default() }, |_| {
             statuses += 1
         })
         .await
@@ -101,4 +116,5 @@ async fn a_range_moves_while_clients_read_and_write() {
         .scan(HashRange::FULL, |_, _, o| tombstones += usize::from(o.value.is_none()));
     assert_eq!(tombstones, 0);
     cluster.shutdown().await;
+    report
 }

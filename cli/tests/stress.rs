@@ -27,6 +27,8 @@ async fn the_checker_catches_deletes_without_tombstones() {
     let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
     config.node.trap_no_tombstones = true;
     config.moves = 25;
+    // Tombstones at a destination matter to the strategies that serve during the pull.
+    config.strategies = vec![fulva_proto::Strategy::Fulva];
     let report = stress::run(config).await.unwrap();
     assert!(!report.check.violations.is_empty(), "trap 3 went unnoticed: {report:?}");
 }
@@ -36,6 +38,8 @@ async fn the_checker_catches_progress_published_before_apply() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
     config.node.trap_cursor_before_apply = true;
+    // The cursor is what fulva's clients read by.
+    config.strategies = vec![fulva_proto::Strategy::Fulva];
     // Small batches, so many cursor steps open the trap's window.
     config.node.migration_batch_bytes = 2 * 1024;
     config.moves = 60;

@@ -11,6 +11,7 @@ use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
 use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
 use fulva_proto::{
     key_hash, Epoch, MigrationProgress, NodeId, Op, Reply, Request, RequestBody, ShardMap, ShardState, Status,
+    Strategy,
 };
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
@@ -599,7 +600,9 @@ fn moves_of(map: &ShardMap, known: &[KnownMove]) -> Vec<KnownMove> {
         .shards
         .iter()
         .filter_map(|s| match s.state {
-            ShardState::Migrating { source, .. } => {
+            // Only fulva moves are read at both ends; rocksteady destinations
+            // answer alone (pulling missing keys first).
+            ShardState::Migrating { source, strategy: Strategy::Fulva } => {
                 let learned = known.iter().find(|m| m.range == s.range && m.source == source);
                 Some(KnownMove {
                     range: s.range,
@@ -609,7 +612,7 @@ fn moves_of(map: &ShardMap, known: &[KnownMove]) -> Vec<KnownMove> {
                     done: learned.is_some_and(|m| m.done),
                 })
             }
-            ShardState::Normal => None,
+            ShardState::Normal | ShardState::Migrating { .. } => None,
         })
         .collect();
     // Moves learned from replies that this map does not show as settled yet.

@@ -6,12 +6,13 @@ use crate::ownership::OwnershipError;
 use crate::records::{Completion, MovedRecord};
 use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
-    self, AssignRangeRequest, AssignRangeResponse, ClientAck, CompletionRecord, DropRangeRequest,
-    DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse, FreezeRangeRequest,
-    FreezeRangeResponse, GetStatsRequest, MigratedObject, MigrationStatusRequest, MigrationStatusResponse,
-    NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullRangeRequest, RangeBatch, RangeStats,
-    SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest,
-    SplitRangeResponse, StartMigrationRequest, StartMigrationResponse,
+    self, AssignRangeRequest, AssignRangeResponse, BeginCopyRequest, BeginCopyResponse, ClientAck,
+    CompletionRecord, DropRangeRequest, DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse,
+    FreezeRangeRequest, FreezeRangeResponse, GetStatsRequest, MigratedObject, MigrationStatusRequest,
+    MigrationStatusResponse, NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullKeysRequest,
+    PullKeysResponse, PullRangeRequest, RangeBatch, RangeStats, SetEpochRequest, SetEpochResponse,
+    SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest, SplitRangeResponse,
+    StartMigrationRequest, StartMigrationResponse,
 };
 use fulva_proto::{HashRange, Op, ShardMapError, Status as FrameStatus};
 use std::pin::Pin;
@@ -155,7 +156,7 @@ impl NodeControl for ControlService {
         let h = &self.handler;
         // Returns once no write is in flight in the range.
         let max_version =
-            h.ownership.freeze(range, req.destination, req.epoch).map_err(ControlError::from)?;
+            h.ownership.freeze(range, req.destination, req.epoch, req.lock).map_err(ControlError::from)?;
         let (records, acks) = h.records.export(range);
         let size = h.store.measure(range);
         tracing::info!(%range, destination = req.destination, max_version, records = records.len(), "range frozen");
@@ -186,20 +187,68 @@ impl NodeControl for ControlService {
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
         let mv = h.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
-        if !mv.is_active() {
-            h.records.import(
-                &moved_records(&req.records),
-                &req.acks.iter().map(|a| (a.client_id, a.ack)).collect::<Vec<_>>(),
-            );
-            // Trap 2 avoided: the floor is the source's true maximum version.
-            h.store.raise_version_floor(req.version_floor);
-            h.ownership.raise_max_version(range, req.version_floor);
-            h.ownership.observe_epoch(req.epoch);
-            mv.activate(req.objects_total, req.bytes_total, req.rate_limit_bytes_per_sec);
+        // Records and the floor come before serving, so no write here can
+        // repeat one the source applied or get a version below the source's.
+        h.records.import(
+            &moved_records(&req.records),
+            &req.acks.iter().map(|a| (a.client_id, a.ack)).collect::<Vec<_>>(),
+        );
+        // Trap 2 avoided: the floor is the source's true maximum version.
+        h.store.raise_version_floor(req.version_floor);
+        h.ownership.raise_max_version(range, req.version_floor);
+        h.ownership.observe_epoch(req.epoch);
+        if mv.begin_pass(req.objects_total, req.bytes_total, req.rate_limit_bytes_per_sec, req.serve, req.final_pass, req.min_version) {
+            if mv.strategy == fulva_proto::Strategy::Rocksteady && req.serve {
+                tokio::spawn(crate::migration::serve_fetches(h.clone(), mv.clone()));
+            }
             tokio::spawn(crate::migration::pull(h.clone(), mv));
-            tracing::info!(%range, floor = req.version_floor, "move started");
+            tracing::info!(%range, floor = req.version_floor, serve = req.serve, min_version = req.min_version, "move pass started");
         }
         Ok(Response::new(StartMigrationResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn begin_copy(
+        &self,
+        request: Request<BeginCopyRequest>,
+    ) -> Result<Response<BeginCopyResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        let max_version =
+            h.ownership.begin_copy(range, req.destination, req.epoch).map_err(ControlError::from)?;
+        let size = h.store.measure(range);
+        tracing::info!(%range, destination = req.destination, "copy begun");
+        Ok(Response::new(BeginCopyResponse {
+            copy_from_version: max_version.max(h.store.version_ceiling_in(range)),
+            objects: size.objects.max(0) as u64,
+            bytes: size.bytes.max(0) as u64,
+        }))
+    }
+
+    async fn pull_keys(
+        &self,
+        request: Request<PullKeysRequest>,
+    ) -> Result<Response<PullKeysResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let store = &self.handler.store;
+        let objects = req
+            .keys
+            .iter()
+            .filter_map(|key| {
+                let hash = fulva_proto::key_hash(key);
+                let object = range.contains(hash).then(|| store.get(hash, key)).flatten()?;
+                Some(MigratedObject {
+                    key: key.clone(),
+                    hash,
+                    version: object.version,
+                    tombstone: object.value.is_none(),
+                    value: object.value.map(|v| v.to_vec()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok(Response::new(PullKeysResponse { objects }))
     }
 
     async fn migration_status(
@@ -255,7 +304,8 @@ impl NodeControl for ControlService {
         tokio::spawn(async move {
             let mut from = req.from_hash;
             loop {
-                let (objects, next, last) = handler.store.scan_batch(range, from, batch_bytes);
+                let (objects, next, last) =
+                    handler.store.scan_batch(range, from, batch_bytes, req.min_version);
                 let batch = RangeBatch {
                     objects: objects
                         .into_iter()

@@ -9,7 +9,7 @@ use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
 use fulva_proto::frame::{dual_read_destination, RequestHeader};
 use fulva_proto::{
-    key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status,
+    key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status, Strategy,
 };
 use std::time::Instant;
 
@@ -155,18 +155,29 @@ impl Handler {
         self.ownership.with_placement(hash, |placement| match placement {
             Placement::Served(range) => {
                 match (&range.role, dual) {
-                    (RangeRole::Serving, None) => {}
+                    (RangeRole::Serving | RangeRole::Copying { .. }, None) => {}
+                    // The lock window of a source-driven move: downtime.
+                    (RangeRole::Frozen { locked: true, .. }, _) => return Outcome::status(Status::Retry),
                     // A frozen source answers only a client reading both ends of
                     // this very move; others learn of the move from the redirect.
-                    (RangeRole::Frozen { destination }, Some(to)) if *destination == to => {}
-                    (RangeRole::Frozen { destination }, _) => return redirect(Some(*destination)),
+                    (RangeRole::Frozen { destination, .. }, Some(to)) if *destination == to => {}
+                    (RangeRole::Frozen { destination, .. }, _) => return redirect(Some(*destination)),
                     // A dual read sent here believes in a move this node is not
                     // the frozen source of: no answer from here is one it wants.
                     (_, Some(_)) => return redirect(None),
                     (RangeRole::Incoming(mv), None) if !mv.is_active() => {
                         return Outcome::status(Status::Retry)
                     }
-                    (RangeRole::Incoming(mv), None) => *progress = Some(mv.progress()),
+                    (RangeRole::Incoming(mv), None) => match mv.strategy {
+                        Strategy::Fulva => *progress = Some(mv.progress()),
+                        // Rocksteady: a key not here yet is pulled from the
+                        // source first (a priority pull); the client retries.
+                        Strategy::Rocksteady if !mv.covers(hash) && !mv.is_fetched(key) => {
+                            mv.request_fetch(key);
+                            return Outcome::status(Status::Retry);
+                        }
+                        Strategy::Rocksteady | Strategy::SourceDriven => {}
+                    },
                 }
                 range.metrics.count_op(op);
                 match self.store.get(hash, key) {
@@ -220,10 +231,28 @@ impl Handler {
             };
             let keep_tombstone = match &range.role {
                 RangeRole::Serving => false,
-                RangeRole::Frozen { destination } => return replay_or_redirect(Some(*destination)),
+                // The final pass of a source-driven move must ship deletes too.
+                RangeRole::Copying { .. } => true,
+                RangeRole::Frozen { locked: true, .. } => {
+                    if let Some(done) =
+                        tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()
+                    {
+                        self.metrics.write_replays.inc();
+                        return Some(Outcome {
+                            status: done.status,
+                            version: done.version,
+                            redirect: None,
+                            value: None,
+                        });
+                    }
+                    return Some(Outcome::status(Status::Retry));
+                }
+                RangeRole::Frozen { destination, .. } => return replay_or_redirect(Some(*destination)),
                 RangeRole::Incoming(mv) if !mv.is_active() => return Some(Outcome::status(Status::Retry)),
                 RangeRole::Incoming(mv) => {
-                    *progress = Some(mv.progress());
+                    if mv.strategy == Strategy::Fulva {
+                        *progress = Some(mv.progress());
+                    }
                     // Until the move completes, a delete must outrank the old
                     // copy still on its way from the source (trap 3).
                     !self.traps.no_tombstones

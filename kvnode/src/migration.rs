@@ -13,9 +13,10 @@ use crate::handler::Handler;
 use crate::store::Object;
 use bytes::Bytes;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
-use fulva_proto::grpc::{MigrationStatusResponse, PullRangeRequest};
+use fulva_proto::grpc::{MigrationStatusResponse, PullKeysRequest, PullRangeRequest};
 use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,16 @@ pub struct IncomingMove {
     finished: Mutex<Option<Instant>>,
     error: Mutex<Option<String>>,
     cancel: CancellationToken,
+    /// Pull only objects above this version (a source-driven final pass).
+    min_version: AtomicU64,
+    /// Which passes have started: 1 copy (source-driven), 2 final/serving pass.
+    phase: AtomicU64,
+    /// Rocksteady: keys pulled on demand (present at the source or not).
+    fetched: Mutex<HashSet<Bytes>>,
+    /// Rocksteady: keys asked for and not yet fetched.
+    requested: Mutex<HashSet<Bytes>>,
+    fetch_tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    fetch_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>>,
 }
 
 impl IncomingMove {
@@ -66,7 +77,14 @@ impl IncomingMove {
         source_control_addr: String,
         strategy: Strategy,
     ) -> IncomingMove {
+        let (fetch_tx, fetch_rx) = tokio::sync::mpsc::unbounded_channel();
         IncomingMove {
+            min_version: AtomicU64::new(0),
+            phase: AtomicU64::new(0),
+            fetched: Mutex::new(HashSet::new()),
+            requested: Mutex::new(HashSet::new()),
+            fetch_tx,
+            fetch_rx: Mutex::new(Some(fetch_rx)),
             range,
             source,
             source_control_addr,
@@ -157,13 +175,52 @@ impl IncomingMove {
         }
     }
 
-    /// Activates the move: requests are served and the pull starts.
-    pub fn activate(&self, objects_total: u64, bytes_total: u64, rate_limit: u64) {
-        self.objects_total.store(objects_total, Ordering::Release);
-        self.bytes_total.store(bytes_total, Ordering::Release);
+    /// Starts a pass of the pull; false if that pass already started.
+    /// `serve` makes the range served here from now on; `min_version` > 0
+    /// is the final pass of a source-driven move (only newer objects).
+    pub fn begin_pass(
+        &self,
+        objects_total: u64,
+        bytes_total: u64,
+        rate_limit: u64,
+        serve: bool,
+        final_pass: bool,
+        min_version: u64,
+    ) -> bool {
+        let phase = if serve || final_pass { 2 } else { 1 };
+        if self.phase.fetch_max(phase, Ordering::AcqRel) >= phase {
+            return false;
+        }
+        if objects_total > 0 || bytes_total > 0 {
+            self.objects_total.store(objects_total, Ordering::Release);
+            self.bytes_total.store(bytes_total, Ordering::Release);
+        }
         self.rate_limit.store(rate_limit, Ordering::Release);
-        *self.started.lock() = Some(Instant::now());
-        self.active.store(true, Ordering::Release);
+        self.started.lock().get_or_insert_with(Instant::now);
+        if final_pass {
+            // The final pass starts over at the range's beginning.
+            self.min_version.store(min_version, Ordering::Release);
+            self.cursor.store(self.range.first, Ordering::Release);
+            self.done.store(false, Ordering::Release);
+            *self.finished.lock() = None;
+        }
+        if serve {
+            self.active.store(true, Ordering::Release);
+        }
+        true
+    }
+
+    /// Rocksteady: whether `key` was pulled on demand.
+    pub fn is_fetched(&self, key: &[u8]) -> bool {
+        self.fetched.lock().contains(key)
+    }
+
+    /// Rocksteady: asks for a priority pull of `key` (once).
+    pub fn request_fetch(&self, key: &[u8]) {
+        let key = Bytes::copy_from_slice(key);
+        if self.requested.lock().insert(key.clone()) {
+            let _ = self.fetch_tx.send(key);
+        }
     }
 
     fn publish_cursor(&self, cursor: u64) {
@@ -210,6 +267,7 @@ async fn pull_once(handler: &Handler, mv: &IncomingMove, limiter: &mut RateLimit
         range: Some(mv.range.into()),
         from_hash: from,
         batch_bytes: handler.migration_batch_bytes,
+        min_version: mv.min_version.load(Ordering::Acquire),
     };
     let mut stream =
         client.pull_range(request).await.map_err(|s| format!("pull: {}", s.message()))?.into_inner();
@@ -240,6 +298,62 @@ async fn pull_once(handler: &Handler, mv: &IncomingMove, limiter: &mut RateLimit
         }
         mv.publish_cursor(batch.next_cursor);
         limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await;
+    }
+}
+
+/// Rocksteady's priority pulls: fetches the keys reads asked for, a batch at
+/// a time, and marks them fetched once applied (present at the source or not).
+pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
+    let Some(mut requests) = mv.fetch_rx.lock().take() else { return };
+    let mut client: Option<NodeControlClient<tonic::transport::Channel>> = None;
+    loop {
+        let first = tokio::select! {
+            () = mv.cancel.cancelled() => return,
+            key = requests.recv() => match key { Some(k) => k, None => return },
+        };
+        let mut keys = vec![first];
+        while keys.len() < 64 {
+            match requests.try_recv() {
+                Ok(k) => keys.push(k),
+                Err(_) => break,
+            }
+        }
+        if client.is_none() {
+            client = NodeControlClient::connect(format!("http://{}", mv.source_control_addr)).await.ok();
+        }
+        let Some(c) = client.as_mut() else {
+            // Unreachable source: let the reads ask again.
+            mv.requested.lock().clear();
+            continue;
+        };
+        let request =
+            PullKeysRequest { range: Some(mv.range.into()), keys: keys.iter().map(|k| k.to_vec()).collect() };
+        match c.pull_keys(request).await {
+            Ok(reply) => {
+                for object in reply.into_inner().objects {
+                    let value = (!object.tombstone).then(|| Bytes::from(object.value));
+                    handler.apply_migrated(
+                        object.hash,
+                        &object.key,
+                        Object { version: object.version, value },
+                    );
+                }
+                let mut fetched = mv.fetched.lock();
+                let mut requested = mv.requested.lock();
+                for key in keys {
+                    requested.remove(&key);
+                    fetched.insert(key);
+                }
+            }
+            Err(status) => {
+                tracing::debug!(error = %status.message(), "priority pull failed");
+                client = None;
+                let mut requested = mv.requested.lock();
+                for key in &keys {
+                    requested.remove(key);
+                }
+            }
+        }
     }
 }
 

@@ -12,11 +12,20 @@ use std::sync::Arc;
 pub enum RangeRole {
     /// Serves reads and writes.
     Serving,
+    /// Source of a source-driven move while the destination copies: serves as
+    /// usual, but deletes leave tombstones so the final pass ships them.
+    Copying {
+        /// Node the range moves to.
+        destination: NodeId,
+    },
     /// Source of a move after the freeze: writes are redirected to the
     /// destination; reads are answered only to clients reading both nodes.
+    /// When `locked` (source-driven hand-over), every request gets Retry.
     Frozen {
         /// Node the range moves to.
         destination: NodeId,
+        /// The lock window of a source-driven move.
+        locked: bool,
     },
     /// Destination of a move.
     Incoming(Arc<IncomingMove>),
@@ -177,13 +186,29 @@ impl Ownership {
     /// Freezes a served range as the source of a move to `destination`. Taking
     /// the table's write lock waits for every request in flight, so when this
     /// returns no write is running in the range; returns the range's highest version.
-    pub fn freeze(&self, range: HashRange, destination: NodeId, epoch: Epoch) -> Result<u64, OwnershipError> {
+    pub fn freeze(
+        &self,
+        range: HashRange,
+        destination: NodeId,
+        epoch: Epoch,
+        locked: bool,
+    ) -> Result<u64, OwnershipError> {
         self.check_epoch(epoch)?;
         let mut served = self.served.write();
         let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
         match owned.role {
-            RangeRole::Serving => owned.role = RangeRole::Frozen { destination },
-            RangeRole::Frozen { destination: d } if d == destination => {}
+            RangeRole::Serving => owned.role = RangeRole::Frozen { destination, locked },
+            RangeRole::Copying { destination: d } if d == destination => {
+                owned.role = RangeRole::Frozen { destination, locked }
+            }
+            RangeRole::Copying { .. } => {
+                return Err(OwnershipError::WrongState {
+                    range,
+                    operation: "freeze",
+                    state: "copying to another node",
+                })
+            }
+            RangeRole::Frozen { destination: d, .. } if d == destination => {}
             RangeRole::Frozen { .. } => {
                 return Err(OwnershipError::WrongState {
                     range,
@@ -197,6 +222,27 @@ impl Ownership {
                     operation: "freeze",
                     state: "still moving in",
                 })
+            }
+        }
+        Ok(owned.max_version.load(Ordering::Acquire))
+    }
+
+    /// Starts a source-driven copy of a served range: it stays served, but
+    /// deletes keep tombstones. Returns the range's highest version.
+    pub fn begin_copy(
+        &self,
+        range: HashRange,
+        destination: NodeId,
+        epoch: Epoch,
+    ) -> Result<u64, OwnershipError> {
+        self.check_epoch(epoch)?;
+        let mut served = self.served.write();
+        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        match owned.role {
+            RangeRole::Serving => owned.role = RangeRole::Copying { destination },
+            RangeRole::Copying { destination: d } if d == destination => {}
+            _ => {
+                return Err(OwnershipError::WrongState { range, operation: "copy", state: "already moving" })
             }
         }
         Ok(owned.max_version.load(Ordering::Acquire))
@@ -217,8 +263,8 @@ impl Ownership {
                 })
             }
             RangeRole::Serving => {}
-            RangeRole::Frozen { .. } => {
-                return Err(OwnershipError::WrongState { range, operation: "finish", state: "frozen" })
+            RangeRole::Frozen { .. } | RangeRole::Copying { .. } => {
+                return Err(OwnershipError::WrongState { range, operation: "finish", state: "moving out" })
             }
         }
         self.observe_epoch(epoch);

@@ -236,6 +236,7 @@ impl Store {
         range: HashRange,
         from: u64,
         max_bytes: usize,
+        min_version: u64,
     ) -> (Vec<(u64, Bytes, Object)>, u64, bool) {
         let start = from.max(range.first);
         let mut out = Vec::new();
@@ -248,7 +249,7 @@ impl Store {
             let mut stripe: Vec<(u64, Bytes, Object)> = self.stripes[idx]
                 .lock()
                 .iter()
-                .filter(|e| part.contains(e.hash))
+                .filter(|e| part.contains(e.hash) && e.object.version > min_version)
                 .map(|e| (e.hash, e.key.clone(), e.object.clone()))
                 .collect();
             stripe.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));

@@ -13,7 +13,7 @@
 
 use crate::coordinator::{Coordinator, CoordinatorError};
 use fulva_proto::grpc::{
-    DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, MigrationStatusRequest,
+    BeginCopyRequest, DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, MigrationStatusRequest,
     MigrationStatusResponse, PrepareMigrationRequest, SplitRangeRequest, StartMigrationRequest,
 };
 use fulva_proto::{HashRange, NodeId, Shard, ShardMap, ShardState, Strategy};
@@ -58,6 +58,8 @@ pub struct MoveReport {
     pub duration: Duration,
     /// Map epoch after the move.
     pub epoch: u64,
+    /// Source-driven: how long the range was locked (downtime for its keys).
+    pub lock_window: Option<Duration>,
 }
 
 fn grpc_err(node: NodeId, what: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
@@ -112,9 +114,6 @@ impl Coordinator {
         options: MoveOptions,
         mut progress: impl FnMut(&MigrationStatusResponse),
     ) -> Result<MoveReport, CoordinatorError> {
-        if options.strategy != Strategy::Fulva {
-            return Err(move_error(format!("strategy {:?} is not available yet", options.strategy)));
-        }
         let started = Instant::now();
         self.split(range.first).await?;
         if let Some(next) = range.last.checked_add(1) {
@@ -133,8 +132,7 @@ impl Coordinator {
         if source == destination {
             return Err(move_error(format!("range {range} is already on node {destination}")));
         }
-        let source_info =
-            map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
+        let source_info = map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
         if map.node(destination).is_none() {
             return Err(move_error(format!("unknown destination node {destination}")));
         }
@@ -152,73 +150,101 @@ impl Coordinator {
         })
         .await
         .map_err(grpc_err(destination, "prepare"))?;
-        let frozen = src
-            .freeze_range(FreezeRangeRequest { range: r, destination, epoch })
-            .await
-            .map_err(grpc_err(source, "freeze"))?
-            .into_inner();
-        dest.start_migration(StartMigrationRequest {
-            range: r,
-            version_floor: frozen.max_version,
-            records: frozen.records,
-            acks: frozen.acks,
-            objects_total: frozen.objects,
-            bytes_total: frozen.bytes,
-            epoch,
-            rate_limit_bytes_per_sec: options.rate_limit_bytes_per_sec,
-        })
-        .await
-        .map_err(grpc_err(destination, "start"))?;
-        let migrating = self
-            .update(|m| {
-                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
-                    s.owner = destination;
-                    s.state = ShardState::Migrating { source, strategy: options.strategy };
-                }
-            })
-            .await?;
-        self.broadcast_epoch(&migrating).await;
-        tracing::info!(%range, source, destination, epoch = migrating.epoch, "move started");
 
-        let status = loop {
-            let status = dest
-                .migration_status(MigrationStatusRequest { range: r })
+        let mut lock_window = None;
+        let status = if options.strategy == Strategy::SourceDriven {
+            // Copy while the source serves (deletes keep tombstones there) ...
+            let copy = src
+                .begin_copy(BeginCopyRequest { range: r, destination, epoch })
                 .await
-                .map_err(grpc_err(destination, "status"))?
+                .map_err(grpc_err(source, "copy"))?
                 .into_inner();
-            progress(&status);
-            if status.done {
-                break status;
-            }
-            if !status.error.is_empty() {
-                return Err(move_error(format!(
-                    "move of {range} failed at the destination: {}",
-                    status.error
-                )));
-            }
-            tokio::time::sleep(options.poll_interval).await;
+            dest.start_migration(StartMigrationRequest {
+                range: r,
+                objects_total: copy.objects,
+                bytes_total: copy.bytes,
+                epoch,
+                rate_limit_bytes_per_sec: options.rate_limit_bytes_per_sec,
+                serve: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(grpc_err(destination, "start"))?;
+            self.wait_for_pass(&mut dest, destination, range, options, &mut progress).await?;
+            // ... then lock the range (downtime: every request gets Retry),
+            // ship what changed since the copy began, and hand over.
+            let locked = Instant::now();
+            let frozen = src
+                .freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: true })
+                .await
+                .map_err(grpc_err(source, "lock"))?
+                .into_inner();
+            dest.start_migration(StartMigrationRequest {
+                range: r,
+                version_floor: frozen.max_version,
+                records: frozen.records,
+                acks: frozen.acks,
+                epoch,
+                serve: false,
+                final_pass: true,
+                min_version: copy.copy_from_version,
+                ..Default::default()
+            })
+            .await
+            .map_err(grpc_err(destination, "final pass"))?;
+            let status = self.wait_for_pass(&mut dest, destination, range, options, &mut progress).await?;
+            lock_window = Some(locked);
+            status
+        } else {
+            let frozen = src
+                .freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: false })
+                .await
+                .map_err(grpc_err(source, "freeze"))?
+                .into_inner();
+            dest.start_migration(StartMigrationRequest {
+                range: r,
+                version_floor: frozen.max_version,
+                records: frozen.records,
+                acks: frozen.acks,
+                objects_total: frozen.objects,
+                bytes_total: frozen.bytes,
+                epoch,
+                rate_limit_bytes_per_sec: options.rate_limit_bytes_per_sec,
+                serve: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(grpc_err(destination, "start"))?;
+            let migrating = self
+                .update(|m| {
+                    if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                        s.owner = destination;
+                        s.state = ShardState::Migrating { source, strategy: options.strategy };
+                    }
+                })
+                .await?;
+            self.broadcast_epoch(&migrating).await;
+            tracing::info!(%range, source, destination, epoch = migrating.epoch, strategy = ?options.strategy, "move started");
+            self.wait_for_pass(&mut dest, destination, range, options, &mut progress).await?
         };
 
         let finished = self
             .update(|m| {
                 if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                    s.owner = destination;
                     s.state = ShardState::Normal;
                 }
             })
             .await?;
         // The source drops its copy before the destination drops its
         // tombstones: a dual read must never see an old copy beside a purged delete.
-        src.drop_range(DropRangeRequest {
-            range: r,
-            epoch: finished.epoch,
-            new_owner: destination,
-            has_new_owner: true,
-        })
-        .await
-        .map_err(grpc_err(source, "drop"))?;
+        src.drop_range(DropRangeRequest { range: r, epoch: finished.epoch, new_owner: destination, has_new_owner: true })
+            .await
+            .map_err(grpc_err(source, "drop"))?;
         dest.finish_migration(FinishMigrationRequest { range: r, epoch: finished.epoch })
             .await
             .map_err(grpc_err(destination, "finish"))?;
+        let lock_window = lock_window.map(|locked: Instant| locked.elapsed());
         self.broadcast_epoch(&finished).await;
         tracing::info!(%range, source, destination, objects = status.objects_applied, "move finished");
         Ok(MoveReport {
@@ -229,6 +255,32 @@ impl Coordinator {
             bytes: status.bytes_applied,
             duration: started.elapsed(),
             epoch: finished.epoch,
+            lock_window,
         })
+    }
+
+    async fn wait_for_pass(
+        &self,
+        dest: &mut fulva_proto::grpc::node_control_client::NodeControlClient<tonic::transport::Channel>,
+        destination: NodeId,
+        range: HashRange,
+        options: MoveOptions,
+        progress: &mut impl FnMut(&MigrationStatusResponse),
+    ) -> Result<MigrationStatusResponse, CoordinatorError> {
+        loop {
+            let status = dest
+                .migration_status(MigrationStatusRequest { range: Some(range.into()) })
+                .await
+                .map_err(grpc_err(destination, "status"))?
+                .into_inner();
+            progress(&status);
+            if status.done {
+                return Ok(status);
+            }
+            if !status.error.is_empty() {
+                return Err(move_error(format!("move of {range} failed at the destination: {}", status.error)));
+            }
+            tokio::time::sleep(options.poll_interval).await;
+        }
     }
 }
