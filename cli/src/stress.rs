@@ -167,8 +167,12 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
         }
         let others: Vec<u32> = map.nodes.iter().map(|n| n.id).filter(|&id| id != shard.owner).collect();
         let destination = others[rng.random_range(0..others.len())];
-        let options =
-            MoveOptions { rate_limit_bytes_per_sec: config.move_rate_limit, ..MoveOptions::default() };
+        let strategy = config.strategies[rng.random_range(0..config.strategies.len())];
+        let options = MoveOptions {
+            strategy,
+            rate_limit_bytes_per_sec: config.move_rate_limit,
+            ..MoveOptions::default()
+        };
         cluster.coordinator.migrate(shard.range, destination, options, |_| {}).await?;
         moves += 1;
         if config.verbose && last_report.elapsed() > Duration::from_secs(5) {

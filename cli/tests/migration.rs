@@ -77,9 +77,12 @@ async fn move_under_load(strategy: Strategy) -> fulva_operator::MoveReport {
     let mut statuses = 0;
     let report = cluster
         .coordinator
-        .migrate(moving, 1, MoveOptions { strategy, rate_limit_bytes_per_sec: 2_000_000, ..Default::default() }, |_| {
-            statuses += 1
-        })
+        .migrate(
+            moving,
+            1,
+            MoveOptions { strategy, rate_limit_bytes_per_sec: 2_000_000, ..Default::default() },
+            |_| statuses += 1,
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -10,8 +10,8 @@ use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
 use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
 use fulva_proto::{
-    key_hash, Epoch, MigrationProgress, NodeId, Op, Reply, Request, RequestBody, ShardMap, ShardState, Status,
-    Strategy,
+    key_hash, Epoch, MigrationProgress, NodeId, Op, Reply, Request, RequestBody, ShardMap, ShardState,
+    Status, Strategy,
 };
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};

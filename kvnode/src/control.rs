@@ -197,7 +197,14 @@ impl NodeControl for ControlService {
         h.store.raise_version_floor(req.version_floor);
         h.ownership.raise_max_version(range, req.version_floor);
         h.ownership.observe_epoch(req.epoch);
-        if mv.begin_pass(req.objects_total, req.bytes_total, req.rate_limit_bytes_per_sec, req.serve, req.final_pass, req.min_version) {
+        if mv.begin_pass(
+            req.objects_total,
+            req.bytes_total,
+            req.rate_limit_bytes_per_sec,
+            req.serve,
+            req.final_pass,
+            req.min_version,
+        ) {
             if mv.strategy == fulva_proto::Strategy::Rocksteady && req.serve {
                 tokio::spawn(crate::migration::serve_fetches(h.clone(), mv.clone()));
             }

@@ -132,7 +132,8 @@ impl Coordinator {
         if source == destination {
             return Err(move_error(format!("range {range} is already on node {destination}")));
         }
-        let source_info = map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
+        let source_info =
+            map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
         if map.node(destination).is_none() {
             return Err(move_error(format!("unknown destination node {destination}")));
         }
@@ -238,9 +239,14 @@ impl Coordinator {
             .await?;
         // The source drops its copy before the destination drops its
         // tombstones: a dual read must never see an old copy beside a purged delete.
-        src.drop_range(DropRangeRequest { range: r, epoch: finished.epoch, new_owner: destination, has_new_owner: true })
-            .await
-            .map_err(grpc_err(source, "drop"))?;
+        src.drop_range(DropRangeRequest {
+            range: r,
+            epoch: finished.epoch,
+            new_owner: destination,
+            has_new_owner: true,
+        })
+        .await
+        .map_err(grpc_err(source, "drop"))?;
         dest.finish_migration(FinishMigrationRequest { range: r, epoch: finished.epoch })
             .await
             .map_err(grpc_err(destination, "finish"))?;
@@ -278,7 +284,10 @@ impl Coordinator {
                 return Ok(status);
             }
             if !status.error.is_empty() {
-                return Err(move_error(format!("move of {range} failed at the destination: {}", status.error)));
+                return Err(move_error(format!(
+                    "move of {range} failed at the destination: {}",
+                    status.error
+                )));
             }
             tokio::time::sleep(options.poll_interval).await;
         }
