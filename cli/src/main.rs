@@ -47,6 +47,8 @@ enum Command {
 enum BenchCommand {
     /// Closed-loop key-value load (YCSB mixes), optionally against Redis too.
     Kv(bench::kv::KvBenchArgs),
+    /// The paper's experiment: move most of a loaded node's range under load, every strategy.
+    Migration(bench::migration::MigrationBenchArgs),
 }
 
 #[tokio::main]
@@ -65,6 +67,9 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate(args) => fulva_cli::admin::migrate(args).await,
         Command::Split(args) => fulva_cli::admin::split(args).await,
         Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
+        Command::Bench { which: BenchCommand::Migration(args) } => {
+            bench::migration::run(args).await.map(|()| true)
+        }
         Command::Check { history } => fulva_cli::check::run(&history),
         Command::Soak(args) => fulva_cli::stress::soak(args).await,
         Command::Node { node } => fulva_kvnode::run(node, async {

@@ -269,6 +269,9 @@ pub struct SoakArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Strategies moves pick from.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fulva,rocksteady,source-driven")]
+    pub strategies: Vec<crate::admin::StrategyArg>,
 }
 
 /// Runs `fulva soak`; returns whether the history is linearizable with no lost write.
@@ -288,6 +291,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     };
     config.seed = args.seed;
     config.verbose = true;
+    config.strategies = args.strategies.iter().map(|&s| Strategy::from(s)).collect();
     eprintln!(
         "fulva soak: {} moves, {} nodes, {} clients on {} hot keys, faults {}",
         args.moves, config.nodes, config.clients, config.keys, args.faults

@@ -2,7 +2,7 @@
 
 use crate::config::NodeConfig;
 use crate::metrics::{DropReason, NodeMetrics};
-use crate::migration::TrapSwitches;
+use crate::migration::{IncomingMove, TrapSwitches};
 use crate::ownership::{Ownership, Placement, RangeRole};
 use crate::records::{Admission, Completion, CompletionTable};
 use crate::store::{Object, SizeDelta, Store};
@@ -11,6 +11,7 @@ use fulva_proto::frame::{dual_read_destination, RequestHeader};
 use fulva_proto::{
     key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status, Strategy,
 };
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Limits on what a request may carry.
@@ -296,17 +297,29 @@ impl Handler {
     }
 
     /// Applies an object pulled from a move's source ("higher version wins").
-    pub fn apply_migrated(&self, hash: u64, key: &[u8], object: Object) {
+    ///
+    /// Only while the range is still coming in through `incoming`: once the
+    /// move has finished here (tombstones purged) or the range went away, a
+    /// late copy could bring back a deleted key, so it is dropped.
+    pub fn apply_migrated(
+        &self,
+        incoming: &Arc<IncomingMove>,
+        hash: u64,
+        key: &[u8],
+        object: Object,
+    ) -> bool {
         let version = object.version;
-        self.ownership.with_placement(hash, |placement| {
-            if let Placement::Served(range) = placement {
+        self.ownership.with_placement(hash, |placement| match placement {
+            Placement::Served(range) if matches!(&range.role, RangeRole::Incoming(m) if Arc::ptr_eq(m, incoming)) => {
                 let (applied, delta) = self.store.apply_if_newer(hash, key, object);
                 range.observe_version(version);
                 if applied {
                     apply_delta(&range.metrics, delta);
                 }
+                true
             }
-        });
+            _ => false,
+        })
     }
 
     /// Sets a range's object and byte gauges from a scan of the store.

@@ -258,7 +258,11 @@ pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
     }
 }
 
-async fn pull_once(handler: &Handler, mv: &IncomingMove, limiter: &mut RateLimiter) -> Result<(), String> {
+async fn pull_once(
+    handler: &Handler,
+    mv: &Arc<IncomingMove>,
+    limiter: &mut RateLimiter,
+) -> Result<(), String> {
     let mut client = NodeControlClient::connect(format!("http://{}", mv.source_control_addr))
         .await
         .map_err(|e| format!("connect to source {}: {e}", mv.source_control_addr))?;
@@ -286,7 +290,7 @@ async fn pull_once(handler: &Handler, mv: &IncomingMove, limiter: &mut RateLimit
         for object in &batch.objects {
             bytes += (object.key.len() + object.value.len()) as u64;
             let value = (!object.tombstone).then(|| Bytes::copy_from_slice(&object.value));
-            handler.apply_migrated(object.hash, &object.key, Object { version: object.version, value });
+            handler.apply_migrated(mv, object.hash, &object.key, Object { version: object.version, value });
         }
         mv.objects_applied.fetch_add(batch.objects.len() as u64, Ordering::AcqRel);
         mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel);
@@ -333,6 +337,7 @@ pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
                 for object in reply.into_inner().objects {
                     let value = (!object.tombstone).then(|| Bytes::from(object.value));
                     handler.apply_migrated(
+                        &mv,
                         object.hash,
                         &object.key,
                         Object { version: object.version, value },

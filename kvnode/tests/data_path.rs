@@ -259,3 +259,32 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut body).await.unwrap();
     body
 }
+
+#[tokio::test]
+async fn a_late_copy_from_an_old_move_is_never_applied() {
+    use fulva_kvnode::migration::IncomingMove;
+    use fulva_kvnode::store::Object;
+    use std::sync::Arc;
+    let node = fulva_kvnode::start(NodeConfig::loopback(0)).await.unwrap();
+    let h = &node.handler;
+    let hash = key_hash(b"k");
+    let old = || Object { version: 5, value: Some(bytes::Bytes::from_static(b"old")) };
+    let first = Arc::new(IncomingMove::new(
+        HashRange::FULL,
+        9,
+        "127.0.0.1:1".into(),
+        fulva_proto::Strategy::Rocksteady,
+    ));
+    h.ownership.prepare_incoming(first.clone(), 1, &h.metrics).unwrap();
+    assert!(h.apply_migrated(&first, hash, b"k", old()), "a copy for the move in progress applies");
+    // The move is abandoned and the range comes in again by another move:
+    // a copy still in flight for the first move must not land.
+    h.ownership.drop_range(HashRange::FULL, 2, None, &h.metrics).unwrap();
+    h.store.remove_range(HashRange::FULL);
+    let second =
+        Arc::new(IncomingMove::new(HashRange::FULL, 8, "127.0.0.1:1".into(), fulva_proto::Strategy::Fulva));
+    h.ownership.prepare_incoming(second.clone(), 3, &h.metrics).unwrap();
+    assert!(!h.apply_migrated(&first, hash, b"k", old()));
+    assert_eq!(h.store.get(hash, b"k"), None);
+    node.shutdown().await;
+}

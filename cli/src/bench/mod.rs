@@ -1,4 +1,5 @@
 //! `fulva bench`: whole-system benchmarks with readable (and JSON) output.
 
 pub mod kv;
+pub mod migration;
 pub mod redis;

@@ -1,0 +1,378 @@
+//! `fulva bench migration`: the paper's experiment on one machine. Keys are
+//! loaded on one node, closed-loop clients run, and after a steady period most
+//! of the node's hash range moves to a second node; every strategy runs in
+//! turn on a fresh cluster with the same data and workload. Latency and
+//! throughput are binned over time and split into keys of the moving range
+//! and the rest.
+
+use crate::local::{LocalCluster, LocalClusterConfig};
+use crate::sessions::FulvaSession;
+use crate::workload::{key_into, Distribution, KeyChooser, Mix, WorkloadSpec};
+use fulva_client::{Client, ClientConfig};
+use fulva_kvnode::NodeConfig;
+use fulva_operator::MoveOptions;
+use fulva_proto::{key_hash, HashRange, Strategy};
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `fulva bench migration`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MigrationBenchArgs {
+    /// Keys loaded on the first node.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Closed-loop client tasks.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Workload mix.
+    #[arg(long, value_enum, default_value_t = Mix::B)]
+    pub mix: Mix,
+    /// Zipfian skew of key choice (0 = uniform).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf: f64,
+    /// Strategies to run, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fulva,rocksteady,source-driven")]
+    pub strategies: Vec<crate::admin::StrategyArg>,
+    /// Seconds of steady load before the move.
+    #[arg(long, default_value_t = 3)]
+    pub before: u64,
+    /// Seconds of load after the move ends.
+    #[arg(long, default_value_t = 2)]
+    pub after: u64,
+    /// Fraction of the hash space (from 0) that moves.
+    #[arg(long, default_value_t = 0.9)]
+    pub fraction: f64,
+    /// Bandwidth limit of the move in MB/s (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit_mb: f64,
+    /// Width of a time bin in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub bin_ms: u64,
+    /// Data-path workers per node.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Write the results (with every bin) as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Latency and throughput of one class of keys in one time bin.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BinStats {
+    /// Operations completed in the bin.
+    pub ops: u64,
+    /// Median latency, µs.
+    pub p50_us: u32,
+    /// 99th percentile, µs.
+    pub p99_us: u32,
+    /// 99.9th percentile, µs.
+    pub p999_us: u32,
+}
+
+/// One time bin.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Bin {
+    /// Start of the bin, ms since the load began.
+    pub t_ms: u64,
+    /// Keys in the moving range.
+    pub moving: BinStats,
+    /// All other keys.
+    pub other: BinStats,
+}
+
+/// Summary of a period (steady, during the move).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Period {
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Median latency, µs.
+    pub p50_us: u32,
+    /// 99th percentile, µs.
+    pub p99_us: u32,
+    /// 99.9th percentile, µs.
+    pub p999_us: u32,
+    /// Longest stretch without a completed operation, ms.
+    pub longest_stall_ms: f64,
+    /// Loopback bytes (both directions) per operation.
+    pub wire_bytes_per_op: f64,
+}
+
+/// Everything measured for one strategy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StrategyResult {
+    /// Strategy name.
+    pub strategy: String,
+    /// Move start and end, ms since the load began.
+    pub move_start_ms: u64,
+    /// End of the move.
+    pub move_end_ms: u64,
+    /// Bytes moved (keys and values).
+    pub moved_bytes: u64,
+    /// Migration speed, MB/s.
+    pub migrated_mb_per_sec: f64,
+    /// Source-driven lock window, ms.
+    pub lock_window_ms: Option<f64>,
+    /// Before the move, all keys.
+    pub steady: Period,
+    /// During the move, all keys.
+    pub during: Period,
+    /// During the move, keys of the moving range only.
+    pub during_moving: Period,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Time bins.
+    pub bins: Vec<Bin>,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    done_us: u64,
+    latency_us: u32,
+    moving: bool,
+}
+
+fn lo_bytes() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/net/dev") else { return 0 };
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("lo:").map(str::to_string))
+        .and_then(|rest| {
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            Some(f.first()? + f.get(8)?)
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn stats(latencies: &mut [u32]) -> BinStats {
+    latencies.sort_unstable();
+    BinStats {
+        ops: latencies.len() as u64,
+        p50_us: percentile(latencies, 0.5),
+        p99_us: percentile(latencies, 0.99),
+        p999_us: percentile(latencies, 0.999),
+    }
+}
+
+fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_bytes: u64) -> Period {
+    let mut lat: Vec<u32> = Vec::new();
+    let mut times: Vec<u64> = Vec::new();
+    for s in
+        samples.iter().filter(|s| s.done_us >= from_us && s.done_us < to_us && (!only_moving || s.moving))
+    {
+        lat.push(s.latency_us);
+        times.push(s.done_us);
+    }
+    times.sort_unstable();
+    let mut stall = 0u64;
+    let mut previous = from_us;
+    for &t in times.iter().chain(std::iter::once(&to_us)) {
+        stall = stall.max(t.saturating_sub(previous));
+        previous = t;
+    }
+    let st = stats(&mut lat);
+    let secs = (to_us.saturating_sub(from_us)) as f64 / 1e6;
+    Period {
+        ops_per_sec: st.ops as f64 / secs.max(1e-9),
+        p50_us: st.p50_us,
+        p99_us: st.p99_us,
+        p999_us: st.p999_us,
+        longest_stall_ms: stall as f64 / 1e3,
+        wire_bytes_per_op: wire_bytes as f64 / (st.ops.max(1)) as f64,
+    }
+}
+
+async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::Result<StrategyResult> {
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        nodes: 2,
+        shards: 1,
+        node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
+        ..LocalClusterConfig::default()
+    })
+    .await?;
+    let client = Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
+    crate::workload::load(
+        vec![FulvaSession { client: client.clone() }; 64],
+        args.keys,
+        args.value_size,
+        Some("keys"),
+    )
+    .await?;
+    let last = ((u64::MAX as f64) * args.fraction.clamp(0.01, 1.0)) as u64;
+    let moving = HashRange::new(0, last.max(1))?;
+    let spec = WorkloadSpec {
+        read_fraction: args.mix.read_fraction(),
+        distribution: if args.zipf > 0.0 { Distribution::Zipfian(args.zipf) } else { Distribution::Uniform },
+        keys: args.keys,
+        value_size: args.value_size,
+    };
+    let chooser = Arc::new(KeyChooser::new(&spec));
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        let (client, chooser, stop, samples, errors) =
+            (client.clone(), chooser.clone(), stop.clone(), samples.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(i as u64 + 99);
+            let mut key = Vec::with_capacity(32);
+            let mut value = vec![0u8; spec.value_size];
+            let mut mine = Vec::with_capacity(1 << 16);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 50_000_000 {
+                key_into(chooser.next(&mut rng), &mut key);
+                let started = Instant::now();
+                let ok = if rng.random_bool(spec.read_fraction) {
+                    client.get(&key).await.is_ok()
+                } else {
+                    rng.fill(&mut value[..]);
+                    client.put(&key, &value).await.is_ok()
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let done = t0.elapsed();
+                mine.push(Sample {
+                    done_us: done.as_micros() as u64,
+                    latency_us: started.elapsed().as_micros().min(u32::MAX as u128) as u32,
+                    moving: moving.contains(key_hash(&key)),
+                });
+                n += 1;
+            }
+            samples.lock().extend(mine);
+        }));
+    }
+    let lo_start = lo_bytes();
+    tokio::time::sleep(Duration::from_secs(args.before)).await;
+    let move_start = t0.elapsed();
+    let lo_move_start = lo_bytes();
+    let options = MoveOptions {
+        strategy,
+        rate_limit_bytes_per_sec: (args.rate_limit_mb * 1e6) as u64,
+        ..MoveOptions::default()
+    };
+    let report = cluster.coordinator.migrate(moving, 1, options, |_| {}).await?;
+    let move_end = t0.elapsed();
+    let lo_move_end = lo_bytes();
+    tokio::time::sleep(Duration::from_secs(args.after)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let end = t0.elapsed();
+    drop(client);
+    cluster.shutdown().await;
+
+    let samples = std::mem::take(&mut *samples.lock());
+    let (ms, me, end_us) =
+        (move_start.as_micros() as u64, move_end.as_micros() as u64, end.as_micros() as u64);
+    // The first second warms up; steady state is the rest of the time before the move.
+    let steady_from = (ms / 3).min(1_000_000);
+    let steady_ops = samples.iter().filter(|s| s.done_us < ms).count() as u64;
+    let during_ops = samples.iter().filter(|s| s.done_us >= ms && s.done_us < me).count() as u64;
+    let steady_wire = (lo_move_start - lo_start)
+        * (samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64)
+        / steady_ops.max(1);
+    let during_wire = lo_move_end - lo_move_start;
+    let bin_us = args.bin_ms.max(1) * 1000;
+    let mut bins = Vec::new();
+    let mut start = 0;
+    while start < end_us {
+        let mut moving_lat = Vec::new();
+        let mut other_lat = Vec::new();
+        for s in samples.iter().filter(|s| s.done_us >= start && s.done_us < start + bin_us) {
+            if s.moving {
+                moving_lat.push(s.latency_us)
+            } else {
+                other_lat.push(s.latency_us)
+            }
+        }
+        bins.push(Bin { t_ms: start / 1000, moving: stats(&mut moving_lat), other: stats(&mut other_lat) });
+        start += bin_us;
+    }
+    let _ = during_ops;
+    Ok(StrategyResult {
+        strategy: format!("{strategy:?}").to_lowercase().replace("sourcedriven", "source-driven"),
+        move_start_ms: ms / 1000,
+        move_end_ms: me / 1000,
+        moved_bytes: report.bytes,
+        migrated_mb_per_sec: report.bytes as f64 / 1e6 / report.duration.as_secs_f64().max(1e-9),
+        lock_window_ms: report.lock_window.map(|d| d.as_secs_f64() * 1e3),
+        steady: period(&samples, steady_from, ms, false, steady_wire),
+        during: period(&samples, ms, me, false, during_wire),
+        during_moving: period(&samples, ms, me, true, during_wire),
+        errors: errors.load(Ordering::Relaxed),
+        bins,
+    })
+}
+
+/// Runs `fulva bench migration`.
+pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for &strategy in &args.strategies {
+        let strategy = Strategy::from(strategy);
+        eprintln!(
+            "fulva bench migration: {strategy:?}: {} keys, {} clients, {}",
+            args.keys,
+            args.clients,
+            args.mix.name()
+        );
+        results.push(run_strategy(&args, strategy).await?);
+    }
+    println!(
+        "\n{:<14} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
+        "strategy",
+        "steady/s",
+        "during/s",
+        "ratio",
+        "p99.9 st",
+        "p99.9 mv",
+        "ratio",
+        "stall ms",
+        "stall mv",
+        "MB/s",
+        "B/op mv"
+    );
+    for r in &results {
+        println!(
+            "{:<14} {:>10.0} {:>10.0} {:>8.2} {:>9} {:>9} {:>9.2} {:>10.1} {:>10.1} {:>9.0} {:>9.0}",
+            r.strategy,
+            r.steady.ops_per_sec,
+            r.during.ops_per_sec,
+            r.during.ops_per_sec / r.steady.ops_per_sec.max(1e-9),
+            r.steady.p999_us,
+            r.during.p999_us,
+            f64::from(r.during.p999_us) / f64::from(r.steady.p999_us.max(1)),
+            r.during.longest_stall_ms,
+            r.during_moving.longest_stall_ms,
+            r.migrated_mb_per_sec,
+            r.during.wire_bytes_per_op,
+        );
+    }
+    println!("(ratio = during the move / steady before it; stall = longest stretch with no completed operation, all keys / moving keys)");
+    for r in results.iter().filter(|r| r.lock_window_ms.is_some()) {
+        println!("{}: lock window {:.1} ms", r.strategy, r.lock_window_ms.unwrap_or_default());
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({ "benchmark": "migration", "keys": args.keys, "value_size": args.value_size,
+            "clients": args.clients, "mix": args.mix, "zipf": args.zipf, "fraction": args.fraction, "results": results });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
