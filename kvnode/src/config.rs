@@ -39,7 +39,7 @@ pub struct NodeConfig {
     #[arg(long, env = "FULVA_CLIENT_RECORD_TTL_SECS", default_value_t = 600)]
     pub client_record_ttl_secs: u64,
     /// Target size of one batch a move's destination pulls from the source, in bytes.
-    #[arg(long, env = "FULVA_MIGRATION_BATCH_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "FULVA_MIGRATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub migration_batch_bytes: u32,
     /// Test only: re-create trap 1 (progress published before it is applied).
     #[arg(long, hide = true)]
@@ -63,7 +63,7 @@ impl NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             stripe_bits: 12,
             client_record_ttl_secs: 600,
-            migration_batch_bytes: 256 * 1024,
+            migration_batch_bytes: 64 * 1024,
             trap_cursor_before_apply: false,
             trap_no_tombstones: false,
         }

@@ -247,11 +247,11 @@ impl NodeControl for ControlService {
                 let hash = fulva_proto::key_hash(key);
                 let object = range.contains(hash).then(|| store.get(hash, key)).flatten()?;
                 Some(MigratedObject {
-                    key: key.clone(),
+                    key: bytes::Bytes::copy_from_slice(key),
                     hash,
                     version: object.version,
                     tombstone: object.value.is_none(),
-                    value: object.value.map(|v| v.to_vec()).unwrap_or_default(),
+                    value: object.value.unwrap_or_default(),
                 })
             })
             .collect();
@@ -317,11 +317,11 @@ impl NodeControl for ControlService {
                     objects: objects
                         .into_iter()
                         .map(|(hash, key, object)| MigratedObject {
-                            key: key.to_vec(),
+                            key,
                             hash,
                             version: object.version,
                             tombstone: object.value.is_none(),
-                            value: object.value.map(|v| v.to_vec()).unwrap_or_default(),
+                            value: object.value.unwrap_or_default(),
                         })
                         .collect(),
                     next_cursor: next,
@@ -330,6 +330,7 @@ impl NodeControl for ControlService {
                 if tx.send(Ok(batch)).await.is_err() || last {
                     return;
                 }
+                tokio::task::yield_now().await;
                 from = next;
             }
         });
