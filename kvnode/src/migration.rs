@@ -340,7 +340,7 @@ pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
         match c.pull_keys(request).await {
             Ok(reply) => {
                 for object in reply.into_inner().objects {
-                    let value = (!object.tombstone).then(|| Bytes::from(object.value));
+                    let value = (!object.tombstone).then_some(object.value);
                     handler.apply_migrated(
                         &mv,
                         object.hash,
