@@ -48,12 +48,15 @@ fn up_serves_a_workload_across_three_nodes() {
     assert_eq!(map["shards"].as_array().unwrap().len(), 12);
 }
 
-#[test]
-fn kv_commands_work_against_a_running_cluster() {
+/// Starts `fulva up` with `args` and waits until it prints a line containing
+/// `ready`; returns its control endpoint and the guard that ends it.
+fn spawn_up(args: &[&str], ready: &str) -> (String, Reaper, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("127.0.0.1:{}", free_port());
     let mut child = fulva()
-        .args(["up", "--no-workload", "--duration", "60", "--control-addr", &endpoint])
+        .arg("up")
+        .args(args)
+        .args(["--duration", "60", "--control-addr", &endpoint])
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::null())
@@ -61,14 +64,20 @@ fn kv_commands_work_against_a_running_cluster() {
         .spawn()
         .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let _reaper = Reaper(child);
+    let reaper = Reaper(child);
     let started = Instant::now();
     for line in stderr.lines() {
-        if line.unwrap().contains("control endpoint") {
+        if line.unwrap().contains(ready) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "cluster did not start");
+        assert!(started.elapsed() < Duration::from_secs(60), "cluster did not start");
     }
+    (endpoint, reaper, dir)
+}
+
+#[test]
+fn kv_commands_work_against_a_running_cluster() {
+    let (endpoint, _reaper, _dir) = spawn_up(&["--no-workload"], "control endpoint");
     let kv = |args: &[&str]| {
         let out = fulva().args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -138,23 +147,7 @@ fn bench_kv_runs_fulva_and_a_real_redis_side_by_side() {
 
 #[test]
 fn migrate_moves_a_range_of_a_running_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("127.0.0.1:{}", free_port());
-    let mut child = fulva()
-        .args(["up", "--duration", "60", "--keys", "2000", "--clients", "4", "--control-addr", &endpoint])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let _reaper = Reaper(child);
-    for line in stderr.lines() {
-        if line.unwrap().contains("running ycsb-b") {
-            break;
-        }
-    }
+    let (endpoint, _reaper, _dir) = spawn_up(&["--keys", "2000", "--clients", "4"], "running ycsb-b");
     let run = |args: &[&str]| {
         let out = fulva().args(args).args(["--endpoint", &endpoint]).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

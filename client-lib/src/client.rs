@@ -430,22 +430,8 @@ impl<T: Transport> Client<T> {
             let Some(addr) = node.and_then(|n| map.node(n)).map(|n| n.data_addr) else {
                 return Err(ClientError::NoRoute(hash));
             };
-            let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            // The ack floor matters only to writes (reads keep no records).
-            let ack = if seq == 0 { 0 } else { inner.seqs.lock().ack() };
-            let header = RequestHeader {
-                op: op as u8,
-                flags,
-                request_id,
-                client_id: inner.client_id,
-                seq,
-                ack,
-                epoch: map.epoch,
-            };
-            let request = Request { header, body: body.clone() };
-            let mut frame = Vec::with_capacity(request.encoded_len());
-            request.encode(&mut frame);
-            let reply = self.exchange(request_id, Bytes::from(frame), addr, deadline, op).await?;
+            let (request_id, frame) = inner.frame(body.clone(), seq, flags, map.epoch);
+            let reply = self.exchange(request_id, frame, addr, deadline, op).await?;
             if let (Some(progress), Some(node)) = (reply.progress, node) {
                 inner.learn(progress, node);
             }
@@ -483,22 +469,9 @@ impl<T: Transport> Client<T> {
         let inner = &self.inner;
         let op = body.op();
         let map = inner.map.load_full();
-        let _ = hash;
         let addr = map.node(node).map(|n| n.data_addr).ok_or(ClientError::NoRoute(hash))?;
-        let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let header = RequestHeader {
-            op: op as u8,
-            flags,
-            request_id,
-            client_id: inner.client_id,
-            seq: 0,
-            ack: 0,
-            epoch: map.epoch,
-        };
-        let request = Request { header, body };
-        let mut frame = Vec::with_capacity(request.encoded_len());
-        request.encode(&mut frame);
-        self.exchange(request_id, Bytes::from(frame), addr, Instant::now() + inner.config.deadline, op).await
+        let (request_id, frame) = inner.frame(body, 0, flags, map.epoch);
+        self.exchange(request_id, frame, addr, Instant::now() + inner.config.deadline, op).await
     }
 
     /// Sends `frame` and waits for its reply; the retransmission task resends
@@ -538,6 +511,26 @@ impl<T: Transport> Client<T> {
 }
 
 impl<T: Transport> Inner<T> {
+    /// Encodes a request under a fresh request id.
+    fn frame(&self, body: RequestBody<'_>, seq: u64, flags: u32, epoch: Epoch) -> (u64, Bytes) {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        // The ack floor matters only to writes (reads keep no records).
+        let ack = if seq == 0 { 0 } else { self.seqs.lock().ack() };
+        let header = RequestHeader {
+            op: body.op() as u8,
+            flags,
+            request_id,
+            client_id: self.client_id,
+            seq,
+            ack,
+            epoch,
+        };
+        let request = Request { header, body };
+        let mut frame = Vec::with_capacity(request.encoded_len());
+        request.encode(&mut frame);
+        (request_id, Bytes::from(frame))
+    }
+
     fn pending_shard(&self, request_id: u64) -> &PendingShard {
         &self.pending[(request_id % PENDING_SHARDS as u64) as usize]
     }

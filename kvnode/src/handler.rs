@@ -213,18 +213,12 @@ impl Handler {
         let tracked = header.seq != 0;
         // A retry of a write applied here before the range left (or froze) is
         // answered from its record; only a never-applied write is redirected.
-        let replay_or_redirect = |to: Option<u32>| {
-            if let Some(done) = tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten() {
-                self.metrics.write_replays.inc();
-                return Some(Outcome {
-                    status: done.status,
-                    version: done.version,
-                    redirect: None,
-                    value: None,
-                });
-            }
-            Some(redirect(to))
+        let replayed = || {
+            let done = tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()?;
+            self.metrics.write_replays.inc();
+            Some(Outcome { status: done.status, version: done.version, redirect: None, value: None })
         };
+        let replay_or_redirect = |to: Option<u32>| Some(replayed().unwrap_or_else(|| redirect(to)));
         self.ownership.with_placement(hash, |placement| {
             let range = match placement {
                 Placement::Elsewhere { redirect: to } => return replay_or_redirect(to),
@@ -235,18 +229,7 @@ impl Handler {
                 // The final pass of a source-driven move must ship deletes too.
                 RangeRole::Copying { .. } => true,
                 RangeRole::Frozen { locked: true, .. } => {
-                    if let Some(done) =
-                        tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()
-                    {
-                        self.metrics.write_replays.inc();
-                        return Some(Outcome {
-                            status: done.status,
-                            version: done.version,
-                            redirect: None,
-                            value: None,
-                        });
-                    }
-                    return Some(Outcome::status(Status::Retry));
+                    return Some(replayed().unwrap_or(Outcome::status(Status::Retry)))
                 }
                 RangeRole::Frozen { destination, .. } => return replay_or_redirect(Some(*destination)),
                 RangeRole::Incoming(mv) if !mv.is_active() => return Some(Outcome::status(Status::Retry)),
