@@ -48,6 +48,16 @@ fn moved_records(records: &[CompletionRecord]) -> Vec<MovedRecord> {
         .collect()
 }
 
+/// Runs a whole-range store scan on a blocking thread, so the data-path
+/// workers sharing the runtime keep serving meanwhile.
+async fn off_data_path<R: Send + 'static>(
+    handler: &Arc<Handler>,
+    scan: impl FnOnce(&Handler) -> R + Send + 'static,
+) -> R {
+    let handler = handler.clone();
+    tokio::task::spawn_blocking(move || scan(&handler)).await.expect("store scans do not panic")
+}
+
 type BatchStream = Pin<Box<dyn futures_core::Stream<Item = Result<RangeBatch, Status>> + Send>>;
 
 impl From<ControlError> for Status {
@@ -106,7 +116,7 @@ impl NodeControl for ControlService {
         let h = &self.handler;
         let new_owner = req.has_new_owner.then_some(req.new_owner);
         h.ownership.drop_range(range, req.epoch, new_owner, &h.metrics).map_err(ControlError::from)?;
-        let removed = h.store.remove_range(range);
+        let removed = off_data_path(h, move |h| h.store.remove_range(range)).await;
         h.metrics.epoch.set(h.ownership.epoch() as i64);
         tracing::info!(%range, epoch = req.epoch, objects = -removed.objects, "range dropped");
         Ok(Response::new(DropRangeResponse {
@@ -124,7 +134,7 @@ impl NodeControl for ControlService {
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
         h.ownership.split(range, req.at, req.epoch, &h.metrics).map_err(ControlError::from)?;
-        h.refresh_range_gauges();
+        off_data_path(h, |h| h.refresh_range_gauges()).await;
         tracing::info!(%range, at = req.at, "range split");
         Ok(Response::new(SplitRangeResponse {}))
     }
@@ -158,10 +168,10 @@ impl NodeControl for ControlService {
         let max_version =
             h.ownership.freeze(range, req.destination, req.epoch, req.lock).map_err(ControlError::from)?;
         let (records, acks) = h.records.export(range);
-        let size = h.store.measure(range);
+        let (size, ceiling) = off_data_path(h, move |h| h.store.summary(range)).await;
         tracing::info!(%range, destination = req.destination, max_version, records = records.len(), "range frozen");
         Ok(Response::new(FreezeRangeResponse {
-            max_version: max_version.max(h.store.version_ceiling_in(range)),
+            max_version: max_version.max(ceiling),
             records: records
                 .iter()
                 .map(|r| CompletionRecord {
@@ -224,10 +234,10 @@ impl NodeControl for ControlService {
         let h = &self.handler;
         let max_version =
             h.ownership.begin_copy(range, req.destination, req.epoch).map_err(ControlError::from)?;
-        let size = h.store.measure(range);
+        let (size, ceiling) = off_data_path(h, move |h| h.store.summary(range)).await;
         tracing::info!(%range, destination = req.destination, "copy begun");
         Ok(Response::new(BeginCopyResponse {
-            copy_from_version: max_version.max(h.store.version_ceiling_in(range)),
+            copy_from_version: max_version.max(ceiling),
             objects: size.objects.max(0) as u64,
             bytes: size.bytes.max(0) as u64,
         }))
@@ -288,8 +298,12 @@ impl NodeControl for ControlService {
         let h = &self.handler;
         h.ownership.finish_incoming(range, req.epoch).map_err(ControlError::from)?;
         // The source has dropped its copy: no old version can arrive any more.
-        let purged = h.store.purge_tombstones(range);
-        h.refresh_range_gauges();
+        let purged = off_data_path(h, move |h| {
+            let purged = h.store.purge_tombstones(range);
+            h.refresh_range_gauges_of(range);
+            purged
+        })
+        .await;
         tracing::info!(%range, tombstones = -purged.objects, "move finished");
         Ok(Response::new(FinishMigrationResponse { tombstones_purged: (-purged.objects) as u64 }))
     }

@@ -305,12 +305,22 @@ impl Handler {
         })
     }
 
+    /// Sets the gauges of the served range equal to `range` from a scan.
+    pub fn refresh_range_gauges_of(&self, range: fulva_proto::HashRange) {
+        // Scan without the ownership lock: a waiting writer would stall the data path.
+        let size = self.store.measure(range);
+        self.ownership.for_each(|owned| {
+            if owned.range == range {
+                owned.metrics.objects.set(size.objects);
+                owned.metrics.stored_bytes.set(size.bytes);
+            }
+        });
+    }
+
     /// Sets a range's object and byte gauges from a scan of the store.
     pub fn refresh_range_gauges(&self) {
-        self.ownership.for_each(|owned| {
-            let size = self.store.measure(owned.range);
-            owned.metrics.objects.set(size.objects);
-            owned.metrics.stored_bytes.set(size.bytes);
-        });
+        for range in self.ownership.ranges() {
+            self.refresh_range_gauges_of(range);
+        }
     }
 }

@@ -93,18 +93,6 @@ impl Store {
         self.next_version.load(Ordering::Acquire) - 1
     }
 
-    /// Highest version stored in `range` (a scan; a cross-check of the
-    /// per-range maximum kept by the ownership table).
-    pub fn version_ceiling_in(&self, range: HashRange) -> u64 {
-        let mut max = 0;
-        for idx in self.stripes_of(range) {
-            for e in self.stripes[idx].lock().iter().filter(|e| range.contains(e.hash)) {
-                max = max.max(e.object.version);
-            }
-        }
-        max
-    }
-
     /// Reads `key`. Tombstones are returned as objects with no value.
     pub fn get(&self, hash: u64, key: &[u8]) -> Option<Object> {
         let stripe = self.stripe(hash).lock();
@@ -264,6 +252,20 @@ impl Store {
             }
         }
         (out, range.last, true)
+    }
+
+    /// Objects, bytes and the highest version stored in `range` (one scan).
+    pub fn summary(&self, range: HashRange) -> (SizeDelta, u64) {
+        let mut size = SizeDelta::default();
+        let mut max = 0;
+        for idx in self.stripes_of(range) {
+            for e in self.stripes[idx].lock().iter().filter(|e| range.contains(e.hash)) {
+                size.objects += 1;
+                size.bytes += e.bytes() as i64;
+                max = max.max(e.object.version);
+            }
+        }
+        (size, max)
     }
 
     /// Objects and bytes stored in `range` (a scan).

@@ -62,6 +62,9 @@ pub struct MigrationBenchArgs {
     /// Write the results (with every bin) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw throughput and p99.9 over time per strategy into this PNG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// Latency and throughput of one class of keys in one time bin.
@@ -367,6 +370,10 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     println!("(ratio = during the move / steady before it; stall = longest stretch with no completed operation, all keys / moving keys)");
     for r in results.iter().filter(|r| r.lock_window_ms.is_some()) {
         println!("{}: lock window {:.1} ms", r.strategy, r.lock_window_ms.unwrap_or_default());
+    }
+    if let Some(path) = &args.plot {
+        super::plot::draw(&results, args.bin_ms, path)?;
+        eprintln!("plot written to {}", path.display());
     }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({ "benchmark": "migration", "keys": args.keys, "value_size": args.value_size,

@@ -2,4 +2,5 @@
 
 pub mod kv;
 pub mod migration;
+pub mod plot;
 pub mod redis;
