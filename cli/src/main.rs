@@ -1,6 +1,12 @@
 //! `fulva`: run a local cluster, read and write keys, benchmark.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc frees memory allocated by another thread without taking that
+/// thread's arena lock: dropping a moved range's copy (millions of objects)
+/// must not stall the data path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fulva_cli::{bench, kv, up};
 
 /// Fulva: an in-memory key-value store whose shards move live.

@@ -170,3 +170,30 @@ fn migrate_moves_a_range_of_a_running_cluster() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown destination node 9"));
 }
+
+#[test]
+fn bench_migration_runs_every_strategy_and_draws_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, png) = (dir.path().join("m.json"), dir.path().join("m.png"));
+    let out = fulva()
+        .args(["bench", "migration", "--keys", "5000", "--clients", "4", "--before", "1", "--after", "1"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    let names: Vec<&str> = results.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fulva", "rocksteady", "source-driven"]);
+    for r in results {
+        assert!(r["moved_bytes"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["move_end_ms"].as_u64() >= r["move_start_ms"].as_u64(), "{r}");
+        assert!(r["bins"].as_array().unwrap().iter().any(|b| b["moving"]["ops"].as_u64().unwrap() > 0));
+    }
+    assert!(results[2]["lock_window_ms"].as_f64().is_some(), "source-driven reports its lock window");
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+}

@@ -1,6 +1,11 @@
 //! `fulva-kvnode`: runs one storage node until SIGINT or SIGTERM.
 
 use clap::Parser;
+
+/// mimalloc frees memory allocated by another thread without taking that
+/// thread's arena lock: dropping a moved range's copy must not stall serving.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fulva_kvnode::NodeConfig;
 
 /// A Fulva storage node.
