@@ -65,27 +65,32 @@ impl RedisSession {
         Ok(())
     }
 
-    /// Reads one reply; returns the bulk payload length (or 0 for simple replies).
-    async fn read_reply(&mut self) -> anyhow::Result<usize> {
+    /// Reads one reply; returns the bulk payload length (or 0 for simple
+    /// replies), or the error line Redis answered with.
+    async fn read_reply_or_error(&mut self) -> anyhow::Result<Result<usize, String>> {
         self.line.clear();
         if self.stream.read_line(&mut self.line).await? == 0 {
             anyhow::bail!("redis closed the connection");
         }
         let line = self.line.trim_end();
         match line.as_bytes().first() {
-            Some(b'+') | Some(b':') => Ok(0),
-            Some(b'-') => anyhow::bail!("redis error: {line}"),
+            Some(b'+') | Some(b':') => Ok(Ok(0)),
+            Some(b'-') => Ok(Err(line[1..].to_string())),
             Some(b'$') => {
                 let len: i64 = line[1..].parse()?;
                 if len < 0 {
-                    return Ok(0);
+                    return Ok(Ok(0));
                 }
                 self.scratch.resize(len as usize + 2, 0);
                 self.stream.read_exact(&mut self.scratch).await?;
-                Ok(len as usize)
+                Ok(Ok(len as usize))
             }
             _ => anyhow::bail!("unexpected redis reply {line:?}"),
         }
+    }
+
+    async fn read_reply(&mut self) -> anyhow::Result<usize> {
+        self.read_reply_or_error().await?.map_err(|e| anyhow::anyhow!("redis error: {e}"))
     }
 
     /// Sends a command and waits for its reply.
@@ -93,6 +98,27 @@ impl RedisSession {
         self.push_command(parts);
         self.flush().await?;
         self.read_reply().await
+    }
+
+    /// Sends a command; a Redis error reply (such as MOVED or ASK) comes back as `Err` text.
+    pub async fn command_or_error(&mut self, parts: &[&[u8]]) -> anyhow::Result<Result<usize, String>> {
+        self.push_command(parts);
+        self.flush().await?;
+        self.read_reply_or_error().await
+    }
+
+    /// Sends `ASKING` and then `parts` in one write (a one-off redirect during resharding).
+    pub async fn asking(&mut self, parts: &[&[u8]]) -> anyhow::Result<Result<usize, String>> {
+        self.push_command(&[b"ASKING"]);
+        self.push_command(parts);
+        self.flush().await?;
+        self.read_reply().await?;
+        self.read_reply_or_error().await
+    }
+
+    /// The payload of the last bulk reply.
+    pub fn last_bulk(&self) -> &[u8] {
+        &self.scratch[..self.scratch.len().saturating_sub(2)]
     }
 
     /// Sets many keys with one round trip per `batch` commands (loading).

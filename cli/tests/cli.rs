@@ -172,11 +172,23 @@ fn migrate_moves_a_range_of_a_running_cluster() {
 }
 
 #[test]
-fn bench_migration_runs_every_strategy_and_draws_a_plot() {
+fn bench_migration_runs_every_strategy_and_a_redis_cluster_reshard_and_draws_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let (json, png) = (dir.path().join("m.json"), dir.path().join("m.png"));
     let out = fulva()
-        .args(["bench", "migration", "--keys", "5000", "--clients", "4", "--before", "1", "--after", "1"])
+        .args([
+            "bench",
+            "migration",
+            "--keys",
+            "5000",
+            "--clients",
+            "4",
+            "--before",
+            "1",
+            "--after",
+            "1",
+            "--vs-redis",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--plot")
@@ -187,7 +199,7 @@ fn bench_migration_runs_every_strategy_and_draws_a_plot() {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
     let names: Vec<&str> = results.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
-    assert_eq!(names, ["fulva", "rocksteady", "source-driven"]);
+    assert_eq!(names, ["fulva", "rocksteady", "source-driven", "redis-cluster"]);
     for r in results {
         assert!(r["moved_bytes"].as_u64().unwrap() > 0, "{r}");
         assert!(r["move_end_ms"].as_u64() >= r["move_start_ms"].as_u64(), "{r}");

@@ -59,6 +59,12 @@ pub struct MigrationBenchArgs {
     /// Data-path workers per node.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Also reshard a Redis Cluster (two redis-server processes) under the same workload.
+    #[arg(long)]
+    pub vs_redis: bool,
+    /// The redis-server binary (redis-cli comes from the PATH).
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: String,
     /// Write the results (with every bin) as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -135,14 +141,19 @@ pub struct StrategyResult {
     pub bins: Vec<Bin>,
 }
 
+/// One completed operation.
 #[derive(Clone, Copy)]
-struct Sample {
-    done_us: u64,
-    latency_us: u32,
-    moving: bool,
+pub(crate) struct Sample {
+    /// Completion time, µs since the load began.
+    pub done_us: u64,
+    /// Latency, µs.
+    pub latency_us: u32,
+    /// Whether its key is in the moving range.
+    pub moving: bool,
 }
 
-fn lo_bytes() -> u64 {
+/// Bytes through the loopback interface so far, both directions.
+pub(crate) fn lo_bytes() -> u64 {
     let Ok(text) = std::fs::read_to_string("/proc/net/dev") else { return 0 };
     text.lines()
         .find_map(|l| l.trim_start().strip_prefix("lo:").map(str::to_string))
@@ -282,16 +293,42 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     cluster.shutdown().await;
 
     let samples = std::mem::take(&mut *samples.lock());
+    Ok(summarize(
+        &format!("{strategy:?}").to_lowercase().replace("sourcedriven", "source-driven"),
+        args,
+        samples,
+        (move_start, move_end, end),
+        (lo_move_start - lo_start, lo_move_end - lo_move_start),
+        report.bytes,
+        report.duration,
+        report.lock_window,
+        errors.load(Ordering::Relaxed),
+    ))
+}
+
+/// Bins and summarizes the samples of one run. `times` are the move's start,
+/// its end and the end of the load; `wire` the loopback bytes before and
+/// during the move.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn summarize(
+    name: &str,
+    args: &MigrationBenchArgs,
+    samples: Vec<Sample>,
+    times: (Duration, Duration, Duration),
+    wire: (u64, u64),
+    moved_bytes: u64,
+    move_duration: Duration,
+    lock_window: Option<Duration>,
+    errors: u64,
+) -> StrategyResult {
+    let (move_start, move_end, end) = times;
     let (ms, me, end_us) =
         (move_start.as_micros() as u64, move_end.as_micros() as u64, end.as_micros() as u64);
-    // The first second warms up; steady state is the rest of the time before the move.
+    // The first third of the warm-up is skipped; steady state is the rest before the move.
     let steady_from = (ms / 3).min(1_000_000);
-    let steady_ops = samples.iter().filter(|s| s.done_us < ms).count() as u64;
-    let during_ops = samples.iter().filter(|s| s.done_us >= ms && s.done_us < me).count() as u64;
-    let steady_wire = (lo_move_start - lo_start)
-        * (samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64)
-        / steady_ops.max(1);
-    let during_wire = lo_move_end - lo_move_start;
+    let before = samples.iter().filter(|s| s.done_us < ms).count() as u64;
+    let steady = samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64;
+    let steady_wire = wire.0 * steady / before.max(1);
     let bin_us = args.bin_ms.max(1) * 1000;
     let mut bins = Vec::new();
     let mut start = 0;
@@ -308,20 +345,19 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         bins.push(Bin { t_ms: start / 1000, moving: stats(&mut moving_lat), other: stats(&mut other_lat) });
         start += bin_us;
     }
-    let _ = during_ops;
-    Ok(StrategyResult {
-        strategy: format!("{strategy:?}").to_lowercase().replace("sourcedriven", "source-driven"),
+    StrategyResult {
+        strategy: name.to_string(),
         move_start_ms: ms / 1000,
         move_end_ms: me / 1000,
-        moved_bytes: report.bytes,
-        migrated_mb_per_sec: report.bytes as f64 / 1e6 / report.duration.as_secs_f64().max(1e-9),
-        lock_window_ms: report.lock_window.map(|d| d.as_secs_f64() * 1e3),
+        moved_bytes,
+        migrated_mb_per_sec: moved_bytes as f64 / 1e6 / move_duration.as_secs_f64().max(1e-9),
+        lock_window_ms: lock_window.map(|d| d.as_secs_f64() * 1e3),
         steady: period(&samples, steady_from, ms, false, steady_wire),
-        during: period(&samples, ms, me, false, during_wire),
-        during_moving: period(&samples, ms, me, true, during_wire),
-        errors: errors.load(Ordering::Relaxed),
+        during: period(&samples, ms, me, false, wire.1),
+        during_moving: period(&samples, ms, me, true, wire.1),
+        errors,
         bins,
-    })
+    }
 }
 
 /// Runs `fulva bench migration`.
@@ -336,6 +372,13 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
             args.mix.name()
         );
         results.push(run_strategy(&args, strategy).await?);
+    }
+    if args.vs_redis {
+        eprintln!(
+            "fulva bench migration: redis cluster resharding: {} keys, {} clients",
+            args.keys, args.clients
+        );
+        results.push(super::redis_cluster::run(&args, &args.redis_server).await?);
     }
     println!(
         "\n{:<14} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",

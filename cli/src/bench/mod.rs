@@ -4,3 +4,4 @@ pub mod kv;
 pub mod migration;
 pub mod plot;
 pub mod redis;
+pub mod redis_cluster;

@@ -15,9 +15,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts `binary` on a free loopback port with persistence off and waits until it answers.
     pub async fn start(binary: &str) -> anyhow::Result<RedisServer> {
+        RedisServer::start_with(binary, &[]).await
+    }
+
+    /// Like [`RedisServer::start`], with extra arguments (cluster mode).
+    pub async fn start_with(binary: &str, extra: &[String]) -> anyhow::Result<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
