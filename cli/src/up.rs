@@ -106,16 +106,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             () = stop.cancelled() => {}
         }
-        let spec = WorkloadSpec {
-            read_fraction: args.mix.read_fraction(),
-            distribution: if args.zipf > 0.0 {
-                Distribution::Zipfian(args.zipf)
-            } else {
-                Distribution::Uniform
-            },
-            keys: args.keys,
-            value_size: args.value_size,
-        };
+        let spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
         let sessions = vec![session; args.clients.max(1)];
         load = Some(tokio::spawn(workload::run_closed_loop(
             sessions,

@@ -69,6 +69,19 @@ pub struct WorkloadSpec {
     pub value_size: usize,
 }
 
+impl WorkloadSpec {
+    /// A `mix` over `keys` keys of `value_size` bytes, zipfian with skew
+    /// `zipf` (0 = uniform).
+    pub fn new(mix: Mix, zipf: f64, keys: u64, value_size: usize) -> WorkloadSpec {
+        WorkloadSpec {
+            read_fraction: mix.read_fraction(),
+            distribution: if zipf > 0.0 { Distribution::Zipfian(zipf) } else { Distribution::Uniform },
+            keys,
+            value_size,
+        }
+    }
+}
+
 /// The key with index `i`.
 pub fn key(i: u64) -> String {
     format!("user{i:012}")

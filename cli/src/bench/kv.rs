@@ -4,7 +4,7 @@
 use super::redis::RedisServer;
 use crate::local::{LocalCluster, LocalClusterConfig};
 use crate::sessions::{FulvaSession, RedisSession};
-use crate::workload::{self, Distribution, Mix, Recorder, Session, Summary, WorkloadSpec};
+use crate::workload::{self, Mix, Recorder, Session, Summary, WorkloadSpec};
 use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::NodeConfig;
 use std::path::PathBuf;
@@ -84,12 +84,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<S>>>,
 {
-    let spec = WorkloadSpec {
-        read_fraction: mix.read_fraction(),
-        distribution: if args.zipf > 0.0 { Distribution::Zipfian(args.zipf) } else { Distribution::Uniform },
-        keys: args.keys,
-        value_size: args.value_size,
-    };
+    let spec = WorkloadSpec::new(mix, args.zipf, args.keys, args.value_size);
     eprintln!("  {system} {}: warming up {} s, measuring {} s", mix.name(), args.warmup, args.duration);
     let mut result = None;
     for secs in [args.warmup, args.duration] {

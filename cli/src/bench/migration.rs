@@ -7,7 +7,7 @@
 
 use crate::local::{LocalCluster, LocalClusterConfig};
 use crate::sessions::FulvaSession;
-use crate::workload::{key_into, Distribution, KeyChooser, Mix, WorkloadSpec};
+use crate::workload::{key_into, KeyChooser, Mix, WorkloadSpec};
 use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::NodeConfig;
 use fulva_operator::MoveOptions;
@@ -227,12 +227,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     .await?;
     let last = ((u64::MAX as f64) * args.fraction.clamp(0.01, 1.0)) as u64;
     let moving = HashRange::new(0, last.max(1))?;
-    let spec = WorkloadSpec {
-        read_fraction: args.mix.read_fraction(),
-        distribution: if args.zipf > 0.0 { Distribution::Zipfian(args.zipf) } else { Distribution::Uniform },
-        keys: args.keys,
-        value_size: args.value_size,
-    };
+    let spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
     let chooser = Arc::new(KeyChooser::new(&spec));
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();

@@ -6,7 +6,7 @@
 use super::migration::{lo_bytes, summarize, MigrationBenchArgs, Sample, StrategyResult};
 use super::redis::RedisServer;
 use crate::sessions::RedisSession;
-use crate::workload::{key_into, Distribution, KeyChooser, WorkloadSpec};
+use crate::workload::{key_into, KeyChooser, WorkloadSpec};
 use parking_lot::RwLock;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -88,12 +88,7 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
     }
 
     let moving_slots = ((SLOTS as f64) * args.fraction.clamp(0.01, 1.0)) as usize;
-    let spec = WorkloadSpec {
-        read_fraction: args.mix.read_fraction(),
-        distribution: if args.zipf > 0.0 { Distribution::Zipfian(args.zipf) } else { Distribution::Uniform },
-        keys: args.keys,
-        value_size: args.value_size,
-    };
+    let spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
     let chooser = Arc::new(KeyChooser::new(&spec));
     let owner: Arc<RwLock<Vec<u8>>> = Arc::new(RwLock::new(vec![0; SLOTS]));
     let stop = Arc::new(AtomicBool::new(false));
