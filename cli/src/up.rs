@@ -2,7 +2,7 @@
 
 use crate::local::{LocalCluster, LocalClusterConfig};
 use crate::sessions::FulvaSession;
-use crate::workload::{self, Distribution, Mix, Recorder, Summary, WorkloadSpec};
+use crate::workload::{self, Mix, Recorder, Summary, WorkloadSpec};
 use fulva_client::ClientConfig;
 use fulva_kvnode::NodeConfig;
 use fulva_proto::{Op, ShardState};
