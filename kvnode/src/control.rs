@@ -134,7 +134,12 @@ impl NodeControl for ControlService {
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
         h.ownership.split(range, req.at, req.epoch, &h.metrics).map_err(ControlError::from)?;
-        off_data_path(h, |h| h.refresh_range_gauges()).await;
+        let (low, high) = range.split_at(req.at).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        off_data_path(h, move |h| {
+            h.refresh_range_gauges_of(low);
+            h.refresh_range_gauges_of(high);
+        })
+        .await;
         tracing::info!(%range, at = req.at, "range split");
         Ok(Response::new(SplitRangeResponse {}))
     }
@@ -164,14 +169,17 @@ impl NodeControl for ControlService {
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
-        // Returns once no write is in flight in the range.
-        let max_version =
-            h.ownership.freeze(range, req.destination, req.epoch, req.lock).map_err(ControlError::from)?;
+        // Returns once no write is in flight in the range. Trap 2 avoided: the
+        // floor is the node's version counter, above every version it gave or
+        // applied (overwrites and deletes included), read while no write runs.
+        let handover = h
+            .ownership
+            .freeze(range, req.destination, req.epoch, req.lock, || h.store.version_ceiling())
+            .map_err(ControlError::from)?;
         let (records, acks) = h.records.export(range);
-        let (size, ceiling) = off_data_path(h, move |h| h.store.summary(range)).await;
-        tracing::info!(%range, destination = req.destination, max_version, records = records.len(), "range frozen");
+        tracing::info!(%range, destination = req.destination, floor = handover.version_ceiling, records = records.len(), "range frozen");
         Ok(Response::new(FreezeRangeResponse {
-            max_version: max_version.max(ceiling),
+            max_version: handover.version_ceiling,
             records: records
                 .iter()
                 .map(|r| CompletionRecord {
@@ -183,8 +191,8 @@ impl NodeControl for ControlService {
                 })
                 .collect(),
             acks: acks.into_iter().map(|(client_id, ack)| ClientAck { client_id, ack }).collect(),
-            objects: size.objects.max(0) as u64,
-            bytes: size.bytes.max(0) as u64,
+            objects: handover.objects,
+            bytes: handover.bytes,
         }))
     }
 
@@ -203,9 +211,7 @@ impl NodeControl for ControlService {
             &moved_records(&req.records),
             &req.acks.iter().map(|a| (a.client_id, a.ack)).collect::<Vec<_>>(),
         );
-        // Trap 2 avoided: the floor is the source's true maximum version.
         h.store.raise_version_floor(req.version_floor);
-        h.ownership.raise_max_version(range, req.version_floor);
         h.ownership.observe_epoch(req.epoch);
         if mv.begin_pass(
             req.objects_total,
@@ -232,14 +238,17 @@ impl NodeControl for ControlService {
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
-        let max_version =
-            h.ownership.begin_copy(range, req.destination, req.epoch).map_err(ControlError::from)?;
-        let (size, ceiling) = off_data_path(h, move |h| h.store.summary(range)).await;
+        // Read under the ownership lock: every write after the switch gets a
+        // version above it, so the final pass cannot miss one.
+        let handover = h
+            .ownership
+            .begin_copy(range, req.destination, req.epoch, || h.store.version_ceiling())
+            .map_err(ControlError::from)?;
         tracing::info!(%range, destination = req.destination, "copy begun");
         Ok(Response::new(BeginCopyResponse {
-            copy_from_version: max_version.max(ceiling),
-            objects: size.objects.max(0) as u64,
-            bytes: size.bytes.max(0) as u64,
+            copy_from_version: handover.version_ceiling,
+            objects: handover.objects,
+            bytes: handover.bytes,
         }))
     }
 

@@ -264,7 +264,6 @@ impl Handler {
             range.metrics.count_op(op);
             range.metrics.count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
             let result = self.store.write(hash, key, value.map(Bytes::copy_from_slice), keep_tombstone);
-            range.observe_version(result.version);
             apply_delta(&range.metrics, result.delta);
             let status = if value.is_none() && !result.existed { Status::NotFound } else { Status::Ok };
             if tracked {
@@ -291,11 +290,9 @@ impl Handler {
         key: &[u8],
         object: Object,
     ) -> bool {
-        let version = object.version;
         self.ownership.with_placement(hash, |placement| match placement {
             Placement::Served(range) if matches!(&range.role, RangeRole::Incoming(m) if Arc::ptr_eq(m, incoming)) => {
                 let (applied, delta) = self.store.apply_if_newer(hash, key, object);
-                range.observe_version(version);
                 if applied {
                     apply_delta(&range.metrics, delta);
                 }
@@ -315,12 +312,5 @@ impl Handler {
                 owned.metrics.stored_bytes.set(size.bytes);
             }
         });
-    }
-
-    /// Sets a range's object and byte gauges from a scan of the store.
-    pub fn refresh_range_gauges(&self) {
-        for range in self.ownership.ranges() {
-            self.refresh_range_gauges_of(range);
-        }
     }
 }

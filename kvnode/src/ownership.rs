@@ -39,19 +39,32 @@ pub struct OwnedRange {
     pub metrics: RangeMetrics,
     /// Serving, frozen source or incoming destination.
     pub role: RangeRole,
-    /// Highest object version given or applied in the range (a move's version floor).
-    pub max_version: AtomicU64,
 }
 
 impl OwnedRange {
-    fn new(range: HashRange, metrics: &NodeMetrics, role: RangeRole, max_version: u64) -> OwnedRange {
-        OwnedRange { range, metrics: metrics.range(range), role, max_version: AtomicU64::new(max_version) }
+    fn new(range: HashRange, metrics: &NodeMetrics, role: RangeRole) -> OwnedRange {
+        OwnedRange { range, metrics: metrics.range(range), role }
     }
+}
 
-    /// Records that `version` now exists in the range.
-    #[inline]
-    pub fn observe_version(&self, version: u64) {
-        self.max_version.fetch_max(version, Ordering::AcqRel);
+/// What a source hands over when a move switches its range's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handover {
+    /// A version no object of the range exceeds, read while no write could run.
+    pub version_ceiling: u64,
+    /// Objects in the range (from its gauges).
+    pub objects: u64,
+    /// Key and value bytes in the range (from its gauges).
+    pub bytes: u64,
+}
+
+impl Handover {
+    fn of(owned: &OwnedRange, version_ceiling: u64) -> Handover {
+        Handover {
+            version_ceiling,
+            objects: owned.metrics.objects.get().max(0) as u64,
+            bytes: owned.metrics.stored_bytes.get().max(0) as u64,
+        }
     }
 }
 
@@ -157,7 +170,7 @@ impl Ownership {
             return Err(OwnershipError::Overlap { new: range, existing: existing.range });
         }
         let idx = served.partition_point(|r| r.range.first < range.first);
-        served.insert(idx, OwnedRange::new(range, metrics, RangeRole::Serving, 0));
+        served.insert(idx, OwnedRange::new(range, metrics, RangeRole::Serving));
         self.moved.write().retain(|(r, _)| !r.overlaps(&range));
         self.observe_epoch(epoch);
         Ok(())
@@ -178,21 +191,23 @@ impl Ownership {
             return Err(OwnershipError::Overlap { new: range, existing: existing.range });
         }
         let idx = served.partition_point(|r| r.range.first < range.first);
-        served.insert(idx, OwnedRange::new(range, metrics, RangeRole::Incoming(incoming), 0));
+        served.insert(idx, OwnedRange::new(range, metrics, RangeRole::Incoming(incoming)));
         self.moved.write().retain(|(r, _)| !r.overlaps(&range));
         Ok(())
     }
 
     /// Freezes a served range as the source of a move to `destination`. Taking
     /// the table's write lock waits for every request in flight, so when this
-    /// returns no write is running in the range; returns the range's highest version.
+    /// returns no write is running in the range. `version_ceiling` is read
+    /// under that lock (the store's highest version given on this node).
     pub fn freeze(
         &self,
         range: HashRange,
         destination: NodeId,
         epoch: Epoch,
         locked: bool,
-    ) -> Result<u64, OwnershipError> {
+        version_ceiling: impl FnOnce() -> u64,
+    ) -> Result<Handover, OwnershipError> {
         self.check_epoch(epoch)?;
         let mut served = self.served.write();
         let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
@@ -224,17 +239,19 @@ impl Ownership {
                 })
             }
         }
-        Ok(owned.max_version.load(Ordering::Acquire))
+        Ok(Handover::of(owned, version_ceiling()))
     }
 
     /// Starts a source-driven copy of a served range: it stays served, but
-    /// deletes keep tombstones. Returns the range's highest version.
+    /// deletes keep tombstones. `version_ceiling` is read under the table's
+    /// write lock, so every write after the switch gets a version above it.
     pub fn begin_copy(
         &self,
         range: HashRange,
         destination: NodeId,
         epoch: Epoch,
-    ) -> Result<u64, OwnershipError> {
+        version_ceiling: impl FnOnce() -> u64,
+    ) -> Result<Handover, OwnershipError> {
         self.check_epoch(epoch)?;
         let mut served = self.served.write();
         let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
@@ -245,7 +262,7 @@ impl Ownership {
                 return Err(OwnershipError::WrongState { range, operation: "copy", state: "already moving" })
             }
         }
-        Ok(owned.max_version.load(Ordering::Acquire))
+        Ok(Handover::of(owned, version_ceiling()))
     }
 
     /// Turns a finished incoming range into a plainly served one.
@@ -279,13 +296,6 @@ impl Ownership {
         })
     }
 
-    /// Raises a range's version floor (a move's destination, on activation).
-    pub fn raise_max_version(&self, range: HashRange, version: u64) {
-        if let Some(r) = self.served.read().iter().find(|r| r.range == range) {
-            r.observe_version(version);
-        }
-    }
-
     /// Splits a served range at `at` (the first hash of the upper part).
     pub fn split(
         &self,
@@ -306,11 +316,10 @@ impl Ownership {
             return Err(OwnershipError::WrongState { range, operation: "split", state: "moving" });
         }
         let old = served.remove(idx);
-        let max_version = old.max_version.load(Ordering::Acquire);
         metrics.forget_range(&old.metrics);
         let (objects, bytes) = (old.metrics.objects.get(), old.metrics.stored_bytes.get());
-        let lower = OwnedRange::new(low, metrics, RangeRole::Serving, max_version);
-        let upper = OwnedRange::new(high, metrics, RangeRole::Serving, max_version);
+        let lower = OwnedRange::new(low, metrics, RangeRole::Serving);
+        let upper = OwnedRange::new(high, metrics, RangeRole::Serving);
         // Gauges are re-measured by the caller; keep totals meanwhile.
         lower.metrics.objects.set(objects);
         lower.metrics.stored_bytes.set(bytes);

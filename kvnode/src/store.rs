@@ -254,20 +254,6 @@ impl Store {
         (out, range.last, true)
     }
 
-    /// Objects, bytes and the highest version stored in `range` (one scan).
-    pub fn summary(&self, range: HashRange) -> (SizeDelta, u64) {
-        let mut size = SizeDelta::default();
-        let mut max = 0;
-        for idx in self.stripes_of(range) {
-            for e in self.stripes[idx].lock().iter().filter(|e| range.contains(e.hash)) {
-                size.objects += 1;
-                size.bytes += e.bytes() as i64;
-                max = max.max(e.object.version);
-            }
-        }
-        (size, max)
-    }
-
     /// Objects and bytes stored in `range` (a scan).
     pub fn measure(&self, range: HashRange) -> SizeDelta {
         let mut size = SizeDelta::default();
