@@ -6,8 +6,9 @@ use fulva_client::{Client, ClientConfig, ClientStats};
 use fulva_kvnode::{NodeConfig, NodeHandle};
 use fulva_operator::{Coordinator, MemoryMapStore, ShardMapServiceImpl};
 use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
-use fulva_proto::transport::{FaultConfig, FaultyTransport, UdpTransport};
+use fulva_proto::transport::{FaultConfig, FaultStats, FaultyTransport, UdpTransport};
 use fulva_proto::{NodeInfo, Op};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +57,11 @@ fn tokio_stream_listener(
     futures::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) })
 }
 
-async fn faulty_client(endpoint: &str, seed: u64) -> Client<FaultyTransport<UdpTransport>> {
+/// A client whose sockets inject `FAULTS`, and the counters of what they injected.
+async fn faulty_client(
+    endpoint: &str,
+    seed: u64,
+) -> (Client<FaultyTransport<UdpTransport>>, Vec<Arc<FaultStats>>) {
     let mut config = ClientConfig::new(endpoint);
     config.initial_timeout = Duration::from_millis(10);
     config.deadline = Duration::from_secs(30);
@@ -65,8 +70,9 @@ async fn faulty_client(endpoint: &str, seed: u64) -> Client<FaultyTransport<UdpT
             let udp = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
             FaultyTransport::new(udp, FaultConfig { seed: seed * 10 + i, ..FAULTS })
         })
-        .collect();
-    Client::with_transports(config, transports).await.unwrap()
+        .collect::<Vec<_>>();
+    let stats = transports.iter().map(FaultyTransport::stats).collect();
+    (Client::with_transports(config, transports).await.unwrap(), stats)
 }
 
 fn applied_writes(nodes: &[NodeHandle]) -> u64 {
@@ -84,8 +90,10 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
     let writes_per_task = 150u64;
     let mut joins = Vec::new();
     let mut clients = Vec::new();
+    let mut injected = Vec::new();
     for t in 0..tasks {
-        let client = faulty_client(&cluster.endpoint, t + 1).await;
+        let (client, stats) = faulty_client(&cluster.endpoint, t + 1).await;
+        injected.extend(stats);
         clients.push(client.clone());
         joins.push(tokio::spawn(async move {
             let mut acked = 0u64;
@@ -127,6 +135,9 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
 
     let retransmits: u64 = clients.iter().map(|c| ClientStats::get(&c.stats().retransmits)).sum();
     assert!(retransmits > 0, "the faults must actually bite");
+    let count =
+        |f: fn(&FaultStats) -> &AtomicU64| injected.iter().map(|s| f(s).load(Ordering::Relaxed)).sum::<u64>();
+    assert!(count(|s| &s.lost) > 0 && count(|s| &s.duplicated) > 0 && count(|s| &s.reordered) > 0);
     let replays: u64 = cluster.nodes.iter().map(|n| n.handler.metrics.write_replays.get()).sum();
     assert!(replays > 0, "duplicated writes must have reached the nodes and been answered from records");
     cluster.shutdown.cancel();
@@ -138,7 +149,7 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
 #[tokio::test]
 async fn oversized_requests_fail_fast_with_a_typed_error() {
     let cluster = faulty_cluster(1).await;
-    let client = faulty_client(&cluster.endpoint, 9).await;
+    let (client, _) = faulty_client(&cluster.endpoint, 9).await;
     let err = client.put(vec![b'k'; 2_000], "v").await.unwrap_err();
     assert!(matches!(err, fulva_client::ClientError::TooLarge(_)), "{err}");
     let err = client.put("k", vec![0u8; 70_000]).await.unwrap_err();

@@ -247,11 +247,6 @@ impl NodeMetrics {
         self.replies[status as usize].inc();
     }
 
-    /// Replies sent with `status` so far.
-    pub fn replies(&self, status: Status) -> u64 {
-        self.replies[status as usize].get()
-    }
-
     /// Counts one dropped datagram.
     pub fn count_drop(&self, reason: DropReason) {
         self.dropped[reason as usize].inc();
@@ -260,11 +255,6 @@ impl NodeMetrics {
     /// Datagrams dropped so far, all reasons.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(IntCounter::get).sum()
-    }
-
-    /// Datagrams dropped for `reason`.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped[reason as usize].get()
     }
 
     /// Prometheus text exposition of every family.

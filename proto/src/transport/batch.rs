@@ -39,11 +39,6 @@ impl RecvBatch {
     pub fn get(&self, i: usize) -> (&[u8], SocketAddr) {
         (&self.bufs[i][..self.lens[i]], self.from[i])
     }
-
-    /// Capacity in datagrams.
-    pub fn capacity(&self) -> usize {
-        self.bufs.len()
-    }
 }
 
 /// Datagrams to send with one [`Transport::send_batch`](super::Transport::send_batch) call.
