@@ -20,18 +20,8 @@ pub struct KvBenchArgs {
     /// Workload mixes to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ycsb-b,ycsb-c")]
     pub mix: Vec<Mix>,
-    /// Keys loaded before the runs.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub keys: u64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 100)]
-    pub value_size: usize,
-    /// Concurrent closed-loop client tasks (the same for every system).
-    #[arg(long, default_value_t = 32)]
-    pub clients: usize,
-    /// Zipfian skew of key choice (0 = uniform).
-    #[arg(long, default_value_t = 0.99)]
-    pub zipf: f64,
+    #[command(flatten)]
+    pub load: super::LoadArgs,
     /// Measured seconds per mix and system.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -84,7 +74,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<S>>>,
 {
-    let spec = WorkloadSpec::new(mix, args.zipf, args.keys, args.value_size);
+    let spec = WorkloadSpec::new(mix, args.load.zipf, args.load.keys, args.load.value_size);
     eprintln!("  {system} {}: warming up {} s, measuring {} s", mix.name(), args.warmup, args.duration);
     let mut result = None;
     for secs in [args.warmup, args.duration] {
@@ -125,8 +115,8 @@ impl Session for SingleBucket {
 
 /// Runs `fulva bench kv`.
 pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
-    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(args.load.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.load.keys > 0, "--keys must be at least 1");
     let mut results = Vec::new();
 
     // Fulva first, then Redis: never both at once, they share the two cores.
@@ -152,22 +142,23 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     let client = Client::connect(config).await?;
     eprintln!(
         "fulva bench kv: {} keys of {} bytes, {} clients, zipf {}",
-        args.keys, args.value_size, args.clients, args.zipf
+        args.load.keys, args.load.value_size, args.load.clients, args.load.zipf
     );
     let took = workload::load(
         vec![FulvaSession { client: client.clone() }; 64],
-        args.keys,
-        args.value_size,
+        args.load.keys,
+        args.load.value_size,
         Some("fulva"),
     )
     .await?;
     eprintln!(
         "  fulva: loaded in {:.1} s ({:.0} puts/s)",
         took.as_secs_f64(),
-        args.keys as f64 / took.as_secs_f64()
+        args.load.keys as f64 / took.as_secs_f64()
     );
     for &mix in &args.mix {
-        let make = || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.clients]) };
+        let make =
+            || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.load.clients]) };
         results.push(measure("fulva", make, &args, mix).await?);
     }
     drop(client);
@@ -180,12 +171,12 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
         eprintln!("  redis: started pid {:?} on {}", redis.pid(), redis.addr);
         let started = Instant::now();
         let loaders = 4u64;
-        let per = args.keys.div_ceil(loaders);
-        let value = vec![b'x'; args.value_size];
+        let per = args.load.keys.div_ceil(loaders);
+        let value = vec![b'x'; args.load.value_size];
         let mut loads = Vec::new();
         for i in 0..loaders {
             let (addr, value) = (redis.addr, value.clone());
-            let range = (i * per).min(args.keys)..((i + 1) * per).min(args.keys);
+            let range = (i * per).min(args.load.keys)..((i + 1) * per).min(args.load.keys);
             loads.push(tokio::spawn(async move {
                 RedisSession::connect(addr).await?.set_pipelined(range, &value, 512).await
             }));
@@ -198,7 +189,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             let addr = redis.addr;
             let make = || async move {
                 let mut sessions = Vec::new();
-                for _ in 0..args.clients {
+                for _ in 0..args.load.clients {
                     sessions.push(RedisSession::connect(addr).await?);
                 }
                 Ok(sessions)
@@ -210,8 +201,8 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
 
     print_results(&results);
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({ "benchmark": "kv", "keys": args.keys, "value_size": args.value_size,
-            "clients": args.clients, "zipf": args.zipf, "duration_s": args.duration, "results": results });
+        let doc = serde_json::json!({ "benchmark": "kv", "keys": args.load.keys, "value_size": args.load.value_size,
+            "clients": args.load.clients, "zipf": args.load.zipf, "duration_s": args.duration, "results": results });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         eprintln!("results written to {}", path.display());
     }

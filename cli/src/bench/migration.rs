@@ -23,21 +23,12 @@ use std::time::{Duration, Instant};
 /// Options of `fulva bench migration`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MigrationBenchArgs {
-    /// Keys loaded on the first node.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub keys: u64,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 100)]
-    pub value_size: usize,
-    /// Closed-loop client tasks.
-    #[arg(long, default_value_t = 32)]
-    pub clients: usize,
+    /// Keys (loaded on the first node), values, clients and skew.
+    #[command(flatten)]
+    pub load: super::LoadArgs,
     /// Workload mix.
     #[arg(long, value_enum, default_value_t = Mix::B)]
     pub mix: Mix,
-    /// Zipfian skew of key choice (0 = uniform).
-    #[arg(long, default_value_t = 0.99)]
-    pub zipf: f64,
     /// Strategies to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fulva,rocksteady,source-driven")]
     pub strategies: Vec<crate::admin::StrategyArg>,
@@ -220,21 +211,21 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let client = Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
     crate::workload::load(
         vec![FulvaSession { client: client.clone() }; 64],
-        args.keys,
-        args.value_size,
+        args.load.keys,
+        args.load.value_size,
         Some("keys"),
     )
     .await?;
     let last = ((u64::MAX as f64) * args.fraction.clamp(0.01, 1.0)) as u64;
     let moving = HashRange::new(0, last.max(1))?;
-    let spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
+    let spec = WorkloadSpec::new(args.mix, args.load.zipf, args.load.keys, args.load.value_size);
     let chooser = Arc::new(KeyChooser::new(&spec));
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..args.clients {
+    for i in 0..args.load.clients {
         let (client, chooser, stop, samples, errors) =
             (client.clone(), chooser.clone(), stop.clone(), samples.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
@@ -362,8 +353,8 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         let strategy = Strategy::from(strategy);
         eprintln!(
             "fulva bench migration: {strategy:?}: {} keys, {} clients, {}",
-            args.keys,
-            args.clients,
+            args.load.keys,
+            args.load.clients,
             args.mix.name()
         );
         results.push(run_strategy(&args, strategy).await?);
@@ -371,7 +362,7 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     if args.vs_redis {
         eprintln!(
             "fulva bench migration: redis cluster resharding: {} keys, {} clients",
-            args.keys, args.clients
+            args.load.keys, args.load.clients
         );
         results.push(super::redis_cluster::run(&args, &args.redis_server).await?);
     }
@@ -414,8 +405,8 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         eprintln!("plot written to {}", path.display());
     }
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({ "benchmark": "migration", "keys": args.keys, "value_size": args.value_size,
-            "clients": args.clients, "mix": args.mix, "zipf": args.zipf, "fraction": args.fraction, "results": results });
+        let doc = serde_json::json!({ "benchmark": "migration", "keys": args.load.keys, "value_size": args.load.value_size,
+            "clients": args.load.clients, "mix": args.mix, "zipf": args.load.zipf, "fraction": args.fraction, "results": results });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         eprintln!("results written to {}", path.display());
     }

@@ -72,13 +72,13 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("  redis cluster: two nodes on {} and {}, every slot on the first", addrs[0], addrs[1]);
-    let value = vec![b'x'; args.value_size];
+    let value = vec![b'x'; args.load.value_size];
     let loaders = 4u64;
-    let per = args.keys.div_ceil(loaders);
+    let per = args.load.keys.div_ceil(loaders);
     let mut loads = Vec::new();
     for i in 0..loaders {
         let (addr, value) = (addrs[0], value.clone());
-        let range = (i * per).min(args.keys)..((i + 1) * per).min(args.keys);
+        let range = (i * per).min(args.load.keys)..((i + 1) * per).min(args.load.keys);
         loads.push(tokio::spawn(async move {
             RedisSession::connect(addr).await?.set_pipelined(range, &value, 512).await
         }));
@@ -88,7 +88,7 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
     }
 
     let moving_slots = ((SLOTS as f64) * args.fraction.clamp(0.01, 1.0)) as usize;
-    let spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
+    let spec = WorkloadSpec::new(args.mix, args.load.zipf, args.load.keys, args.load.value_size);
     let chooser = Arc::new(KeyChooser::new(&spec));
     let owner: Arc<RwLock<Vec<u8>>> = Arc::new(RwLock::new(vec![0; SLOTS]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -96,7 +96,7 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
     let samples: Arc<parking_lot::Mutex<Vec<(u64, u32, usize)>>> = Arc::default();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..args.clients {
+    for i in 0..args.load.clients {
         let (chooser, owner, stop, errors, samples) =
             (chooser.clone(), owner.clone(), stop.clone(), errors.clone(), samples.clone());
         let mut conns = [RedisSession::connect(addrs[0]).await?, RedisSession::connect(addrs[1]).await?];
@@ -215,9 +215,10 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
     for server in servers {
         server.stop().await;
     }
-    let moved_bytes =
-        args.keys as f64 * (args.value_size + 16) as f64 * moved.iter().filter(|m| **m).count() as f64
-            / SLOTS as f64;
+    let moved_bytes = args.load.keys as f64
+        * (args.load.value_size + 16) as f64
+        * moved.iter().filter(|m| **m).count() as f64
+        / SLOTS as f64;
     Ok(summarize(
         "redis-cluster",
         args,
