@@ -1,9 +1,12 @@
-//! `fulva map`, `fulva migrate` and `fulva split`: look at and change a
-//! running cluster's shard map through its control endpoint.
+//! `fulva map`, `fulva migrate`, `fulva abort`, `fulva throttle` and
+//! `fulva split`: look at and change a running cluster's shard map through
+//! its control endpoint.
 
 use fulva_proto::grpc::coordinator_admin_client::CoordinatorAdminClient;
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
-use fulva_proto::grpc::{GetShardMapRequest, MigrateRequest, SplitRequest};
+use fulva_proto::grpc::{
+    AbortMoveRequest, GetShardMapRequest, MigrateRequest, SetMoveRateRequest, SplitRequest,
+};
 use fulva_proto::{HashRange, ShardMap, ShardState, Strategy};
 use std::io::{IsTerminal, Write};
 
@@ -66,6 +69,29 @@ pub struct MigrateArgs {
     rate_limit_mb: f64,
 }
 
+/// Options of `fulva abort`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AbortArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Range of the running move, exactly as given to `fulva migrate`.
+    #[arg(long)]
+    range: HashRange,
+}
+
+/// Options of `fulva throttle`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ThrottleArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Range of the running move, exactly as given to `fulva migrate`.
+    #[arg(long)]
+    range: HashRange,
+    /// New bandwidth limit in MB/s (0 = none).
+    #[arg(long)]
+    rate_limit_mb: f64,
+}
+
 /// Options of `fulva split`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SplitArgs {
@@ -111,20 +137,53 @@ pub async fn show_map(args: EndpointArgs) -> anyhow::Result<bool> {
 
 /// Runs `fulva split`.
 pub async fn split(args: SplitArgs) -> anyhow::Result<bool> {
-    let mut client = CoordinatorAdminClient::connect(args.endpoint.url())
-        .await
-        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint.endpoint))?;
+    let mut client = admin_client(&args.endpoint).await?;
     let map =
         client.split(SplitRequest { at: args.at }).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     print_map(&ShardMap::try_from(map.into_inner())?);
     Ok(true)
 }
 
+async fn admin_client(
+    endpoint: &EndpointArgs,
+) -> anyhow::Result<CoordinatorAdminClient<tonic::transport::Channel>> {
+    CoordinatorAdminClient::connect(endpoint.url())
+        .await
+        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", endpoint.endpoint))
+}
+
+/// Runs `fulva abort`: the move's `fulva migrate` then reports the rollback.
+pub async fn abort(args: AbortArgs) -> anyhow::Result<bool> {
+    let mut client = admin_client(&args.endpoint).await?;
+    client
+        .abort_move(AbortMoveRequest { range: Some(args.range.into()) })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    println!("abort of the move of {} requested; the range goes back to its source", args.range);
+    Ok(true)
+}
+
+/// Runs `fulva throttle`.
+pub async fn throttle(args: ThrottleArgs) -> anyhow::Result<bool> {
+    let mut client = admin_client(&args.endpoint).await?;
+    client
+        .set_move_rate(SetMoveRateRequest {
+            range: Some(args.range.into()),
+            rate_limit_bytes_per_sec: (args.rate_limit_mb * 1e6) as u64,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    if args.rate_limit_mb > 0.0 {
+        println!("move of {} limited to {} MB/s", args.range, args.rate_limit_mb);
+    } else {
+        println!("move of {} unlimited", args.range);
+    }
+    Ok(true)
+}
+
 /// Runs `fulva migrate`, drawing a progress bar on stderr.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
-    let mut client = CoordinatorAdminClient::connect(args.endpoint.url())
-        .await
-        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint.endpoint))?;
+    let mut client = admin_client(&args.endpoint).await?;
     let request = MigrateRequest {
         range: Some(args.range.into()),
         destination: args.to,
@@ -142,6 +201,11 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
             Err(status) => {
                 if tty {
                     eprintln!();
+                }
+                if status.code() == tonic::Code::Aborted {
+                    // Rolled back cleanly: not an error of this command.
+                    println!("{}", status.message());
+                    return Ok(false);
                 }
                 anyhow::bail!("move failed: {}", status.message());
             }

@@ -25,6 +25,10 @@ enum Command {
     Map(fulva_cli::admin::EndpointArgs),
     /// Move a hash range to another node while clients keep using it.
     Migrate(fulva_cli::admin::MigrateArgs),
+    /// Abort a running move: the range goes back to its source with every write kept.
+    Abort(fulva_cli::admin::AbortArgs),
+    /// Change the bandwidth limit of a running move.
+    Throttle(fulva_cli::admin::ThrottleArgs),
     /// Split the shard holding a hash so that a shard starts there.
     Split(fulva_cli::admin::SplitArgs),
     /// Read and write keys of a running cluster.
@@ -71,6 +75,8 @@ async fn main() -> std::process::ExitCode {
         Command::Kv(args) => kv::run(args).await,
         Command::Map(args) => fulva_cli::admin::show_map(args).await,
         Command::Migrate(args) => fulva_cli::admin::migrate(args).await,
+        Command::Abort(args) => fulva_cli::admin::abort(args).await,
+        Command::Throttle(args) => fulva_cli::admin::throttle(args).await,
         Command::Split(args) => fulva_cli::admin::split(args).await,
         Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
         Command::Bench { which: BenchCommand::Migration(args) } => {

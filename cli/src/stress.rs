@@ -7,7 +7,7 @@ use crate::check::{self, Operation, Report};
 use crate::local::{LocalCluster, LocalClusterConfig};
 use fulva_client::{Function, History, RecordingClient};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::MoveOptions;
+use fulva_operator::{CoordinatorError, MoveOptions};
 use fulva_proto::transport::FaultConfig;
 use fulva_proto::{key_hash, ShardState, Strategy};
 use rand::rngs::SmallRng;
@@ -41,6 +41,8 @@ pub struct StressConfig {
     pub faults: FaultConfig,
     /// Strategies moves pick from at random.
     pub strategies: Vec<Strategy>,
+    /// Share of moves aborted at a random moment while they run.
+    pub abort_share: f64,
     /// Where the history goes.
     pub history: PathBuf,
     /// Node settings (trap switches, batch size).
@@ -71,6 +73,7 @@ impl StressConfig {
                 seed: 7,
             },
             strategies: vec![Strategy::Fulva, Strategy::Rocksteady, Strategy::SourceDriven],
+            abort_share: 0.25,
             history,
             node: NodeConfig { migration_batch_bytes: 8 * 1024, ..NodeConfig::loopback(0) },
             seed: 1,
@@ -84,6 +87,11 @@ impl StressConfig {
 pub struct StressReport {
     /// Moves completed.
     pub moves: u64,
+    /// Moves aborted and rolled back.
+    pub aborted: u64,
+    /// Of those, moves aborted after the destination served the range (its
+    /// writes carried back by a reverse move).
+    pub carried_back: u64,
     /// Splits done.
     pub splits: u64,
     /// Client operations completed (all kinds).
@@ -149,7 +157,7 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
     }
 
     let mut rng = SmallRng::seed_from_u64(config.seed);
-    let (mut moves, mut splits) = (0u64, 0u64);
+    let (mut moves, mut splits, mut aborted, mut carried_back) = (0u64, 0u64, 0u64, 0u64);
     let mut last_report = Instant::now();
     while moves < config.moves && started.elapsed() < config.max_duration {
         let map = cluster.coordinator.map();
@@ -173,12 +181,31 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
             rate_limit_bytes_per_sec: config.move_rate_limit,
             ..MoveOptions::default()
         };
-        cluster.coordinator.migrate(shard.range, destination, options, |_| {}).await?;
-        moves += 1;
+        let migrate = cluster.coordinator.migrate(shard.range, destination, options, |_| {});
+        let result = if rng.random_bool(config.abort_share) {
+            // Abort at a random moment: before the freeze, mid-pull, or too
+            // late (the move finished first and the abort finds nothing).
+            let delay = Duration::from_millis(rng.random_range(0..60));
+            let aborter = async {
+                tokio::time::sleep(delay).await;
+                let _ = cluster.coordinator.abort_move(shard.range);
+            };
+            tokio::join!(migrate, aborter).0
+        } else {
+            migrate.await
+        };
+        match result {
+            Ok(_) => moves += 1,
+            Err(CoordinatorError::Aborted { carried_back: back, .. }) => {
+                aborted += 1;
+                carried_back += u64::from(back);
+            }
+            Err(err) => return Err(err.into()),
+        }
         if config.verbose && last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
             eprintln!(
-                "  {:>5.0}s: {moves} moves, {splits} splits, {} operations, {} errors",
+                "  {:>5.0}s: {moves} moves, {aborted} aborted, {splits} splits, {} operations, {} errors",
                 started.elapsed().as_secs_f64(),
                 operations.load(Ordering::Relaxed),
                 errors.load(Ordering::Relaxed)
@@ -202,6 +229,8 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
     let by_key = check::operations_by_key(&events)?;
     Ok(StressReport {
         moves,
+        aborted,
+        carried_back,
         splits,
         operations: operations.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
@@ -272,6 +301,9 @@ pub struct SoakArgs {
     /// Strategies moves pick from.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fulva,rocksteady,source-driven")]
     pub strategies: Vec<crate::admin::StrategyArg>,
+    /// Share of moves aborted at a random moment (rolled back with every write kept).
+    #[arg(long, default_value_t = 0.25)]
+    pub abort_share: f64,
 }
 
 /// Runs `fulva soak`; returns whether the history is linearizable with no lost write.
@@ -292,14 +324,17 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     config.seed = args.seed;
     config.verbose = true;
     config.strategies = args.strategies.iter().map(|&s| Strategy::from(s)).collect();
+    config.abort_share = args.abort_share.clamp(0.0, 1.0);
     eprintln!(
         "fulva soak: {} moves, {} nodes, {} clients on {} hot keys, faults {}",
         args.moves, config.nodes, config.clients, config.keys, args.faults
     );
     let report = run(config).await?;
     println!(
-        "{} moves, {} splits, {} operations ({} failed or unknown) in {:.0} s",
+        "{} moves, {} aborted and rolled back ({} after the destination served), {} splits, {} operations ({} failed or unknown) in {:.0} s",
         report.moves,
+        report.aborted,
+        report.carried_back,
         report.splits,
         report.operations,
         report.errors,

@@ -1,7 +1,8 @@
 //! Live moves on a local cluster while clients read and write.
 
 use fulva_cli::{LocalCluster, LocalClusterConfig};
-use fulva_operator::MoveOptions;
+use fulva_kvnode::NodeConfig;
+use fulva_operator::{CoordinatorError, MoveOptions};
 use fulva_proto::{HashRange, ShardState, Strategy};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,32 +11,90 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_moves_with_fulva_while_clients_read_and_write() {
-    move_under_load(Strategy::Fulva).await;
+    move_under_load(Strategy::Fulva, None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_moves_with_rocksteady_while_clients_read_and_write() {
-    move_under_load(Strategy::Rocksteady).await;
+    move_under_load(Strategy::Rocksteady, None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_moves_source_driven_while_clients_read_and_write() {
-    let report = move_under_load(Strategy::SourceDriven).await;
+    let report = move_under_load(Strategy::SourceDriven, None).await.unwrap();
     assert!(report.lock_window.is_some(), "a source-driven move has a lock window: {report:?}");
 }
 
-async fn move_under_load(strategy: Strategy) -> fulva_operator::MoveReport {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_fulva_move_carries_the_destinations_writes_back() {
+    // Aborted mid-pull, after the destination has taken writes and deletes.
+    let (result, states) = move_under_load_seen(Strategy::Fulva, Some(Duration::from_millis(300))).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, CoordinatorError::Aborted { back_on: 0, carried_back: true, .. }), "{err}");
+    // The destination served (and took writes) before the range went back by a reverse move.
+    let forward = ShardState::Migrating { source: 0, strategy: Strategy::Fulva };
+    let back = ShardState::Migrating { source: 1, strategy: Strategy::Fulva };
+    assert!(states.windows(2).any(|w| w == [(1, forward), (0, back)]), "{states:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_source_driven_move_unlocks_the_source() {
+    let (result, states) =
+        move_under_load_seen(Strategy::SourceDriven, Some(Duration::from_millis(300))).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, CoordinatorError::Aborted { back_on: 0, carried_back: false, .. }), "{err}");
+    // The map never left node 0.
+    assert!(states.iter().all(|&(owner, state)| owner == 0 && state == ShardState::Normal), "{states:?}");
+}
+
+async fn move_under_load(
+    strategy: Strategy,
+    abort_after: Option<Duration>,
+) -> Result<fulva_operator::MoveReport, CoordinatorError> {
+    move_under_load_seen(strategy, abort_after).await.0
+}
+
+/// Moves shard 0 from node 0 to node 1 under load; with `abort_after`, aborts
+/// the move then and checks it was undone with every write kept. Also
+/// returns every (owner, state) the map gave the moving range.
+async fn move_under_load_seen(
+    strategy: Strategy,
+    abort_after: Option<Duration>,
+) -> (Result<fulva_operator::MoveReport, CoordinatorError>, Vec<(u32, ShardState)>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
         .with_test_writer()
         .try_init();
-    let cluster =
-        LocalCluster::start(LocalClusterConfig { nodes: 2, shards: 2, ..Default::default() }).await.unwrap();
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        nodes: 2,
+        shards: 2,
+        // Several batches per move, so the bandwidth limit paces it.
+        node: NodeConfig { migration_batch_bytes: 2048, ..NodeConfig::loopback(0) },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let client = cluster.client().await.unwrap();
     for i in 0..5_000u32 {
         client.put(format!("key{i}"), format!("v{i}")).await.unwrap();
     }
     let moving = cluster.coordinator.map().shards[0].range;
+    let mut maps = cluster.coordinator.subscribe();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            loop {
+                let map = maps.borrow_and_update().clone();
+                if let Some(s) = map.shards.iter().find(|s| s.range == moving) {
+                    seen.lock().unwrap().push((s.owner, s.state));
+                }
+                if maps.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..4u32 {
@@ -75,16 +134,24 @@ async fn move_under_load(strategy: Strategy) -> fulva_operator::MoveReport {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut statuses = 0;
-    let report = cluster
-        .coordinator
-        .migrate(
-            moving,
-            1,
-            MoveOptions { strategy, rate_limit_bytes_per_sec: 2_000_000, ..Default::default() },
-            |_| statuses += 1,
-        )
-        .await
-        .unwrap();
+    // Slow enough that an abort lands mid-pull.
+    let rate = if abort_after.is_some() { 50_000 } else { 2_000_000 };
+    let migrate = cluster.coordinator.migrate(
+        moving,
+        1,
+        MoveOptions { strategy, rate_limit_bytes_per_sec: rate, ..Default::default() },
+        |_| statuses += 1,
+    );
+    let result = match abort_after {
+        None => migrate.await,
+        Some(delay) => {
+            let abort = async {
+                tokio::time::sleep(delay).await;
+                cluster.coordinator.abort_move(moving).unwrap();
+            };
+            tokio::join!(migrate, abort).0
+        }
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let mut expected = HashMap::new();
@@ -92,16 +159,28 @@ async fn move_under_load(strategy: Strategy) -> fulva_operator::MoveReport {
         expected.extend(w.await.unwrap());
     }
 
-    assert_eq!((report.source, report.destination), (0, 1));
-    assert!(report.objects > 1_000, "the loaded keys moved: {report:?}");
     assert!(statuses > 1, "progress was reported while the move ran");
     let map = cluster.coordinator.map();
-    assert!(map.shards.iter().all(|s| s.owner == 1 && s.state == ShardState::Normal), "{map:?}");
-    assert!(cluster.node(0).unwrap().handler.ownership.ranges().is_empty());
+    let (from, to) = match &result {
+        Ok(report) => {
+            assert_eq!((report.source, report.destination), (0, 1));
+            assert!(report.objects > 1_000, "the loaded keys moved: {report:?}");
+            assert!(map.shards.iter().all(|s| s.owner == 1 && s.state == ShardState::Normal), "{map:?}");
+            (0, 1)
+        }
+        Err(_) => {
+            assert!(cluster.coordinator.running_moves().is_empty());
+            assert_eq!(map.shards[0].range, moving);
+            assert_eq!((map.shards[0].owner, map.shards[0].state), (0, ShardState::Normal), "{map:?}");
+            (1, 0)
+        }
+    };
+    assert!(!cluster.node(from).unwrap().handler.ownership.ranges().contains(&moving));
+    assert!(cluster.node(to).unwrap().handler.ownership.ranges().contains(&moving));
     assert_eq!(
-        cluster.node(0).unwrap().handler.store.measure(HashRange::FULL).objects,
+        cluster.node(from).unwrap().handler.store.measure(moving).objects,
         0,
-        "the source dropped its copy"
+        "the node the range left dropped its copy"
     );
     for i in 0..5_000u32 {
         assert_eq!(client.get(format!("key{i}")).await.unwrap().as_deref(), Some(format!("v{i}").as_bytes()));
@@ -111,13 +190,18 @@ async fn move_under_load(strategy: Strategy) -> fulva_operator::MoveReport {
     }
     // No tombstone outlives the move.
     let mut tombstones = 0;
-    cluster
-        .node(1)
-        .unwrap()
-        .handler
-        .store
-        .scan(HashRange::FULL, |_, _, o| tombstones += usize::from(o.value.is_none()));
+    for node in [0, 1] {
+        cluster
+            .node(node)
+            .unwrap()
+            .handler
+            .store
+            .scan(HashRange::FULL, |_, _, o| tombstones += usize::from(o.value.is_none()));
+    }
     assert_eq!(tombstones, 0);
     cluster.shutdown().await;
-    report
+    watcher.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    (result, seen)
 }

@@ -11,6 +11,7 @@ async fn moves_under_faults_stay_linearizable() {
     let report = stress::run(StressConfig::quick(history.clone())).await.unwrap();
     println!("{report:?}");
     assert!(report.moves >= 10, "too few moves to mean anything: {report:?}");
+    assert!(report.carried_back >= 1, "no move was aborted after its destination served: {report:?}");
     assert!(report.operations > 1_000, "{report:?}");
     assert!(
         report.check.is_linearizable(),
@@ -30,6 +31,7 @@ async fn the_checker_catches_deletes_without_tombstones() {
         let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
         config.node.trap_no_tombstones = true;
         config.moves = 25;
+        config.abort_share = 0.0;
         config.seed = attempt;
         // Tombstones at a destination matter to the strategies that serve during the pull.
         config.strategies = vec![fulva_proto::Strategy::Fulva];
@@ -56,6 +58,7 @@ async fn the_checker_catches_progress_published_before_apply() {
         // Small batches, so many cursor steps open the trap's window.
         config.node.migration_batch_bytes = 2 * 1024;
         config.moves = 60;
+        config.abort_share = 0.0;
         config.seed = attempt;
         // The cursor is what fulva's clients read by.
         config.strategies = vec![fulva_proto::Strategy::Fulva];

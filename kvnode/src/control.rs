@@ -12,7 +12,7 @@ use fulva_proto::grpc::{
     MigrationStatusResponse, NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullKeysRequest,
     PullKeysResponse, PullRangeRequest, RangeBatch, RangeStats, SetEpochRequest, SetEpochResponse,
     SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest, SplitRangeResponse,
-    StartMigrationRequest, StartMigrationResponse,
+    StartMigrationRequest, StartMigrationResponse, UnfreezeRangeRequest, UnfreezeRangeResponse,
 };
 use fulva_proto::{HashRange, Op, ShardMapError, Status as FrameStatus};
 use std::pin::Pin;
@@ -154,10 +154,12 @@ impl NodeControl for ControlService {
         let strategy = grpc::Strategy::try_from(req.strategy).unwrap_or(grpc::Strategy::Fulva).into();
         let mv = Arc::new(IncomingMove::new(range, req.source, req.source_control_addr, strategy));
         let h = &self.handler;
-        if h.ownership.incoming(range).is_none() {
+        if req.reclaim {
+            h.ownership.reclaim(mv, req.epoch).map_err(ControlError::from)?;
+        } else if h.ownership.incoming(range).is_none() {
             h.ownership.prepare_incoming(mv, req.epoch, &h.metrics).map_err(ControlError::from)?;
         }
-        tracing::info!(%range, source = req.source, "move prepared");
+        tracing::info!(%range, source = req.source, reclaim = req.reclaim, "move prepared");
         Ok(Response::new(PrepareMigrationResponse {}))
     }
 
@@ -250,6 +252,26 @@ impl NodeControl for ControlService {
             objects: handover.objects,
             bytes: handover.bytes,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn unfreeze_range(
+        &self,
+        request: Request<UnfreezeRangeRequest>,
+    ) -> Result<Response<UnfreezeRangeResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        h.ownership.unfreeze(range, req.epoch).map_err(ControlError::from)?;
+        // A source-driven copy kept tombstones for its final pass; nothing needs them now.
+        let purged = off_data_path(h, move |h| {
+            let purged = h.store.purge_tombstones(range);
+            h.refresh_range_gauges_of(range);
+            purged
+        })
+        .await;
+        tracing::info!(%range, tombstones = -purged.objects, "move cancelled; range served again");
+        Ok(Response::new(UnfreezeRangeResponse { tombstones_purged: (-purged.objects) as u64 }))
     }
 
     async fn pull_keys(

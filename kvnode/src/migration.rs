@@ -57,7 +57,8 @@ pub struct IncomingMove {
     finished: Mutex<Option<Instant>>,
     error: Mutex<Option<String>>,
     cancel: CancellationToken,
-    /// Pull only objects above this version (a source-driven final pass).
+    /// Pull only objects above this version (a source-driven final pass, or
+    /// taking back an aborted move: older objects never left this node).
     min_version: AtomicU64,
     /// Which passes have started: 1 copy (source-driven), 2 final/serving pass.
     phase: AtomicU64,
@@ -197,9 +198,9 @@ impl IncomingMove {
         }
         self.rate_limit.store(rate_limit, Ordering::Release);
         self.started.lock().get_or_insert_with(Instant::now);
+        self.min_version.store(min_version, Ordering::Release);
         if final_pass {
             // The final pass starts over at the range's beginning.
-            self.min_version.store(min_version, Ordering::Release);
             self.cursor.store(self.range.first, Ordering::Release);
             self.done.store(false, Ordering::Release);
             *self.finished.lock() = None;

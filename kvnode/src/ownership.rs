@@ -231,6 +231,12 @@ impl Ownership {
                     state: "frozen for another move",
                 })
             }
+            // An aborted move: the destination gives the range back to its
+            // source. The pull stops; its late batches are no longer applied.
+            RangeRole::Incoming(ref mv) if mv.source == destination => {
+                mv.cancel();
+                owned.role = RangeRole::Frozen { destination, locked };
+            }
             RangeRole::Incoming(_) => {
                 return Err(OwnershipError::WrongState {
                     range,
@@ -240,6 +246,44 @@ impl Ownership {
             }
         }
         Ok(Handover::of(owned, version_ceiling()))
+    }
+
+    /// Takes back a range this node holds frozen toward `incoming.source`
+    /// (the move was aborted): the node keeps its copy and becomes the
+    /// destination of the reverse move (requests get Retry until activated).
+    pub fn reclaim(&self, incoming: Arc<IncomingMove>, epoch: Epoch) -> Result<(), OwnershipError> {
+        self.check_epoch(epoch)?;
+        let range = incoming.range;
+        let mut served = self.served.write();
+        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        match &owned.role {
+            RangeRole::Frozen { destination, .. } if *destination == incoming.source => {
+                owned.role = RangeRole::Incoming(incoming);
+                Ok(())
+            }
+            RangeRole::Incoming(mv) if mv.source == incoming.source => Ok(()),
+            _ => Err(OwnershipError::WrongState {
+                range,
+                operation: "be reclaimed",
+                state: "not frozen toward that node",
+            }),
+        }
+    }
+
+    /// Serves a copying or frozen range again, as before its move began (the
+    /// move was cancelled before the destination took any write).
+    pub fn unfreeze(&self, range: HashRange, epoch: Epoch) -> Result<(), OwnershipError> {
+        self.check_epoch(epoch)?;
+        let mut served = self.served.write();
+        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        match owned.role {
+            RangeRole::Serving => {}
+            RangeRole::Copying { .. } | RangeRole::Frozen { .. } => owned.role = RangeRole::Serving,
+            RangeRole::Incoming(_) => {
+                return Err(OwnershipError::WrongState { range, operation: "unfreeze", state: "moving in" })
+            }
+        }
+        Ok(())
     }
 
     /// Starts a source-driven copy of a served range: it stays served, but
@@ -396,5 +440,46 @@ mod tests {
         let wide = HashRange::new(parts[3].first - 10, parts[3].first + 10).unwrap();
         assert!(matches!(o.assign(wide, 5, &metrics), Err(OwnershipError::Overlap { .. })));
         assert_eq!(o.drop_range(parts[0], 5, None, &metrics), Err(OwnershipError::NotServed(parts[0])));
+    }
+
+    fn role(o: &Ownership, range: HashRange) -> &'static str {
+        let mut name = "absent";
+        o.for_each(|r| {
+            if r.range == range {
+                name = match r.role {
+                    RangeRole::Serving => "serving",
+                    RangeRole::Copying { .. } => "copying",
+                    RangeRole::Frozen { .. } => "frozen",
+                    RangeRole::Incoming(_) => "incoming",
+                };
+            }
+        });
+        name
+    }
+
+    #[test]
+    fn an_aborted_move_hands_the_range_back() {
+        let metrics = NodeMetrics::new();
+        let (source, dest) = (Ownership::default(), Ownership::default());
+        let range = HashRange::FULL.divide(2)[0];
+        source.assign(range, 1, &metrics).unwrap();
+        let incoming = |from: NodeId| Arc::new(IncomingMove::new(range, from, String::new(), Default::default()));
+        dest.prepare_incoming(incoming(0), 2, &metrics).unwrap();
+        source.freeze(range, 1, 2, false, || 10).unwrap();
+        // Only the move's own destination may take the range back, and only
+        // the move's source may freeze an incoming range toward itself.
+        assert!(matches!(source.reclaim(incoming(2), 3), Err(OwnershipError::WrongState { .. })));
+        assert!(matches!(dest.freeze(range, 2, 3, false, || 0), Err(OwnershipError::WrongState { .. })));
+        source.reclaim(incoming(1), 3).unwrap();
+        assert_eq!(role(&source, range), "incoming");
+        dest.freeze(range, 0, 3, false, || 20).unwrap();
+        assert_eq!(role(&dest, range), "frozen");
+        assert!(matches!(source.unfreeze(range, 3), Err(OwnershipError::WrongState { .. })));
+        // A source-driven copy cancelled before the hand-over serves again.
+        let other = HashRange::FULL.divide(2)[1];
+        source.assign(other, 3, &metrics).unwrap();
+        source.begin_copy(other, 1, 3, || 0).unwrap();
+        source.unfreeze(other, 3).unwrap();
+        assert_eq!(role(&source, other), "serving");
     }
 }

@@ -4,7 +4,10 @@
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::moves::MoveOptions;
 use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdmin;
-use fulva_proto::grpc::{self, MigrateProgress, MigrateRequest, SplitRequest};
+use fulva_proto::grpc::{
+    self, AbortMoveRequest, AbortMoveResponse, MigrateProgress, MigrateRequest, SetMoveRateRequest,
+    SetMoveRateResponse, SplitRequest,
+};
 use fulva_proto::HashRange;
 use futures::Stream;
 use std::pin::Pin;
@@ -28,6 +31,7 @@ impl AdminService {
 impl From<CoordinatorError> for Status {
     fn from(err: CoordinatorError) -> Status {
         match &err {
+            CoordinatorError::Aborted { .. } => Status::aborted(err.to_string()),
             CoordinatorError::Move(_) | CoordinatorError::InvalidMap(_) => {
                 Status::failed_precondition(err.to_string())
             }
@@ -99,6 +103,26 @@ impl CoordinatorAdmin for AdminService {
             let _ = tx.send(last).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn abort_move(
+        &self,
+        request: Request<AbortMoveRequest>,
+    ) -> Result<Response<AbortMoveResponse>, Status> {
+        let range = HashRange::try_from(request.into_inner().range)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.coordinator.abort_move(range)?;
+        Ok(Response::new(AbortMoveResponse {}))
+    }
+
+    async fn set_move_rate(
+        &self,
+        request: Request<SetMoveRateRequest>,
+    ) -> Result<Response<SetMoveRateResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.coordinator.set_move_rate(range, req.rate_limit_bytes_per_sec).await?;
+        Ok(Response::new(SetMoveRateResponse {}))
     }
 
     async fn split(&self, request: Request<SplitRequest>) -> Result<Response<grpc::ShardMap>, Status> {

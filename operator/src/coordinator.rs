@@ -40,6 +40,19 @@ pub enum CoordinatorError {
     /// A move or split cannot be done.
     #[error("{0}")]
     Move(String),
+    /// A move was aborted (on request or after a failure) and rolled back:
+    /// the range is served by its source again, with every write kept.
+    #[error("move of {range} aborted ({reason}); the range is back on node {back_on}")]
+    Aborted {
+        /// The range.
+        range: HashRange,
+        /// Node serving it again (the move's source).
+        back_on: NodeId,
+        /// Why.
+        reason: String,
+        /// Whether the destination had served the range (its writes were carried back).
+        carried_back: bool,
+    },
     /// Bootstrap was asked for something impossible.
     #[error("cannot bootstrap: {0}")]
     Bootstrap(String),
@@ -51,6 +64,14 @@ pub struct Coordinator {
     current: Mutex<ShardMap>,
     published: watch::Sender<Arc<ShardMap>>,
     clients: Mutex<HashMap<NodeId, NodeControlClient<Channel>>>,
+    pub(crate) running: parking_lot::Mutex<HashMap<HashRange, RunningMove>>,
+}
+
+/// A move in progress, as the coordinator tracks it.
+#[derive(Clone, Debug)]
+pub(crate) struct RunningMove {
+    pub(crate) destination: NodeId,
+    pub(crate) abort: tokio_util::sync::CancellationToken,
 }
 
 impl Coordinator {
@@ -104,7 +125,13 @@ impl Coordinator {
 
     fn with_map(store: Arc<dyn MapStore>, map: ShardMap) -> Coordinator {
         let (published, _) = watch::channel(Arc::new(map.clone()));
-        Coordinator { store, current: Mutex::new(map), published, clients: Mutex::new(HashMap::new()) }
+        Coordinator {
+            store,
+            current: Mutex::new(map),
+            published,
+            clients: Mutex::new(HashMap::new()),
+            running: parking_lot::Mutex::new(HashMap::new()),
+        }
     }
 
     /// The map in force.

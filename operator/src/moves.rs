@@ -11,14 +11,51 @@
 //! 5. When D has applied everything, the map marks R Normal (epoch + 1), S
 //!    drops its copy, and D drops its tombstones and serves R alone.
 
-use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::coordinator::{Coordinator, CoordinatorError, RunningMove};
 use fulva_proto::grpc::{
     BeginCopyRequest, DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, MigrationStatusRequest,
-    MigrationStatusResponse, PrepareMigrationRequest, SplitRangeRequest, StartMigrationRequest,
+    MigrationStatusResponse, PrepareMigrationRequest, SetMigrationRateRequest, SplitRangeRequest,
+    StartMigrationRequest, UnfreezeRangeRequest,
 };
 use fulva_proto::{HashRange, NodeId, Shard, ShardMap, ShardState, Strategy};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The two ends of a move.
+#[derive(Clone, Copy, Debug)]
+struct Ends {
+    range: HashRange,
+    source: NodeId,
+    destination: NodeId,
+}
+
+/// How far a move got, which decides how it is undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// No node was told anything.
+    Untouched,
+    /// The destination may hold the range as prepared (it answers Retry).
+    Prepared,
+    /// The source may be copying, frozen or locked; the destination has taken no write.
+    SourceHeld,
+    /// The destination may have taken writes; objects up to this version came from the source.
+    DestinationServing { copied_up_to: u64 },
+    /// The map names the destination as the owner, Normal.
+    Committed,
+}
+
+/// Forgets a move in the coordinator's table when its `migrate` returns.
+struct Unregister<'a> {
+    coordinator: &'a Coordinator,
+    range: HashRange,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.coordinator.running.lock().remove(&self.range);
+    }
+}
 
 /// How a move runs.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +144,10 @@ impl Coordinator {
     /// Moves `range` to `destination` while clients keep using it. Splits
     /// shards first so that `range` is exactly one shard. `progress` sees the
     /// destination's status while the move runs.
+    ///
+    /// A move that fails, or that [`Coordinator::abort_move`] stops, is rolled
+    /// back: the range returns to its source with every write the destination
+    /// took carried back, and the result is [`CoordinatorError::Aborted`].
     pub async fn migrate(
         &self,
         range: HashRange,
@@ -132,29 +173,117 @@ impl Coordinator {
         if source == destination {
             return Err(move_error(format!("range {range} is already on node {destination}")));
         }
-        let source_info =
-            map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
+        if map.node(source).is_none() {
+            return Err(move_error(format!("unknown node {source}")));
+        }
         if map.node(destination).is_none() {
             return Err(move_error(format!("unknown destination node {destination}")));
         }
+        let abort = CancellationToken::new();
+        {
+            let mut running = self.running.lock();
+            if running.contains_key(&range) {
+                return Err(move_error(format!("range {range} is already moving")));
+            }
+            running.insert(range, RunningMove { destination, abort: abort.clone() });
+        }
+        let _registered = Unregister { coordinator: self, range };
+        let ends = Ends { range, source, destination };
+        let mut stage = Stage::Untouched;
+        let result = self.run_move(ends, options, &abort, &mut stage, &mut progress).await;
+        let error = match result {
+            Ok(mut report) => {
+                report.duration = started.elapsed();
+                return Ok(report);
+            }
+            Err(error) => error,
+        };
+        let reason = if abort.is_cancelled() { "on request".to_string() } else { error.to_string() };
+        tracing::warn!(%range, source, destination, stage = ?stage, %reason, "move stopped; rolling back");
+        match self.roll_back(ends, stage).await {
+            Ok(()) => {
+                tracing::info!(%range, source, "move rolled back");
+                Err(CoordinatorError::Aborted {
+                    range,
+                    back_on: source,
+                    reason,
+                    carried_back: matches!(stage, Stage::DestinationServing { .. }),
+                })
+            }
+            Err(rollback) => Err(move_error(format!(
+                "move of {range} stopped ({reason}) and could not be rolled back: {rollback}"
+            ))),
+        }
+    }
+
+    /// Stops the move of `range` running on this coordinator; its
+    /// [`Coordinator::migrate`] rolls it back and returns
+    /// [`CoordinatorError::Aborted`].
+    pub fn abort_move(&self, range: HashRange) -> Result<(), CoordinatorError> {
+        let running = self.running.lock();
+        let mv = running.get(&range).ok_or_else(|| move_error(format!("no move of {range} is running")))?;
+        mv.abort.cancel();
+        Ok(())
+    }
+
+    /// Changes the bandwidth limit (bytes/s, 0 = none) of the move of `range`.
+    pub async fn set_move_rate(&self, range: HashRange, bytes_per_sec: u64) -> Result<(), CoordinatorError> {
+        let destination = self
+            .running
+            .lock()
+            .get(&range)
+            .map(|m| m.destination)
+            .ok_or_else(|| move_error(format!("no move of {range} is running")))?;
+        let mut dest = self.node_client(destination).await?;
+        dest.set_migration_rate(SetMigrationRateRequest {
+            range: Some(range.into()),
+            rate_limit_bytes_per_sec: bytes_per_sec,
+        })
+        .await
+        .map_err(grpc_err(destination, "set rate"))?;
+        Ok(())
+    }
+
+    /// The moves running on this coordinator: range and destination.
+    pub fn running_moves(&self) -> Vec<(HashRange, NodeId)> {
+        self.running.lock().iter().map(|(r, m)| (*r, m.destination)).collect()
+    }
+
+    async fn run_move(
+        &self,
+        ends: Ends,
+        options: MoveOptions,
+        abort: &CancellationToken,
+        stage: &mut Stage,
+        progress: &mut impl FnMut(&MigrationStatusResponse),
+    ) -> Result<MoveReport, CoordinatorError> {
+        let Ends { range, source, destination } = ends;
+        let map = self.map();
+        let source_info =
+            map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
         let epoch = map.epoch + 1;
         let mut dest = self.node_client(destination).await?;
         let mut src = self.node_client(source).await?;
         let r = Some(range.into());
+        let check_abort = || if abort.is_cancelled() { Err(move_error("aborted".into())) } else { Ok(()) };
 
+        *stage = Stage::Prepared;
         dest.prepare_migration(PrepareMigrationRequest {
             range: r,
             source,
             source_control_addr: source_info.control_addr.to_string(),
             strategy: fulva_proto::grpc::Strategy::from(options.strategy) as i32,
             epoch,
+            reclaim: false,
         })
         .await
         .map_err(grpc_err(destination, "prepare"))?;
+        check_abort()?;
 
         let mut lock_window = None;
         let status = if options.strategy == Strategy::SourceDriven {
             // Copy while the source serves (deletes keep tombstones there) ...
+            *stage = Stage::SourceHeld;
             let copy = src
                 .begin_copy(BeginCopyRequest { range: r, destination, epoch })
                 .await
@@ -171,7 +300,7 @@ impl Coordinator {
             })
             .await
             .map_err(grpc_err(destination, "start"))?;
-            self.wait_for_pass(&mut dest, destination, range, options, &mut progress).await?;
+            self.wait_for_pass(&mut dest, destination, range, options, abort, progress).await?;
             // ... then lock the range (downtime: every request gets Retry),
             // ship what changed since the copy began, and hand over.
             let locked = Instant::now();
@@ -193,15 +322,20 @@ impl Coordinator {
             })
             .await
             .map_err(grpc_err(destination, "final pass"))?;
-            let status = self.wait_for_pass(&mut dest, destination, range, options, &mut progress).await?;
+            let status = self.wait_for_pass(&mut dest, destination, range, options, abort, progress).await?;
             lock_window = Some(locked);
             status
         } else {
+            *stage = Stage::SourceHeld;
             let frozen = src
                 .freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: false })
                 .await
                 .map_err(grpc_err(source, "freeze"))?
                 .into_inner();
+            check_abort()?;
+            // From here on the destination may take writes: undoing the move
+            // means carrying them back.
+            *stage = Stage::DestinationServing { copied_up_to: frozen.max_version };
             dest.start_migration(StartMigrationRequest {
                 range: r,
                 version_floor: frozen.max_version,
@@ -226,9 +360,31 @@ impl Coordinator {
                 .await?;
             self.broadcast_epoch(&migrating).await;
             tracing::info!(%range, source, destination, epoch = migrating.epoch, strategy = ?options.strategy, "move started");
-            self.wait_for_pass(&mut dest, destination, range, options, &mut progress).await?
+            self.wait_for_pass(&mut dest, destination, range, options, abort, progress).await?
         };
 
+        let finished = self.commit(ends).await?;
+        *stage = Stage::Committed;
+        let lock_window = lock_window.map(|locked: Instant| locked.elapsed());
+        tracing::info!(%range, source, destination, objects = status.objects_applied, "move finished");
+        Ok(MoveReport {
+            range,
+            source,
+            destination,
+            objects: status.objects_applied,
+            bytes: status.bytes_applied,
+            duration: Duration::ZERO,
+            epoch: finished.epoch,
+            lock_window,
+        })
+    }
+
+    /// Ends a move whose destination has applied everything: the map marks
+    /// the range Normal there, the source drops its copy, the destination
+    /// serves the range alone.
+    async fn commit(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let Ends { range, source, destination } = ends;
+        let r = Some(range.into());
         let finished = self
             .update(|m| {
                 if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
@@ -239,6 +395,7 @@ impl Coordinator {
             .await?;
         // The source drops its copy before the destination drops its
         // tombstones: a dual read must never see an old copy beside a purged delete.
+        let mut src = self.node_client(source).await?;
         src.drop_range(DropRangeRequest {
             range: r,
             epoch: finished.epoch,
@@ -247,22 +404,102 @@ impl Coordinator {
         })
         .await
         .map_err(grpc_err(source, "drop"))?;
+        let mut dest = self.node_client(destination).await?;
         dest.finish_migration(FinishMigrationRequest { range: r, epoch: finished.epoch })
             .await
             .map_err(grpc_err(destination, "finish"))?;
-        let lock_window = lock_window.map(|locked: Instant| locked.elapsed());
         self.broadcast_epoch(&finished).await;
-        tracing::info!(%range, source, destination, objects = status.objects_applied, "move finished");
-        Ok(MoveReport {
-            range,
-            source,
-            destination,
-            objects: status.objects_applied,
-            bytes: status.bytes_applied,
-            duration: started.elapsed(),
-            epoch: finished.epoch,
-            lock_window,
+        Ok(finished)
+    }
+
+    /// Undoes a stopped move according to how far it got.
+    async fn roll_back(&self, ends: Ends, stage: Stage) -> Result<(), CoordinatorError> {
+        let Ends { range, source, destination } = ends;
+        let epoch = self.map().epoch + 1;
+        let r = Some(range.into());
+        match stage {
+            Stage::Untouched => Ok(()),
+            Stage::Committed => Err(move_error("the move had already committed".into())),
+            Stage::Prepared | Stage::SourceHeld => {
+                // The destination never took a write: the source serves the
+                // range again and the destination forgets it.
+                if stage == Stage::SourceHeld {
+                    let mut src = self.node_client(source).await?;
+                    src.unfreeze_range(UnfreezeRangeRequest { range: r, epoch })
+                        .await
+                        .map_err(grpc_err(source, "unfreeze"))?;
+                }
+                let mut dest = self.node_client(destination).await?;
+                match dest
+                    .drop_range(DropRangeRequest { range: r, epoch, new_owner: 0, has_new_owner: false })
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    Err(s) => Err(grpc_err(destination, "drop")(s)),
+                }
+            }
+            Stage::DestinationServing { copied_up_to } => {
+                self.move_back(ends, copied_up_to).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Aborts a move whose destination may have taken writes by moving the
+    /// range back with the fulva protocol: the source, which still holds its
+    /// copy, becomes the destination and pulls only objects above
+    /// `copied_up_to` (the writes and deletes the destination took).
+    async fn move_back(&self, ends: Ends, copied_up_to: u64) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let Ends { range, source, destination } = ends;
+        let map = self.map();
+        let dest_info = map
+            .node(destination)
+            .cloned()
+            .ok_or_else(|| move_error(format!("unknown node {destination}")))?;
+        let epoch = map.epoch + 1;
+        let r = Some(range.into());
+        let mut src = self.node_client(source).await?;
+        let mut dest = self.node_client(destination).await?;
+        src.prepare_migration(PrepareMigrationRequest {
+            range: r,
+            source: destination,
+            source_control_addr: dest_info.control_addr.to_string(),
+            strategy: fulva_proto::grpc::Strategy::Fulva as i32,
+            epoch,
+            reclaim: true,
         })
+        .await
+        .map_err(grpc_err(source, "reclaim"))?;
+        let frozen = dest
+            .freeze_range(FreezeRangeRequest { range: r, destination: source, epoch, lock: false })
+            .await
+            .map_err(grpc_err(destination, "freeze for the way back"))?
+            .into_inner();
+        src.start_migration(StartMigrationRequest {
+            range: r,
+            version_floor: frozen.max_version,
+            records: frozen.records,
+            acks: frozen.acks,
+            epoch,
+            serve: true,
+            min_version: copied_up_to,
+            ..Default::default()
+        })
+        .await
+        .map_err(grpc_err(source, "start the way back"))?;
+        let back = self
+            .update(|m| {
+                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                    s.owner = source;
+                    s.state = ShardState::Migrating { source: destination, strategy: Strategy::Fulva };
+                }
+            })
+            .await?;
+        self.broadcast_epoch(&back).await;
+        let never = CancellationToken::new();
+        let options = MoveOptions::default();
+        self.wait_for_pass(&mut src, source, range, options, &never, &mut |_| {}).await?;
+        self.commit(Ends { range, source: destination, destination: source }).await
     }
 
     async fn wait_for_pass(
@@ -271,9 +508,13 @@ impl Coordinator {
         destination: NodeId,
         range: HashRange,
         options: MoveOptions,
+        abort: &CancellationToken,
         progress: &mut impl FnMut(&MigrationStatusResponse),
     ) -> Result<MigrationStatusResponse, CoordinatorError> {
         loop {
+            if abort.is_cancelled() {
+                return Err(move_error("aborted".into()));
+            }
             let status = dest
                 .migration_status(MigrationStatusRequest { range: Some(range.into()) })
                 .await
@@ -289,7 +530,10 @@ impl Coordinator {
                     status.error
                 )));
             }
-            tokio::time::sleep(options.poll_interval).await;
+            tokio::select! {
+                () = abort.cancelled() => {}
+                () = tokio::time::sleep(options.poll_interval) => {}
+            }
         }
     }
 }
