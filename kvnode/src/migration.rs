@@ -243,6 +243,7 @@ pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
                 tracing::info!(range = %mv.range, objects = mv.objects_applied.load(Ordering::Relaxed), "range moved in");
                 return;
             }
+            Err(_) if mv.cancel.is_cancelled() => return,
             Err(err) => {
                 attempts += 1;
                 tracing::warn!(range = %mv.range, error = %err, attempts, "pull from the source failed; resuming");

@@ -463,7 +463,8 @@ mod tests {
         let (source, dest) = (Ownership::default(), Ownership::default());
         let range = HashRange::FULL.divide(2)[0];
         source.assign(range, 1, &metrics).unwrap();
-        let incoming = |from: NodeId| Arc::new(IncomingMove::new(range, from, String::new(), Default::default()));
+        let incoming =
+            |from: NodeId| Arc::new(IncomingMove::new(range, from, String::new(), Default::default()));
         dest.prepare_incoming(incoming(0), 2, &metrics).unwrap();
         source.freeze(range, 1, 2, false, || 10).unwrap();
         // Only the move's own destination may take the range back, and only

@@ -198,8 +198,13 @@ impl Coordinator {
             }
             Err(error) => error,
         };
-        let reason = if abort.is_cancelled() { "on request".to_string() } else { error.to_string() };
-        tracing::warn!(%range, source, destination, stage = ?stage, %reason, "move stopped; rolling back");
+        let reason = if abort.is_cancelled() {
+            tracing::info!(%range, source, destination, ?stage, "move aborted on request; rolling back");
+            "on request".to_string()
+        } else {
+            tracing::warn!(%range, source, destination, ?stage, %error, "move failed; rolling back");
+            error.to_string()
+        };
         match self.roll_back(ends, stage).await {
             Ok(()) => {
                 tracing::info!(%range, source, "move rolled back");
