@@ -411,6 +411,7 @@ impl NodeControl for ControlService {
                 writes: m.ops(Op::Put) + m.ops(Op::Delete),
                 objects,
                 bytes,
+                bucket_ops: m.bucket_ops(),
             });
         });
         Ok(Response::new(stats))

@@ -180,7 +180,7 @@ impl Handler {
                         Strategy::Rocksteady | Strategy::SourceDriven => {}
                     },
                 }
-                range.metrics.count_op(op);
+                range.metrics.count_op(op, hash);
                 match self.store.get(hash, key) {
                     Some(Object { version, value: Some(value) }) => {
                         range.metrics.count_read_bytes(value.len());
@@ -261,7 +261,7 @@ impl Handler {
                     }
                 }
             }
-            range.metrics.count_op(op);
+            range.metrics.count_op(op, hash);
             range.metrics.count_written_bytes(key.len() + value.map_or(0, <[u8]>::len));
             let result = self.store.write(hash, key, value.map(Bytes::copy_from_slice), keep_tombstone);
             apply_delta(&range.metrics, result.delta);

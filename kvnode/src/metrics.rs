@@ -9,6 +9,7 @@ use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a datagram was dropped without a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,13 +69,29 @@ pub struct RangeMetrics {
     pub objects: IntGauge,
     /// Key and value bytes in the range.
     pub stored_bytes: IntGauge,
+    /// Operations per equal sub-range, so a planner can split where the load is.
+    buckets: Box<[AtomicU64; LOAD_BUCKETS]>,
+    first: u64,
+    /// `LOAD_BUCKETS * 2^64 / width`: a sub-range index is one multiply away.
+    bucket_scale: u128,
 }
 
+/// Sub-ranges a range's load is counted in.
+pub const LOAD_BUCKETS: usize = 16;
+
 impl RangeMetrics {
-    /// Counts one operation.
+    /// Counts one operation on a key with hash `hash` (inside the range).
     #[inline]
-    pub fn count_op(&self, op: Op) {
+    pub fn count_op(&self, op: Op, hash: u64) {
         self.ops[op as usize - 1].inc();
+        let offset = hash.wrapping_sub(self.first) as u128;
+        let bucket = ((offset * self.bucket_scale) >> 64).min(LOAD_BUCKETS as u128 - 1) as usize;
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Operations so far in each of the range's equal sub-ranges, lowest first.
+    pub fn bucket_ops(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
     }
 
     /// Counts value bytes returned by reads.
@@ -220,6 +237,10 @@ impl NodeMetrics {
             objects: self.range_objects.with_label_values(&[&label]),
             stored_bytes: self.range_stored_bytes.with_label_values(&[&label]),
             label,
+            buckets: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            first: range.first,
+            // Ranges narrower than the bucket count get one hash per bucket.
+            bucket_scale: ((LOAD_BUCKETS as u128) << 64).div_ceil(range.width()).min(1u128 << 64),
         }
     }
 
@@ -269,5 +290,35 @@ impl NodeMetrics {
 impl Default for NodeMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_land_in_the_sub_range_of_their_hash() {
+        let metrics = NodeMetrics::new();
+        let full = metrics.range(HashRange::FULL);
+        full.count_op(Op::Get, 0);
+        full.count_op(Op::Get, u64::MAX);
+        full.count_op(Op::Put, 1 << 63);
+        let mut expected = vec![0; LOAD_BUCKETS];
+        expected[0] = 1;
+        expected[8] = 1;
+        expected[15] = 1;
+        assert_eq!(full.bucket_ops(), expected);
+
+        let part = HashRange::new(1000, 1000 + 160 - 1).unwrap();
+        let m = metrics.range(part);
+        for hash in part.first..=part.last {
+            m.count_op(Op::Get, hash);
+        }
+        assert_eq!(m.bucket_ops(), vec![10; LOAD_BUCKETS], "equal sub-ranges get equal counts");
+        // Narrower than the bucket count: one hash per bucket.
+        let tiny = metrics.range(HashRange::new(5, 7).unwrap());
+        tiny.count_op(Op::Get, 7);
+        assert_eq!(tiny.bucket_ops()[2], 1);
     }
 }

@@ -9,6 +9,8 @@
 //! - [`map_store`]: persistence of the map ([`FileMapStore`], [`MemoryMapStore`]).
 //! - [`coordinator`]: [`Coordinator`], map changes and node assignment.
 //! - [`moves`]: moving and splitting ranges live.
+//! - [`policy`]: the rebalance policy users declare in YAML.
+//! - [`planner`]: the pure planner (cluster load + policy → moves and splits).
 //! - [`admin`]: the `CoordinatorAdmin` gRPC service (moves and splits on request).
 //! - [`service`]: the gRPC `ShardMapService`.
 
@@ -16,6 +18,8 @@ pub mod admin;
 pub mod coordinator;
 pub mod map_store;
 pub mod moves;
+pub mod planner;
+pub mod policy;
 pub mod service;
 
 pub use admin::AdminService;
