@@ -4,12 +4,13 @@
 
 use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::{NodeConfig, NodeHandle};
-use fulva_operator::AdminService;
+use fulva_operator::metrics::OperatorMetrics;
+use fulva_operator::{AdminService, RebalancePolicy, Rebalancer};
 use fulva_operator::{Coordinator, FileMapStore, MapStore, MemoryMapStore, ShardMapServiceImpl};
 use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdminServer;
 use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
 use fulva_proto::transport::{FaultConfig, FaultyTransport, UdpTransport};
-use fulva_proto::NodeInfo;
+use fulva_proto::{HashRange, NodeInfo, Op};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -148,6 +149,42 @@ impl LocalCluster {
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Client::with_transports(config, transports).await?)
+    }
+
+    /// Starts the rebalancer (the operator's planner and executor) on this
+    /// cluster under `policy`; it stops, rolling back its moves in flight,
+    /// when `shutdown` is cancelled and the returned task is awaited.
+    pub fn start_rebalancer(
+        &self,
+        policy: RebalancePolicy,
+        shutdown: CancellationToken,
+    ) -> (Arc<Rebalancer>, JoinHandle<()>) {
+        let rebalancer = Rebalancer::new(self.coordinator.clone(), policy, Arc::new(OperatorMetrics::new()));
+        let task = tokio::spawn(rebalancer.clone().run(shutdown));
+        (rebalancer, task)
+    }
+
+    /// Client requests served so far by each node (every range it serves now).
+    pub fn served_ops(&self) -> Vec<u64> {
+        let by_range = self.served_ops_by_range();
+        self.nodes
+            .iter()
+            .map(|n| by_range.iter().filter(|(k, _)| k.0 == n.node_id).map(|(_, v)| v).sum())
+            .collect()
+    }
+
+    /// Client requests served so far per (node, range it serves now). A
+    /// range's counters start when the node takes it.
+    pub fn served_ops_by_range(&self) -> std::collections::HashMap<(u32, HashRange), u64> {
+        let mut out = std::collections::HashMap::new();
+        for node in &self.nodes {
+            node.handler.ownership.for_each(|r| {
+                let total =
+                    [Op::Get, Op::Put, Op::Delete, Op::MultiGet].iter().map(|op| r.metrics.ops(*op)).sum();
+                out.insert((node.node_id, r.range), total);
+            });
+        }
+        out
     }
 
     /// The node with id `id`.

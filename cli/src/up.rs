@@ -2,10 +2,12 @@
 
 use crate::local::{LocalCluster, LocalClusterConfig};
 use crate::sessions::FulvaSession;
-use crate::workload::{self, Mix, Recorder, Summary, WorkloadSpec};
+use crate::workload::{self, Hotspot, Mix, Recorder, Summary, WorkloadSpec};
 use fulva_client::ClientConfig;
 use fulva_kvnode::NodeConfig;
-use fulva_proto::{Op, ShardState};
+use fulva_operator::policy::DEFAULT_POLICY_YAML;
+use fulva_operator::{RebalancePolicy, RebalanceStatus};
+use fulva_proto::ShardState;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +53,13 @@ pub struct UpArgs {
     /// Start the cluster without the load generator.
     #[arg(long)]
     pub no_workload: bool,
+    /// Share of operations aimed at the keys of the first shard (a hot spot
+    /// the rebalancer spreads out); 0 = no hot spot.
+    #[arg(long, default_value_t = 0.8)]
+    pub hotspot: f64,
+    /// Rebalance policy (YAML, see docs/rebalancing.md); default: the embedded one.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }
 
 /// Runs `fulva up`.
@@ -63,6 +72,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         map_file: Some(args.data_dir.join("shard-map.json")),
         faults: None,
     };
+    let policy = match &args.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the policy {}: {e}", path.display()))?;
+            RebalancePolicy::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => RebalancePolicy::from_yaml(DEFAULT_POLICY_YAML)?,
+    };
+    anyhow::ensure!((0.0..=1.0).contains(&args.hotspot), "--hotspot is a share between 0 and 1");
     let cluster = LocalCluster::start(config).await?;
     eprintln!(
         "fulva: {} nodes, {} shards, control endpoint {} (epoch {})",
@@ -106,7 +124,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             () = stop.cancelled() => {}
         }
-        let spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
+        let mut spec = WorkloadSpec::new(args.mix, args.zipf, args.keys, args.value_size);
+        if args.hotspot > 0.0 {
+            let range = cluster.coordinator.map().shards[0].range;
+            spec = spec.with_hotspot(Hotspot { range, share: args.hotspot });
+            eprintln!(
+                "fulva: hot spot: {:.0}% of operations on the keys of {range} (node {})",
+                args.hotspot * 100.0,
+                cluster.coordinator.map().shards[0].owner
+            );
+        }
         let sessions = vec![session; args.clients.max(1)];
         load = Some(tokio::spawn(workload::run_closed_loop(
             sessions,
@@ -118,6 +145,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )));
     }
 
+    let rebalancing = CancellationToken::new();
+    let (rebalancer, rebalancer_task) = cluster.start_rebalancer(policy.clone(), rebalancing.clone());
+    eprintln!(
+        "fulva: rebalance policy: mode {:?}, trigger {:.0}% over the mean for {} s, cooldown {} s, strategy {:?}",
+        policy.mode,
+        policy.triggers.ops_imbalance * 100.0,
+        policy.triggers.sustained_seconds,
+        policy.cooldown_seconds,
+        policy.strategy
+    );
     let mut display = Display::new(&cluster);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -128,11 +165,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             () = stop.cancelled() => break,
         }
         let (latency, errors) = recorder.drain();
-        display.frame(&cluster, &latency, errors, &mut totals);
+        display.frame(&cluster, &rebalancer.status(), &latency, errors, &mut totals);
     }
+    // Moves in flight are rolled back before the nodes stop.
+    rebalancing.cancel();
+    let _ = rebalancer_task.await;
     if let Some(load) = load {
         let _ = load.await;
     }
+    let status = rebalancer.status();
+    eprintln!(
+        "fulva: rebalancer: {} moves finished, {} aborted, {} failed, {} splits; imbalance {:.2}",
+        status.finished, status.aborted, status.failed, status.splits, status.imbalance
+    );
     eprintln!("fulva: stopping; client operations per node: {totals:?}");
     cluster.shutdown().await;
     Ok(())
@@ -149,7 +194,7 @@ impl Display {
     fn new(cluster: &LocalCluster) -> Display {
         Display {
             tty: std::io::stdout().is_terminal(),
-            last: served_ops(cluster),
+            last: cluster.served_ops(),
             last_at: Instant::now(),
             started: Instant::now(),
         }
@@ -158,13 +203,14 @@ impl Display {
     fn frame(
         &mut self,
         cluster: &LocalCluster,
+        rebalance: &RebalanceStatus,
         latency: &[hdrhistogram::Histogram<u64>],
         errors: u64,
         totals: &mut [u64],
     ) {
         let now = Instant::now();
         let secs = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
-        let ops = served_ops(cluster);
+        let ops = cluster.served_ops();
         let map = cluster.coordinator.map();
         let mut out = String::new();
         if self.tty {
@@ -199,6 +245,19 @@ impl Display {
             ));
         }
         out.push_str(&format!("total {total_rate:>37.0} ops/s\n"));
+        let trigger = match rebalance.imbalanced_since {
+            Some(since) => format!("imbalanced for {:.0} s", since.elapsed().as_secs_f64()),
+            None => "within policy".to_string(),
+        };
+        out.push_str(&format!(
+            "imbalance (max/mean node ops/s) {:.2}  memory {:.2}  {trigger}  moves: {} done, {} aborted, {} failed, {} splits\n",
+            rebalance.imbalance,
+            rebalance.memory_imbalance,
+            rebalance.finished,
+            rebalance.aborted,
+            rebalance.failed,
+            rebalance.splits
+        ));
         for shard in &map.shards {
             let ShardState::Migrating { source, strategy } = shard.state else { continue };
             let status = cluster
@@ -222,6 +281,9 @@ impl Display {
                 status.eta_seconds
             ));
         }
+        for (at, event) in rebalance.events.iter().rev().take(6).collect::<Vec<_>>().into_iter().rev() {
+            out.push_str(&format!("  {:>5.0}s ago  {event}\n", at.elapsed().as_secs_f64()));
+        }
         if self.tty {
             print!("{out}");
         } else {
@@ -230,22 +292,4 @@ impl Display {
         self.last = ops;
         self.last_at = now;
     }
-}
-
-/// Requests served so far by each node (all ops, all ranges it serves now).
-fn served_ops(cluster: &LocalCluster) -> Vec<u64> {
-    cluster
-        .nodes
-        .iter()
-        .map(|node| {
-            let mut total = 0;
-            node.handler.ownership.for_each(|r| {
-                total += [Op::Get, Op::Put, Op::Delete, Op::MultiGet]
-                    .iter()
-                    .map(|op| r.metrics.ops(*op))
-                    .sum::<u64>();
-            });
-            total
-        })
-        .collect()
 }

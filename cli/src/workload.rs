@@ -67,6 +67,19 @@ pub struct WorkloadSpec {
     pub keys: u64,
     /// Bytes per value.
     pub value_size: usize,
+    /// A share of operations concentrated on the keys of one hash range.
+    pub hotspot: Option<Hotspot>,
+}
+
+/// A hot spot: `share` of all operations pick, with the workload's
+/// distribution, among the keys whose hash falls in `range` (so one shard,
+/// and one node, gets them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hotspot {
+    /// Hashes of the hot keys.
+    pub range: fulva_proto::HashRange,
+    /// Fraction of operations on the hot keys.
+    pub share: f64,
 }
 
 impl WorkloadSpec {
@@ -78,7 +91,13 @@ impl WorkloadSpec {
             distribution: if zipf > 0.0 { Distribution::Zipfian(zipf) } else { Distribution::Uniform },
             keys,
             value_size,
+            hotspot: None,
         }
+    }
+
+    /// The same workload with a hot spot.
+    pub fn with_hotspot(self, hotspot: Hotspot) -> WorkloadSpec {
+        WorkloadSpec { hotspot: Some(hotspot), ..self }
     }
 }
 
@@ -133,30 +152,67 @@ impl Zipfian {
     }
 }
 
-/// Picks key indices by a [`Distribution`].
+/// Picks key indices by a [`Distribution`], optionally with a hot spot.
 #[derive(Clone, Debug)]
-pub enum KeyChooser {
-    /// Uniform over `0..n`.
+pub struct KeyChooser {
+    base: Ranks,
+    hot: Option<(Vec<u64>, Ranks, f64)>,
+}
+
+#[derive(Clone, Debug)]
+enum Ranks {
     Uniform(u64),
-    /// Zipfian ranks.
     Zipfian(Zipfian),
+}
+
+impl Ranks {
+    fn new(distribution: Distribution, n: u64) -> Ranks {
+        match distribution {
+            Distribution::Uniform => Ranks::Uniform(n.max(1)),
+            Distribution::Zipfian(theta) => Ranks::Zipfian(Zipfian::new(n.max(1), theta)),
+        }
+    }
+
+    fn next(&self, rng: &mut SmallRng) -> u64 {
+        match self {
+            Ranks::Uniform(n) => rng.random_range(0..*n),
+            Ranks::Zipfian(z) => z.rank(rng.random::<f64>()),
+        }
+    }
 }
 
 impl KeyChooser {
     /// A chooser for `spec`.
     pub fn new(spec: &WorkloadSpec) -> KeyChooser {
-        match spec.distribution {
-            Distribution::Uniform => KeyChooser::Uniform(spec.keys.max(1)),
-            Distribution::Zipfian(theta) => KeyChooser::Zipfian(Zipfian::new(spec.keys.max(1), theta)),
-        }
+        let hot = spec.hotspot.and_then(|h| {
+            let mut buf = Vec::with_capacity(32);
+            let keys: Vec<u64> = (0..spec.keys)
+                .filter(|&i| {
+                    key_into(i, &mut buf);
+                    h.range.contains(fulva_proto::key_hash(&buf))
+                })
+                .collect();
+            (!keys.is_empty()).then(|| {
+                let ranks = Ranks::new(spec.distribution, keys.len() as u64);
+                (keys, ranks, h.share.clamp(0.0, 1.0))
+            })
+        });
+        KeyChooser { base: Ranks::new(spec.distribution, spec.keys), hot }
+    }
+
+    /// Keys in the hot spot (0 without one).
+    pub fn hot_keys(&self) -> usize {
+        self.hot.as_ref().map_or(0, |h| h.0.len())
     }
 
     /// Next key index.
     pub fn next(&self, rng: &mut SmallRng) -> u64 {
-        match self {
-            KeyChooser::Uniform(n) => rng.random_range(0..*n),
-            KeyChooser::Zipfian(z) => z.rank(rng.random::<f64>()),
+        if let Some((keys, ranks, share)) = &self.hot {
+            if rng.random_bool(*share) {
+                return keys[ranks.next(rng) as usize];
+            }
         }
+        self.base.next(rng)
     }
 }
 
@@ -377,11 +433,28 @@ mod tests {
 
     #[test]
     fn uniform_stays_in_range() {
-        let spec =
-            WorkloadSpec { read_fraction: 1.0, distribution: Distribution::Uniform, keys: 10, value_size: 1 };
+        let spec = WorkloadSpec::new(Mix::C, 0.0, 10, 1);
         let chooser = KeyChooser::new(&spec);
         let mut rng = SmallRng::seed_from_u64(1);
         assert!((0..1_000).all(|_| chooser.next(&mut rng) < 10));
         assert_eq!(key(7), "user000000000007");
+    }
+
+    #[test]
+    fn a_hot_spot_concentrates_operations_in_its_range() {
+        let range = fulva_proto::HashRange::FULL.divide(8)[3];
+        let spec = WorkloadSpec::new(Mix::B, 0.99, 20_000, 1).with_hotspot(Hotspot { range, share: 0.8 });
+        let chooser = KeyChooser::new(&spec);
+        assert!(
+            (2_000..3_000).contains(&chooser.hot_keys()),
+            "about an eighth of the keys: {}",
+            chooser.hot_keys()
+        );
+        let mut rng = SmallRng::seed_from_u64(9);
+        let hot = (0..10_000)
+            .filter(|_| range.contains(fulva_proto::key_hash(key(chooser.next(&mut rng)).as_bytes())))
+            .count();
+        // 80% by choice, plus the eighth of the rest that lands there anyway.
+        assert!((8_000..8_700).contains(&hot), "{hot} of 10000 in the hot range");
     }
 }

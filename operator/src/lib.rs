@@ -11,19 +11,27 @@
 //! - [`moves`]: moving and splitting ranges live.
 //! - [`policy`]: the rebalance policy users declare in YAML.
 //! - [`planner`]: the pure planner (cluster load + policy → moves and splits).
+//! - [`load`]: per-range load sampled from the nodes, smoothed.
+//! - [`rebalancer`]: the loop that samples, plans and runs moves (local mode and operator).
+//! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`admin`]: the `CoordinatorAdmin` gRPC service (moves and splits on request).
 //! - [`service`]: the gRPC `ShardMapService`.
 
 pub mod admin;
 pub mod coordinator;
+pub mod load;
 pub mod map_store;
+pub mod metrics;
 pub mod moves;
 pub mod planner;
 pub mod policy;
+pub mod rebalancer;
 pub mod service;
 
 pub use admin::AdminService;
 pub use coordinator::{Coordinator, CoordinatorError};
 pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
 pub use moves::{MoveOptions, MoveReport};
+pub use policy::{RebalanceMode, RebalancePolicy};
+pub use rebalancer::{MoveRecord, RebalanceStatus, Rebalancer};
 pub use service::ShardMapServiceImpl;

@@ -1,0 +1,98 @@
+//! The operator's Prometheus metrics (served on its /metrics).
+
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric the rebalancer and the reconciler export.
+pub struct OperatorMetrics {
+    registry: Registry,
+    /// Imbalance score (max / mean node load) by dimension (ops, memory).
+    pub imbalance: GaugeVec,
+    /// Smoothed client operations per second served by each node.
+    pub node_ops: GaugeVec,
+    /// Planner decisions by kind (move, split, proposal).
+    pub decisions: IntCounterVec,
+    /// Finished moves by outcome (finished, aborted, failed) and strategy.
+    pub moves: IntCounterVec,
+    /// Moves running now.
+    pub moves_in_flight: IntGauge,
+    /// Key and value bytes moved by finished moves.
+    pub moved_bytes: IntCounter,
+    /// Reconciles by result (ok, error).
+    pub reconciles: IntCounterVec,
+}
+
+impl OperatorMetrics {
+    /// Fresh metrics in their own registry.
+    pub fn new() -> OperatorMetrics {
+        let registry = Registry::new();
+        let imbalance = GaugeVec::new(
+            Opts::new("fulva_operator_imbalance_score", "Max over mean node load (1 = even)"),
+            &["dimension"],
+        )
+        .expect("valid metric");
+        let node_ops = GaugeVec::new(
+            Opts::new(
+                "fulva_operator_node_ops_per_second",
+                "Smoothed operations per second served by a node",
+            ),
+            &["node"],
+        )
+        .expect("valid metric");
+        let decisions = IntCounterVec::new(
+            Opts::new("fulva_operator_planner_decisions_total", "Planner decisions by kind"),
+            &["decision"],
+        )
+        .expect("valid metric");
+        let moves = IntCounterVec::new(
+            Opts::new("fulva_operator_moves_total", "Moves that ended, by outcome and strategy"),
+            &["outcome", "strategy"],
+        )
+        .expect("valid metric");
+        let moves_in_flight =
+            IntGauge::new("fulva_operator_moves_in_flight", "Moves running now").expect("valid metric");
+        let moved_bytes = IntCounter::new(
+            "fulva_operator_moved_bytes_total",
+            "Key and value bytes moved by finished moves",
+        )
+        .expect("valid metric");
+        let reconciles = IntCounterVec::new(
+            Opts::new("fulva_operator_reconciles_total", "Reconciles of FulvaCluster resources by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(imbalance.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(node_ops.clone()),
+            Box::new(decisions.clone()),
+            Box::new(moves.clone()),
+            Box::new(moves_in_flight.clone()),
+            Box::new(moved_bytes.clone()),
+            Box::new(reconciles.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        OperatorMetrics {
+            registry,
+            imbalance,
+            node_ops,
+            decisions,
+            moves,
+            moves_in_flight,
+            moved_bytes,
+            reconciles,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        OperatorMetrics::new()
+    }
+}
