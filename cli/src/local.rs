@@ -5,6 +5,7 @@
 use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::{NodeConfig, NodeHandle};
 use fulva_operator::metrics::OperatorMetrics;
+use fulva_operator::recovery::RecoveryReport;
 use fulva_operator::{AdminService, RebalancePolicy, Rebalancer};
 use fulva_operator::{Coordinator, FileMapStore, MapStore, MemoryMapStore, ShardMapServiceImpl};
 use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdminServer;
@@ -59,6 +60,29 @@ pub struct LocalCluster {
     shutdown: CancellationToken,
     control_task: JoinHandle<()>,
     faults: Option<FaultConfig>,
+    store: Arc<dyn MapStore>,
+}
+
+/// Serves the shard-map and admin services of `coordinator` until `shutdown`.
+fn serve_control(
+    listener: tokio::net::TcpListener,
+    coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let service =
+        ShardMapServiceServer::new(ShardMapServiceImpl::with_shutdown(coordinator.clone(), shutdown.clone()));
+    let admin = CoordinatorAdminServer::new(AdminService::new(coordinator));
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(err) = tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "control endpoint failed");
+        }
+    })
 }
 
 impl LocalCluster {
@@ -97,30 +121,40 @@ impl LocalCluster {
         };
         // Nodes of a local cluster are new processes' memory: an old map names
         // old addresses, so a fresh map replaces it.
-        let coordinator = Arc::new(Coordinator::bootstrap(store, infos, config.shards, true).await?);
+        let coordinator = Arc::new(Coordinator::bootstrap(store.clone(), infos, config.shards, true).await?);
         let listener = tokio::net::TcpListener::bind(config.control_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", config.control_addr))?;
         let control_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let service = ShardMapServiceServer::new(ShardMapServiceImpl::with_shutdown(
-            coordinator.clone(),
-            shutdown.clone(),
-        ));
-        let admin = CoordinatorAdminServer::new(AdminService::new(coordinator.clone()));
-        let token = shutdown.clone();
-        let control_task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(err) = tonic::transport::Server::builder()
-                .add_service(service)
-                .add_service(admin)
-                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %err, "control endpoint failed");
-            }
-        });
-        Ok(LocalCluster { nodes, coordinator, control_addr, shutdown, control_task, faults: config.faults })
+        let control_task = serve_control(listener, coordinator.clone(), shutdown.clone());
+        Ok(LocalCluster {
+            nodes,
+            coordinator,
+            control_addr,
+            shutdown,
+            control_task,
+            faults: config.faults,
+            store,
+        })
+    }
+
+    /// Kills the coordinator and its control endpoint (no clean-up: moves
+    /// in flight stop wherever they are), starts a new one from the stored
+    /// map on the same address, and lets it recover.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<RecoveryReport> {
+        self.shutdown.cancel();
+        self.control_task.abort();
+        let _ = (&mut self.control_task).await;
+        let coordinator = Arc::new(
+            Coordinator::open(self.store.clone())?
+                .ok_or_else(|| anyhow::anyhow!("no shard map is stored"))?,
+        );
+        let listener = tokio::net::TcpListener::bind(self.control_addr).await?;
+        self.shutdown = CancellationToken::new();
+        self.control_task = serve_control(listener, coordinator.clone(), self.shutdown.clone());
+        self.coordinator = coordinator;
+        Ok(self.coordinator.recover().await?)
     }
 
     /// The control endpoint as a client connects to it.

@@ -2,7 +2,7 @@
 
 use crate::handler::Handler;
 use crate::migration::IncomingMove;
-use crate::ownership::OwnershipError;
+use crate::ownership::{OwnershipError, RangeRole};
 use crate::records::{Completion, MovedRecord};
 use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
@@ -405,14 +405,36 @@ impl NodeControl for ControlService {
             let bytes = m.stored_bytes.get().max(0) as u64;
             stats.objects += objects;
             stats.bytes += bytes;
-            stats.ranges.push(RangeStats {
+            let mut range = RangeStats {
                 range: Some(owned.range.into()),
                 reads: m.ops(Op::Get) + m.ops(Op::MultiGet),
                 writes: m.ops(Op::Put) + m.ops(Op::Delete),
                 objects,
                 bytes,
                 bucket_ops: m.bucket_ops(),
-            });
+                ..RangeStats::default()
+            };
+            match &owned.role {
+                RangeRole::Serving => range.set_role(grpc::RangeRole::Serving),
+                RangeRole::Copying { destination } => {
+                    range.set_role(grpc::RangeRole::Copying);
+                    range.peer = *destination;
+                }
+                RangeRole::Frozen { destination, locked } => {
+                    range.set_role(grpc::RangeRole::Frozen);
+                    range.peer = *destination;
+                    range.locked = *locked;
+                }
+                RangeRole::Incoming(mv) => {
+                    range.set_role(grpc::RangeRole::Incoming);
+                    range.peer = mv.source;
+                    let status = mv.status();
+                    range.active = status.active;
+                    range.done = status.done;
+                    range.error = status.error;
+                }
+            }
+            stats.ranges.push(range);
         });
         Ok(Response::new(stats))
     }

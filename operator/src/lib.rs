@@ -13,6 +13,7 @@
 //! - [`planner`]: the pure planner (cluster load + policy → moves and splits).
 //! - [`load`]: per-range load sampled from the nodes, smoothed.
 //! - [`rebalancer`]: the loop that samples, plans and runs moves (local mode and operator).
+//! - [`recovery`]: after a restart, finishing or undoing the moves a previous coordinator left.
 //! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`admin`]: the `CoordinatorAdmin` gRPC service (moves and splits on request).
 //! - [`service`]: the gRPC `ShardMapService`.
@@ -26,6 +27,7 @@ pub mod moves;
 pub mod planner;
 pub mod policy;
 pub mod rebalancer;
+pub mod recovery;
 pub mod service;
 
 pub use admin::AdminService;

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The two ends of a move.
 #[derive(Clone, Copy, Debug)]
-struct Ends {
-    range: HashRange,
-    source: NodeId,
-    destination: NodeId,
+pub(crate) struct Ends {
+    pub(crate) range: HashRange,
+    pub(crate) source: NodeId,
+    pub(crate) destination: NodeId,
 }
 
 /// How far a move got, which decides how it is undone.
@@ -387,7 +387,7 @@ impl Coordinator {
     /// Ends a move whose destination has applied everything: the map marks
     /// the range Normal there, the source drops its copy, the destination
     /// serves the range alone.
-    async fn commit(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
+    pub(crate) async fn commit(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
         let Ends { range, source, destination } = ends;
         let r = Some(range.into());
         let finished = self
@@ -401,14 +401,20 @@ impl Coordinator {
         // The source drops its copy before the destination drops its
         // tombstones: a dual read must never see an old copy beside a purged delete.
         let mut src = self.node_client(source).await?;
-        src.drop_range(DropRangeRequest {
-            range: r,
-            epoch: finished.epoch,
-            new_owner: destination,
-            has_new_owner: true,
-        })
-        .await
-        .map_err(grpc_err(source, "drop"))?;
+        match src
+            .drop_range(DropRangeRequest {
+                range: r,
+                epoch: finished.epoch,
+                new_owner: destination,
+                has_new_owner: true,
+            })
+            .await
+        {
+            // Already dropped (a recovering coordinator finishing a commit).
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(grpc_err(source, "drop")(s)),
+        }
         let mut dest = self.node_client(destination).await?;
         dest.finish_migration(FinishMigrationRequest { range: r, epoch: finished.epoch })
             .await
@@ -454,7 +460,11 @@ impl Coordinator {
     /// range back with the fulva protocol: the source, which still holds its
     /// copy, becomes the destination and pulls only objects above
     /// `copied_up_to` (the writes and deletes the destination took).
-    async fn move_back(&self, ends: Ends, copied_up_to: u64) -> Result<Arc<ShardMap>, CoordinatorError> {
+    pub(crate) async fn move_back(
+        &self,
+        ends: Ends,
+        copied_up_to: u64,
+    ) -> Result<Arc<ShardMap>, CoordinatorError> {
         let Ends { range, source, destination } = ends;
         let map = self.map();
         let dest_info = map
@@ -507,7 +517,7 @@ impl Coordinator {
         self.commit(Ends { range, source: destination, destination: source }).await
     }
 
-    async fn wait_for_pass(
+    pub(crate) async fn wait_for_pass(
         &self,
         dest: &mut fulva_proto::grpc::node_control_client::NodeControlClient<tonic::transport::Channel>,
         destination: NodeId,
