@@ -147,7 +147,8 @@ impl LocalCluster {
         self.control_task.abort();
         let _ = (&mut self.control_task).await;
         let coordinator = Arc::new(
-            Coordinator::open(self.store.clone())?
+            Coordinator::open(self.store.clone())
+                .await?
                 .ok_or_else(|| anyhow::anyhow!("no shard map is stored"))?,
         );
         let listener = tokio::net::TcpListener::bind(self.control_addr).await?;

@@ -41,6 +41,10 @@ pub struct NodeConfig {
     /// Target size of one batch a move's destination pulls from the source, in bytes.
     #[arg(long, env = "FULVA_MIGRATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub migration_batch_bytes: u32,
+    /// Name of the pod this node runs in (a StatefulSet pod `NAME-ORDINAL`):
+    /// without `--node-id`, the ordinal is the node id.
+    #[arg(long, env = "FULVA_POD_NAME")]
+    pub pod_name: Option<String>,
     /// Test only: re-create trap 1 (progress published before it is applied).
     #[arg(long, hide = true)]
     pub trap_cursor_before_apply: bool,
@@ -64,13 +68,40 @@ impl NodeConfig {
             stripe_bits: 12,
             client_record_ttl_secs: 600,
             migration_batch_bytes: 64 * 1024,
+            pod_name: None,
             trap_cursor_before_apply: false,
             trap_no_tombstones: false,
         }
     }
 
+    /// Takes the node id from the pod name's ordinal when the id was not
+    /// given (`explicit_id` false) and a pod name is set.
+    pub fn resolve_pod_identity(&mut self, explicit_id: bool) -> Result<(), String> {
+        let Some(pod) = self.pod_name.as_deref().filter(|_| !explicit_id) else { return Ok(()) };
+        let ordinal = pod.rsplit_once('-').and_then(|(_, n)| n.parse::<u32>().ok());
+        self.node_id = ordinal.ok_or_else(|| format!("pod name {pod:?} does not end in -ORDINAL"))?;
+        Ok(())
+    }
+
     /// The client-record TTL as a duration.
     pub fn client_record_ttl(&self) -> Duration {
         Duration::from_secs(self.client_record_ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statefulset_pod_name_gives_the_node_id() {
+        let mut config = NodeConfig { pod_name: Some("demo-cluster-7".into()), ..NodeConfig::loopback(0) };
+        config.resolve_pod_identity(false).unwrap();
+        assert_eq!(config.node_id, 7);
+        let mut given = NodeConfig { pod_name: Some("demo-7".into()), ..NodeConfig::loopback(3) };
+        given.resolve_pod_identity(true).unwrap();
+        assert_eq!(given.node_id, 3, "an explicit id wins");
+        let mut bad = NodeConfig { pod_name: Some("demo".into()), ..NodeConfig::loopback(0) };
+        assert!(bad.resolve_pod_identity(false).is_err());
     }
 }

@@ -90,7 +90,7 @@ impl Coordinator {
         if shard_count == 0 {
             return Err(CoordinatorError::Bootstrap("the shard count must be at least 1".into()));
         }
-        let previous = store.load()?;
+        let previous = store.load().await?;
         if previous.is_some() && !replace {
             return Err(CoordinatorError::Bootstrap("a shard map is already stored; open it instead".into()));
         }
@@ -103,7 +103,7 @@ impl Coordinator {
         let epoch = previous.as_ref().map_or(0, |m| m.epoch) + 1;
         let map = ShardMap { epoch, nodes, shards };
         map.validate()?;
-        store.compare_and_set(previous.map(|m| m.epoch), &map)?;
+        store.compare_and_set(previous.map(|m| m.epoch), &map).await?;
         let coordinator = Coordinator::with_map(store, map.clone());
         for shard in &map.shards {
             coordinator.assign(shard.owner, shard.range, map.epoch, 0).await?;
@@ -119,8 +119,8 @@ impl Coordinator {
     }
 
     /// Opens the map already in `store` (after a coordinator restart).
-    pub fn open(store: Arc<dyn MapStore>) -> Result<Option<Coordinator>, CoordinatorError> {
-        Ok(store.load()?.map(|map| Coordinator::with_map(store, map)))
+    pub async fn open(store: Arc<dyn MapStore>) -> Result<Option<Coordinator>, CoordinatorError> {
+        Ok(store.load().await?.map(|map| Coordinator::with_map(store, map)))
     }
 
     fn with_map(store: Arc<dyn MapStore>, map: ShardMap) -> Coordinator {
@@ -155,10 +155,10 @@ impl Coordinator {
         if current.epoch != expected {
             return Err(CoordinatorError::EpochConflict { expected, current: current.epoch });
         }
-        self.apply(&mut current, change)
+        self.apply(&mut current, change).await
     }
 
-    fn apply(
+    async fn apply(
         &self,
         current: &mut ShardMap,
         change: impl FnOnce(&mut ShardMap),
@@ -168,7 +168,7 @@ impl Coordinator {
         change(&mut next);
         next.epoch = expected + 1;
         next.validate()?;
-        self.store.compare_and_set(Some(expected), &next)?;
+        self.store.compare_and_set(Some(expected), &next).await?;
         *current = next.clone();
         let next = Arc::new(next);
         self.published.send_replace(next.clone());
@@ -182,7 +182,7 @@ impl Coordinator {
         change: impl FnOnce(&mut ShardMap),
     ) -> Result<Arc<ShardMap>, CoordinatorError> {
         let mut current = self.current.lock().await;
-        self.apply(&mut current, change)
+        self.apply(&mut current, change).await
     }
 
     async fn client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {
@@ -290,7 +290,7 @@ mod tests {
             c.compare_and_set(2, |m| m.shards[0].owner = 99).await,
             Err(CoordinatorError::InvalidMap(_))
         ));
-        assert_eq!(store.load().unwrap().unwrap().epoch, 2);
+        assert_eq!(store.load().await.unwrap().unwrap().epoch, 2);
         for node in nodes {
             node.shutdown().await;
         }

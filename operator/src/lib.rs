@@ -9,6 +9,9 @@
 //! - [`map_store`]: persistence of the map ([`FileMapStore`], [`MemoryMapStore`]).
 //! - [`coordinator`]: [`Coordinator`], map changes and node assignment.
 //! - [`moves`]: moving and splitting ranges live.
+//! - [`controller`]: the FulvaCluster reconciler (objects, scaling, status, Events, finalizer).
+//! - [`crd`]: the FulvaCluster custom resource (spec, status, validation).
+//! - [`k8s_store`]: the shard map in a ConfigMap (compare-and-set on resourceVersion).
 //! - [`policy`]: the rebalance policy users declare in YAML.
 //! - [`planner`]: the pure planner (cluster load + policy → moves and splits).
 //! - [`load`]: per-range load sampled from the nodes, smoothed.
@@ -19,7 +22,12 @@
 //! - [`service`]: the gRPC `ShardMapService`.
 
 pub mod admin;
+pub mod controller;
 pub mod coordinator;
+pub mod crd;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod k8s_store;
 pub mod load;
 pub mod map_store;
 pub mod metrics;

@@ -15,6 +15,14 @@ pub enum MapStoreError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The Kubernetes API refused or failed a call.
+    #[error("shard map in Kubernetes ({object}): {message}")]
+    Kubernetes {
+        /// Namespace/name of the ConfigMap.
+        object: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Stored text is not a valid map.
     #[error("shard map file {path} is corrupt: {reason}")]
     Corrupt {
@@ -34,11 +42,12 @@ pub enum MapStoreError {
 }
 
 /// Durable home of the shard map, written with compare-and-set on the epoch.
+#[tonic::async_trait]
 pub trait MapStore: Send + Sync + 'static {
     /// The stored map, if any.
-    fn load(&self) -> Result<Option<ShardMap>, MapStoreError>;
+    async fn load(&self) -> Result<Option<ShardMap>, MapStoreError>;
     /// Stores `map` if the stored epoch is `expected` (`None`: nothing stored yet).
-    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError>;
+    async fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError>;
 }
 
 /// Keeps the map in memory only (tests, throwaway clusters).
@@ -47,12 +56,13 @@ pub struct MemoryMapStore {
     map: std::sync::Mutex<Option<ShardMap>>,
 }
 
+#[tonic::async_trait]
 impl MapStore for MemoryMapStore {
-    fn load(&self) -> Result<Option<ShardMap>, MapStoreError> {
+    async fn load(&self) -> Result<Option<ShardMap>, MapStoreError> {
         Ok(self.map.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
-    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
+    async fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
         let mut slot = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let stored = slot.as_ref().map(|m| m.epoch);
         if stored != expected {
@@ -100,13 +110,14 @@ impl FileMapStore {
     }
 }
 
+#[tonic::async_trait]
 impl MapStore for FileMapStore {
-    fn load(&self) -> Result<Option<ShardMap>, MapStoreError> {
+    async fn load(&self) -> Result<Option<ShardMap>, MapStoreError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.read()
     }
 
-    fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
+    async fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let stored = self.read()?.map(|m| m.epoch);
         if stored != expected {
@@ -147,20 +158,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn file_store_compare_and_set() {
+    #[tokio::test]
+    async fn file_store_compare_and_set() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileMapStore::new(dir.path().join("sub/map.json"));
-        assert!(store.load().unwrap().is_none());
-        store.compare_and_set(None, &map(1)).unwrap();
+        assert!(store.load().await.unwrap().is_none());
+        store.compare_and_set(None, &map(1)).await.unwrap();
         assert!(matches!(
-            store.compare_and_set(None, &map(2)),
+            store.compare_and_set(None, &map(2)).await,
             Err(MapStoreError::Conflict { stored: 1, .. })
         ));
-        store.compare_and_set(Some(1), &map(2)).unwrap();
-        assert_eq!(store.load().unwrap().unwrap().epoch, 2);
+        store.compare_and_set(Some(1), &map(2)).await.unwrap();
+        assert_eq!(store.load().await.unwrap().unwrap().epoch, 2);
         assert!(!dir.path().join("sub/map.json.tmp").exists());
         std::fs::write(store.path(), "{not json").unwrap();
-        assert!(matches!(store.load(), Err(MapStoreError::Corrupt { .. })));
+        assert!(matches!(store.load().await, Err(MapStoreError::Corrupt { .. })));
     }
 }

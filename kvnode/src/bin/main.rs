@@ -23,7 +23,11 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    let explicit_id = matches.value_source("node_id") == Some(clap::parser::ValueSource::CommandLine)
+        || matches.value_source("node_id") == Some(clap::parser::ValueSource::EnvVariable);
+    cli.node.resolve_pod_identity(explicit_id).map_err(anyhow::Error::msg)?;
     fulva_kvnode::run(cli.node, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,0 +1,359 @@
+//! The FulvaCluster controller: reconciles each cluster's Services and
+//! StatefulSet, drives its runtime (coordinator and rebalancer) through
+//! [`Runtimes`], and writes status, conditions and Events.
+//!
+//! Reconcile, in order:
+//! 1. The finalizer `fulva.io/cleanup` is added first; on deletion the
+//!    runtime stops (moves in flight roll back) before it is removed.
+//! 2. A spec that fails validation changes nothing: Ready=False with reason
+//!    InvalidSpec, a Warning Event, and no requeue until the spec changes.
+//! 3. The headless Service, the control Service and the StatefulSet are
+//!    applied (server-side apply, field manager `fulva-operator`).
+//! 4. Scale in: while `spec.nodes` is below the StatefulSet's replicas, the
+//!    nodes above it are drained by moves; the StatefulSet shrinks only when
+//!    they own nothing. Scale out grows it at once; the rebalancer then moves
+//!    ranges onto the new nodes.
+//! 5. Status: observedGeneration, conditions (Ready, Rebalancing, Degraded),
+//!    shards, epoch, moves in flight with progress and ETA, imbalance.
+
+pub mod resources;
+pub mod runtime;
+
+use crate::crd::{FulvaCluster, FulvaClusterStatus};
+use crate::metrics::OperatorMetrics;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+pub use runtime::{ClusterKey, RuntimeEvent, RuntimeReport, Runtimes};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Finalizer that holds deletion until the runtime has stopped.
+pub const FINALIZER: &str = "fulva.io/cleanup";
+/// Field manager of every object the operator applies.
+pub const FIELD_MANAGER: &str = "fulva-operator";
+
+/// Failures of a reconcile (retried with backoff by the controller).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer, or the work it guards, failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object has no namespace (FulvaCluster is namespaced).
+    #[error("FulvaCluster {0} has no namespace")]
+    NoNamespace(String),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<OperatorMetrics>,
+    /// The clusters' running parts.
+    pub runtimes: Arc<dyn Runtimes>,
+    /// DNS name of the operator's Service, which serves every cluster's
+    /// control endpoint (each cluster's `-control` Service aliases it).
+    pub operator_service_host: String,
+    /// Port of that control endpoint.
+    pub control_port: u16,
+}
+
+impl Context {
+    /// A context publishing Events as `fulva-operator`.
+    pub fn new(
+        client: Client,
+        metrics: Arc<OperatorMetrics>,
+        runtimes: Arc<dyn Runtimes>,
+        operator_service_host: String,
+        control_port: u16,
+    ) -> Context {
+        let reporter =
+            Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            runtimes,
+            operator_service_host,
+            control_port,
+        }
+    }
+}
+
+/// Runs the controller over every FulvaCluster until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let clusters = Api::<FulvaCluster>::all(ctx.client.clone());
+    let statefulsets = Api::<StatefulSet>::all(ctx.client.clone());
+    Controller::new(clusters, watcher::Config::default().any_semantic())
+        .owns(statefulsets, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Retries a failed reconcile after a short pause.
+pub fn error_policy(_cluster: Arc<FulvaCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "reconcile failed; retrying");
+    ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Reconciles one FulvaCluster (see the module documentation).
+#[tracing::instrument(skip_all, fields(cluster = %fc.name_any()))]
+pub async fn reconcile(fc: Arc<FulvaCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = fc.namespace().ok_or_else(|| Error::NoNamespace(fc.name_any()))?;
+    let api: Api<FulvaCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, fc, |event| async {
+        match event {
+            Finalizer::Apply(fc) => apply(&fc, &ctx, &namespace).await,
+            Finalizer::Cleanup(fc) => cleanup(&fc, &ctx, &namespace).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+    }
+    result
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+/// Keeps a condition's transition time when its status did not change.
+fn carry_transitions(previous: &[Condition], next: &mut [Condition]) {
+    for c in next.iter_mut() {
+        if let Some(old) = previous.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
+async fn publish(ctx: &Context, fc: &FulvaCluster, warning: bool, reason: &str, note: String, action: &str) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &fc.object_ref(&())).await {
+        tracing::warn!(error = %err, reason, "could not publish an event");
+    }
+}
+
+async fn patch_status(api: &Api<FulvaCluster>, name: &str, status: &FulvaClusterStatus) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "fulva.io/v1alpha1",
+        "kind": "FulvaCluster",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+    let name = fc.name_any();
+    let generation = fc.metadata.generation;
+    let clusters: Api<FulvaCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let previous = fc.status.clone().unwrap_or_default();
+
+    if let Err(err) = fc.spec.validate() {
+        tracing::warn!(error = %err, "invalid spec; nothing changes");
+        publish(ctx, fc, true, "InvalidSpec", err.to_string(), "Validate").await;
+        let mut status = FulvaClusterStatus {
+            observed_generation: generation,
+            conditions: vec![
+                condition("Ready", false, "InvalidSpec", err.to_string(), generation),
+                condition("Degraded", true, "InvalidSpec", err.to_string(), generation),
+            ],
+            ..previous.clone()
+        };
+        carry_transitions(&previous.conditions, &mut status.conditions);
+        patch_status(&clusters, &name, &status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    let nodes_service = resources::nodes_service(fc);
+    services.patch(&resources::nodes_service_name(fc), &apply, &Patch::Apply(&nodes_service)).await?;
+    let control_service = resources::control_service(fc, &ctx.operator_service_host);
+    services.patch(&resources::control_service_name(fc), &apply, &Patch::Apply(&control_service)).await?;
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = statefulsets.get_opt(&resources::statefulset_name(fc)).await?;
+    let current =
+        existing.as_ref().and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+    let desired = fc.spec.nodes;
+    let draining: Vec<u32> = (desired..current).collect();
+    let key = ClusterKey { namespace: namespace.to_string(), name: name.clone() };
+    let runtime = ctx.runtimes.sync(&key, &fc.spec, current.max(desired), &draining).await;
+    let (report, runtime_error) = match runtime {
+        Ok(report) => (report, None),
+        Err(err) => (RuntimeReport::default(), Some(err)),
+    };
+    let drained = draining.iter().all(|n| report.drained.contains(n));
+    let replicas = if drained { desired } else { current };
+    if !draining.is_empty() {
+        if drained {
+            publish(
+                ctx,
+                fc,
+                false,
+                "ScaledIn",
+                format!("nodes {draining:?} own no range any more; the StatefulSet shrinks to {desired}"),
+                "Scale",
+            )
+            .await;
+        } else if previous.draining != draining {
+            publish(
+                ctx,
+                fc,
+                false,
+                "Draining",
+                format!("moving every range off nodes {draining:?}"),
+                "Scale",
+            )
+            .await;
+        }
+    } else if desired > current && existing.is_some() {
+        publish(ctx, fc, false, "ScaledOut", format!("{current} -> {desired} nodes"), "Scale").await;
+    }
+    let statefulset = resources::statefulset(fc, replicas);
+    let applied =
+        statefulsets.patch(&resources::statefulset_name(fc), &apply, &Patch::Apply(&statefulset)).await?;
+    let ready_nodes = applied
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .or_else(|| existing.and_then(|s| s.status?.ready_replicas));
+    let ready_nodes = ready_nodes.unwrap_or(0).max(0) as u32;
+
+    for event in &report.events {
+        publish(ctx, fc, event.warning, &event.reason, event.note.clone(), "Rebalance").await;
+    }
+    if let Some(err) = &runtime_error {
+        publish(ctx, fc, true, "RuntimeError", err.clone(), "Coordinate").await;
+    }
+
+    let all_ready = ready_nodes >= desired;
+    let ready = all_ready && report.serving && runtime_error.is_none();
+    let (ready_reason, ready_message) = if !all_ready {
+        ("NodesNotReady", format!("{ready_nodes} of {desired} nodes ready"))
+    } else if let Some(err) = &runtime_error {
+        ("RuntimeError", err.clone())
+    } else if !report.serving {
+        ("Bootstrapping", "the shard map is being set up".to_string())
+    } else {
+        ("Serving", format!("{desired} nodes serve {} shards", report.shards))
+    };
+    let moving = !report.moves.is_empty();
+    let rebalancing = moving || !drained;
+    let rebalancing_message = if !drained {
+        format!("draining nodes {draining:?}")
+    } else if moving {
+        format!("{} moves in flight", report.moves.len())
+    } else {
+        "no move in flight".to_string()
+    };
+    let degraded = runtime_error.is_some() || (existing_was_ready(&previous) && !all_ready);
+    let mut status = FulvaClusterStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition("Ready", ready, ready_reason, ready_message, generation),
+            condition(
+                "Rebalancing",
+                rebalancing,
+                if rebalancing { "Moving" } else { "Idle" },
+                rebalancing_message,
+                generation,
+            ),
+            condition(
+                "Degraded",
+                degraded,
+                if degraded { "Unavailable" } else { "AsExpected" },
+                runtime_error.clone().unwrap_or_else(|| format!("{ready_nodes} of {desired} nodes ready")),
+                generation,
+            ),
+        ],
+        ready_nodes,
+        shards: report.shards,
+        map_epoch: report.map_epoch,
+        moves_in_flight: report.moves.len() as u32,
+        moves: report.moves.clone(),
+        imbalance: report.imbalance,
+        last_rebalance: report
+            .last_rebalance
+            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+            .map(|t| t.to_string())
+            .or(previous.last_rebalance.clone()),
+        draining: draining.iter().copied().filter(|n| !report.drained.contains(n)).collect(),
+        control_endpoint: Some(format!(
+            "{}.{namespace}.svc:{}",
+            resources::control_service_name(fc),
+            ctx.control_port
+        )),
+    };
+    carry_transitions(&previous.conditions, &mut status.conditions);
+    patch_status(&clusters, &name, &status).await?;
+    Ok(if rebalancing || !ready {
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+fn existing_was_ready(previous: &FulvaClusterStatus) -> bool {
+    previous.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+async fn cleanup(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+    let key = ClusterKey { namespace: namespace.to_string(), name: fc.name_any() };
+    ctx.runtimes.stop(&key).await;
+    publish(
+        ctx,
+        fc,
+        false,
+        "Deleted",
+        "runtime stopped; owned objects are garbage-collected".into(),
+        "Delete",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,69 @@
+//! What the reconciler needs from the clusters' running parts (coordinator,
+//! rebalancer): bring one up to date with its pods and report on it.
+
+use crate::crd::{FulvaClusterSpec, MoveStatus};
+use std::time::SystemTime;
+
+/// Namespace and name of a FulvaCluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something worth an Event on the FulvaCluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// Short CamelCase reason (MoveStarted, MoveFinished, MoveFailed, ...).
+    pub reason: String,
+    /// What happened, for people.
+    pub note: String,
+}
+
+/// What a cluster's runtime reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuntimeReport {
+    /// Whether the shard map exists and the nodes serve it.
+    pub serving: bool,
+    /// Shards in the map.
+    pub shards: u32,
+    /// Map epoch.
+    pub map_epoch: u64,
+    /// Moves running.
+    pub moves: Vec<MoveStatus>,
+    /// Imbalance score (max / mean node ops/s).
+    pub imbalance: f64,
+    /// When the last rebalance plan ran.
+    pub last_rebalance: Option<SystemTime>,
+    /// Of the draining nodes, those that own nothing any more.
+    pub drained: Vec<u32>,
+    /// Events since the last report.
+    pub events: Vec<RuntimeEvent>,
+}
+
+/// The running parts of every cluster the operator drives.
+#[tonic::async_trait]
+pub trait Runtimes: Send + Sync + 'static {
+    /// Brings the runtime of `cluster` up to date: `replicas` kvnode pods
+    /// exist (or are coming), `draining` of them must give their ranges away.
+    async fn sync(
+        &self,
+        cluster: &ClusterKey,
+        spec: &FulvaClusterSpec,
+        replicas: u32,
+        draining: &[u32],
+    ) -> Result<RuntimeReport, String>;
+
+    /// Stops the runtime of a deleted cluster (moves in flight roll back).
+    async fn stop(&self, cluster: &ClusterKey);
+}
