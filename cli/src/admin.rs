@@ -130,7 +130,7 @@ pub async fn show_map(args: EndpointArgs) -> anyhow::Result<bool> {
     let mut client = ShardMapServiceClient::connect(args.url())
         .await
         .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint))?;
-    let map = ShardMap::try_from(client.get_shard_map(GetShardMapRequest {}).await?.into_inner())?;
+    let map = ShardMap::try_from(client.get_shard_map(GetShardMapRequest::default()).await?.into_inner())?;
     print_map(&map);
     Ok(true)
 }

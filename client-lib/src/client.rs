@@ -185,7 +185,11 @@ impl<T: Transport> Client<T> {
             .collect();
         tasks.push(tokio::spawn(retransmit_loop(Arc::downgrade(&inner))));
         if inner.config.watch_map {
-            tasks.push(tokio::spawn(watch_loop(inner.control.clone(), Arc::downgrade(&inner))));
+            tasks.push(tokio::spawn(watch_loop(
+                inner.control.clone(),
+                inner.config.cluster.clone(),
+                Arc::downgrade(&inner),
+            )));
         }
         *inner.tasks.lock() = tasks;
         Ok(Client { inner })
@@ -631,7 +635,7 @@ async fn fetch_map(
     config: &ClientConfig,
 ) -> Result<ShardMap, ClientError> {
     let msg = control
-        .get_shard_map(GetShardMapRequest {})
+        .get_shard_map(GetShardMapRequest { cluster: config.cluster.clone() })
         .await
         .map_err(|s| control_error(config, format!("{}: {}", s.code(), s.message())))?
         .into_inner();
@@ -727,12 +731,18 @@ async fn retransmit_loop<T: Transport>(inner: Weak<Inner<T>>) {
 }
 
 /// Follows the control endpoint's map changes; reconnects after errors.
-async fn watch_loop<T: Transport>(mut control: ShardMapServiceClient<Channel>, inner: Weak<Inner<T>>) {
+async fn watch_loop<T: Transport>(
+    mut control: ShardMapServiceClient<Channel>,
+    cluster: String,
+    inner: Weak<Inner<T>>,
+) {
     loop {
         let Some(after_epoch) = inner.upgrade().map(|i| i.map.load().epoch) else {
             return;
         };
-        if let Ok(response) = control.watch_shard_map(WatchShardMapRequest { after_epoch }).await {
+        if let Ok(response) =
+            control.watch_shard_map(WatchShardMapRequest { after_epoch, cluster: cluster.clone() }).await
+        {
             let mut stream = response.into_inner();
             while let Ok(Some(msg)) = stream.message().await {
                 let Some(inner) = inner.upgrade() else { return };

@@ -24,6 +24,9 @@ pub struct ClientConfig {
     pub max_value_bytes: usize,
     /// Follow map changes with a WatchShardMap stream (besides refreshing on redirects).
     pub watch_map: bool,
+    /// `NAMESPACE/NAME` of the FulvaCluster when the endpoint (the operator's)
+    /// serves several; empty for a cluster's own endpoint.
+    pub cluster: String,
 }
 
 impl ClientConfig {
@@ -41,6 +44,7 @@ impl ClientConfig {
             max_key_bytes: 1024,
             max_value_bytes: 60_000,
             watch_map: true,
+            cluster: String::new(),
         }
     }
 }

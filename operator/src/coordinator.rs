@@ -240,6 +240,55 @@ impl Coordinator {
         }
     }
 
+    /// Makes the map list `nodes` (new ids are added, known ids get their
+    /// addresses updated); the new map is published and every node told.
+    /// New nodes own nothing until ranges move to them.
+    pub async fn upsert_nodes(&self, nodes: Vec<NodeInfo>) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let map = self.map();
+        let changed = nodes.iter().any(|n| map.node(n.id) != Some(n));
+        if !changed {
+            return Ok(map);
+        }
+        // Cached connections may point at old addresses.
+        {
+            let mut clients = self.clients.lock().await;
+            for n in &nodes {
+                if map.node(n.id).is_some_and(|old| old != n) {
+                    clients.remove(&n.id);
+                }
+            }
+        }
+        let next = self
+            .update(|m| {
+                for n in nodes {
+                    match m.nodes.iter_mut().find(|o| o.id == n.id) {
+                        Some(old) => *old = n,
+                        None => m.nodes.push(n),
+                    }
+                }
+                m.nodes.sort_by_key(|n| n.id);
+            })
+            .await?;
+        self.broadcast_epoch(&next).await;
+        Ok(next)
+    }
+
+    /// Removes `node` from the map; refused while it owns or sends a range.
+    pub async fn remove_node(&self, node: NodeId) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let map = self.map();
+        if map.node(node).is_none() {
+            return Ok(map);
+        }
+        let busy = map.shards.iter().any(|s| {
+            s.owner == node || matches!(s.state, ShardState::Migrating { source, .. } if source == node)
+        });
+        if busy {
+            return Err(CoordinatorError::Move(format!("node {node} still holds ranges; drain it first")));
+        }
+        self.clients.lock().await.remove(&node);
+        self.update(|m| m.nodes.retain(|n| n.id != node)).await
+    }
+
     /// A gRPC client for `node`'s control service.
     pub async fn node_client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {
         self.client(node).await

@@ -12,22 +12,26 @@
 //! - [`controller`]: the FulvaCluster reconciler (objects, scaling, status, Events, finalizer).
 //! - [`crd`]: the FulvaCluster custom resource (spec, status, validation).
 //! - [`k8s_store`]: the shard map in a ConfigMap (compare-and-set on resourceVersion).
+//! - [`leader`]: leader election with a Lease.
 //! - [`policy`]: the rebalance policy users declare in YAML.
 //! - [`planner`]: the pure planner (cluster load + policy → moves and splits).
 //! - [`load`]: per-range load sampled from the nodes, smoothed.
 //! - [`rebalancer`]: the loop that samples, plans and runs moves (local mode and operator).
 //! - [`recovery`]: after a restart, finishing or undoing the moves a previous coordinator left.
 //! - [`metrics`]: the operator's Prometheus metrics.
+//! - [`app`]: the operator process (leader election, controller, control endpoint, health).
 //! - [`admin`]: the `CoordinatorAdmin` gRPC service (moves and splits on request).
 //! - [`service`]: the gRPC `ShardMapService`.
 
 pub mod admin;
+pub mod app;
 pub mod controller;
 pub mod coordinator;
 pub mod crd;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod k8s_store;
+pub mod leader;
 pub mod load;
 pub mod map_store;
 pub mod metrics;
@@ -44,4 +48,4 @@ pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
 pub use moves::{MoveOptions, MoveReport};
 pub use policy::{RebalanceMode, RebalancePolicy};
 pub use rebalancer::{MoveRecord, RebalanceStatus, Rebalancer};
-pub use service::ShardMapServiceImpl;
+pub use service::{ClusterDirectory, ShardMapServiceImpl};

@@ -4,28 +4,82 @@ use crate::coordinator::Coordinator;
 use fulva_proto::grpc::shard_map_service_server::ShardMapService;
 use fulva_proto::grpc::{self, GetShardMapRequest, WatchShardMapRequest};
 use futures::Stream;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-/// Serves the coordinator's shard map over gRPC.
+/// The coordinators of the clusters one endpoint serves, by `NAMESPACE/NAME`.
+#[derive(Default)]
+pub struct ClusterDirectory {
+    clusters: parking_lot::RwLock<HashMap<String, Arc<Coordinator>>>,
+}
+
+impl ClusterDirectory {
+    /// Serves `cluster`'s map from `coordinator`.
+    pub fn insert(&self, cluster: String, coordinator: Arc<Coordinator>) {
+        self.clusters.write().insert(cluster, coordinator);
+    }
+
+    /// Stops serving `cluster`.
+    pub fn remove(&self, cluster: &str) {
+        self.clusters.write().remove(cluster);
+    }
+
+    fn find(&self, cluster: &str) -> Result<Arc<Coordinator>, Status> {
+        let clusters = self.clusters.read();
+        if cluster.is_empty() && clusters.len() == 1 {
+            return Ok(clusters.values().next().expect("one cluster").clone());
+        }
+        clusters.get(cluster).cloned().ok_or_else(|| {
+            let known: Vec<&String> = clusters.keys().collect();
+            Status::not_found(format!(
+                "no cluster {cluster:?} here (serving {known:?}); set the client's cluster"
+            ))
+        })
+    }
+}
+
+#[derive(Clone)]
+enum MapSource {
+    Single(Arc<Coordinator>),
+    Directory(Arc<ClusterDirectory>),
+}
+
+/// Serves shard maps over gRPC: one coordinator's, or every cluster's of
+/// an operator (chosen by the request's `cluster`).
 #[derive(Clone)]
 pub struct ShardMapServiceImpl {
-    coordinator: Arc<Coordinator>,
+    source: MapSource,
     shutdown: CancellationToken,
 }
 
 impl ShardMapServiceImpl {
     /// A service over `coordinator`.
     pub fn new(coordinator: Arc<Coordinator>) -> ShardMapServiceImpl {
-        ShardMapServiceImpl { coordinator, shutdown: CancellationToken::new() }
+        ShardMapServiceImpl { source: MapSource::Single(coordinator), shutdown: CancellationToken::new() }
     }
 
     /// A service whose map watches end when `shutdown` is cancelled, so a
     /// graceful server shutdown does not wait for watching clients.
     pub fn with_shutdown(coordinator: Arc<Coordinator>, shutdown: CancellationToken) -> ShardMapServiceImpl {
-        ShardMapServiceImpl { coordinator, shutdown }
+        ShardMapServiceImpl { source: MapSource::Single(coordinator), shutdown }
+    }
+
+    /// A service over every cluster in `directory`.
+    pub fn for_directory(
+        directory: Arc<ClusterDirectory>,
+        shutdown: CancellationToken,
+    ) -> ShardMapServiceImpl {
+        ShardMapServiceImpl { source: MapSource::Directory(directory), shutdown }
+    }
+
+    fn coordinator(&self, cluster: &str) -> Result<Arc<Coordinator>, Status> {
+        match &self.source {
+            MapSource::Single(c) => Ok(c.clone()),
+            MapSource::Directory(d) => d.find(cluster),
+        }
     }
 }
 
@@ -35,9 +89,10 @@ type MapStream = Pin<Box<dyn Stream<Item = Result<grpc::ShardMap, Status>> + Sen
 impl ShardMapService for ShardMapServiceImpl {
     async fn get_shard_map(
         &self,
-        _request: Request<GetShardMapRequest>,
+        request: Request<GetShardMapRequest>,
     ) -> Result<Response<grpc::ShardMap>, Status> {
-        Ok(Response::new(grpc::ShardMap::from(self.coordinator.map().as_ref())))
+        let coordinator = self.coordinator(&request.into_inner().cluster)?;
+        Ok(Response::new(grpc::ShardMap::from(coordinator.map().as_ref())))
     }
 
     type WatchShardMapStream = MapStream;
@@ -46,8 +101,9 @@ impl ShardMapService for ShardMapServiceImpl {
         &self,
         request: Request<WatchShardMapRequest>,
     ) -> Result<Response<Self::WatchShardMapStream>, Status> {
-        let mut after = request.into_inner().after_epoch;
-        let mut updates = self.coordinator.subscribe();
+        let request = request.into_inner();
+        let mut after = request.after_epoch;
+        let mut updates = self.coordinator(&request.cluster)?.subscribe();
         let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             loop {

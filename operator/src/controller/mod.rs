@@ -16,6 +16,7 @@
 //! 5. Status: observedGeneration, conditions (Ready, Rebalancing, Degraded),
 //!    shards, epoch, moves in flight with progress and ETA, imbalance.
 
+pub mod kube_runtimes;
 pub mod resources;
 pub mod runtime;
 
@@ -220,7 +221,7 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     let desired = fc.spec.nodes;
     let draining: Vec<u32> = (desired..current).collect();
     let key = ClusterKey { namespace: namespace.to_string(), name: name.clone() };
-    let runtime = ctx.runtimes.sync(&key, &fc.spec, current.max(desired), &draining).await;
+    let runtime = ctx.runtimes.sync(&key, fc, current.max(desired), &draining).await;
     let (report, runtime_error) = match runtime {
         Ok(report) => (report, None),
         Err(err) => (RuntimeReport::default(), Some(err)),

@@ -1,7 +1,7 @@
 //! What the reconciler needs from the clusters' running parts (coordinator,
 //! rebalancer): bring one up to date with its pods and report on it.
 
-use crate::crd::{FulvaClusterSpec, MoveStatus};
+use crate::crd::{FulvaCluster, MoveStatus};
 use std::time::SystemTime;
 
 /// Namespace and name of a FulvaCluster.
@@ -54,12 +54,13 @@ pub struct RuntimeReport {
 /// The running parts of every cluster the operator drives.
 #[tonic::async_trait]
 pub trait Runtimes: Send + Sync + 'static {
-    /// Brings the runtime of `cluster` up to date: `replicas` kvnode pods
-    /// exist (or are coming), `draining` of them must give their ranges away.
+    /// Brings the runtime of `cluster` (the resource `fc`) up to date:
+    /// `replicas` kvnode pods exist (or are coming), `draining` of them must
+    /// give their ranges away.
     async fn sync(
         &self,
         cluster: &ClusterKey,
-        spec: &FulvaClusterSpec,
+        fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
     ) -> Result<RuntimeReport, String>;

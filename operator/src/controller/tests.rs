@@ -2,7 +2,6 @@
 //! requests a reconcile must make, in order, and what the server answers.
 
 use super::*;
-use crate::crd::FulvaClusterSpec;
 use crate::fixtures::{mock_client, MockApi};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -25,7 +24,7 @@ impl Runtimes for FakeRuntimes {
     async fn sync(
         &self,
         _cluster: &ClusterKey,
-        _spec: &FulvaClusterSpec,
+        _fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
     ) -> Result<RuntimeReport, String> {

@@ -1,0 +1,179 @@
+//! The operator process: leader election, the FulvaCluster controller, the
+//! control endpoint clients fetch shard maps from, and /metrics, /healthz,
+//! /readyz.
+
+use crate::controller::kube_runtimes::KubeRuntimes;
+use crate::controller::{self, Context};
+use crate::leader::LeaseLock;
+use crate::metrics::OperatorMetrics;
+use crate::service::{ClusterDirectory, ShardMapServiceImpl};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the operator process (flags or environment variables).
+#[derive(clap::Args, Clone, Debug)]
+pub struct OperatorConfig {
+    /// HTTP address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FULVA_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// gRPC address of the control endpoint (shard maps for clients).
+    #[arg(long, env = "FULVA_OPERATOR_CONTROL_ADDR", default_value = "0.0.0.0:7000")]
+    pub control_addr: SocketAddr,
+    /// DNS name of the operator's Service; each cluster's `-control` Service aliases it.
+    #[arg(
+        long,
+        env = "FULVA_OPERATOR_SERVICE_HOST",
+        default_value = "fulva-operator.fulva-system.svc.cluster.local"
+    )]
+    pub service_host: String,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "FULVA_OPERATOR_LEASE", default_value = "fulva-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "fulva-operator")]
+    pub identity: String,
+    /// How long a Lease holds without renewal, in seconds.
+    #[arg(long, env = "FULVA_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+}
+
+/// Failures that stop the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Binding a listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another replica took the leader Lease.
+    #[error("lost the leader lease")]
+    LostLeadership,
+}
+
+struct Health {
+    metrics: Arc<OperatorMetrics>,
+    leading: AtomicBool,
+}
+
+fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.metrics.render())
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Arc<Health>>| async move {
+                if h.leading.load(Ordering::Acquire) {
+                    (StatusCode::OK, "leading\n").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "standing by for the leader lease\n").into_response()
+                }
+            }),
+        )
+        .with_state(health)
+}
+
+/// Runs the operator until `shutdown`: serves health and metrics at once,
+/// waits for the leader Lease, then runs the controller and the control
+/// endpoint. Returns [`AppError::LostLeadership`] if the Lease is lost, so
+/// the process restarts as a follower.
+pub async fn run(
+    config: OperatorConfig,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let metrics = Arc::new(OperatorMetrics::new());
+    let health = Arc::new(Health { metrics: metrics.clone(), leading: AtomicBool::new(false) });
+    let http = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| AppError::Listen { addr: config.http_addr, source })?;
+    let http_shutdown = shutdown.clone();
+    let app = router(health.clone());
+    let http_task = tokio::spawn(async move {
+        let _ = axum::serve(http, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
+    });
+
+    let lock = LeaseLock::new(
+        kube::Api::namespaced(client.clone(), &config.lease_namespace),
+        config.lease_name.clone(),
+        config.identity.clone(),
+        Duration::from_secs(config.lease_seconds.max(3)),
+    );
+    tracing::info!(identity = %config.identity, lease = %config.lease_name, "waiting for the leader lease");
+    if !lock.acquire(Duration::from_secs(2), &shutdown).await {
+        let _ = http_task.await;
+        return Ok(());
+    }
+    tracing::info!(identity = %config.identity, "leading");
+    health.leading.store(true, Ordering::Release);
+    let lost = CancellationToken::new();
+    let renew = tokio::spawn({
+        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        async move { lock.keep(Duration::from_secs(config.lease_seconds.max(3) / 3), shutdown, lost).await }
+    });
+
+    let stop = CancellationToken::new();
+    let directory = Arc::new(ClusterDirectory::default());
+    let control = tokio::net::TcpListener::bind(config.control_addr)
+        .await
+        .map_err(|source| AppError::Listen { addr: config.control_addr, source })?;
+    let service =
+        ShardMapServiceServer::new(ShardMapServiceImpl::for_directory(directory.clone(), stop.clone()));
+    let control_task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(control);
+            if let Err(err) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %err, "control endpoint failed");
+            }
+        }
+    });
+    let runtimes = Arc::new(KubeRuntimes::new(client.clone(), metrics.clone(), directory));
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics,
+        runtimes,
+        config.service_host.clone(),
+        config.control_addr.port(),
+    ));
+    let controller_stop = stop.clone();
+    let controller = tokio::spawn(controller::run(ctx, async move { controller_stop.cancelled().await }));
+
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = lost.cancelled() => {}
+    }
+    stop.cancel();
+    let _ = controller.await;
+    let _ = control_task.await;
+    renew.abort();
+    shutdown.cancel();
+    let _ = http_task.await;
+    if lost.is_cancelled() {
+        return Err(AppError::LostLeadership);
+    }
+    Ok(())
+}

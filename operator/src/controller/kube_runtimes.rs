@@ -1,0 +1,230 @@
+//! The runtimes of clusters on Kubernetes: per FulvaCluster a coordinator
+//! (shard map in a ConfigMap), its rebalancer, and an entry in the
+//! operator's control endpoint. Nodes are the ready kvnode pods, addressed
+//! by pod IP; a node's id is its StatefulSet ordinal.
+
+use super::resources::{self, DATA_PORT, NODE_CONTROL_PORT};
+use super::runtime::{ClusterKey, RuntimeEvent, RuntimeReport, Runtimes};
+use crate::coordinator::Coordinator;
+use crate::crd::{FulvaCluster, MoveStatus};
+use crate::k8s_store::ConfigMapMapStore;
+use crate::metrics::OperatorMetrics;
+use crate::rebalancer::Rebalancer;
+use crate::service::ClusterDirectory;
+use fulva_proto::grpc::MigrationStatusRequest;
+use fulva_proto::NodeInfo;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct ClusterRuntime {
+    coordinator: Arc<Coordinator>,
+    rebalancer: Arc<Rebalancer>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    /// Move records already turned into Events: (range, started, ended?).
+    reported: HashSet<(String, Instant, bool)>,
+}
+
+/// Coordinators and rebalancers of every cluster this operator drives.
+pub struct KubeRuntimes {
+    client: Client,
+    metrics: Arc<OperatorMetrics>,
+    directory: Arc<ClusterDirectory>,
+    clusters: Mutex<HashMap<ClusterKey, ClusterRuntime>>,
+}
+
+impl KubeRuntimes {
+    /// Runtimes whose shard maps `directory` serves to clients.
+    pub fn new(
+        client: Client,
+        metrics: Arc<OperatorMetrics>,
+        directory: Arc<ClusterDirectory>,
+    ) -> KubeRuntimes {
+        KubeRuntimes { client, metrics, directory, clusters: Mutex::new(HashMap::new()) }
+    }
+
+    /// Running kvnode pods as nodes (id = ordinal, addressed by pod IP).
+    async fn ready_nodes(&self, cluster: &ClusterKey, fc: &FulvaCluster) -> Result<Vec<NodeInfo>, String> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &cluster.namespace);
+        let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/name=fulva", fc.name_any());
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("list pods: {e}"))?;
+        let prefix = format!("{}-", resources::statefulset_name(fc));
+        let mut nodes = Vec::new();
+        for pod in list.items {
+            let Some(ordinal) = pod.name_any().strip_prefix(&prefix).and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // Running with an address is enough: a kvnode reports ready only
+            // once it serves a range, which the operator gives it.
+            let terminating = pod.metadata.deletion_timestamp.is_some();
+            let status = pod.status.unwrap_or_default();
+            let running = status.phase.as_deref() == Some("Running");
+            let Some(ip) = status.pod_ip.and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
+            if running && !terminating {
+                nodes.push(NodeInfo {
+                    id: ordinal,
+                    data_addr: SocketAddr::new(ip, DATA_PORT as u16),
+                    control_addr: SocketAddr::new(ip, NODE_CONTROL_PORT as u16),
+                });
+            }
+        }
+        nodes.sort_by_key(|n| n.id);
+        Ok(nodes)
+    }
+
+    async fn start(
+        &self,
+        cluster: &ClusterKey,
+        fc: &FulvaCluster,
+        nodes: Vec<NodeInfo>,
+    ) -> Result<ClusterRuntime, String> {
+        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &cluster.namespace);
+        let store = Arc::new(ConfigMapMapStore::new(
+            configmaps,
+            resources::shard_map_name(fc),
+            fc.controller_owner_ref(&()),
+        ));
+        let coordinator = match Coordinator::open(store.clone()).await.map_err(|e| e.to_string())? {
+            Some(coordinator) => {
+                // A restarted operator: pods may have new addresses; finish or
+                // undo what the previous one left half-done.
+                coordinator.upsert_nodes(nodes).await.map_err(|e| e.to_string())?;
+                let report = coordinator.recover().await.map_err(|e| format!("recovery: {e}"))?;
+                if !report.is_clean() {
+                    tracing::info!(%cluster, ?report, "recovered moves left by a previous operator");
+                }
+                coordinator
+            }
+            None => Coordinator::bootstrap(store, nodes, fc.spec.initial_shards, false)
+                .await
+                .map_err(|e| format!("bootstrap: {e}"))?,
+        };
+        let coordinator = Arc::new(coordinator);
+        let rebalancer =
+            Rebalancer::new(coordinator.clone(), fc.spec.rebalance.clone(), self.metrics.clone());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(rebalancer.clone().run(shutdown.clone()));
+        self.directory.insert(cluster.to_string(), coordinator.clone());
+        tracing::info!(%cluster, epoch = coordinator.map().epoch, "cluster runtime started");
+        Ok(ClusterRuntime { coordinator, rebalancer, shutdown, task, reported: HashSet::new() })
+    }
+}
+
+#[tonic::async_trait]
+impl Runtimes for KubeRuntimes {
+    async fn sync(
+        &self,
+        cluster: &ClusterKey,
+        fc: &FulvaCluster,
+        replicas: u32,
+        draining: &[u32],
+    ) -> Result<RuntimeReport, String> {
+        let nodes = self.ready_nodes(cluster, fc).await?;
+        let mut clusters = self.clusters.lock().await;
+        if !clusters.contains_key(cluster) {
+            // The first map needs every initial node.
+            if (nodes.len() as u32) < fc.spec.nodes.min(replicas) {
+                return Ok(RuntimeReport::default());
+            }
+            let runtime = self.start(cluster, fc, nodes.clone()).await?;
+            clusters.insert(cluster.clone(), runtime);
+        }
+        let runtime = clusters.get_mut(cluster).expect("inserted above");
+        let coordinator = &runtime.coordinator;
+        // New pods join the map (and get ranges from the rebalancer).
+        let joining: Vec<NodeInfo> = nodes.iter().filter(|n| n.id < replicas).cloned().collect();
+        coordinator.upsert_nodes(joining).await.map_err(|e| e.to_string())?;
+        if runtime.rebalancer.policy() != fc.spec.rebalance {
+            runtime.rebalancer.set_policy(fc.spec.rebalance.clone());
+        }
+        runtime.rebalancer.set_draining(draining.iter().copied().collect());
+        let drained: Vec<u32> =
+            draining.iter().copied().filter(|&n| runtime.rebalancer.is_empty(n)).collect();
+        // Nodes gone from the StatefulSet leave the map once they own nothing.
+        let map = coordinator.map();
+        for node in map.nodes.iter().filter(|n| n.id >= replicas) {
+            if runtime.rebalancer.is_empty(node.id) {
+                coordinator.remove_node(node.id).await.map_err(|e| e.to_string())?;
+            }
+        }
+
+        let map = coordinator.map();
+        let status = runtime.rebalancer.status();
+        let mut moves = Vec::new();
+        for (range, from, to, _) in &status.in_flight {
+            let mut progress =
+                MoveStatus { range: range.to_string(), from: *from, to: *to, ..MoveStatus::default() };
+            if let Ok(mut client) = coordinator.node_client(*to).await {
+                if let Ok(s) =
+                    client.migration_status(MigrationStatusRequest { range: Some((*range).into()) }).await
+                {
+                    let s = s.into_inner();
+                    progress.progress_percent = if s.bytes_total == 0 {
+                        0.0
+                    } else {
+                        (s.bytes_applied as f64 * 100.0 / s.bytes_total as f64).min(100.0)
+                    };
+                    progress.eta_seconds = s.eta_seconds;
+                }
+            }
+            moves.push(progress);
+        }
+        let mut events = Vec::new();
+        for record in &status.history {
+            let started = (record.range.to_string(), record.started, false);
+            if runtime.reported.insert(started) {
+                events.push(RuntimeEvent {
+                    warning: false,
+                    reason: "MoveStarted".into(),
+                    note: format!("moving {} from node {} to node {}", record.range, record.from, record.to),
+                });
+            }
+            if let Some((_, finished)) = record.ended {
+                if runtime.reported.insert((record.range.to_string(), record.started, true)) {
+                    events.push(RuntimeEvent {
+                        warning: !finished,
+                        reason: if finished { "MoveFinished" } else { "MoveFailed" }.into(),
+                        note: format!(
+                            "{} {} from node {} to node {}",
+                            if finished { "moved" } else { "failed or rolled back: move of" },
+                            record.range,
+                            record.from,
+                            record.to
+                        ),
+                    });
+                }
+            }
+        }
+        let last_rebalance = status.last_rebalance.map(|at| SystemTime::now() - at.elapsed());
+        Ok(RuntimeReport {
+            serving: true,
+            shards: map.shards.len() as u32,
+            map_epoch: map.epoch,
+            moves,
+            imbalance: status.imbalance,
+            last_rebalance,
+            drained,
+            events,
+        })
+    }
+
+    async fn stop(&self, cluster: &ClusterKey) {
+        let Some(runtime) = self.clusters.lock().await.remove(cluster) else { return };
+        self.directory.remove(&cluster.to_string());
+        runtime.shutdown.cancel();
+        let _ = runtime.task.await;
+        tracing::info!(%cluster, "cluster runtime stopped");
+    }
+}
