@@ -1,13 +1,13 @@
 //! The shard map kept in a Kubernetes ConfigMap, written with
 //! compare-and-set twice over: the stored epoch must be the one the writer
-//! read, and the replace carries the ConfigMap's resourceVersion, so two
-//! operators racing (or a stale one after a failover) cannot both win.
+//! read, and the write (a merge patch) names the ConfigMap's resourceVersion,
+//! so two operators racing (or a stale one after a failover) cannot both win.
 
 use crate::map_store::{MapStore, MapStoreError};
 use fulva_proto::{Epoch, ShardMap};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use std::collections::BTreeMap;
 
@@ -75,14 +75,14 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 #[tonic::async_trait]
 impl MapStore for ConfigMapMapStore {
     async fn load(&self) -> Result<Option<ShardMap>, MapStoreError> {
-        match self.api.get_opt(&self.name).await.map_err(|e| self.error(e))? {
+        match crate::k8s::get_if_exists(&self.api, &self.name).await.map_err(|e| self.error(e))? {
             Some(cm) => self.parse(&cm),
             None => Ok(None),
         }
     }
 
     async fn compare_and_set(&self, expected: Option<Epoch>, map: &ShardMap) -> Result<(), MapStoreError> {
-        let current = self.api.get_opt(&self.name).await.map_err(|e| self.error(e))?;
+        let current = crate::k8s::get_if_exists(&self.api, &self.name).await.map_err(|e| self.error(e))?;
         let stored = match &current {
             Some(cm) => self.parse(cm)?.map(|m| m.epoch),
             None => None,
@@ -97,8 +97,10 @@ impl MapStore for ConfigMapMapStore {
         let result = match current {
             None => self.api.create(&PostParams::default(), &self.object(map, None)).await.map(|_| ()),
             Some(cm) => {
+                // Naming the resourceVersion read makes the patch a
+                // compare-and-set: the API server answers 409 if it changed.
                 let object = self.object(map, cm.metadata.resource_version.clone());
-                self.api.replace(&self.name, &PostParams::default(), &object).await.map(|_| ())
+                self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&object)).await.map(|_| ())
             }
         };
         match result {
@@ -154,11 +156,11 @@ mod tests {
             assert_eq!(created.body["metadata"]["annotations"][EPOCH_ANNOTATION], "1");
             // Second: replace carrying the resourceVersion read.
             api.expect("GET", PATH, 200, stored(1, "10")).await;
-            let replaced = api.expect("PUT", PATH, 200, stored(2, "11")).await;
+            let replaced = api.expect("PATCH", PATH, 200, stored(2, "11")).await;
             assert_eq!(replaced.body["metadata"]["resourceVersion"], "10");
             // Third: someone else wrote between read and replace.
             api.expect("GET", PATH, 200, stored(2, "11")).await;
-            api.refuse("PUT", PATH, 409, "Conflict").await;
+            api.refuse("PATCH", PATH, 409, "Conflict").await;
             api.expect("GET", PATH, 200, stored(3, "12")).await;
             // Fourth: a stale writer's epoch no longer matches.
             api.expect("GET", PATH, 200, stored(3, "12")).await;

@@ -7,7 +7,7 @@
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ impl LeaseLock {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let seconds = self.duration.as_secs().max(1) as i32;
-        let Some(current) = self.api.get_opt(&self.name).await? else {
+        let Some(current) = crate::k8s::get_if_exists(&self.api, &self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
                 spec: Some(LeaseSpec {
@@ -66,16 +66,21 @@ impl LeaseLock {
         if !mine && !expired && !free {
             return Ok(false);
         }
-        let mut next = current.clone();
-        next.spec = Some(LeaseSpec {
+        let next = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(seconds),
             renew_time: Some(MicroTime(now)),
             acquire_time: if mine { spec.acquire_time.clone() } else { Some(MicroTime(now)) },
             lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!mine)),
             ..spec
+        };
+        // A patch that names the resourceVersion read is a compare-and-set:
+        // the API server refuses it (409) if the Lease changed since.
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "spec": next,
         });
-        match self.api.replace(&self.name, &PostParams::default(), &next).await {
+        match self.api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(e),
@@ -167,19 +172,19 @@ mod tests {
             assert_eq!(created.body["spec"]["holderIdentity"], "op-a");
             // Ours: renewed at the read resourceVersion, no new transition.
             api.expect("GET", PATH, 200, lease("op-a", now, 0)).await;
-            let renewed = api.expect("PUT", PATH, 200, Value::Null).await;
+            let renewed = api.expect("PATCH", PATH, 200, lease("op-a", now, 0)).await;
             assert_eq!(renewed.body["metadata"]["resourceVersion"], "7");
             assert_eq!(renewed.body["spec"]["leaseTransitions"], 0);
             // Held by a live replica: left alone (the next request is a read again).
             api.expect("GET", PATH, 200, lease("op-b", now, 3)).await;
             // Held by a replica that stopped renewing: taken over.
             api.expect("GET", PATH, 200, lease("op-b", now - SignedDuration::from_secs(60), 3)).await;
-            let taken = api.expect("PUT", PATH, 200, Value::Null).await;
+            let taken = api.expect("PATCH", PATH, 200, lease("op-a", now, 4)).await;
             assert_eq!(taken.body["spec"]["holderIdentity"], "op-a");
             assert_eq!(taken.body["spec"]["leaseTransitions"], 4);
             // Someone else won the race to take it: not ours.
             api.expect("GET", PATH, 200, lease("op-b", now - SignedDuration::from_secs(60), 4)).await;
-            api.refuse("PUT", PATH, 409, "Conflict").await;
+            api.refuse("PATCH", PATH, 409, "Conflict").await;
         });
         assert!(lock.try_acquire_or_renew().await.unwrap());
         assert!(lock.try_acquire_or_renew().await.unwrap());

@@ -30,6 +30,7 @@ pub mod coordinator;
 pub mod crd;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod k8s;
 pub mod k8s_store;
 pub mod leader;
 pub mod load;

@@ -21,6 +21,7 @@ pub mod resources;
 pub mod runtime;
 
 use crate::crd::{FulvaCluster, FulvaClusterStatus};
+use crate::k8s;
 use crate::metrics::OperatorMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -207,15 +208,14 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     let nodes_service = resources::nodes_service(fc);
-    services.patch(&resources::nodes_service_name(fc), &apply, &Patch::Apply(&nodes_service)).await?;
+    k8s::apply(&services, &resources::nodes_service_name(fc), FIELD_MANAGER, &nodes_service).await?;
     let control_service = resources::control_service(fc, &ctx.operator_service_host);
-    services.patch(&resources::control_service_name(fc), &apply, &Patch::Apply(&control_service)).await?;
+    k8s::apply(&services, &resources::control_service_name(fc), FIELD_MANAGER, &control_service).await?;
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = statefulsets.get_opt(&resources::statefulset_name(fc)).await?;
+    let existing = crate::k8s::get_if_exists(&statefulsets, &resources::statefulset_name(fc)).await?;
     let current =
         existing.as_ref().and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
     let desired = fc.spec.nodes;
@@ -255,7 +255,7 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     }
     let statefulset = resources::statefulset(fc, replicas);
     let applied =
-        statefulsets.patch(&resources::statefulset_name(fc), &apply, &Patch::Apply(&statefulset)).await?;
+        k8s::apply(&statefulsets, &resources::statefulset_name(fc), FIELD_MANAGER, &statefulset).await?;
     let ready_nodes = applied
         .status
         .as_ref()
