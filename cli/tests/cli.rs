@@ -66,18 +66,21 @@ fn spawn_up(args: &[&str], ready: &str) -> (String, Reaper, tempfile::TempDir) {
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let reaper = Reaper(child);
     let started = Instant::now();
-    for line in stderr.lines() {
+    let mut lines = stderr.lines();
+    for line in lines.by_ref() {
         if line.unwrap().contains(ready) {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "cluster did not start");
     }
+    // Keep reading: a closed pipe would end the process at its next line.
+    std::thread::spawn(move || lines.for_each(drop));
     (endpoint, reaper, dir)
 }
 
 #[test]
 fn kv_commands_work_against_a_running_cluster() {
-    let (endpoint, _reaper, _dir) = spawn_up(&["--no-workload"], "control endpoint");
+    let (endpoint, _reaper, _dir) = spawn_up(&["--no-workload"], "shards, control endpoint");
     let kv = |args: &[&str]| {
         let out = fulva().args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())

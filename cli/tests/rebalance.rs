@@ -172,3 +172,52 @@ async fn a_hot_spot_is_spread_until_the_load_is_even() {
     assert!(report.is_linearizable(), "{report:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposal_mode_plans_but_moves_nothing() {
+    let cluster = LocalCluster::start(LocalClusterConfig::default()).await.unwrap();
+    let keys = 5_000;
+    let session = FulvaSession { client: cluster.client().await.unwrap() };
+    workload::load(vec![session.clone(); 8], keys, 100, None).await.unwrap();
+    let hot = cluster.coordinator.map().shards[0];
+    let spec =
+        WorkloadSpec::new(Mix::C, 0.99, keys, 100).with_hotspot(Hotspot { range: hot.range, share: 0.9 });
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(workload::run_closed_loop(
+        vec![session; 8],
+        spec,
+        Recorder::new(3),
+        stop.clone(),
+        20_000_000,
+        3,
+    ));
+    let policy = RebalancePolicy {
+        mode: fulva_operator::RebalanceMode::Proposal,
+        triggers: fulva_operator::policy::Triggers { sustained_seconds: 1, ..Default::default() },
+        sample_interval_ms: 250,
+        ..RebalancePolicy::default()
+    };
+    let rebalancing = CancellationToken::new();
+    let (rebalancer, task) = cluster.start_rebalancer(policy, rebalancing.clone());
+    let epoch = cluster.coordinator.map().epoch;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let proposal = loop {
+        if let Some(plan) = rebalancer.status().last_plan {
+            break plan;
+        }
+        assert!(Instant::now() < deadline, "no proposal: {:?}", rebalancer.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Give it time to (wrongly) act on it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    rebalancing.cancel();
+    task.await.unwrap();
+    load.await.unwrap();
+    let status = rebalancer.status();
+    assert!(proposal.moves() >= 1 && proposal.after < proposal.before, "{proposal:?}");
+    assert_eq!((status.started, status.splits), (0, 0), "proposal mode moved something: {status:?}");
+    assert_eq!(cluster.coordinator.map().epoch, epoch, "the map never changed");
+    assert!(status.events.iter().any(|(_, e)| e.starts_with("proposal:")), "{status:?}");
+    cluster.shutdown().await;
+}
