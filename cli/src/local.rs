@@ -194,7 +194,17 @@ impl LocalCluster {
         policy: RebalancePolicy,
         shutdown: CancellationToken,
     ) -> (Arc<Rebalancer>, JoinHandle<()>) {
-        let rebalancer = Rebalancer::new(self.coordinator.clone(), policy, Arc::new(OperatorMetrics::new()));
+        self.start_rebalancer_with(policy, Arc::new(OperatorMetrics::new()), shutdown)
+    }
+
+    /// [`start_rebalancer`](Self::start_rebalancer) exporting into `metrics`.
+    pub fn start_rebalancer_with(
+        &self,
+        policy: RebalancePolicy,
+        metrics: Arc<OperatorMetrics>,
+        shutdown: CancellationToken,
+    ) -> (Arc<Rebalancer>, JoinHandle<()>) {
+        let rebalancer = Rebalancer::new(self.coordinator.clone(), policy, metrics);
         let task = tokio::spawn(rebalancer.clone().run(shutdown));
         (rebalancer, task)
     }

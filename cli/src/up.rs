@@ -5,12 +5,14 @@ use crate::sessions::FulvaSession;
 use crate::workload::{self, Hotspot, Mix, Recorder, Summary, WorkloadSpec};
 use fulva_client::ClientConfig;
 use fulva_kvnode::NodeConfig;
+use fulva_operator::metrics::OperatorMetrics;
 use fulva_operator::policy::DEFAULT_POLICY_YAML;
 use fulva_operator::{RebalancePolicy, RebalanceStatus};
 use fulva_proto::ShardState;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -60,6 +62,9 @@ pub struct UpArgs {
     /// Rebalance policy (YAML, see docs/rebalancing.md); default: the embedded one.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Address of the rebalancer's (operator) metrics, served on /metrics.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub operator_metrics_addr: SocketAddr,
 }
 
 /// Runs `fulva up`.
@@ -146,7 +151,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let rebalancing = CancellationToken::new();
-    let (rebalancer, rebalancer_task) = cluster.start_rebalancer(policy.clone(), rebalancing.clone());
+    let metrics = Arc::new(OperatorMetrics::new());
+    let metrics_listener = tokio::net::TcpListener::bind(args.operator_metrics_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", args.operator_metrics_addr))?;
+    eprintln!("  operator metrics: http://{}/metrics", metrics_listener.local_addr()?);
+    tokio::spawn(fulva_operator::metrics::serve(metrics_listener, metrics.clone(), stop.clone()));
+    let (rebalancer, rebalancer_task) =
+        cluster.start_rebalancer_with(policy.clone(), metrics, rebalancing.clone());
     eprintln!(
         "fulva: rebalance policy: mode {:?}, trigger {:.0}% over the mean for {} s, cooldown {} s, strategy {:?}",
         policy.mode,

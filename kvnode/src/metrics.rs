@@ -57,6 +57,14 @@ pub struct NodeMetrics {
     pub client_records: IntGauge,
     /// Retried writes answered from a completion record instead of applied again.
     pub write_replays: IntCounter,
+    /// Moves coming into this node, by strategy.
+    pub incoming_moves: IntGaugeVec,
+    /// Key and value bytes a move's pull applied here, by strategy.
+    pub migrated_bytes: IntCounterVec,
+    /// Objects a move's pull applied here, by strategy.
+    pub migrated_objects: IntCounterVec,
+    /// Share of an incoming move's bytes applied (0 to 1), by range.
+    pub migration_progress: prometheus::GaugeVec,
 }
 
 /// Metric handles of one served range.
@@ -211,7 +219,46 @@ impl NodeMetrics {
             )
             .expect("valid metric"),
         );
+        let incoming_moves = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("fulva_kvnode_incoming_moves", "Moves coming into this node"),
+                &["strategy"],
+            )
+            .expect("valid metric"),
+        );
+        let migrated_bytes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("fulva_kvnode_migrated_bytes_total", "Key and value bytes applied by moves' pulls"),
+                &["strategy"],
+            )
+            .expect("valid metric"),
+        );
+        let migrated_objects = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("fulva_kvnode_migrated_objects_total", "Objects applied by moves' pulls"),
+                &["strategy"],
+            )
+            .expect("valid metric"),
+        );
+        let migration_progress = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "fulva_kvnode_migration_progress_ratio",
+                    "Share of an incoming move's bytes applied",
+                ),
+                &["range"],
+            )
+            .expect("valid metric"),
+        );
         NodeMetrics {
+            incoming_moves,
+            migrated_bytes,
+            migrated_objects,
+            migration_progress,
             write_replays,
             latency: OPS.map(|op| latency_vec.with_label_values(&[op.name()])),
             replies: STATUSES.map(|s| replies_vec.with_label_values(&[s.name()])),

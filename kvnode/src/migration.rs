@@ -231,13 +231,31 @@ impl IncomingMove {
 
 /// Pulls the range from its source and applies it, until done or cancelled.
 pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
+    let strategy = strategy_label(mv.strategy);
+    let incoming = handler.metrics.incoming_moves.with_label_values(&[strategy]);
+    incoming.inc();
+    pull_until_done(&handler, &mv).await;
+    incoming.dec();
+    let _ = handler.metrics.migration_progress.remove_label_values(&[&crate::metrics::range_label(mv.range)]);
+}
+
+/// Metric label of a strategy.
+pub fn strategy_label(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::Fulva => "fulva",
+        Strategy::Rocksteady => "rocksteady",
+        Strategy::SourceDriven => "source-driven",
+    }
+}
+
+async fn pull_until_done(handler: &Arc<Handler>, mv: &Arc<IncomingMove>) {
     let mut attempts = 0;
     let mut limiter = RateLimiter::new();
     loop {
         if mv.cancel.is_cancelled() {
             return;
         }
-        match pull_once(&handler, &mv, &mut limiter).await {
+        match pull_once(handler, mv, &mut limiter).await {
             Ok(()) => {
                 *mv.finished.lock() = Some(Instant::now());
                 tracing::info!(range = %mv.range, objects = mv.objects_applied.load(Ordering::Relaxed), "range moved in");
@@ -300,7 +318,18 @@ async fn pull_once(
             }
         }
         mv.objects_applied.fetch_add(batch.objects.len() as u64, Ordering::AcqRel);
-        mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel);
+        let applied = mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let strategy = strategy_label(mv.strategy);
+        handler.metrics.migrated_bytes.with_label_values(&[strategy]).inc_by(bytes);
+        handler.metrics.migrated_objects.with_label_values(&[strategy]).inc_by(batch.objects.len() as u64);
+        let total = mv.bytes_total.load(Ordering::Acquire);
+        if total > 0 {
+            handler
+                .metrics
+                .migration_progress
+                .with_label_values(&[&crate::metrics::range_label(mv.range)])
+                .set((applied as f64 / total as f64).min(1.0));
+        }
         // Trap 1 avoided: the cursor moves only after the batch is applied.
         if batch.last {
             mv.publish_cursor(mv.range.last);

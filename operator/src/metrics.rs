@@ -7,6 +7,8 @@ pub struct OperatorMetrics {
     registry: Registry,
     /// Imbalance score (max / mean node load) by dimension (ops, memory).
     pub imbalance: GaugeVec,
+    /// The score above which the policy calls the cluster imbalanced, by dimension.
+    pub imbalance_trigger: GaugeVec,
     /// Smoothed client operations per second served by each node.
     pub node_ops: GaugeVec,
     /// Planner decisions by kind (move, split, proposal).
@@ -27,6 +29,11 @@ impl OperatorMetrics {
         let registry = Registry::new();
         let imbalance = GaugeVec::new(
             Opts::new("fulva_operator_imbalance_score", "Max over mean node load (1 = even)"),
+            &["dimension"],
+        )
+        .expect("valid metric");
+        let imbalance_trigger = GaugeVec::new(
+            Opts::new("fulva_operator_imbalance_trigger", "Imbalance score above which the policy acts"),
             &["dimension"],
         )
         .expect("valid metric");
@@ -60,8 +67,22 @@ impl OperatorMetrics {
             &["result"],
         )
         .expect("valid metric");
+        // Every label value exists from the start (at zero), so dashboards and
+        // alerts see a series before the first event.
+        for result in ["ok", "error"] {
+            reconciles.with_label_values(&[result]);
+        }
+        for decision in ["move", "split", "proposal"] {
+            decisions.with_label_values(&[decision]);
+        }
+        for outcome in ["finished", "aborted", "failed"] {
+            for strategy in ["fulva", "rocksteady", "source-driven"] {
+                moves.with_label_values(&[outcome, strategy]);
+            }
+        }
         for c in [
             Box::new(imbalance.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(imbalance_trigger.clone()),
             Box::new(node_ops.clone()),
             Box::new(decisions.clone()),
             Box::new(moves.clone()),
@@ -74,6 +95,7 @@ impl OperatorMetrics {
         OperatorMetrics {
             registry,
             imbalance,
+            imbalance_trigger,
             node_ops,
             decisions,
             moves,
@@ -89,6 +111,26 @@ impl OperatorMetrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// Serves `metrics` on `/metrics` of `listener` until `shutdown` (the local
+/// mode's endpoint; the operator process adds health routes to its own).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<OperatorMetrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let app =
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+                }
+            }),
+        );
+    let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
 }
 
 impl Default for OperatorMetrics {

@@ -203,6 +203,14 @@ impl Rebalancer {
                 }
                 None => status.imbalanced_since = None,
             }
+            self.metrics
+                .imbalance_trigger
+                .with_label_values(&["ops"])
+                .set(1.0 + policy.triggers.ops_imbalance);
+            self.metrics
+                .imbalance_trigger
+                .with_label_values(&["memory"])
+                .set(1.0 + policy.triggers.memory_imbalance);
             self.metrics.imbalance.with_label_values(&["ops"]).set(status.imbalance);
             self.metrics.imbalance.with_label_values(&["memory"]).set(status.memory_imbalance);
             for (node, rate) in &status.node_ops {
