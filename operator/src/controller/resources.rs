@@ -248,3 +248,55 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
         ..StatefulSet::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(spec: serde_json::Value) -> FulvaCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaCluster",
+            "metadata": {"name": "demo", "namespace": "apps", "uid": "u1"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn pod(sts: &StatefulSet) -> PodSpec {
+        sts.spec.as_ref().unwrap().template.spec.clone().unwrap()
+    }
+
+    #[test]
+    fn kernel_mode_pods_are_locked_down() {
+        let sts = statefulset(&cluster(json!({"nodes": 3})), 3);
+        let pod = pod(&sts);
+        let security = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert!(pod.volumes.is_none());
+        assert_eq!(sts.metadata.owner_references.unwrap()[0].uid, "u1");
+    }
+
+    #[test]
+    fn dpdk_mode_pods_get_the_vf_hugepages_and_capabilities() {
+        let fc = cluster(json!({"nodes": 2, "dataPath": {
+            "mode": "dpdk", "sriovResourceName": "intel.com/sriov_netdevice",
+            "networkAttachment": "sriov-net", "hugepages": "2Gi"}}));
+        let sts = statefulset(&fc, 2);
+        let template = sts.spec.as_ref().unwrap().template.clone();
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations["k8s.v1.cni.cncf.io/networks"], "sriov-net");
+        let pod = pod(&sts);
+        let container = &pod.containers[0];
+        let requests = container.resources.clone().unwrap().requests.unwrap();
+        assert_eq!(requests["intel.com/sriov_netdevice"], Quantity("1".into()));
+        assert_eq!(requests["hugepages-2Mi"], Quantity("2Gi".into()));
+        let add = container.security_context.clone().unwrap().capabilities.unwrap().add.unwrap();
+        assert_eq!(add, vec!["IPC_LOCK".to_string(), "NET_RAW".to_string()]);
+        let volume = &pod.volumes.unwrap()[0];
+        assert_eq!(volume.empty_dir.clone().unwrap().medium.as_deref(), Some("HugePages"));
+        let env: Vec<_> = container.env.clone().unwrap().into_iter().map(|e| e.name).collect();
+        assert!(env.contains(&"FULVA_SRIOV_RESOURCE".to_string()), "{env:?}");
+    }
+}
