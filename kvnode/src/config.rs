@@ -8,6 +8,51 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
 /// Largest value a node accepts by default, in bytes (one datagram must hold a reply).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 60_000;
 
+/// Network stack of the data path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// Kernel UDP sockets.
+    Kernel,
+    /// DPDK (SR-IOV virtual function in production).
+    Dpdk,
+}
+
+/// The environment variable the SR-IOV device plugin sets for `resource`:
+/// `intel.com/sriov_netdevice` gives `PCIDEVICE_INTEL_COM_SRIOV_NETDEVICE`.
+pub fn pci_device_env(resource: &str) -> String {
+    let name: String = resource
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("PCIDEVICE_{name}")
+}
+
+/// EAL arguments for a DPDK node: the PCI devices of the SR-IOV resource
+/// (read from `env`, comma-separated addresses) as `-a ADDR` allow-list
+/// entries, then `extra`.
+pub fn eal_args(
+    resource: Option<&str>,
+    extra: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    if let Some(resource) = resource.filter(|r| !r.is_empty()) {
+        let var = pci_device_env(resource);
+        let devices = env(&var).ok_or_else(|| {
+            format!("{var} is not set: is the SR-IOV device plugin's {resource} allocated to this pod?")
+        })?;
+        for device in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            args.push("-a".to_string());
+            args.push(device.to_string());
+        }
+        if args.is_empty() {
+            return Err(format!("{var} names no PCI device"));
+        }
+    }
+    args.extend(extra.split_whitespace().map(str::to_string));
+    Ok(args)
+}
+
 /// Settings of one storage node.
 #[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct NodeConfig {
@@ -41,6 +86,17 @@ pub struct NodeConfig {
     /// Target size of one batch a move's destination pulls from the source, in bytes.
     #[arg(long, env = "FULVA_MIGRATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub migration_batch_bytes: u32,
+    /// Network stack of the data path: `kernel` (UDP sockets) or `dpdk`.
+    #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportKind::Kernel)]
+    pub transport: TransportKind,
+    /// DPDK: the SR-IOV device plugin resource whose PCI devices the node
+    /// uses (the plugin passes them in `PCIDEVICE_<RESOURCE>`).
+    #[arg(long, env = "FULVA_SRIOV_RESOURCE")]
+    pub sriov_resource: Option<String>,
+    /// DPDK: EAL arguments, space-separated (added after those the SR-IOV
+    /// resource gives), e.g. `--no-huge --no-pci --vdev net_memif0`.
+    #[arg(long, env = "FULVA_EAL_ARGS", default_value = "")]
+    pub eal_args: String,
     /// Name of the pod this node runs in (a StatefulSet pod `NAME-ORDINAL`):
     /// without `--node-id`, the ordinal is the node id.
     #[arg(long, env = "FULVA_POD_NAME")]
@@ -68,6 +124,9 @@ impl NodeConfig {
             stripe_bits: 12,
             client_record_ttl_secs: 600,
             migration_batch_bytes: 64 * 1024,
+            transport: TransportKind::Kernel,
+            sriov_resource: None,
+            eal_args: String::new(),
             pod_name: None,
             trap_cursor_before_apply: false,
             trap_no_tombstones: false,
@@ -92,6 +151,19 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_plugin_variable_becomes_eal_allow_list_entries() {
+        assert_eq!(pci_device_env("intel.com/sriov_netdevice"), "PCIDEVICE_INTEL_COM_SRIOV_NETDEVICE");
+        let env = |name: &str| {
+            (name == "PCIDEVICE_INTEL_COM_SRIOV_NETDEVICE").then(|| "0000:3b:02.0,0000:3b:02.1".to_string())
+        };
+        let args = eal_args(Some("intel.com/sriov_netdevice"), "--file-prefix kv0", env).unwrap();
+        assert_eq!(args, ["-a", "0000:3b:02.0", "-a", "0000:3b:02.1", "--file-prefix", "kv0"]);
+        let err = eal_args(Some("intel.com/other"), "", env).unwrap_err();
+        assert!(err.contains("PCIDEVICE_INTEL_COM_OTHER"), "{err}");
+        assert_eq!(eal_args(None, "--no-huge --no-pci", env).unwrap(), ["--no-huge", "--no-pci"]);
+    }
 
     #[test]
     fn a_statefulset_pod_name_gives_the_node_id() {

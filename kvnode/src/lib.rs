@@ -193,6 +193,15 @@ pub async fn start_on<T: Transport>(
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    if config.transport == config::TransportKind::Dpdk {
+        let args =
+            config::eal_args(config.sriov_resource.as_deref(), &config.eal_args, |v| std::env::var(v).ok())
+                .map_err(NodeError::Config)?;
+        return Err(NodeError::Config(format!(
+            "the dpdk transport is not in this build (EAL arguments would be: {})",
+            args.join(" ")
+        )));
+    }
     let node = start(config).await?;
     shutdown.await;
     tracing::info!(node = node.node_id, "shutting down");
