@@ -161,10 +161,26 @@ impl Coordinator {
                     };
                     match h.role {
                         grpc::RangeRole::Serving => {}
-                        grpc::RangeRole::Incoming => {
+                        grpc::RangeRole::Incoming if h.active => {
                             return Ok(Some(Repair::RollForward {
                                 ends: Ends { range, source: h.peer, destination: owner },
                             }))
+                        }
+                        grpc::RangeRole::Incoming => {
+                            // The owner reclaimed the range (an aborted move's way
+                            // back) but never started pulling: the other end still
+                            // serves it as that move's destination. Go back again.
+                            let other = find(h.peer, range);
+                            if other.is_some_and(|o| o.role == grpc::RangeRole::Incoming && o.peer == owner) {
+                                return Ok(Some(Repair::MoveBack {
+                                    ends: Ends { range, source: owner, destination: h.peer },
+                                }));
+                            }
+                            return Err(error(format!(
+                                "node {owner} holds {range} as a move from node {} that never started, \
+                                 and that node does not serve it: refusing to guess",
+                                h.peer
+                            )));
                         }
                         grpc::RangeRole::Frozen | grpc::RangeRole::Copying => {
                             let ends = Ends { range, source: owner, destination: h.peer };
@@ -292,6 +308,10 @@ impl Coordinator {
                     // Finished there already: only the commit's clean-up is left.
                     Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
                     Err(s) => Err(node_err(destination, "status")(s)),
+                    // Never started: nothing would ever finish it.
+                    Ok(status) if !status.get_ref().active && !status.get_ref().done => {
+                        Err(error(format!("the move of {range} into node {destination} never started")))
+                    }
                     Ok(_) => {
                         let never = CancellationToken::new();
                         self.wait_for_pass(

@@ -149,7 +149,10 @@ impl Runtimes for KubeRuntimes {
         if runtime.rebalancer.policy() != fc.spec.rebalance {
             runtime.rebalancer.set_policy(fc.spec.rebalance.clone());
         }
-        runtime.rebalancer.set_draining(draining.iter().copied().collect());
+        // Nodes above the StatefulSet's size are leaving too: nothing may move onto them.
+        let leaving =
+            coordinator.map().nodes.iter().map(|n| n.id).filter(|&id| id >= replicas).collect::<Vec<_>>();
+        runtime.rebalancer.set_draining(draining.iter().copied().chain(leaving).collect());
         let drained: Vec<u32> =
             draining.iter().copied().filter(|&n| runtime.rebalancer.is_empty(n)).collect();
         // Nodes gone from the StatefulSet leave the map once they own nothing.
