@@ -6,6 +6,7 @@
 //! - [`eal`]: starting the Environment Abstraction Layer (once per process).
 //! - [`mempool`], [`mbuf`], [`port`]: each owns its DPDK resource and frees it in Drop.
 //! - [`packet`]: Ethernet/IPv4/UDP framing (pure Rust).
+//! - [`transport`]: [`DpdkTransport`], the data-path transport (poller thread, adaptive polling).
 //!
 //! Unsafe code lives only in the resource modules, each block with a
 //! `// SAFETY:` comment.
@@ -15,8 +16,10 @@ pub mod mbuf;
 pub mod mempool;
 pub mod packet;
 pub mod port;
+pub mod transport;
 
 pub use eal::{Eal, EalError};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use port::Port;
+pub use transport::{DpdkConfig, DpdkTransport};

@@ -1,0 +1,232 @@
+//! [`DpdkTransport`]: data-path datagrams over a DPDK port, framed as real
+//! Ethernet/IPv4/UDP packets, with ARP replies and MAC learning.
+//!
+//! One poller thread owns the port: it receives bursts, answers ARP, hands
+//! datagrams for this address to the async side, and sends what the async
+//! side queued. Adaptive polling: while packets flow it polls without
+//! pausing; after [`SPIN_ROUNDS`] empty rounds it waits for outgoing
+//! datagrams with a timeout that doubles from 1 µs up to [`MAX_IDLE_WAIT`],
+//! so an idle node sleeps instead of burning a core. A datagram queued for
+//! sending wakes the poller at once; a packet arriving at an idle node waits
+//! at most `MAX_IDLE_WAIT` (the documented wake-up latency).
+
+use crate::packet;
+use crate::{Eal, EalError, Mbuf, Mempool, Port};
+use fulva_proto::transport::Transport;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Empty polling rounds before the poller starts to sleep.
+pub const SPIN_ROUNDS: u32 = 2_000;
+/// Longest an idle poller sleeps: the wake-up latency for a packet arriving at an idle node.
+pub const MAX_IDLE_WAIT: Duration = Duration::from_micros(500);
+
+/// Settings of a DPDK transport.
+#[derive(Clone, Debug)]
+pub struct DpdkConfig {
+    /// EAL arguments (see `fulva_kvnode::config::eal_args`).
+    pub eal_args: Vec<String>,
+    /// The port: a vdev name (`net_memif0`) or a PCI address.
+    pub port: String,
+    /// This end's IPv4 address and UDP port.
+    pub local: SocketAddrV4,
+    /// Peers' MAC addresses known in advance; others are learned from their
+    /// packets or, until then, reached by broadcast.
+    pub static_peers: Vec<(Ipv4Addr, [u8; 6])>,
+    /// Packet buffers in the pool.
+    pub pool_size: u32,
+}
+
+impl DpdkConfig {
+    /// Defaults for `port` at `local`.
+    pub fn new(eal_args: Vec<String>, port: impl Into<String>, local: SocketAddrV4) -> DpdkConfig {
+        DpdkConfig { eal_args, port: port.into(), local, static_peers: Vec::new(), pool_size: 8191 }
+    }
+}
+
+type Inbound = (Vec<u8>, SocketAddr);
+
+/// A [`Transport`] over one DPDK port.
+pub struct DpdkTransport {
+    local: SocketAddrV4,
+    inbound: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Inbound>>,
+    outbound: Mutex<std_mpsc::Sender<(Vec<u8>, SocketAddrV4)>>,
+    stop: Arc<AtomicBool>,
+    poller: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl DpdkTransport {
+    /// Starts the EAL (if not yet), the port and its poller thread.
+    pub fn start(config: DpdkConfig) -> Result<DpdkTransport, EalError> {
+        let eal = Eal::init(&config.eal_args)?;
+        let pool =
+            Arc::new(Mempool::new(eal, &format!("fulva-{}", config.port), config.pool_size, 2048 + 128)?);
+        let port = Port::start(eal, &config.port, pool)?;
+        let (in_tx, in_rx) = tokio::sync::mpsc::channel(8192);
+        let (out_tx, out_rx) = std_mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = Poller {
+            port,
+            local: config.local,
+            macs: config.static_peers.into_iter().collect(),
+            inbound: in_tx,
+            outbound: out_rx,
+            stop: stop.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("dpdk-{}", config.port))
+            .spawn(move || poller.run())
+            .map_err(|e| EalError { what: "poller thread".into(), message: e.to_string(), code: 0 })?;
+        Ok(DpdkTransport {
+            local: config.local,
+            inbound: tokio::sync::Mutex::new(in_rx),
+            outbound: Mutex::new(out_tx),
+            stop,
+            poller: Mutex::new(Some(handle)),
+        })
+    }
+}
+
+impl Drop for DpdkTransport {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.poller.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Transport for DpdkTransport {
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (data, from) = self
+            .inbound
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the DPDK poller stopped"))?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Ok((n, from))
+    }
+
+    async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<()> {
+        let SocketAddr::V4(to) = to else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the DPDK transport speaks IPv4 only"));
+        };
+        self.outbound
+            .lock()
+            .send((buf.to_vec(), to))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the DPDK poller stopped"))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::V4(self.local))
+    }
+}
+
+struct Poller {
+    port: Port,
+    local: SocketAddrV4,
+    macs: HashMap<Ipv4Addr, [u8; 6]>,
+    inbound: tokio::sync::mpsc::Sender<Inbound>,
+    outbound: std_mpsc::Receiver<(Vec<u8>, SocketAddrV4)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Poller {
+    fn run(mut self) {
+        let mut received = Vec::with_capacity(32);
+        let mut sending = Vec::with_capacity(32);
+        let mut frame = Vec::with_capacity(2048);
+        let mut idle_rounds = 0u32;
+        let mut wait = Duration::from_micros(1);
+        while !self.stop.load(Ordering::Acquire) {
+            let mut work = self.receive(&mut received, &mut frame);
+            // Send everything queued.
+            while let Ok((payload, to)) = self.outbound.try_recv() {
+                self.queue(&payload, to, &mut frame, &mut sending);
+                work = true;
+                if sending.len() == 32 {
+                    self.port.tx(std::mem::take(&mut sending));
+                }
+            }
+            if !sending.is_empty() {
+                self.port.tx(std::mem::take(&mut sending));
+            }
+            if work {
+                idle_rounds = 0;
+                wait = Duration::from_micros(1);
+                continue;
+            }
+            idle_rounds = idle_rounds.saturating_add(1);
+            if idle_rounds < SPIN_ROUNDS {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Idle: sleep until something is queued to send, or the wait ends.
+            match self.outbound.recv_timeout(wait) {
+                Ok((payload, to)) => {
+                    self.queue(&payload, to, &mut frame, &mut sending);
+                    self.port.tx(std::mem::take(&mut sending));
+                    idle_rounds = 0;
+                    wait = Duration::from_micros(1);
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => wait = (wait * 2).min(MAX_IDLE_WAIT),
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Takes one burst; returns whether anything arrived.
+    fn receive(&mut self, received: &mut Vec<Mbuf>, frame: &mut Vec<u8>) -> bool {
+        received.clear();
+        if self.port.rx(received, 32) == 0 {
+            return false;
+        }
+        let mut replies = Vec::new();
+        for m in received.drain(..) {
+            let data = m.data();
+            if let Some(d) = packet::parse(data) {
+                if d.dst != self.local {
+                    continue;
+                }
+                self.macs.insert(*d.src.ip(), d.src_mac);
+                // A full queue means the node is overloaded: drop, as a NIC would.
+                let _ = self.inbound.try_send((d.payload.to_vec(), SocketAddr::V4(d.src)));
+            } else if let Some(arp) = packet::parse_arp_request(data) {
+                if arp.target == *self.local.ip() {
+                    self.macs.insert(arp.sender_ip, arp.sender_mac);
+                    frame.clear();
+                    packet::build_arp_reply(&arp, self.port.mac(), *self.local.ip(), frame);
+                    if let Some(mut reply) = Mbuf::alloc(self.port.pool()) {
+                        if reply.append(frame) {
+                            replies.push(reply);
+                        }
+                    }
+                }
+            }
+        }
+        if !replies.is_empty() {
+            self.port.tx(replies);
+        }
+        true
+    }
+
+    fn queue(&self, payload: &[u8], to: SocketAddrV4, frame: &mut Vec<u8>, sending: &mut Vec<Mbuf>) {
+        let dst_mac = self.macs.get(to.ip()).copied().unwrap_or(packet::BROADCAST);
+        frame.clear();
+        packet::build(self.port.mac(), self.local, dst_mac, to, payload, frame);
+        if let Some(mut m) = Mbuf::alloc(self.port.pool()) {
+            if m.append(frame) {
+                sending.push(m);
+            }
+        }
+    }
+}
