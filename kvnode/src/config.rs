@@ -93,9 +93,13 @@ pub struct NodeConfig {
     /// uses (the plugin passes them in `PCIDEVICE_<RESOURCE>`).
     #[arg(long, env = "FULVA_SRIOV_RESOURCE")]
     pub sriov_resource: Option<String>,
+    /// DPDK: the port to use (a PCI address or a vdev name like `net_memif0`);
+    /// default: the first PCI device of the SR-IOV resource.
+    #[arg(long, env = "FULVA_DPDK_PORT")]
+    pub dpdk_port: Option<String>,
     /// DPDK: EAL arguments, space-separated (added after those the SR-IOV
     /// resource gives), e.g. `--no-huge --no-pci --vdev net_memif0`.
-    #[arg(long, env = "FULVA_EAL_ARGS", default_value = "")]
+    #[arg(long, env = "FULVA_EAL_ARGS", default_value = "", allow_hyphen_values = true)]
     pub eal_args: String,
     /// Name of the pod this node runs in (a StatefulSet pod `NAME-ORDINAL`):
     /// without `--node-id`, the ordinal is the node id.
@@ -126,6 +130,7 @@ impl NodeConfig {
             migration_batch_bytes: 64 * 1024,
             transport: TransportKind::Kernel,
             sriov_resource: None,
+            dpdk_port: None,
             eal_args: String::new(),
             pod_name: None,
             trap_cursor_before_apply: false,

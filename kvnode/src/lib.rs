@@ -197,14 +197,50 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let args =
             config::eal_args(config.sriov_resource.as_deref(), &config.eal_args, |v| std::env::var(v).ok())
                 .map_err(NodeError::Config)?;
-        return Err(NodeError::Config(format!(
-            "the dpdk transport is not in this build (EAL arguments would be: {})",
-            args.join(" ")
-        )));
+        return run_dpdk(config, args, shutdown).await;
     }
     let node = start(config).await?;
     shutdown.await;
     tracing::info!(node = node.node_id, "shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Runs the node with its data path on DPDK (the control plane and bulk
+/// migration stay on the kernel's TCP).
+#[cfg(feature = "dpdk")]
+async fn run_dpdk(
+    config: NodeConfig,
+    eal_args: Vec<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let port = config
+        .dpdk_port
+        .clone()
+        .or_else(|| eal_args.windows(2).find(|w| w[0] == "-a").map(|w| w[1].clone()))
+        .ok_or_else(|| NodeError::Config("dpdk: name the port (--dpdk-port) or an SR-IOV resource".into()))?;
+    let SocketAddr::V4(local) = config.data_addr else {
+        return Err(NodeError::Config("dpdk: the data address must be IPv4".into()));
+    };
+    tracing::info!(%port, %local, eal = %eal_args.join(" "), "starting the DPDK data path");
+    let transport = fulva_dpdk::DpdkTransport::start(fulva_dpdk::DpdkConfig::new(eal_args, port, local))
+        .map_err(|e| NodeError::Config(format!("dpdk: {e}")))?;
+    let node = start_on(config, vec![transport], CancellationToken::new()).await?;
+    shutdown.await;
+    tracing::info!(node = node.node_id, "shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[cfg(not(feature = "dpdk"))]
+async fn run_dpdk(
+    _config: NodeConfig,
+    eal_args: Vec<String>,
+    _shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    Err(NodeError::Config(format!(
+        "this kvnode was built without the `dpdk` feature (cargo build -p fulva-kvnode --features dpdk); \
+         EAL arguments would be: {}",
+        eal_args.join(" ")
+    )))
 }
