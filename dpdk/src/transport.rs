@@ -32,8 +32,10 @@ pub const MAX_IDLE_WAIT: Duration = Duration::from_micros(500);
 pub struct DpdkConfig {
     /// EAL arguments (see `fulva_kvnode::config::eal_args`).
     pub eal_args: Vec<String>,
-    /// The port: a vdev name (`net_memif0`) or a PCI address.
-    pub port: String,
+    /// The ports: vdev names (`net_memif0`) or PCI addresses. With several
+    /// (one link per peer, as memif is point-to-point), a peer's datagrams
+    /// leave by the port its packets arrive on, and by every port until then.
+    pub ports: Vec<String>,
     /// This end's IPv4 address and UDP port.
     pub local: SocketAddrV4,
     /// Peers' MAC addresses known in advance; others are learned from their
@@ -46,7 +48,7 @@ pub struct DpdkConfig {
 impl DpdkConfig {
     /// Defaults for `port` at `local`.
     pub fn new(eal_args: Vec<String>, port: impl Into<String>, local: SocketAddrV4) -> DpdkConfig {
-        DpdkConfig { eal_args, port: port.into(), local, static_peers: Vec::new(), pool_size: 8191 }
+        DpdkConfig { eal_args, ports: vec![port.into()], local, static_peers: Vec::new(), pool_size: 8191 }
     }
 }
 
@@ -65,22 +67,26 @@ impl DpdkTransport {
     /// Starts the EAL (if not yet), the port and its poller thread.
     pub fn start(config: DpdkConfig) -> Result<DpdkTransport, EalError> {
         let eal = Eal::init(&config.eal_args)?;
-        let pool =
-            Arc::new(Mempool::new(eal, &format!("fulva-{}", config.port), config.pool_size, 2048 + 128)?);
-        let port = Port::start(eal, &config.port, pool)?;
+        let first = config.ports.first().cloned().unwrap_or_default();
+        let pool = Arc::new(Mempool::new(eal, &format!("fulva-{first}"), config.pool_size, 2048 + 128)?);
+        let ports = config
+            .ports
+            .iter()
+            .map(|name| Port::start(eal, name, pool.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         let (in_tx, in_rx) = tokio::sync::mpsc::channel(8192);
         let (out_tx, out_rx) = std_mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let poller = Poller {
-            port,
+            ports,
             local: config.local,
-            macs: config.static_peers.into_iter().collect(),
+            peers: config.static_peers.into_iter().map(|(ip, mac)| (ip, (0, mac))).collect(),
             inbound: in_tx,
             outbound: out_rx,
             stop: stop.clone(),
         };
         let handle = std::thread::Builder::new()
-            .name(format!("dpdk-{}", config.port))
+            .name(format!("dpdk-{first}"))
             .spawn(move || poller.run())
             .map_err(|e| EalError { what: "poller thread".into(), message: e.to_string(), code: 0 })?;
         Ok(DpdkTransport {
@@ -132,9 +138,10 @@ impl Transport for DpdkTransport {
 }
 
 struct Poller {
-    port: Port,
+    ports: Vec<Port>,
     local: SocketAddrV4,
-    macs: HashMap<Ipv4Addr, [u8; 6]>,
+    /// Where each peer is: the port its packets came in on, and its MAC.
+    peers: HashMap<Ipv4Addr, (usize, [u8; 6])>,
     inbound: tokio::sync::mpsc::Sender<Inbound>,
     outbound: std_mpsc::Receiver<(Vec<u8>, SocketAddrV4)>,
     stop: Arc<AtomicBool>,
@@ -143,23 +150,21 @@ struct Poller {
 impl Poller {
     fn run(mut self) {
         let mut received = Vec::with_capacity(32);
-        let mut sending = Vec::with_capacity(32);
+        let mut sending: Vec<Vec<Mbuf>> = self.ports.iter().map(|_| Vec::with_capacity(32)).collect();
         let mut frame = Vec::with_capacity(2048);
         let mut idle_rounds = 0u32;
         let mut wait = Duration::from_micros(1);
         while !self.stop.load(Ordering::Acquire) {
-            let mut work = self.receive(&mut received, &mut frame);
+            let mut work = false;
+            for i in 0..self.ports.len() {
+                work |= self.receive(i, &mut received, &mut frame);
+            }
             // Send everything queued.
             while let Ok((payload, to)) = self.outbound.try_recv() {
                 self.queue(&payload, to, &mut frame, &mut sending);
                 work = true;
-                if sending.len() == 32 {
-                    self.port.tx(std::mem::take(&mut sending));
-                }
             }
-            if !sending.is_empty() {
-                self.port.tx(std::mem::take(&mut sending));
-            }
+            self.flush(&mut sending);
             if work {
                 idle_rounds = 0;
                 wait = Duration::from_micros(1);
@@ -174,7 +179,7 @@ impl Poller {
             match self.outbound.recv_timeout(wait) {
                 Ok((payload, to)) => {
                     self.queue(&payload, to, &mut frame, &mut sending);
-                    self.port.tx(std::mem::take(&mut sending));
+                    self.flush(&mut sending);
                     idle_rounds = 0;
                     wait = Duration::from_micros(1);
                 }
@@ -184,10 +189,18 @@ impl Poller {
         }
     }
 
-    /// Takes one burst; returns whether anything arrived.
-    fn receive(&mut self, received: &mut Vec<Mbuf>, frame: &mut Vec<u8>) -> bool {
+    fn flush(&mut self, sending: &mut [Vec<Mbuf>]) {
+        for (port, queue) in self.ports.iter_mut().zip(sending.iter_mut()) {
+            if !queue.is_empty() {
+                port.tx(std::mem::take(queue));
+            }
+        }
+    }
+
+    /// Takes one burst from port `i`; returns whether anything arrived.
+    fn receive(&mut self, i: usize, received: &mut Vec<Mbuf>, frame: &mut Vec<u8>) -> bool {
         received.clear();
-        if self.port.rx(received, 32) == 0 {
+        if self.ports[i].rx(received, 32) == 0 {
             return false;
         }
         let mut replies = Vec::new();
@@ -197,15 +210,15 @@ impl Poller {
                 if d.dst != self.local {
                     continue;
                 }
-                self.macs.insert(*d.src.ip(), d.src_mac);
+                self.peers.insert(*d.src.ip(), (i, d.src_mac));
                 // A full queue means the node is overloaded: drop, as a NIC would.
                 let _ = self.inbound.try_send((d.payload.to_vec(), SocketAddr::V4(d.src)));
             } else if let Some(arp) = packet::parse_arp_request(data) {
                 if arp.target == *self.local.ip() {
-                    self.macs.insert(arp.sender_ip, arp.sender_mac);
+                    self.peers.insert(arp.sender_ip, (i, arp.sender_mac));
                     frame.clear();
-                    packet::build_arp_reply(&arp, self.port.mac(), *self.local.ip(), frame);
-                    if let Some(mut reply) = Mbuf::alloc(self.port.pool()) {
+                    packet::build_arp_reply(&arp, self.ports[i].mac(), *self.local.ip(), frame);
+                    if let Some(mut reply) = Mbuf::alloc(self.ports[i].pool()) {
                         if reply.append(frame) {
                             replies.push(reply);
                         }
@@ -214,18 +227,26 @@ impl Poller {
             }
         }
         if !replies.is_empty() {
-            self.port.tx(replies);
+            self.ports[i].tx(replies);
         }
         true
     }
 
-    fn queue(&self, payload: &[u8], to: SocketAddrV4, frame: &mut Vec<u8>, sending: &mut Vec<Mbuf>) {
-        let dst_mac = self.macs.get(to.ip()).copied().unwrap_or(packet::BROADCAST);
-        frame.clear();
-        packet::build(self.port.mac(), self.local, dst_mac, to, payload, frame);
-        if let Some(mut m) = Mbuf::alloc(self.port.pool()) {
-            if m.append(frame) {
-                sending.push(m);
+    /// Frames `payload` for `to`: by the port and MAC it was last heard
+    /// from, else broadcast on every port.
+    fn queue(&self, payload: &[u8], to: SocketAddrV4, frame: &mut Vec<u8>, sending: &mut [Vec<Mbuf>]) {
+        let targets: Vec<(usize, [u8; 6])> = match self.peers.get(to.ip()) {
+            Some(&(port, mac)) => vec![(port, mac)],
+            None => (0..self.ports.len()).map(|p| (p, packet::BROADCAST)).collect(),
+        };
+        for (port, dst_mac) in targets {
+            let Some(p) = self.ports.get(port) else { continue };
+            frame.clear();
+            packet::build(p.mac(), self.local, dst_mac, to, payload, frame);
+            if let Some(mut m) = Mbuf::alloc(p.pool()) {
+                if m.append(frame) {
+                    sending[port].push(m);
+                }
             }
         }
     }
