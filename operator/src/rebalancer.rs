@@ -35,7 +35,7 @@ pub struct RebalanceStatus {
     pub last_plan: Option<Plan>,
     /// Moves running now: range, source, destination, started.
     pub in_flight: Vec<(HashRange, NodeId, NodeId, Instant)>,
-    /// Moves started, finished, aborted (rolled back) and failed.
+    /// Moves started.
     pub started: u64,
     /// Moves that finished.
     pub finished: u64,
@@ -78,7 +78,7 @@ impl RebalanceStatus {
     }
 }
 
-/// A move the rebalancer finished, with when (the cooldown starts then).
+/// A move that ended: range, source, destination, strategy and outcome.
 type Ended = (HashRange, NodeId, NodeId, Strategy, Result<MoveReport, CoordinatorError>);
 
 /// Drives rebalancing of one cluster.
