@@ -140,6 +140,20 @@ impl Ownership {
         Ok(())
     }
 
+    /// Runs `f` on the served range equal to `range` under the table's write
+    /// lock (which waits for requests in flight), once `epoch` is checked.
+    fn change_range<R>(
+        &self,
+        range: HashRange,
+        epoch: Epoch,
+        f: impl FnOnce(&mut OwnedRange) -> Result<R, OwnershipError>,
+    ) -> Result<R, OwnershipError> {
+        self.check_epoch(epoch)?;
+        let mut served = self.served.write();
+        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
+        f(owned)
+    }
+
     /// Runs `f` with the placement of `hash`, holding the table's read lock so
     /// a concurrent drop waits for requests already inside the range.
     #[inline]
@@ -208,44 +222,43 @@ impl Ownership {
         locked: bool,
         version_ceiling: impl FnOnce() -> u64,
     ) -> Result<Handover, OwnershipError> {
-        self.check_epoch(epoch)?;
-        let mut served = self.served.write();
-        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
-        match owned.role {
-            RangeRole::Serving => owned.role = RangeRole::Frozen { destination, locked },
-            RangeRole::Copying { destination: d } if d == destination => {
-                owned.role = RangeRole::Frozen { destination, locked }
+        self.change_range(range, epoch, |owned| {
+            match owned.role {
+                RangeRole::Serving => owned.role = RangeRole::Frozen { destination, locked },
+                RangeRole::Copying { destination: d } if d == destination => {
+                    owned.role = RangeRole::Frozen { destination, locked }
+                }
+                RangeRole::Copying { .. } => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "freeze",
+                        state: "copying to another node",
+                    })
+                }
+                RangeRole::Frozen { destination: d, .. } if d == destination => {}
+                RangeRole::Frozen { .. } => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "freeze",
+                        state: "frozen for another move",
+                    })
+                }
+                // An aborted move: the destination gives the range back to its
+                // source. The pull stops; its late batches are no longer applied.
+                RangeRole::Incoming(ref mv) if mv.source == destination => {
+                    mv.cancel();
+                    owned.role = RangeRole::Frozen { destination, locked };
+                }
+                RangeRole::Incoming(_) => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "freeze",
+                        state: "still moving in",
+                    })
+                }
             }
-            RangeRole::Copying { .. } => {
-                return Err(OwnershipError::WrongState {
-                    range,
-                    operation: "freeze",
-                    state: "copying to another node",
-                })
-            }
-            RangeRole::Frozen { destination: d, .. } if d == destination => {}
-            RangeRole::Frozen { .. } => {
-                return Err(OwnershipError::WrongState {
-                    range,
-                    operation: "freeze",
-                    state: "frozen for another move",
-                })
-            }
-            // An aborted move: the destination gives the range back to its
-            // source. The pull stops; its late batches are no longer applied.
-            RangeRole::Incoming(ref mv) if mv.source == destination => {
-                mv.cancel();
-                owned.role = RangeRole::Frozen { destination, locked };
-            }
-            RangeRole::Incoming(_) => {
-                return Err(OwnershipError::WrongState {
-                    range,
-                    operation: "freeze",
-                    state: "still moving in",
-                })
-            }
-        }
-        Ok(Handover::of(owned, version_ceiling()))
+            Ok(Handover::of(owned, version_ceiling()))
+        })
     }
 
     /// Takes back a range this node holds frozen toward `incoming.source`
@@ -273,17 +286,20 @@ impl Ownership {
     /// Serves a copying or frozen range again, as before its move began (the
     /// move was cancelled before the destination took any write).
     pub fn unfreeze(&self, range: HashRange, epoch: Epoch) -> Result<(), OwnershipError> {
-        self.check_epoch(epoch)?;
-        let mut served = self.served.write();
-        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
-        match owned.role {
-            RangeRole::Serving => {}
-            RangeRole::Copying { .. } | RangeRole::Frozen { .. } => owned.role = RangeRole::Serving,
-            RangeRole::Incoming(_) => {
-                return Err(OwnershipError::WrongState { range, operation: "unfreeze", state: "moving in" })
+        self.change_range(range, epoch, |owned| {
+            match owned.role {
+                RangeRole::Serving => {}
+                RangeRole::Copying { .. } | RangeRole::Frozen { .. } => owned.role = RangeRole::Serving,
+                RangeRole::Incoming(_) => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "unfreeze",
+                        state: "moving in",
+                    })
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Starts a source-driven copy of a served range: it stays served, but
@@ -296,40 +312,46 @@ impl Ownership {
         epoch: Epoch,
         version_ceiling: impl FnOnce() -> u64,
     ) -> Result<Handover, OwnershipError> {
-        self.check_epoch(epoch)?;
-        let mut served = self.served.write();
-        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
-        match owned.role {
-            RangeRole::Serving => owned.role = RangeRole::Copying { destination },
-            RangeRole::Copying { destination: d } if d == destination => {}
-            _ => {
-                return Err(OwnershipError::WrongState { range, operation: "copy", state: "already moving" })
+        self.change_range(range, epoch, |owned| {
+            match owned.role {
+                RangeRole::Serving => owned.role = RangeRole::Copying { destination },
+                RangeRole::Copying { destination: d } if d == destination => {}
+                _ => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "copy",
+                        state: "already moving",
+                    })
+                }
             }
-        }
-        Ok(Handover::of(owned, version_ceiling()))
+            Ok(Handover::of(owned, version_ceiling()))
+        })
     }
 
     /// Turns a finished incoming range into a plainly served one.
     pub fn finish_incoming(&self, range: HashRange, epoch: Epoch) -> Result<(), OwnershipError> {
-        self.check_epoch(epoch)?;
-        let mut served = self.served.write();
-        let owned = served.iter_mut().find(|r| r.range == range).ok_or(OwnershipError::NotServed(range))?;
-        match &owned.role {
-            RangeRole::Incoming(mv) if mv.is_done() => owned.role = RangeRole::Serving,
-            RangeRole::Incoming(_) => {
-                return Err(OwnershipError::WrongState {
-                    range,
-                    operation: "finish",
-                    state: "not fully moved in",
-                })
+        self.change_range(range, epoch, |owned| {
+            match &owned.role {
+                RangeRole::Incoming(mv) if mv.is_done() => owned.role = RangeRole::Serving,
+                RangeRole::Incoming(_) => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "finish",
+                        state: "not fully moved in",
+                    })
+                }
+                RangeRole::Serving => {}
+                RangeRole::Frozen { .. } | RangeRole::Copying { .. } => {
+                    return Err(OwnershipError::WrongState {
+                        range,
+                        operation: "finish",
+                        state: "moving out",
+                    })
+                }
             }
-            RangeRole::Serving => {}
-            RangeRole::Frozen { .. } | RangeRole::Copying { .. } => {
-                return Err(OwnershipError::WrongState { range, operation: "finish", state: "moving out" })
-            }
-        }
-        self.observe_epoch(epoch);
-        Ok(())
+            self.observe_epoch(epoch);
+            Ok(())
+        })
     }
 
     /// The incoming move of `range`, if the node is its destination.
