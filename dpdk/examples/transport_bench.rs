@@ -10,8 +10,7 @@
 use fulva_client::{Client, ClientConfig};
 use fulva_dpdk::{DpdkConfig, DpdkTransport};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::{Coordinator, MemoryMapStore, ShardMapServiceImpl};
-use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
+use fulva_operator::{Coordinator, MemoryMapStore};
 use fulva_proto::transport::{Transport, UdpTransport};
 use fulva_proto::NodeInfo;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,17 +39,7 @@ async fn run<N: Transport, C: Transport + Clone>(
         Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 4, false).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let service = ShardMapServiceServer::new(ShardMapServiceImpl::with_shutdown(coordinator, stop.clone()));
-    let server_stop = stop.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                server_stop.cancelled_owned(),
-            )
-            .await
-    });
+    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
     let client = Client::with_transports(ClientConfig::new(endpoint), vec![client_side]).await.unwrap();
     for i in 0..KEYS {
         client.put(format!("user{i:012}"), [7u8; 100]).await.unwrap();

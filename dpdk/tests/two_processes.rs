@@ -11,8 +11,7 @@
 use fulva_client::{Client, ClientConfig, History, RecordingClient};
 use fulva_dpdk::{DpdkConfig, DpdkTransport};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::{Coordinator, MemoryMapStore, MoveOptions, ShardMapServiceImpl};
-use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
+use fulva_operator::{Coordinator, MemoryMapStore, MoveOptions};
 use fulva_proto::{key_hash, NodeInfo, ShardState, Strategy};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddrV4;
@@ -108,18 +107,7 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let service =
-        ShardMapServiceServer::new(ShardMapServiceImpl::with_shutdown(coordinator.clone(), stop.clone()));
-    let server_stop = stop.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                server_stop.cancelled_owned(),
-            )
-            .await
-    });
+    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
 
     // The client process (this one): one memif port to each node.
     let vdevs: Vec<String> = sockets

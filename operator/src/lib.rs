@@ -49,4 +49,4 @@ pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
 pub use moves::{MoveOptions, MoveReport};
 pub use policy::{RebalanceMode, RebalancePolicy};
 pub use rebalancer::{MoveRecord, RebalanceStatus, Rebalancer};
-pub use service::{ClusterDirectory, ShardMapServiceImpl};
+pub use service::{spawn_control_endpoint, ClusterDirectory, ShardMapServiceImpl};

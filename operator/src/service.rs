@@ -134,3 +134,25 @@ where
     tokio::spawn(body(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
+
+/// Serves `coordinator`'s shard map on `listener` until `shutdown`: a
+/// cluster's own control endpoint (tests, benchmarks, embedded clusters).
+pub fn spawn_control_endpoint(
+    listener: tokio::net::TcpListener,
+    coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let service = fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer::new(
+        ShardMapServiceImpl::with_shutdown(coordinator, shutdown.clone()),
+    );
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(err) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, "control endpoint failed");
+        }
+    })
+}
