@@ -22,25 +22,34 @@ async fn moves_under_faults_stay_linearizable() {
     assert_eq!(report.lost_writes, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_checker_catches_deletes_without_tombstones() {
-    // Caught in every run so far; a few independent runs guard against a
-    // scheduling accident hiding it once.
+/// Whether the checker flags a violation in one of three fulva-only stress
+/// runs (seeds 1 to 3, no aborts) set up by `trap`: each run is random, so a
+/// few independent runs guard against a scheduling accident hiding the bug.
+async fn caught_in_three_runs(trap: impl Fn(&mut StressConfig)) -> bool {
     for attempt in 1..=3u64 {
         let dir = tempfile::tempdir().unwrap();
         let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
-        config.node.trap_no_tombstones = true;
-        config.moves = 25;
         config.abort_share = 0.0;
         config.seed = attempt;
-        // Tombstones at a destination matter to the strategies that serve during the pull.
+        // Both traps are in what fulva's destination serves during the pull.
         config.strategies = vec![fulva_proto::Strategy::Fulva];
-        let report = stress::run(config).await.unwrap();
-        if !report.check.violations.is_empty() {
-            return;
+        trap(&mut config);
+        if !stress::run(config).await.unwrap().check.violations.is_empty() {
+            return true;
         }
     }
-    panic!("trap 3 went unnoticed in three runs");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_deletes_without_tombstones() {
+    // Caught in every run so far.
+    let caught = caught_in_three_runs(|config| {
+        config.node.trap_no_tombstones = true;
+        config.moves = 25;
+    })
+    .await;
+    assert!(caught, "trap 3 went unnoticed in three runs");
 }
 
 /// Not in the default suite: the window this trap opens is often closed by a
@@ -49,23 +58,13 @@ async fn the_checker_catches_deletes_without_tombstones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "probabilistic: a run misses trap 1 about one time in five"]
 async fn the_checker_catches_progress_published_before_apply() {
-    // The bug shows only when a read lands in the window between a batch's
-    // cursor and its apply; each run is random, so allow a few.
-    for attempt in 1..=3u64 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
+    // The bug shows only when a read lands between a batch's cursor and its apply.
+    let caught = caught_in_three_runs(|config| {
         config.node.trap_cursor_before_apply = true;
         // Small batches, so many cursor steps open the trap's window.
         config.node.migration_batch_bytes = 2 * 1024;
         config.moves = 60;
-        config.abort_share = 0.0;
-        config.seed = attempt;
-        // The cursor is what fulva's clients read by.
-        config.strategies = vec![fulva_proto::Strategy::Fulva];
-        let report = stress::run(config).await.unwrap();
-        if !report.check.violations.is_empty() {
-            return;
-        }
-    }
-    panic!("trap 1 went unnoticed in three runs");
+    })
+    .await;
+    assert!(caught, "trap 1 went unnoticed in three runs");
 }
