@@ -1,5 +1,6 @@
 //! `fulva kv`: one-off reads and writes against a running cluster.
 
+use crate::datapath::{DpdkClientArgs, TransportName};
 use fulva_client::{Client, ClientConfig};
 
 /// Options of `fulva kv`.
@@ -8,6 +9,11 @@ pub struct KvArgs {
     /// Control endpoint of the cluster (as printed by `fulva up`).
     #[arg(long, env = "FULVA_ENDPOINT", default_value = "127.0.0.1:7000")]
     pub endpoint: String,
+    /// Data path: `kernel` (UDP) or `dpdk`.
+    #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportName::Kernel)]
+    pub transport: TransportName,
+    #[command(flatten)]
+    pub dpdk: DpdkClientArgs,
     /// The operation.
     #[command(subcommand)]
     pub command: KvCommand,
@@ -49,6 +55,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
     let mut config = ClientConfig::new(args.endpoint.clone());
     config.sockets = 1;
     config.watch_map = false;
+    args.dpdk.apply(args.transport, &mut config)?;
     let client = Client::connect(config).await?;
     match args.command {
         KvCommand::Get { key, version } => {

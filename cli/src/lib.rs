@@ -8,6 +8,7 @@
 //! - [`stress`]: randomized moves under load, checked for linearizability.
 //! - [`up`]: `fulva up`.
 //! - [`kv`]: `fulva kv get|put|del|mget`.
+//! - [`datapath`]: `--transport` (kernel UDP or DPDK) for commands that open a client.
 //! - [`admin`]: `fulva map`, `fulva migrate`, `fulva split`.
 //! - [`bench`]: `fulva bench kv`.
 //! - [`check`]: `fulva check`, the linearizability checker.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod bench;
 pub mod check;
+pub mod datapath;
 pub mod kv;
 pub mod local;
 pub mod sessions;

@@ -3,6 +3,7 @@
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::stats::ClientStats;
+use crate::transport::{DataTransport, TransportChoice};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fulva_proto::frame::{dual_read_flags, RequestHeader, MAX_MULTI_GET};
@@ -123,7 +124,7 @@ impl<T: Transport> Drop for Inner<T> {
 }
 
 /// A Fulva client. Cheap to clone; clones share sockets and the cached map.
-pub struct Client<T: Transport = UdpTransport> {
+pub struct Client<T: Transport = DataTransport> {
     inner: Arc<Inner<T>>,
 }
 
@@ -133,13 +134,22 @@ impl<T: Transport> Clone for Client<T> {
     }
 }
 
-impl Client<UdpTransport> {
-    /// Connects to the control endpoint, fetches the shard map and opens
-    /// `config.sockets` UDP sockets.
-    pub async fn connect(config: ClientConfig) -> Result<Client<UdpTransport>, ClientError> {
-        let transports = (0..config.sockets.max(1))
-            .map(|_| UdpTransport::bind(config.bind_addr, false))
-            .collect::<Result<Vec<_>, _>>()?;
+impl Client<DataTransport> {
+    /// Connects to the control endpoint, fetches the shard map and opens the
+    /// data path `config.transport` names: `config.sockets` UDP sockets, or
+    /// one DPDK transport.
+    pub async fn connect(config: ClientConfig) -> Result<Client<DataTransport>, ClientError> {
+        let transports = match &config.transport {
+            TransportChoice::Kernel => (0..config.sockets.max(1))
+                .map(|_| UdpTransport::bind(config.bind_addr, false).map(DataTransport::Udp))
+                .collect::<Result<Vec<_>, _>>()?,
+            #[cfg(feature = "dpdk")]
+            TransportChoice::Dpdk(dpdk) => {
+                let transport = fulva_dpdk::DpdkTransport::start(dpdk.clone())
+                    .map_err(|e| ClientError::Io(std::io::Error::other(format!("dpdk: {e}"))))?;
+                vec![DataTransport::Dpdk(transport)]
+            }
+        };
         Client::with_transports(config, transports).await
     }
 }

@@ -1,5 +1,6 @@
 //! Client settings.
 
+use crate::transport::TransportChoice;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct ClientConfig {
     /// `NAMESPACE/NAME` of the FulvaCluster when the endpoint (the operator's)
     /// serves several; empty for a cluster's own endpoint.
     pub cluster: String,
+    /// The data path: kernel UDP (default) or DPDK (`dpdk` feature).
+    pub transport: TransportChoice,
 }
 
 impl ClientConfig {
@@ -45,6 +48,7 @@ impl ClientConfig {
             max_value_bytes: 60_000,
             watch_map: true,
             cluster: String::new(),
+            transport: TransportChoice::Kernel,
         }
     }
 }

@@ -3,9 +3,10 @@
 //! (read, write, delete), `key`, `value` and `time_ns`. `fulva check` checks
 //! such a history for linearizability.
 
+use crate::transport::DataTransport;
 use crate::{Client, ClientError};
 use bytes::Bytes;
-use fulva_proto::transport::{Transport, UdpTransport};
+use fulva_proto::transport::Transport;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::io::{BufWriter, Write};
@@ -107,7 +108,7 @@ impl History {
 /// Use one per task: a process runs one operation at a time. After an
 /// operation with an unknown outcome the recorder moves to a new process id,
 /// as Jepsen does, since the old one may still be in flight.
-pub struct RecordingClient<T: Transport = UdpTransport> {
+pub struct RecordingClient<T: Transport = DataTransport> {
     client: Client<T>,
     history: Arc<History>,
     process: u64,

@@ -21,15 +21,18 @@
 //! - [`error`]: the [`ClientError`] enum.
 //! - [`history`]: the opt-in [`History`] recorder ([`RecordingClient`]).
 //! - [`stats`]: the [`ClientStats`] counters.
+//! - [`transport`]: the data path [`Client::connect`] opens (kernel UDP or DPDK).
 
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod history;
 pub mod stats;
+pub mod transport;
 
 pub use client::{Client, Versioned};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use history::{Event, EventType, Function, History, RecordingClient};
 pub use stats::ClientStats;
+pub use transport::{DataTransport, TransportChoice};

@@ -22,4 +22,4 @@ pub use eal::{Eal, EalError};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use port::Port;
-pub use transport::{DpdkConfig, DpdkTransport};
+pub use transport::{DpdkConfig, DpdkTransport, FrameHandler};

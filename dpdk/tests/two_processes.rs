@@ -45,10 +45,11 @@ async fn run_node(id: u32, socket: String) {
         &format!("fulva-node{id}-{}", std::process::id()),
         &[format!("net_memif0,role=server,socket={socket},id=0")],
     );
-    let transport = DpdkTransport::start(DpdkConfig::new(args, "net_memif0", node_addr(id))).unwrap();
+    // The production path: the poller thread runs every request to completion.
+    let dpdk = DpdkConfig::new(args, "net_memif0", node_addr(id));
     let config = NodeConfig { migration_batch_bytes: 4096, ..NodeConfig::loopback(id) };
     let stop = CancellationToken::new();
-    let node = fulva_kvnode::start_on(config, vec![transport], stop.clone()).await.unwrap();
+    let node = fulva_kvnode::start_dpdk(config, dpdk, stop.clone()).await.unwrap();
     println!("READY {}", node.control_addr);
     // The parent closes our stdin (or kills us) when it is done.
     let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;

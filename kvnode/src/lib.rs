@@ -75,6 +75,9 @@ pub struct NodeHandle {
     pub handler: Arc<Handler>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// A data path served outside the runtime (the DPDK poller), kept alive
+    /// as long as the node.
+    data_path: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl NodeHandle {
@@ -82,6 +85,7 @@ impl NodeHandle {
     /// [`SHUTDOWN_GRACE`] for open control connections to finish, then they are cut.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
+        drop(self.data_path.take());
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!(
@@ -138,6 +142,38 @@ pub async fn start_on<T: Transport>(
     for transport in transports {
         tasks.spawn(server::serve(transport, handler.clone(), shutdown.clone()));
     }
+    start_services(config, handler, data_addr, tasks, None, shutdown).await
+}
+
+/// Starts a node whose data path runs to completion on DPDK: the transport's
+/// poller thread executes every request and sends the reply itself.
+#[cfg(feature = "dpdk")]
+pub async fn start_dpdk(
+    config: NodeConfig,
+    dpdk: fulva_dpdk::DpdkConfig,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let handler = Arc::new(Handler::new(&config));
+    let serving = handler.clone();
+    let data_addr = SocketAddr::V4(dpdk.local);
+    let transport = fulva_dpdk::DpdkTransport::start_serving(
+        dpdk,
+        Arc::new(move |frame, _from, out| serving.handle_frame(frame, out)),
+    )
+    .map_err(|e| NodeError::Config(format!("dpdk: {e}")))?;
+    start_services(config, handler, data_addr, JoinSet::new(), Some(Box::new(transport)), shutdown).await
+}
+
+/// Starts the control and metrics endpoints of a node whose data path is set up.
+async fn start_services(
+    config: NodeConfig,
+    handler: Arc<Handler>,
+    data_addr: SocketAddr,
+    mut tasks: JoinSet<()>,
+    data_path: Option<Box<dyn std::any::Any + Send + Sync>>,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let bind = |what, addr| move |source| NodeError::Bind { what, addr, source };
 
     let control = tokio::net::TcpListener::bind(config.control_addr)
         .await
@@ -188,6 +224,7 @@ pub async fn start_on<T: Transport>(
         handler,
         shutdown,
         tasks,
+        data_path,
     })
 }
 
@@ -223,9 +260,8 @@ async fn run_dpdk(
         return Err(NodeError::Config("dpdk: the data address must be IPv4".into()));
     };
     tracing::info!(%port, %local, eal = %eal_args.join(" "), "starting the DPDK data path");
-    let transport = fulva_dpdk::DpdkTransport::start(fulva_dpdk::DpdkConfig::new(eal_args, port, local))
-        .map_err(|e| NodeError::Config(format!("dpdk: {e}")))?;
-    let node = start_on(config, vec![transport], CancellationToken::new()).await?;
+    let dpdk = fulva_dpdk::DpdkConfig::new(eal_args, port, local);
+    let node = start_dpdk(config, dpdk, CancellationToken::new()).await?;
     shutdown.await;
     tracing::info!(node = node.node_id, "shutting down");
     node.shutdown().await;

@@ -1,22 +1,35 @@
-//! `fulva bench kv`: closed-loop key-value load against Fulva, and optionally
-//! against a real Redis server with the same workload, in one run.
+//! `fulva bench kv`: closed-loop key-value load against Fulva over each data
+//! path asked for (kernel UDP, DPDK), and optionally against a real Redis
+//! server, with the same workload in one run. Each server is its own process,
+//! so the CPU time it used gives ops/s per server core.
 
 use super::redis::RedisServer;
-use crate::local::{LocalCluster, LocalClusterConfig};
+use super::server::{cpu_seconds, NodeProcess};
+use crate::datapath::{DpdkClientArgs, TransportName};
 use crate::sessions::{FulvaSession, RedisSession};
 use crate::workload::{self, Mix, Recorder, Session, Summary, WorkloadSpec};
 use fulva_client::{Client, ClientConfig};
-use fulva_kvnode::NodeConfig;
+use fulva_operator::{Coordinator, MemoryMapStore};
+use fulva_proto::NodeInfo;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Options of `fulva bench kv`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct KvBenchArgs {
-    /// Control endpoint of a running cluster; without it, one local node is started.
+    /// Control endpoint of a running cluster (measured over kernel UDP); without
+    /// it, a node process is started for each `--transport`.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// Data paths to measure, in order, each with its own node process:
+    /// `kernel` (UDP on loopback) and/or `dpdk` (a `net_memif` link between
+    /// the node and this process, EAL `--no-huge --no-pci`; needs a build
+    /// with `--features dpdk`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kernel")]
+    pub transport: Vec<TransportName>,
     /// Workload mixes to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ycsb-b,ycsb-c")]
     pub mix: Vec<Mix>,
@@ -31,12 +44,15 @@ pub struct KvBenchArgs {
     /// Upper bound on operations per measurement (the duration usually ends it first).
     #[arg(long, default_value_t = 200_000_000)]
     pub max_ops: u64,
-    /// Data-path workers of the local node.
+    /// Data-path workers of the kernel-UDP node (a DPDK node has one poller).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// UDP sockets of the client.
     #[arg(long, default_value_t = 2)]
     pub client_sockets: usize,
+    /// The program run as `PROGRAM node ...` for the node processes (default: this one).
+    #[arg(long)]
+    pub node_binary: Option<PathBuf>,
     /// Also run the same workload against a redis-server started for the run.
     #[arg(long)]
     pub vs_redis: bool,
@@ -53,18 +69,33 @@ pub struct KvBenchArgs {
 pub struct RunResult {
     /// "fulva" or "redis".
     pub system: &'static str,
+    /// Data path: "kernel" or "dpdk" for Fulva, "tcp" for Redis.
+    pub transport: &'static str,
     /// Workload mix.
     pub mix: Mix,
     /// Completed operations per second.
     pub ops_per_sec: f64,
+    /// CPU the server process used during the measurement, in cores (CPU
+    /// seconds per second); unknown for a cluster not started by the run.
+    pub server_cores: Option<f64>,
+    /// `ops_per_sec / server_cores`.
+    pub ops_per_server_core: Option<f64>,
     /// Latency summary.
     pub latency: Summary,
+}
+
+/// What is measured: a system over a data path, served by process `pid`.
+#[derive(Clone, Copy)]
+struct Target {
+    system: &'static str,
+    transport: &'static str,
+    pid: Option<u32>,
 }
 
 /// Warms up, then measures one mix; `sessions` makes a fresh set of client
 /// sessions for each phase (Redis sessions are connections and cannot be shared).
 async fn measure<S, F, Fut>(
-    system: &'static str,
+    target: Target,
     mut sessions: F,
     args: &KvBenchArgs,
     mix: Mix,
@@ -75,7 +106,13 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Vec<S>>>,
 {
     let spec = WorkloadSpec::new(mix, args.load.zipf, args.load.keys, args.load.value_size);
-    eprintln!("  {system} {}: warming up {} s, measuring {} s", mix.name(), args.warmup, args.duration);
+    let Target { system, transport, pid } = target;
+    eprintln!(
+        "  {system} ({transport}) {}: warming up {} s, measuring {} s",
+        mix.name(),
+        args.warmup,
+        args.duration
+    );
     let mut result = None;
     for secs in [args.warmup, args.duration] {
         let recorder = Recorder::new(1);
@@ -86,13 +123,26 @@ where
             timer.cancel();
         });
         let set = sessions().await?;
+        let cpu_before = pid.and_then(cpu_seconds);
         let started = Instant::now();
         workload::run_closed_loop(set, spec, recorder.clone(), stop, args.max_ops, 7).await;
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+        let server_cores = match (cpu_before, pid.and_then(cpu_seconds)) {
+            (Some(before), Some(after)) => Some((after - before) / elapsed),
+            _ => None,
+        };
         let (latency, errors) = recorder.drain();
         let latency = Summary::of(&latency[0], errors);
-        result =
-            Some(RunResult { system, mix, ops_per_sec: latency.ops as f64 / elapsed.max(1e-9), latency });
+        let ops_per_sec = latency.ops as f64 / elapsed;
+        result = Some(RunResult {
+            system,
+            transport,
+            mix,
+            ops_per_sec,
+            server_cores,
+            ops_per_server_core: server_cores.filter(|c| *c > 0.0).map(|c| ops_per_sec / c),
+            latency,
+        });
     }
     Ok(result.expect("the measurement ran"))
 }
@@ -113,37 +163,97 @@ impl Session for SingleBucket {
     }
 }
 
-/// Runs `fulva bench kv`.
-pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.load.clients > 0, "--clients must be at least 1");
-    anyhow::ensure!(args.load.keys > 0, "--keys must be at least 1");
-    let mut results = Vec::new();
+/// The DPDK network of a benchmark: the node at 10.9.0.1 and this process at
+/// 10.9.0.100, joined by one `net_memif` link whose socket is in `dir`.
+struct MemifLink {
+    socket: PathBuf,
+}
 
-    // Fulva first, then Redis: never both at once, they share the two cores.
-    let local = match &args.endpoint {
-        Some(_) => None,
-        None => Some(
-            LocalCluster::start(LocalClusterConfig {
-                nodes: 1,
-                shards: 1,
-                node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
-                ..LocalClusterConfig::default()
-            })
-            .await?,
-        ),
+impl MemifLink {
+    const NODE: &'static str = "10.9.0.1:7100";
+    const CLIENT: &'static str = "10.9.0.100:7200";
+
+    fn eal(&self, who: &str, role: &str) -> String {
+        format!(
+            "--no-huge --no-pci --no-telemetry -m 512 --log-level=*:warning --file-prefix=fulva-bench-{who}-{} \
+             --vdev=net_memif0,role={role},socket={},id=0",
+            std::process::id(),
+            self.socket.display()
+        )
+    }
+
+    fn node_args(&self) -> Vec<String> {
+        vec![
+            "--transport=dpdk".into(),
+            "--dpdk-port=net_memif0".into(),
+            format!("--eal-args={}", self.eal("node", "server")),
+        ]
+    }
+
+    fn client(&self) -> DpdkClientArgs {
+        DpdkClientArgs {
+            dpdk_port: Some("net_memif0".into()),
+            eal_args: self.eal("client", "client"),
+            dpdk_addr: MemifLink::CLIENT.parse().expect("valid address"),
+        }
+    }
+}
+
+/// Starts a node process for `transport`, serves its shard map from this
+/// process, and measures every mix against it.
+async fn run_fulva_local(
+    args: &KvBenchArgs,
+    transport: TransportName,
+    results: &mut Vec<RunResult>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = match &args.node_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
     };
-    let endpoint = args
-        .endpoint
-        .clone()
-        .or_else(|| local.as_ref().map(LocalCluster::control_endpoint))
-        .expect("one is set");
-    let mut config = ClientConfig::new(endpoint.clone());
+    let log = dir.path().join("node.log");
+    let link = MemifLink { socket: dir.path().join("memif.sock") };
+    let (node_args, data_addr): (Vec<String>, SocketAddr) = match transport {
+        TransportName::Kernel => {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+            (vec![format!("--workers={}", args.workers.max(1))], port)
+        }
+        TransportName::Dpdk => {
+            // Fail before starting anything when this build cannot speak DPDK.
+            link.client().apply(transport, &mut ClientConfig::new("unused"))?;
+            (link.node_args(), MemifLink::NODE.parse()?)
+        }
+    };
+    let node = NodeProcess::start(&binary, &node_args, data_addr, log).await?;
+    eprintln!("  fulva ({}): node pid {:?}, data path on {}", transport.name(), node.pid(), node.data_addr);
+    let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
+    let coordinator =
+        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 1, true).await?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = listener.local_addr()?.to_string();
+    let stop = CancellationToken::new();
+    fulva_operator::spawn_control_endpoint(listener, coordinator, stop.clone());
+    let mut config = ClientConfig::new(endpoint);
     config.sockets = args.client_sockets.max(1);
+    link.client().apply(transport, &mut config)?;
+    let outcome = run_fulva(args, config, transport.name(), node.pid(), results).await;
+    stop.cancel();
+    if outcome.is_err() {
+        eprintln!("  node log:\n{}", node.log_tail());
+    }
+    node.stop().await;
+    outcome
+}
+
+/// Loads the keys through a client made from `config`, then measures every mix.
+async fn run_fulva(
+    args: &KvBenchArgs,
+    config: ClientConfig,
+    transport: &'static str,
+    pid: Option<u32>,
+    results: &mut Vec<RunResult>,
+) -> anyhow::Result<()> {
     let client = Client::connect(config).await?;
-    eprintln!(
-        "fulva bench kv: {} keys of {} bytes, {} clients, zipf {}",
-        args.load.keys, args.load.value_size, args.load.clients, args.load.zipf
-    );
     let took = workload::load(
         vec![FulvaSession { client: client.clone() }; 64],
         args.load.keys,
@@ -152,18 +262,46 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!(
-        "  fulva: loaded in {:.1} s ({:.0} puts/s)",
+        "  fulva ({transport}): loaded in {:.1} s ({:.0} puts/s)",
         took.as_secs_f64(),
         args.load.keys as f64 / took.as_secs_f64()
     );
+    let target = Target { system: "fulva", transport, pid };
     for &mix in &args.mix {
         let make =
             || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.load.clients]) };
-        results.push(measure("fulva", make, &args, mix).await?);
+        results.push(measure(target, make, args, mix).await?);
     }
-    drop(client);
-    if let Some(cluster) = local {
-        cluster.shutdown().await;
+    Ok(())
+}
+
+/// Runs `fulva bench kv`.
+pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.load.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.load.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(!args.transport.is_empty(), "--transport names no data path");
+    let mut results = Vec::new();
+    eprintln!(
+        "fulva bench kv: {} keys of {} bytes, {} clients, zipf {}",
+        args.load.keys, args.load.value_size, args.load.clients, args.load.zipf
+    );
+
+    // One system at a time: they share the machine's cores.
+    match &args.endpoint {
+        Some(endpoint) => {
+            anyhow::ensure!(
+                args.transport == [TransportName::Kernel],
+                "with --endpoint the run measures that cluster over kernel UDP; leave out --transport"
+            );
+            let mut config = ClientConfig::new(endpoint.clone());
+            config.sockets = args.client_sockets.max(1);
+            run_fulva(&args, config, "kernel", None, &mut results).await?;
+        }
+        None => {
+            for &transport in &args.transport {
+                run_fulva_local(&args, transport, &mut results).await?;
+            }
+        }
     }
 
     if args.vs_redis {
@@ -185,6 +323,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
             load.await??;
         }
         eprintln!("  redis: loaded in {:.1} s", started.elapsed().as_secs_f64());
+        let target = Target { system: "redis", transport: "tcp", pid: redis.pid() };
         for &mix in &args.mix {
             let addr = redis.addr;
             let make = || async move {
@@ -194,7 +333,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
                 }
                 Ok(sessions)
             };
-            results.push(measure("redis", make, &args, mix).await?);
+            results.push(measure(target, make, &args, mix).await?);
         }
         redis.stop().await;
     }
@@ -211,30 +350,54 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
 
 fn print_results(results: &[RunResult]) {
     println!(
-        "\n{:<8} {:<8} {:>12} {:>10} {:>10} {:>10} {:>8}",
-        "system", "mix", "ops/s", "p50 us", "p99 us", "p99.9 us", "errors"
+        "\n{:<6} {:<7} {:<8} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "system", "path", "mix", "ops/s", "cores", "ops/s/core", "p50 us", "p99 us", "p99.9 us", "errors"
     );
+    let opt = |v: Option<f64>, precision: usize| v.map_or("-".to_string(), |v| format!("{v:.precision$}"));
     for r in results {
         println!(
-            "{:<8} {:<8} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+            "{:<6} {:<7} {:<8} {:>10.0} {:>7} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             r.system,
+            r.transport,
             r.mix.name(),
             r.ops_per_sec,
+            opt(r.server_cores, 2),
+            opt(r.ops_per_server_core, 0),
             r.latency.p50_us,
             r.latency.p99_us,
             r.latency.p999_us,
             r.latency.errors
         );
     }
+    let find = |system: &str, transport: &str, mix: Mix| {
+        results.iter().find(|r| r.system == system && r.transport == transport && r.mix == mix)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_string(),
+    };
     for f in results.iter().filter(|r| r.system == "fulva") {
-        if let Some(r) = results.iter().find(|r| r.system == "redis" && r.mix == f.mix) {
+        let mut pairs = Vec::new();
+        if f.transport == "dpdk" {
+            if let Some(k) = find("fulva", "kernel", f.mix) {
+                pairs.push(("kernel", k));
+            }
+        }
+        if let Some(r) = find("redis", "tcp", f.mix) {
+            pairs.push(("redis", r));
+        }
+        for (name, other) in pairs {
             println!(
-                "{}: fulva/redis ops/s {:.2}x, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x (latency ratios below 1 favour fulva)",
+                "{} {}: fulva {}/{name} ops/s {:.2}x, ops/s per server core {}, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x (latency ratios below 1 favour fulva {})",
                 f.mix.name(),
-                f.ops_per_sec / r.ops_per_sec.max(1e-9),
-                f.latency.p50_us / r.latency.p50_us.max(1e-9),
-                f.latency.p99_us / r.latency.p99_us.max(1e-9),
-                f.latency.p999_us / r.latency.p999_us.max(1e-9)
+                f.transport,
+                f.transport,
+                f.ops_per_sec / other.ops_per_sec.max(1e-9),
+                ratio(f.ops_per_server_core, other.ops_per_server_core),
+                f.latency.p50_us / other.latency.p50_us.max(1e-9),
+                f.latency.p99_us / other.latency.p99_us.max(1e-9),
+                f.latency.p999_us / other.latency.p999_us.max(1e-9),
+                f.transport,
             );
         }
     }

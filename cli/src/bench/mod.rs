@@ -22,3 +22,4 @@ pub mod migration;
 pub mod plot;
 pub mod redis;
 pub mod redis_cluster;
+pub mod server;

@@ -39,6 +39,31 @@ impl RecvBatch {
     pub fn get(&self, i: usize) -> (&[u8], SocketAddr) {
         (&self.bufs[i][..self.lens[i]], self.from[i])
     }
+
+    /// Empties the batch, keeping its buffers (for transports outside this crate).
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
+    /// Whether every slot holds a datagram.
+    pub fn is_full(&self) -> bool {
+        self.filled == self.bufs.len()
+    }
+
+    /// Copies `data` (truncated to the slot size) into the next slot; returns
+    /// false, taking nothing, when the batch is full.
+    pub fn push(&mut self, data: &[u8], from: SocketAddr) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let slot = &mut self.bufs[self.filled];
+        let n = data.len().min(slot.len());
+        slot[..n].copy_from_slice(&data[..n]);
+        self.lens[self.filled] = n;
+        self.from[self.filled] = from;
+        self.filled += 1;
+        true
+    }
 }
 
 /// Datagrams to send with one [`Transport::send_batch`](super::Transport::send_batch) call.
@@ -92,5 +117,27 @@ impl SendBatch {
     /// Datagram `i` and its destination.
     pub fn get(&self, i: usize) -> (&[u8], SocketAddr) {
         (&self.bufs[i], self.to[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_fills_slots_in_order_truncates_and_stops_when_full() {
+        let from: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        let mut batch = RecvBatch::new(2, 4);
+        assert!(batch.push(b"ab", from));
+        assert!(batch.push(b"abcdef", from));
+        assert!(batch.is_full());
+        assert!(!batch.push(b"x", from), "a full batch takes nothing");
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.get(0), (&b"ab"[..], from));
+        assert_eq!(batch.get(1).0, b"abcd", "longer than a slot: truncated");
+        batch.clear();
+        assert!(batch.is_empty());
+        assert!(batch.push(b"z", from));
+        assert_eq!(batch.get(0).0, b"z");
     }
 }

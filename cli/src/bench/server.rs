@@ -1,0 +1,93 @@
+//! A storage node in its own process for a benchmark, and the CPU time a
+//! server process used (for ops/s per server core).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line (utime, stime) are 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
+/// One `fulva node` child process; killed (by its pid) when dropped.
+pub struct NodeProcess {
+    child: Child,
+    /// Data-path address it serves on.
+    pub data_addr: SocketAddr,
+    /// gRPC control address.
+    pub control_addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `binary node ARGS --node-id 0 --data-addr DATA --control-addr
+    /// (free port) --metrics-addr (free port)`, its stderr going to `log`, and
+    /// waits until its control port answers.
+    pub async fn start(
+        binary: &Path,
+        args: &[String],
+        data_addr: SocketAddr,
+        log: PathBuf,
+    ) -> anyhow::Result<NodeProcess> {
+        let free = || -> anyhow::Result<SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let control_addr = free()?;
+        let metrics_addr = free()?;
+        let child = Command::new(binary)
+            .arg("node")
+            .args(["--node-id", "0"])
+            .arg(format!("--data-addr={data_addr}"))
+            .arg(format!("--control-addr={control_addr}"))
+            .arg(format!("--metrics-addr={metrics_addr}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {} node: {e}", binary.display()))?;
+        let mut node = NodeProcess { child, data_addr, control_addr, log };
+        let started = Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(control_addr).await.is_ok() {
+                return Ok(node);
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                anyhow::bail!("the node exited ({status}):\n{}", node.log_tail());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("the node did not listen on {control_addr} within 30 s:\n{}", node.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The last lines the node wrote to its log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Stops the node (by its pid) and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
