@@ -17,6 +17,8 @@
 //! - [`planner`]: the pure planner (cluster load + policy → moves and splits).
 //! - [`load`]: per-range load sampled from the nodes, smoothed.
 //! - [`rebalancer`]: the loop that samples, plans and runs moves (local mode and operator).
+//! - [`rebalance_crd`]: the FulvaRebalance custom resource (one-shot rebalance, proposal, approval).
+//! - [`rebalance_job`]: a one-shot rebalance's proposal and the job that runs it (throttle, adaptive rate).
 //! - [`recovery`]: after a restart, finishing or undoing the moves a previous coordinator left.
 //! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`app`]: the operator process (leader election, controller, control endpoint, health).
@@ -39,6 +41,8 @@ pub mod metrics;
 pub mod moves;
 pub mod planner;
 pub mod policy;
+pub mod rebalance_crd;
+pub mod rebalance_job;
 pub mod rebalancer;
 pub mod recovery;
 pub mod service;

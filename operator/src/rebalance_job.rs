@@ -1,0 +1,512 @@
+//! One-shot rebalances (the FulvaRebalance resource's runtime side): the
+//! proposal, computed from the cluster's load by the planner, and the job
+//! that runs it with a changeable, optionally adaptive, bandwidth limit.
+
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::moves::MoveOptions;
+use crate::planner::{self, Action, ClusterLoad, Dimension};
+use crate::policy::RebalancePolicy;
+use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal, ProposedMove, RebalanceGoal};
+use fulva_proto::grpc::MigrationStatusRequest;
+use fulva_proto::{HashRange, NodeId, ShardMap};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Transfer rate assumed for the estimate when no bandwidth limit is set
+/// (bytes/s; about what one move reaches on a small machine).
+pub const ESTIMATE_BYTES_PER_SEC: f64 = 50e6;
+/// Fixed cost per move in the estimate (freeze, map updates, commit).
+pub const ESTIMATE_SECONDS_PER_MOVE: f64 = 0.5;
+
+/// Plans a rebalance of a cluster whose load is `load` and map `map`, under
+/// the cluster's `policy`. Unlike the automatic rebalancer it plans the whole
+/// job at once: no per-round move limit and no cooldown.
+pub fn propose(
+    load: &ClusterLoad,
+    map: &ShardMap,
+    policy: &RebalancePolicy,
+    spec: &FulvaRebalanceSpec,
+    rate_bytes_per_sec: u64,
+) -> Result<Proposal, String> {
+    let mut load = load.clone();
+    load.recently_moved.clear();
+    let mut policy = policy.clone();
+    policy.max_concurrent_moves = u32::MAX / 2;
+    policy.max_moves_per_node = u32::MAX / 2;
+    let known = |n: &u32| map.node(*n).is_some();
+    let (actions, dimension, before, after) = match spec.goal {
+        RebalanceGoal::Moves => return propose_moves(&load, map, spec, rate_bytes_per_sec),
+        RebalanceGoal::Full => {
+            let dimension = planner::triggered(&load, &policy).unwrap_or(Dimension::Ops);
+            let plan = planner::plan(&load, &policy, Some(dimension));
+            (plan.actions, plan.dimension, plan.before, plan.after)
+        }
+        RebalanceGoal::AddNodes => {
+            if let Some(n) = spec.nodes.iter().find(|n| !known(n)) {
+                return Err(format!("node {n} is not in the cluster's map (is its pod running?)"));
+            }
+            // Only the new nodes receive; stored bytes when there are any, else ops.
+            policy.excluded_nodes = map.nodes.iter().map(|n| n.id).filter(|n| !spec.nodes.contains(n)).collect();
+            let dimension =
+                if load.ranges.iter().any(|r| r.bytes > 0) { Dimension::Memory } else { Dimension::Ops };
+            let plan = planner::plan(&load, &policy, Some(dimension));
+            (plan.actions, plan.dimension, plan.before, plan.after)
+        }
+        RebalanceGoal::RemoveNodes => {
+            if let Some(n) = spec.nodes.iter().find(|n| !known(n)) {
+                return Err(format!("node {n} is not in the cluster's map"));
+            }
+            if map.nodes.iter().all(|n| spec.nodes.contains(&n.id)) {
+                return Err("removing every node leaves nowhere for the data".into());
+            }
+            for node in &mut load.nodes {
+                node.draining = spec.nodes.contains(&node.id);
+            }
+            let plan = planner::plan(&load, &policy, None);
+            (plan.actions, plan.dimension, plan.before, plan.after)
+        }
+    };
+    let mut proposal = Proposal {
+        imbalance_before: before,
+        imbalance_after: after,
+        dimension: dimension.name().to_string(),
+        map_epoch: map.epoch,
+        computed_at: now_rfc3339(),
+        ..Proposal::default()
+    };
+    for action in actions {
+        match action {
+            Action::Split { range, at } => proposal.splits.push(format!("{range}@{at:#x}")),
+            Action::Move { range, from, to, reason, .. } => proposal.moves.push(ProposedMove {
+                range: range.to_string(),
+                from,
+                to,
+                bytes: bytes_of(&load, range),
+                reason: reason.name().to_string(),
+            }),
+        }
+    }
+    finish(&mut proposal, spec, rate_bytes_per_sec);
+    Ok(proposal)
+}
+
+fn propose_moves(
+    load: &ClusterLoad,
+    map: &ShardMap,
+    spec: &FulvaRebalanceSpec,
+    rate_bytes_per_sec: u64,
+) -> Result<Proposal, String> {
+    let mut ops: Vec<(NodeId, f64)> = load.nodes.iter().map(|n| (n.id, 0.0)).collect();
+    for r in &load.ranges {
+        if let Some(n) = ops.iter_mut().find(|(id, _)| *id == r.owner) {
+            n.1 += r.ops_per_sec;
+        }
+    }
+    let before = planner::imbalance_score(&ops.iter().map(|n| n.1).collect::<Vec<_>>());
+    let mut proposal = Proposal {
+        imbalance_before: before,
+        dimension: Dimension::Ops.name().to_string(),
+        map_epoch: map.epoch,
+        computed_at: now_rfc3339(),
+        ..Proposal::default()
+    };
+    for requested in &spec.moves {
+        let range: HashRange = requested.range.parse().map_err(|e| format!("{:?}: {e}", requested.range))?;
+        let shard = map.shard_of(range.first).ok_or_else(|| format!("no shard holds {range}"))?;
+        if !shard.range.contains(range.last) {
+            return Err(format!("{range} spans more than one shard (shard {} ends inside it)", shard.range));
+        }
+        if map.node(requested.to).is_none() {
+            return Err(format!("destination node {} is not in the cluster's map", requested.to));
+        }
+        if shard.owner == requested.to {
+            return Err(format!("{range} is already on node {}", requested.to));
+        }
+        let share = width(range) / width(shard.range);
+        if let Some(r) = load.ranges.iter().find(|r| r.range == shard.range) {
+            let moved = r.ops_per_sec * share;
+            for (id, value) in &mut ops {
+                if *id == shard.owner {
+                    *value -= moved;
+                } else if *id == requested.to {
+                    *value += moved;
+                }
+            }
+        }
+        proposal.moves.push(ProposedMove {
+            range: range.to_string(),
+            from: shard.owner,
+            to: requested.to,
+            bytes: (bytes_of(load, shard.range) as f64 * share) as u64,
+            reason: "requested".into(),
+        });
+    }
+    proposal.imbalance_after = planner::imbalance_score(&ops.iter().map(|n| n.1).collect::<Vec<_>>());
+    finish(&mut proposal, spec, rate_bytes_per_sec);
+    Ok(proposal)
+}
+
+fn width(range: HashRange) -> f64 {
+    range.last as f64 - range.first as f64 + 1.0
+}
+
+fn bytes_of(load: &ClusterLoad, range: HashRange) -> u64 {
+    load.ranges
+        .iter()
+        .filter(|r| r.range.first <= range.last && range.first <= r.range.last)
+        .map(|r| {
+            let overlap = r.range.last.min(range.last) as f64 - r.range.first.max(range.first) as f64 + 1.0;
+            (r.bytes as f64 * overlap / width(r.range)) as u64
+        })
+        .sum()
+}
+
+/// Fills in the totals and the duration estimate.
+fn finish(proposal: &mut Proposal, spec: &FulvaRebalanceSpec, rate_bytes_per_sec: u64) {
+    proposal.bytes_to_move = proposal.moves.iter().map(|m| m.bytes).sum();
+    let rate = if rate_bytes_per_sec > 0 { rate_bytes_per_sec as f64 } else { ESTIMATE_BYTES_PER_SEC };
+    let parallel = f64::from(spec.max_concurrent_moves.unwrap_or(1).max(1)).min(proposal.moves.len().max(1) as f64);
+    proposal.estimated_seconds = proposal.bytes_to_move as f64 / rate / parallel
+        + ESTIMATE_SECONDS_PER_MOVE * proposal.moves.len() as f64 / parallel;
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Where a job is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobPhase {
+    /// Moves are running or waiting.
+    Running,
+    /// Stopped on request; moves in flight finished.
+    Stopped,
+    /// Every move ran; `failed` of the report say how many did not finish.
+    Done,
+}
+
+/// What a job reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobReport {
+    /// Where it is.
+    pub phase: JobPhase,
+    /// Moves finished (or found already done).
+    pub done: u32,
+    /// Moves that failed or were rolled back.
+    pub failed: u32,
+    /// Moves in the job.
+    pub total: u32,
+    /// Bytes the finished moves carried.
+    pub bytes_moved: u64,
+    /// Bytes the proposal moves.
+    pub bytes_total: u64,
+    /// Moves running: range, source, destination.
+    pub in_flight: Vec<(HashRange, NodeId, NodeId)>,
+    /// Bandwidth limit in force, bytes/s (0 = none).
+    pub rate_bytes_per_sec: u64,
+    /// Why moves failed, newest last.
+    pub errors: Vec<String>,
+    /// When the job started and ended.
+    pub started: SystemTime,
+    /// When it ended.
+    pub finished: Option<SystemTime>,
+}
+
+/// How a job sets its bandwidth.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RateControl {
+    /// A fixed limit in bytes/s (0 = none).
+    Fixed(u64),
+    /// Adapted to client latency.
+    Adaptive(AdaptiveSettings),
+}
+
+/// Settings of the adaptive rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveSettings {
+    /// Client p99 to hold.
+    pub target_p99: Duration,
+    /// Lowest and highest rate, bytes/s.
+    pub min_bytes_per_sec: u64,
+    /// Highest rate, bytes/s.
+    pub max_bytes_per_sec: u64,
+}
+
+/// The adaptive rate's control law: additive increase while client p99
+/// stays under 80% of the target, multiplicative decrease (halving) when it
+/// goes over, hold in between. One step per observation (one a second).
+#[derive(Clone, Debug)]
+pub struct AdaptiveRate {
+    settings: AdaptiveSettings,
+    rate: u64,
+}
+
+impl AdaptiveRate {
+    /// Starts at a quarter of the range above the minimum.
+    pub fn new(settings: AdaptiveSettings) -> AdaptiveRate {
+        let start = settings.min_bytes_per_sec + (settings.max_bytes_per_sec - settings.min_bytes_per_sec) / 16;
+        AdaptiveRate { settings, rate: start }
+    }
+
+    /// The rate in force, bytes/s.
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Takes the p99 seen since the last step (None: no client traffic) and
+    /// returns the new rate.
+    pub fn step(&mut self, p99: Option<Duration>) -> u64 {
+        let s = self.settings;
+        let step = ((s.max_bytes_per_sec - s.min_bytes_per_sec) / 16).max(1);
+        self.rate = match p99 {
+            Some(p) if p > s.target_p99 => (self.rate / 2).max(s.min_bytes_per_sec),
+            Some(p) if p * 5 > s.target_p99 * 4 => self.rate,
+            _ => (self.rate + step).min(s.max_bytes_per_sec),
+        };
+        self.rate
+    }
+}
+
+/// Client latency as the adaptive rate sees it.
+pub trait LatencySignal: Send + Sync + 'static {
+    /// The p99 of client requests since the last call (None: none completed).
+    fn take_p99(&self) -> Option<Duration>;
+}
+
+struct Shared {
+    coordinator: Arc<Coordinator>,
+    stop: CancellationToken,
+    rate: AtomicU64,
+    report: Mutex<JobReport>,
+}
+
+/// A running (or ended) one-shot rebalance.
+pub struct RebalanceJob {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl RebalanceJob {
+    /// Starts the proposal's moves, `concurrency` at a time. A move whose
+    /// range is already on its destination counts as done (a job resumed
+    /// after an operator restart).
+    pub fn start(
+        coordinator: Arc<Coordinator>,
+        proposal: &Proposal,
+        concurrency: u32,
+        rate: RateControl,
+        latency: Option<Arc<dyn LatencySignal>>,
+    ) -> Result<RebalanceJob, String> {
+        let mut moves = Vec::new();
+        for m in &proposal.moves {
+            let range: HashRange = m.range.parse().map_err(|e| format!("{:?}: {e}", m.range))?;
+            moves.push((range, m.from, m.to, m.bytes));
+        }
+        let adaptive = match &rate {
+            RateControl::Adaptive(settings) => Some(AdaptiveRate::new(*settings)),
+            RateControl::Fixed(_) => None,
+        };
+        let initial = match &rate {
+            RateControl::Fixed(limit) => *limit,
+            RateControl::Adaptive(_) => adaptive.as_ref().map_or(0, AdaptiveRate::rate),
+        };
+        let shared = Arc::new(Shared {
+            coordinator,
+            stop: CancellationToken::new(),
+            rate: AtomicU64::new(initial),
+            report: Mutex::new(JobReport {
+                phase: JobPhase::Running,
+                done: 0,
+                failed: 0,
+                total: moves.len() as u32,
+                bytes_moved: 0,
+                bytes_total: proposal.bytes_to_move,
+                in_flight: Vec::new(),
+                rate_bytes_per_sec: initial,
+                errors: Vec::new(),
+                started: SystemTime::now(),
+                finished: None,
+            }),
+        });
+        let finished = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn(run(shared.clone(), moves, concurrency.max(1) as usize, finished.clone()))];
+        if let (Some(mut law), Some(signal)) = (adaptive, latency) {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        () = finished.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let next = law.step(signal.take_p99());
+                    apply_rate(&shared, next).await;
+                }
+            }));
+        }
+        Ok(RebalanceJob { shared, tasks: Mutex::new(tasks) })
+    }
+
+    /// What it did so far.
+    pub fn report(&self) -> JobReport {
+        self.shared.report.lock().clone()
+    }
+
+    /// Starts no new move; the moves in flight finish.
+    pub fn stop(&self) {
+        self.shared.stop.cancel();
+    }
+
+    /// Sets the bandwidth limit (bytes/s, 0 = none) of the moves in flight
+    /// and of those still to start.
+    pub async fn set_rate(&self, bytes_per_sec: u64) {
+        apply_rate(&self.shared, bytes_per_sec).await;
+    }
+
+    /// Progress of the moves in flight: (range, source, destination, bytes
+    /// applied, bytes total, ETA seconds), from their destinations.
+    pub async fn in_flight_progress(&self) -> Vec<(HashRange, NodeId, NodeId, u64, u64, f64)> {
+        let moves = self.shared.report.lock().in_flight.clone();
+        let mut out = Vec::new();
+        for (range, from, to) in moves {
+            let mut row = (range, from, to, 0, 0, 0.0);
+            if let Ok(mut client) = self.shared.coordinator.node_client(to).await {
+                if let Ok(s) = client.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await {
+                    let s = s.into_inner();
+                    row = (range, from, to, s.bytes_applied, s.bytes_total, s.eta_seconds);
+                }
+            }
+            out.push(row);
+        }
+        out
+    }
+
+    /// Waits for the job to end (used by tests and the local CLI).
+    pub async fn wait(&self) -> JobReport {
+        loop {
+            let report = self.report();
+            if report.phase != JobPhase::Running {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RebalanceJob {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn apply_rate(shared: &Shared, bytes_per_sec: u64) {
+    shared.rate.store(bytes_per_sec, Ordering::Release);
+    let in_flight = {
+        let mut report = shared.report.lock();
+        report.rate_bytes_per_sec = bytes_per_sec;
+        report.in_flight.clone()
+    };
+    for (range, _, _) in in_flight {
+        if let Err(err) = shared.coordinator.set_move_rate(range, bytes_per_sec).await {
+            // The move may have just ended.
+            tracing::debug!(%range, error = %err, "could not change a move's rate");
+        }
+    }
+}
+
+type Ended = (HashRange, Result<crate::moves::MoveReport, CoordinatorError>);
+
+async fn run(
+    shared: Arc<Shared>,
+    moves: Vec<(HashRange, NodeId, NodeId, u64)>,
+    concurrency: usize,
+    finished: CancellationToken,
+) {
+    let mut queue = moves.into_iter();
+    let mut running: JoinSet<Ended> = JoinSet::new();
+    loop {
+        while running.len() < concurrency && !shared.stop.is_cancelled() {
+            let Some((range, from, to, _bytes)) = queue.next() else { break };
+            let map = shared.coordinator.map();
+            if map.shard_of(range.first).is_some_and(|s| s.owner == to && s.range.contains(range.last)) {
+                shared.report.lock().done += 1;
+                continue;
+            }
+            shared.report.lock().in_flight.push((range, from, to));
+            let coordinator = shared.coordinator.clone();
+            let options = MoveOptions {
+                rate_limit_bytes_per_sec: shared.rate.load(Ordering::Acquire),
+                ..MoveOptions::default()
+            };
+            tracing::info!(%range, from, to, "rebalance: move starts");
+            running.spawn(async move { (range, coordinator.migrate(range, to, options, |_| {}).await) });
+        }
+        if running.is_empty() {
+            break;
+        }
+        let Some(Ok((range, result))) = running.join_next().await else { continue };
+        let mut report = shared.report.lock();
+        report.in_flight.retain(|m| m.0 != range);
+        match result {
+            Ok(moved) => {
+                report.done += 1;
+                report.bytes_moved += moved.bytes;
+            }
+            Err(err) => {
+                report.failed += 1;
+                report.errors.push(format!("{range}: {err}"));
+            }
+        }
+    }
+    let mut report = shared.report.lock();
+    let started_all = report.done + report.failed >= report.total;
+    report.phase = if !started_all && shared.stop.is_cancelled() { JobPhase::Stopped } else { JobPhase::Done };
+    report.finished = Some(SystemTime::now());
+    finished.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AdaptiveSettings {
+        AdaptiveSettings {
+            target_p99: Duration::from_millis(2),
+            min_bytes_per_sec: 1_000_000,
+            max_bytes_per_sec: 17_000_000,
+        }
+    }
+
+    #[test]
+    fn the_rate_climbs_while_latency_is_low_and_halves_when_it_is_high() {
+        let mut law = AdaptiveRate::new(settings());
+        let start = law.rate();
+        assert_eq!(start, 2_000_000);
+        // Well under target: +1 MB/s a step, up to the maximum.
+        for i in 1..=5 {
+            assert_eq!(law.step(Some(Duration::from_micros(500))), start + i * 1_000_000);
+        }
+        for _ in 0..40 {
+            law.step(None);
+        }
+        assert_eq!(law.rate(), 17_000_000, "capped at the maximum");
+        // Over target: halve, down to the minimum.
+        assert_eq!(law.step(Some(Duration::from_millis(3))), 8_500_000);
+        assert_eq!(law.step(Some(Duration::from_millis(3))), 4_250_000);
+        for _ in 0..10 {
+            law.step(Some(Duration::from_millis(9)));
+        }
+        assert_eq!(law.rate(), 1_000_000, "floored at the minimum");
+        // Between 80% and 100% of the target: hold.
+        assert_eq!(law.step(Some(Duration::from_micros(1_900))), 1_000_000);
+        assert_eq!(law.step(Some(Duration::from_micros(1_500))), 2_000_000);
+    }
+}
