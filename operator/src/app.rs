@@ -151,7 +151,12 @@ pub async fn run(
             }
         }
     });
-    let runtimes = Arc::new(KubeRuntimes::new(client.clone(), metrics.clone(), directory));
+    let runtimes = Arc::new(KubeRuntimes::new(
+        client.clone(),
+        metrics.clone(),
+        directory,
+        format!("http://127.0.0.1:{}", config.control_addr.port()),
+    ));
     let ctx = Arc::new(Context::new(
         client,
         metrics,

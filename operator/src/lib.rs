@@ -18,6 +18,7 @@
 //! - [`load`]: per-range load sampled from the nodes, smoothed.
 //! - [`rebalancer`]: the loop that samples, plans and runs moves (local mode and operator).
 //! - [`rebalance_crd`]: the FulvaRebalance custom resource (one-shot rebalance, proposal, approval).
+//! - [`probe`]: a probe client measuring the latency clients see (for the adaptive rate).
 //! - [`rebalance_job`]: a one-shot rebalance's proposal and the job that runs it (throttle, adaptive rate).
 //! - [`recovery`]: after a restart, finishing or undoing the moves a previous coordinator left.
 //! - [`metrics`]: the operator's Prometheus metrics.
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod moves;
 pub mod planner;
 pub mod policy;
+pub mod probe;
 pub mod rebalance_crd;
 pub mod rebalance_job;
 pub mod rebalancer;

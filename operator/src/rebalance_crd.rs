@@ -295,7 +295,10 @@ impl FulvaRebalanceSpec {
             if a.target_p99_micros == 0 {
                 return Err(invalid("adaptive.targetP99Micros", "must be above 0"));
             }
-            if !(a.min_mb_per_sec > 0.0 && a.min_mb_per_sec <= a.max_mb_per_sec && a.max_mb_per_sec.is_finite()) {
+            if !(a.min_mb_per_sec > 0.0
+                && a.min_mb_per_sec <= a.max_mb_per_sec
+                && a.max_mb_per_sec.is_finite())
+            {
                 return Err(invalid("adaptive", "needs 0 < minMbPerSec <= maxMbPerSec"));
             }
         }
@@ -327,7 +330,10 @@ mod tests {
     #[test]
     fn a_minimal_spec_is_a_full_rebalance_waiting_for_approval() {
         let s = spec("cluster: demo");
-        assert_eq!((s.goal, s.auto_approve, s.bandwidth_limit_mb_per_sec), (RebalanceGoal::Full, false, None));
+        assert_eq!(
+            (s.goal, s.auto_approve, s.bandwidth_limit_mb_per_sec),
+            (RebalanceGoal::Full, false, None)
+        );
         assert_eq!(s.validate(), Ok(()));
     }
 
@@ -341,7 +347,10 @@ mod tests {
             ("cluster: demo\ngoal: moves\nmoves: [{range: 'nonsense', to: 1}]", "spec.moves"),
             ("cluster: demo\nbandwidthLimitMbPerSec: -1", "bandwidthLimitMbPerSec"),
             ("cluster: demo\nadaptive: {targetP99Micros: 0}", "targetP99Micros"),
-            ("cluster: demo\nadaptive: {targetP99Micros: 900, minMbPerSec: 9, maxMbPerSec: 2}", "spec.adaptive"),
+            (
+                "cluster: demo\nadaptive: {targetP99Micros: 900, minMbPerSec: 9, maxMbPerSec: 2}",
+                "spec.adaptive",
+            ),
             ("cluster: demo\nmaxConcurrentMoves: 0", "maxConcurrentMoves"),
         ];
         for (yaml, field) in cases {

@@ -50,7 +50,8 @@ pub fn propose(
                 return Err(format!("node {n} is not in the cluster's map (is its pod running?)"));
             }
             // Only the new nodes receive; stored bytes when there are any, else ops.
-            policy.excluded_nodes = map.nodes.iter().map(|n| n.id).filter(|n| !spec.nodes.contains(n)).collect();
+            policy.excluded_nodes =
+                map.nodes.iter().map(|n| n.id).filter(|n| !spec.nodes.contains(n)).collect();
             let dimension =
                 if load.ranges.iter().any(|r| r.bytes > 0) { Dimension::Memory } else { Dimension::Ops };
             let plan = planner::plan(&load, &policy, Some(dimension));
@@ -169,7 +170,8 @@ fn bytes_of(load: &ClusterLoad, range: HashRange) -> u64 {
 fn finish(proposal: &mut Proposal, spec: &FulvaRebalanceSpec, rate_bytes_per_sec: u64) {
     proposal.bytes_to_move = proposal.moves.iter().map(|m| m.bytes).sum();
     let rate = if rate_bytes_per_sec > 0 { rate_bytes_per_sec as f64 } else { ESTIMATE_BYTES_PER_SEC };
-    let parallel = f64::from(spec.max_concurrent_moves.unwrap_or(1).max(1)).min(proposal.moves.len().max(1) as f64);
+    let parallel =
+        f64::from(spec.max_concurrent_moves.unwrap_or(1).max(1)).min(proposal.moves.len().max(1) as f64);
     proposal.estimated_seconds = proposal.bytes_to_move as f64 / rate / parallel
         + ESTIMATE_SECONDS_PER_MOVE * proposal.moves.len() as f64 / parallel;
 }
@@ -179,7 +181,7 @@ fn now_rfc3339() -> String {
 }
 
 /// Where a job is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobPhase {
     /// Moves are running or waiting.
     Running,
@@ -248,7 +250,8 @@ pub struct AdaptiveRate {
 impl AdaptiveRate {
     /// Starts at a quarter of the range above the minimum.
     pub fn new(settings: AdaptiveSettings) -> AdaptiveRate {
-        let start = settings.min_bytes_per_sec + (settings.max_bytes_per_sec - settings.min_bytes_per_sec) / 16;
+        let start =
+            settings.min_bytes_per_sec + (settings.max_bytes_per_sec - settings.min_bytes_per_sec) / 16;
         AdaptiveRate { settings, rate: start }
     }
 
@@ -271,6 +274,22 @@ impl AdaptiveRate {
     }
 }
 
+/// The rate control a rebalance's spec asks for: adaptive, its own fixed
+/// limit, or the cluster policy's limit.
+pub fn rate_control(spec: &FulvaRebalanceSpec, policy: &RebalancePolicy) -> RateControl {
+    let bytes = |mb: f64| (mb * 1e6) as u64;
+    match &spec.adaptive {
+        Some(a) => RateControl::Adaptive(AdaptiveSettings {
+            target_p99: Duration::from_micros(a.target_p99_micros),
+            min_bytes_per_sec: bytes(a.min_mb_per_sec).max(1),
+            max_bytes_per_sec: bytes(a.max_mb_per_sec).max(bytes(a.min_mb_per_sec).max(1)),
+        }),
+        None => RateControl::Fixed(
+            spec.bandwidth_limit_mb_per_sec.map_or(policy.rate_limit_bytes_per_sec(), bytes),
+        ),
+    }
+}
+
 /// Client latency as the adaptive rate sees it.
 pub trait LatencySignal: Send + Sync + 'static {
     /// The p99 of client requests since the last call (None: none completed).
@@ -281,6 +300,7 @@ struct Shared {
     coordinator: Arc<Coordinator>,
     stop: CancellationToken,
     rate: AtomicU64,
+    control: Mutex<RateControl>,
     report: Mutex<JobReport>,
 }
 
@@ -306,18 +326,15 @@ impl RebalanceJob {
             let range: HashRange = m.range.parse().map_err(|e| format!("{:?}: {e}", m.range))?;
             moves.push((range, m.from, m.to, m.bytes));
         }
-        let adaptive = match &rate {
-            RateControl::Adaptive(settings) => Some(AdaptiveRate::new(*settings)),
-            RateControl::Fixed(_) => None,
-        };
         let initial = match &rate {
             RateControl::Fixed(limit) => *limit,
-            RateControl::Adaptive(_) => adaptive.as_ref().map_or(0, AdaptiveRate::rate),
+            RateControl::Adaptive(settings) => AdaptiveRate::new(*settings).rate(),
         };
         let shared = Arc::new(Shared {
             coordinator,
             stop: CancellationToken::new(),
             rate: AtomicU64::new(initial),
+            control: Mutex::new(rate),
             report: Mutex::new(JobReport {
                 phase: JobPhase::Running,
                 done: 0,
@@ -333,21 +350,10 @@ impl RebalanceJob {
             }),
         });
         let finished = CancellationToken::new();
-        let mut tasks = vec![tokio::spawn(run(shared.clone(), moves, concurrency.max(1) as usize, finished.clone()))];
-        if let (Some(mut law), Some(signal)) = (adaptive, latency) {
-            let shared = shared.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        () = finished.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let next = law.step(signal.take_p99());
-                    apply_rate(&shared, next).await;
-                }
-            }));
+        let mut tasks =
+            vec![tokio::spawn(run(shared.clone(), moves, concurrency.max(1) as usize, finished.clone()))];
+        if let Some(signal) = latency {
+            tasks.push(tokio::spawn(adapt(shared.clone(), signal, finished)));
         }
         Ok(RebalanceJob { shared, tasks: Mutex::new(tasks) })
     }
@@ -362,10 +368,23 @@ impl RebalanceJob {
         self.shared.stop.cancel();
     }
 
-    /// Sets the bandwidth limit (bytes/s, 0 = none) of the moves in flight
-    /// and of those still to start.
-    pub async fn set_rate(&self, bytes_per_sec: u64) {
-        apply_rate(&self.shared, bytes_per_sec).await;
+    /// Changes how the bandwidth is set. A fixed limit (bytes/s, 0 = none)
+    /// applies at once to the moves in flight and to those still to start;
+    /// adaptive settings take over from the next step (within a second).
+    pub async fn set_control(&self, control: RateControl) {
+        let fixed = match &control {
+            RateControl::Fixed(limit) => Some(*limit),
+            RateControl::Adaptive(_) => None,
+        };
+        *self.shared.control.lock() = control;
+        if let Some(limit) = fixed {
+            apply_rate(&self.shared, limit).await;
+        }
+    }
+
+    /// How the bandwidth is set now.
+    pub fn control(&self) -> RateControl {
+        self.shared.control.lock().clone()
     }
 
     /// Progress of the moves in flight: (range, source, destination, bytes
@@ -376,7 +395,9 @@ impl RebalanceJob {
         for (range, from, to) in moves {
             let mut row = (range, from, to, 0, 0, 0.0);
             if let Ok(mut client) = self.shared.coordinator.node_client(to).await {
-                if let Ok(s) = client.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await {
+                if let Ok(s) =
+                    client.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await
+                {
                     let s = s.into_inner();
                     row = (range, from, to, s.bytes_applied, s.bytes_total, s.eta_seconds);
                 }
@@ -399,10 +420,41 @@ impl RebalanceJob {
 }
 
 impl Drop for RebalanceJob {
+    /// A job dropped (its cluster's runtime stops) starts no new move and
+    /// aborts those in flight; they roll back in the background, so no
+    /// range is left half-moved.
     fn drop(&mut self) {
         self.shared.stop.cancel();
-        for task in self.tasks.lock().drain(..) {
-            task.abort();
+        for (range, _, _) in self.shared.report.lock().in_flight.clone() {
+            let _ = self.shared.coordinator.abort_move(range);
+        }
+        self.tasks.lock().clear();
+    }
+}
+
+/// Steps the adaptive rate once a second while the control is adaptive.
+async fn adapt(shared: Arc<Shared>, signal: Arc<dyn LatencySignal>, finished: CancellationToken) {
+    let mut law: Option<AdaptiveRate> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = finished.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let p99 = signal.take_p99();
+        let RateControl::Adaptive(settings) = shared.control.lock().clone() else {
+            law = None;
+            continue;
+        };
+        let law = match &mut law {
+            Some(l) if l.settings == settings => l,
+            _ => law.insert(AdaptiveRate::new(settings)),
+        };
+        let next = law.step(p99);
+        if next != shared.rate.load(Ordering::Acquire) {
+            tracing::debug!(?p99, rate = next, "adaptive migration rate");
+            apply_rate(&shared, next).await;
         }
     }
 }
@@ -468,7 +520,8 @@ async fn run(
     }
     let mut report = shared.report.lock();
     let started_all = report.done + report.failed >= report.total;
-    report.phase = if !started_all && shared.stop.is_cancelled() { JobPhase::Stopped } else { JobPhase::Done };
+    report.phase =
+        if !started_all && shared.stop.is_cancelled() { JobPhase::Stopped } else { JobPhase::Done };
     report.finished = Some(SystemTime::now());
     finished.cancel();
 }

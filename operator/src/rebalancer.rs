@@ -51,6 +51,8 @@ pub struct RebalanceStatus {
     pub events: VecDeque<(Instant, String)>,
     /// The last moves started, oldest first.
     pub history: VecDeque<MoveRecord>,
+    /// The last complete load sample (one-shot rebalances plan from it).
+    pub last_load: Option<crate::planner::ClusterLoad>,
 }
 
 /// One move the rebalancer made.
@@ -87,6 +89,8 @@ pub struct Rebalancer {
     policy: RwLock<RebalancePolicy>,
     status: Mutex<RebalanceStatus>,
     draining: Mutex<HashSet<NodeId>>,
+    /// While set, load is sampled but nothing is planned (a one-shot rebalance runs).
+    held: std::sync::atomic::AtomicBool,
     metrics: Arc<OperatorMetrics>,
 }
 
@@ -102,6 +106,7 @@ impl Rebalancer {
             policy: RwLock::new(policy),
             status: Mutex::new(RebalanceStatus::default()),
             draining: Mutex::new(HashSet::new()),
+            held: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
     }
@@ -124,6 +129,12 @@ impl Rebalancer {
     /// Marks `nodes` for removal: their ranges move away, nothing moves onto them.
     pub fn set_draining(&self, nodes: HashSet<NodeId>) {
         *self.draining.lock() = nodes;
+    }
+
+    /// Holds (or releases) automatic rebalancing: load is still sampled,
+    /// but nothing is planned while a one-shot rebalance runs.
+    pub fn set_held(&self, held: bool) {
+        self.held.store(held, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether `node` owns no range (a drained node can be removed).
@@ -217,7 +228,8 @@ impl Rebalancer {
                 self.metrics.node_ops.with_label_values(&[&node.to_string()]).set(*rate);
             }
         }
-        if policy.mode == RebalanceMode::Off {
+        self.status.lock().last_load = Some(load.clone());
+        if policy.mode == RebalanceMode::Off || self.held.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
         let draining_left = draining.iter().any(|n| !self.is_empty(*n));

@@ -4,11 +4,14 @@
 //! by pod IP; a node's id is its StatefulSet ordinal.
 
 use super::resources::{self, DATA_PORT, NODE_CONTROL_PORT};
-use super::runtime::{ClusterKey, RuntimeEvent, RuntimeReport, Runtimes};
+use super::runtime::{ClusterKey, JobStatus, RuntimeEvent, RuntimeReport, Runtimes};
 use crate::coordinator::Coordinator;
 use crate::crd::{FulvaCluster, MoveStatus};
 use crate::k8s_store::ConfigMapMapStore;
 use crate::metrics::OperatorMetrics;
+use crate::probe::ProbeLatency;
+use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
+use crate::rebalance_job::{self, rate_control, JobPhase, LatencySignal, RateControl, RebalanceJob};
 use crate::rebalancer::Rebalancer;
 use crate::service::ClusterDirectory;
 use fulva_proto::grpc::MigrationStatusRequest;
@@ -27,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 struct ClusterRuntime {
     coordinator: Arc<Coordinator>,
     rebalancer: Arc<Rebalancer>,
+    policy: crate::policy::RebalancePolicy,
+    /// One-shot rebalances (FulvaRebalance) by name.
+    jobs: HashMap<String, RebalanceJob>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     /// Move records already turned into Events: (range, started, ended?).
@@ -38,17 +44,21 @@ pub struct KubeRuntimes {
     client: Client,
     metrics: Arc<OperatorMetrics>,
     directory: Arc<ClusterDirectory>,
+    /// The operator's own control endpoint (the adaptive rate's probe reads through it).
+    control_endpoint: String,
     clusters: Mutex<HashMap<ClusterKey, ClusterRuntime>>,
 }
 
 impl KubeRuntimes {
-    /// Runtimes whose shard maps `directory` serves to clients.
+    /// Runtimes whose shard maps `directory` serves to clients on the
+    /// operator's control endpoint at `control_endpoint`.
     pub fn new(
         client: Client,
         metrics: Arc<OperatorMetrics>,
         directory: Arc<ClusterDirectory>,
+        control_endpoint: String,
     ) -> KubeRuntimes {
-        KubeRuntimes { client, metrics, directory, clusters: Mutex::new(HashMap::new()) }
+        KubeRuntimes { client, metrics, directory, control_endpoint, clusters: Mutex::new(HashMap::new()) }
     }
 
     /// Running kvnode pods as nodes (id = ordinal, addressed by pod IP).
@@ -118,7 +128,15 @@ impl KubeRuntimes {
         let task = tokio::spawn(rebalancer.clone().run(shutdown.clone()));
         self.directory.insert(cluster.to_string(), coordinator.clone());
         tracing::info!(%cluster, epoch = coordinator.map().epoch, "cluster runtime started");
-        Ok(ClusterRuntime { coordinator, rebalancer, shutdown, task, reported: HashSet::new() })
+        Ok(ClusterRuntime {
+            coordinator,
+            rebalancer,
+            policy: fc.spec.rebalance.clone(),
+            jobs: HashMap::new(),
+            shutdown,
+            task,
+            reported: HashSet::new(),
+        })
     }
 }
 
@@ -149,6 +167,9 @@ impl Runtimes for KubeRuntimes {
         if runtime.rebalancer.policy() != fc.spec.rebalance {
             runtime.rebalancer.set_policy(fc.spec.rebalance.clone());
         }
+        runtime.policy = fc.spec.rebalance.clone();
+        // Automatic rebalancing waits while a one-shot rebalance runs.
+        runtime.rebalancer.set_held(runtime.jobs.values().any(|j| j.report().phase == JobPhase::Running));
         // Nodes above the StatefulSet's size are leaving too: nothing may move onto them.
         let leaving =
             coordinator.map().nodes.iter().map(|n| n.id).filter(|&id| id >= replicas).collect::<Vec<_>>();
@@ -220,7 +241,92 @@ impl Runtimes for KubeRuntimes {
             last_rebalance,
             drained,
             events,
+            proposal_pending: runtime.policy.mode == crate::policy::RebalanceMode::Proposal
+                && status.last_plan.as_ref().is_some_and(|p| p.moves() > 0),
         })
+    }
+
+    async fn propose(&self, cluster: &ClusterKey, spec: &FulvaRebalanceSpec) -> Result<Proposal, String> {
+        let clusters = self.clusters.lock().await;
+        let runtime = clusters.get(cluster).ok_or_else(|| format!("cluster {cluster} is not serving yet"))?;
+        let load = runtime
+            .rebalancer
+            .status()
+            .last_load
+            .ok_or_else(|| "no load sample yet; the proposal follows within seconds".to_string())?;
+        let rate = match rate_control(spec, &runtime.policy) {
+            RateControl::Fixed(limit) => limit,
+            RateControl::Adaptive(a) => a.max_bytes_per_sec,
+        };
+        rebalance_job::propose(&load, &runtime.coordinator.map(), &runtime.policy, spec, rate)
+    }
+
+    async fn start_rebalance(
+        &self,
+        cluster: &ClusterKey,
+        name: &str,
+        spec: &FulvaRebalanceSpec,
+        proposal: &Proposal,
+    ) -> Result<(), String> {
+        let mut clusters = self.clusters.lock().await;
+        let runtime =
+            clusters.get_mut(cluster).ok_or_else(|| format!("cluster {cluster} is not serving yet"))?;
+        if runtime.jobs.get(name).is_some_and(|j| j.report().phase == JobPhase::Running) {
+            return Ok(());
+        }
+        let control = rate_control(spec, &runtime.policy);
+        let probe: Option<Arc<dyn LatencySignal>> = match control {
+            RateControl::Adaptive(_) => {
+                Some(Arc::new(ProbeLatency::start(&self.control_endpoint, &cluster.to_string()).await?))
+            }
+            RateControl::Fixed(_) => None,
+        };
+        let concurrency = spec.max_concurrent_moves.unwrap_or(runtime.policy.max_concurrent_moves);
+        let job = RebalanceJob::start(runtime.coordinator.clone(), proposal, concurrency, control, probe)?;
+        runtime.rebalancer.set_held(true);
+        runtime.jobs.insert(name.to_string(), job);
+        Ok(())
+    }
+
+    async fn rebalance_status(&self, cluster: &ClusterKey, name: &str) -> Option<JobStatus> {
+        let clusters = self.clusters.lock().await;
+        let job = clusters.get(cluster)?.jobs.get(name)?;
+        let report = job.report();
+        let mut current = Vec::new();
+        let mut in_flight_bytes = 0;
+        for (range, from, to, applied, total, eta) in job.in_flight_progress().await {
+            in_flight_bytes += applied;
+            current.push(MoveStatus {
+                range: range.to_string(),
+                from,
+                to,
+                progress_percent: if total == 0 {
+                    0.0
+                } else {
+                    (applied as f64 * 100.0 / total as f64).min(100.0)
+                },
+                eta_seconds: eta,
+            });
+        }
+        Some(JobStatus { report, current, in_flight_bytes })
+    }
+
+    async fn set_rebalance_rate(&self, cluster: &ClusterKey, name: &str, spec: &FulvaRebalanceSpec) {
+        let clusters = self.clusters.lock().await;
+        let Some(runtime) = clusters.get(cluster) else { return };
+        let Some(job) = runtime.jobs.get(name) else { return };
+        let control = rate_control(spec, &runtime.policy);
+        if job.control() != control {
+            tracing::info!(%cluster, rebalance = name, ?control, "bandwidth settings changed");
+            job.set_control(control).await;
+        }
+    }
+
+    async fn stop_rebalance(&self, cluster: &ClusterKey, name: &str) {
+        let clusters = self.clusters.lock().await;
+        if let Some(job) = clusters.get(cluster).and_then(|r| r.jobs.get(name)) {
+            job.stop();
+        }
     }
 
     async fn stop(&self, cluster: &ClusterKey) {

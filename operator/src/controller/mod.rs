@@ -17,23 +17,25 @@
 //!    shards, epoch, moves in flight with progress and ETA, imbalance.
 
 pub mod kube_runtimes;
+pub mod rebalance;
 pub mod resources;
 pub mod runtime;
 
 use crate::crd::{FulvaCluster, FulvaClusterStatus};
 use crate::k8s;
 use crate::metrics::OperatorMetrics;
+use crate::rebalance_crd::{FulvaRebalance, FulvaRebalanceSpec, RebalanceGoal, CLUSTER_LABEL, ORIGIN_LABEL};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-pub use runtime::{ClusterKey, RuntimeEvent, RuntimeReport, Runtimes};
+pub use runtime::{ClusterKey, JobStatus, RuntimeEvent, RuntimeReport, Runtimes};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +53,12 @@ pub enum Error {
     /// Adding or removing the finalizer, or the work it guards, failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// The object has no namespace (FulvaCluster is namespaced).
-    #[error("FulvaCluster {0} has no namespace")]
+    /// The object has no namespace (FulvaCluster and FulvaRebalance are namespaced).
+    #[error("{0} has no namespace")]
     NoNamespace(String),
+    /// The cluster's runtime refused (a rebalance could not start).
+    #[error("runtime: {0}")]
+    Runtime(String),
 }
 
 /// What every reconcile shares.
@@ -95,20 +100,36 @@ impl Context {
     }
 }
 
-/// Runs the controller over every FulvaCluster until `shutdown` resolves.
+/// Runs the controllers over every FulvaCluster and FulvaRebalance until
+/// `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
     let clusters = Api::<FulvaCluster>::all(ctx.client.clone());
     let statefulsets = Api::<StatefulSet>::all(ctx.client.clone());
-    Controller::new(clusters, watcher::Config::default().any_semantic())
+    let rebalances = Api::<FulvaRebalance>::all(ctx.client.clone());
+    let cluster_controller = Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(statefulsets, watcher::Config::default().any_semantic())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::warn!(error = %err, "reconcile failed");
             }
-        })
-        .await;
+        });
+    let rebalance_controller = Controller::new(rebalances, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(rebalance::reconcile, rebalance::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "rebalance reconcile failed");
+            }
+        });
+    futures::join!(cluster_controller, rebalance_controller);
 }
 
 /// Retries a failed reconcile after a short pause.
@@ -137,7 +158,7 @@ pub async fn reconcile(fc: Arc<FulvaCluster>, ctx: Arc<Context>) -> Result<Actio
     result
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     status: bool,
     reason: &str,
@@ -155,7 +176,7 @@ fn condition(
 }
 
 /// Keeps a condition's transition time when its status did not change.
-fn carry_transitions(previous: &[Condition], next: &mut [Condition]) {
+pub(crate) fn carry_transitions(previous: &[Condition], next: &mut [Condition]) {
     for c in next.iter_mut() {
         if let Some(old) = previous.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
             c.last_transition_time = old.last_transition_time.clone();
@@ -330,11 +351,59 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     };
     carry_transitions(&previous.conditions, &mut status.conditions);
     patch_status(&clusters, &name, &status).await?;
+    if report.proposal_pending {
+        ensure_proposal(ctx, fc, namespace, report.map_epoch).await?;
+    }
     Ok(if rebalancing || !ready {
         Action::requeue(Duration::from_secs(5))
     } else {
         Action::requeue(Duration::from_secs(30))
     })
+}
+
+/// In proposal mode: makes sure an open FulvaRebalance carries the
+/// rebalancer's plan (one at a time; a user approves, stops or deletes it).
+async fn ensure_proposal(ctx: &Context, fc: &FulvaCluster, namespace: &str, epoch: u64) -> Result<(), Error> {
+    let api: Api<FulvaRebalance> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{CLUSTER_LABEL}={},{ORIGIN_LABEL}=policy", fc.name_any());
+    let existing = api.list(&ListParams::default().labels(&selector)).await?;
+    if existing.items.iter().any(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_final())) {
+        return Ok(());
+    }
+    let name = format!("{}-proposal-{epoch}", fc.name_any());
+    let mut rebalance = FulvaRebalance::new(
+        &name,
+        FulvaRebalanceSpec {
+            cluster: fc.name_any(),
+            goal: RebalanceGoal::Full,
+            nodes: Vec::new(),
+            moves: Vec::new(),
+            auto_approve: false,
+            bandwidth_limit_mb_per_sec: None,
+            adaptive: None,
+            max_concurrent_moves: None,
+        },
+    );
+    rebalance.metadata.namespace = Some(namespace.to_string());
+    rebalance.metadata.labels = Some(
+        [(CLUSTER_LABEL.to_string(), fc.name_any()), (ORIGIN_LABEL.to_string(), "policy".to_string())].into(),
+    );
+    rebalance.metadata.owner_references = fc.controller_owner_ref(&()).map(|r| vec![r]);
+    match api.create(&PostParams::default(), &rebalance).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    publish(
+        ctx,
+        fc,
+        false,
+        "ProposalCreated",
+        format!("the cluster is imbalanced; see FulvaRebalance {name} and approve it to run the moves"),
+        "Rebalance",
+    )
+    .await;
+    Ok(())
 }
 
 fn existing_was_ready(previous: &FulvaClusterStatus) -> bool {
@@ -356,5 +425,7 @@ async fn cleanup(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Ac
     Ok(Action::await_change())
 }
 
+#[cfg(test)]
+mod rebalance_tests;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,8 @@
 //! rebalancer): bring one up to date with its pods and report on it.
 
 use crate::crd::{FulvaCluster, MoveStatus};
+use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
+use crate::rebalance_job::JobReport;
 use std::time::SystemTime;
 
 /// Namespace and name of a FulvaCluster.
@@ -49,6 +51,20 @@ pub struct RuntimeReport {
     pub drained: Vec<u32>,
     /// Events since the last report.
     pub events: Vec<RuntimeEvent>,
+    /// In proposal mode: the rebalancer has a plan waiting (the reconciler
+    /// turns it into a FulvaRebalance).
+    pub proposal_pending: bool,
+}
+
+/// A one-shot rebalance as its runtime reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobStatus {
+    /// Counts, phase and rate.
+    pub report: JobReport,
+    /// The moves in flight, with progress and ETA.
+    pub current: Vec<MoveStatus>,
+    /// Bytes the moves in flight have applied so far.
+    pub in_flight_bytes: u64,
 }
 
 /// The running parts of every cluster the operator drives.
@@ -67,4 +83,27 @@ pub trait Runtimes: Send + Sync + 'static {
 
     /// Stops the runtime of a deleted cluster (moves in flight roll back).
     async fn stop(&self, cluster: &ClusterKey);
+
+    /// Plans the one-shot rebalance `spec` of `cluster` from its current load.
+    async fn propose(&self, cluster: &ClusterKey, spec: &FulvaRebalanceSpec) -> Result<Proposal, String>;
+
+    /// Starts (or, after an operator restart, resumes) the rebalance `name`
+    /// running `proposal`; the cluster's automatic rebalancing holds meanwhile.
+    async fn start_rebalance(
+        &self,
+        cluster: &ClusterKey,
+        name: &str,
+        spec: &FulvaRebalanceSpec,
+        proposal: &Proposal,
+    ) -> Result<(), String>;
+
+    /// The rebalance `name`, if this operator runs (or ran) it.
+    async fn rebalance_status(&self, cluster: &ClusterKey, name: &str) -> Option<JobStatus>;
+
+    /// Applies the bandwidth settings of `spec` to the rebalance `name`
+    /// (moves in flight included) when they changed.
+    async fn set_rebalance_rate(&self, cluster: &ClusterKey, name: &str, spec: &FulvaRebalanceSpec);
+
+    /// Stops the rebalance `name`: moves in flight finish, no new one starts.
+    async fn stop_rebalance(&self, cluster: &ClusterKey, name: &str);
 }

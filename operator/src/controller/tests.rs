@@ -6,17 +6,28 @@ use crate::fixtures::{mock_client, MockApi};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-const NS: &str = "default";
-const CLUSTERS: &str = "/apis/fulva.io/v1alpha1/namespaces/default/fulvaclusters/demo";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/demo";
+pub(super) const NS: &str = "default";
+pub(super) const CLUSTERS: &str = "/apis/fulva.io/v1alpha1/namespaces/default/fulvaclusters/demo";
+pub(super) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+pub(super) const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/demo";
 
 /// A runtime that reports what the test tells it to and records calls.
 #[derive(Default)]
-struct FakeRuntimes {
-    report: Mutex<RuntimeReport>,
-    syncs: Mutex<Vec<(u32, Vec<u32>)>>,
-    stopped: Mutex<Vec<ClusterKey>>,
+pub(super) struct FakeRuntimes {
+    pub(super) report: Mutex<RuntimeReport>,
+    pub(super) syncs: Mutex<Vec<(u32, Vec<u32>)>>,
+    pub(super) stopped: Mutex<Vec<ClusterKey>>,
+    /// What `propose` answers (None: an error).
+    pub(super) proposal: Mutex<Option<crate::rebalance_crd::Proposal>>,
+    pub(super) proposals: Mutex<u32>,
+    /// Rebalances started: name and proposal.
+    pub(super) started: Mutex<Vec<(String, crate::rebalance_crd::Proposal)>>,
+    /// What `rebalance_status` answers.
+    pub(super) job: Mutex<Option<JobStatus>>,
+    /// Bandwidth settings passed on: (limit MB/s, adaptive target µs).
+    pub(super) rates: Mutex<Vec<(Option<f64>, Option<u64>)>>,
+    /// Rebalances stopped.
+    pub(super) stops: Mutex<Vec<String>>,
 }
 
 #[tonic::async_trait]
@@ -35,9 +46,48 @@ impl Runtimes for FakeRuntimes {
     async fn stop(&self, cluster: &ClusterKey) {
         self.stopped.lock().push(cluster.clone());
     }
+
+    async fn propose(
+        &self,
+        _cluster: &ClusterKey,
+        _spec: &crate::rebalance_crd::FulvaRebalanceSpec,
+    ) -> Result<crate::rebalance_crd::Proposal, String> {
+        *self.proposals.lock() += 1;
+        self.proposal.lock().clone().ok_or_else(|| "no load sample yet".to_string())
+    }
+
+    async fn start_rebalance(
+        &self,
+        _cluster: &ClusterKey,
+        name: &str,
+        _spec: &crate::rebalance_crd::FulvaRebalanceSpec,
+        proposal: &crate::rebalance_crd::Proposal,
+    ) -> Result<(), String> {
+        self.started.lock().push((name.to_string(), proposal.clone()));
+        Ok(())
+    }
+
+    async fn rebalance_status(&self, _cluster: &ClusterKey, _name: &str) -> Option<JobStatus> {
+        self.job.lock().clone()
+    }
+
+    async fn set_rebalance_rate(
+        &self,
+        _cluster: &ClusterKey,
+        _name: &str,
+        spec: &crate::rebalance_crd::FulvaRebalanceSpec,
+    ) {
+        self.rates
+            .lock()
+            .push((spec.bandwidth_limit_mb_per_sec, spec.adaptive.as_ref().map(|a| a.target_p99_micros)));
+    }
+
+    async fn stop_rebalance(&self, _cluster: &ClusterKey, name: &str) {
+        self.stops.lock().push(name.to_string());
+    }
 }
 
-fn context(runtimes: Arc<FakeRuntimes>) -> (Arc<Context>, MockApi) {
+pub(super) fn context(runtimes: Arc<FakeRuntimes>) -> (Arc<Context>, MockApi) {
     let (client, api) = mock_client();
     let ctx = Context::new(
         client,
@@ -49,7 +99,7 @@ fn context(runtimes: Arc<FakeRuntimes>) -> (Arc<Context>, MockApi) {
     (Arc::new(ctx), api)
 }
 
-fn cluster(spec: Value, finalizer: bool, deleting: bool) -> FulvaCluster {
+pub(super) fn cluster(spec: Value, finalizer: bool, deleting: bool) -> FulvaCluster {
     let mut metadata =
         json!({"name": "demo", "namespace": NS, "uid": "7c1e", "generation": 2, "resourceVersion": "41"});
     if finalizer {
@@ -63,11 +113,11 @@ fn cluster(spec: Value, finalizer: bool, deleting: bool) -> FulvaCluster {
 }
 
 /// What the server answers a status patch with (the object).
-fn stored() -> Value {
+pub(super) fn stored() -> Value {
     serde_json::to_value(cluster(json!({"nodes": 3}), true, false)).unwrap()
 }
 
-fn statefulset(replicas: i32, ready: i32) -> Value {
+pub(super) fn statefulset(replicas: i32, ready: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "demo", "namespace": NS},
@@ -76,11 +126,11 @@ fn statefulset(replicas: i32, ready: i32) -> Value {
     })
 }
 
-fn serving(shards: u32) -> RuntimeReport {
+pub(super) fn serving(shards: u32) -> RuntimeReport {
     RuntimeReport { serving: true, shards, map_epoch: 5, imbalance: 1.02, ..RuntimeReport::default() }
 }
 
-fn condition_of<'a>(status: &'a Value, type_: &str) -> &'a Value {
+pub(super) fn condition_of<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == type_))
@@ -88,7 +138,7 @@ fn condition_of<'a>(status: &'a Value, type_: &str) -> &'a Value {
 }
 
 /// The services every apply reconcile makes, in order.
-async fn expect_services(api: &mut MockApi) {
+pub(super) async fn expect_services(api: &mut MockApi) {
     let nodes = api.expect("PATCH", "/api/v1/namespaces/default/services/demo-nodes", 200, Value::Null).await;
     assert!(nodes.query.contains("fieldManager=fulva-operator"), "{}", nodes.query);
     assert_eq!(nodes.body["spec"]["clusterIP"], "None");
