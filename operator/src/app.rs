@@ -172,7 +172,11 @@ pub async fn run(
         () = lost.cancelled() => {}
     }
     stop.cancel();
-    let _ = controller.await;
+    // Reconciles in progress finish; a controller whose watch cannot end
+    // (its resource missing from the API server) does not hold the exit.
+    if tokio::time::timeout(Duration::from_secs(10), controller).await.is_err() {
+        tracing::warn!("the controllers did not stop within 10 s; exiting anyway");
+    }
     let _ = control_task.await;
     renew.abort();
     shutdown.cancel();

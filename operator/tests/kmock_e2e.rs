@@ -1,7 +1,8 @@
 //! The real `fulva-operator` binary against kmock's Kubernetes API emulator
 //! (PyPI `kmock`, served on loopback by tests/e2e/kmock_operator.py): with a
 //! FulvaCluster stored, the operator takes the leader Lease, adds its
-//! finalizer, creates the Services and the StatefulSet, and writes status.
+//! finalizer, creates the Services and the StatefulSet, and writes status;
+//! the FulvaRebalance controller writes a stored rebalance's status.
 
 use std::process::Command;
 
@@ -22,7 +23,13 @@ fn the_operator_binary_reconciles_a_cluster_on_an_emulated_api_server() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for check in ["leader lease taken", "finalizer added", "statefulset with 3 replicas", "status written"] {
+    for check in [
+        "leader lease taken",
+        "finalizer added",
+        "statefulset with 3 replicas",
+        "status written",
+        "rebalance status written",
+    ] {
         assert!(stdout.contains(&format!("ok   {check}")), "{check}: {stdout}");
     }
 }

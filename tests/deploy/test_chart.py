@@ -7,7 +7,7 @@
   on loopback, and the objects it created are read back. Every built-in
   kind is validated against the Kubernetes 1.33 schemas with
   kubernetes-validate; FulvaClusters against the generated CRD schema.
-- deploy/examples/*.yaml validate against the CRD schema.
+- deploy/examples/*.yaml validate against the CRD schemas (FulvaCluster, FulvaRebalance).
 - The chart's copies (CRDs, rules, dashboards) equal their sources.
 """
 
@@ -29,7 +29,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/fulva"
-CRD = yaml.safe_load((ROOT / "crds/fulvacluster.yaml").read_text())
+CRDS = {kind: yaml.safe_load((ROOT / f"crds/{kind.lower()}.yaml").read_text())
+        for kind in ("FulvaCluster", "FulvaRebalance")}
 K8S_VERSION = "1.33"
 # Kinds whose schemas kubernetes-validate does not carry (CRDs of other projects).
 FOREIGN = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
@@ -149,13 +150,13 @@ def by_kind(objects: list) -> dict:
     return out
 
 
-def crd_schema() -> dict:
-    return CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def crd_schema(kind: str = "FulvaCluster") -> dict:
+    return CRDS[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
-def validate_against_crd(obj: dict):
+def validate_against_crd(obj: dict, kind: str = "FulvaCluster"):
     # The API server prunes and defaults; here every given field must fit the schema.
-    jsonschema.validate({k: v for k, v in obj.items() if k in ("spec", "status")}, crd_schema())
+    jsonschema.validate({k: v for k, v in obj.items() if k in ("spec", "status")}, crd_schema(kind))
 
 
 @pytest.mark.parametrize("name,values", [("default", {}), ("dpdk", DPDK_VALUES)])
@@ -204,19 +205,25 @@ def test_rbac_is_least_privilege():
 @pytest.mark.parametrize("path", sorted((ROOT / "deploy/examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_validate_against_the_crd(path):
     for doc in yaml.safe_load_all(path.read_text()):
-        assert doc["apiVersion"] == "fulva.io/v1alpha1" and doc["kind"] == "FulvaCluster"
-        validate_against_crd(doc)
+        assert doc["apiVersion"] == "fulva.io/v1alpha1" and doc["kind"] in CRDS, doc["kind"]
+        validate_against_crd(doc, doc["kind"])
 
 
 def test_a_bad_example_is_refused_by_the_crd_schema():
     bad = {"spec": {"nodes": 0, "rebalance": {"mode": "sometimes"}}}
     with pytest.raises(jsonschema.ValidationError):
         validate_against_crd(bad)
+    for bad in ({"spec": {"cluster": "demo", "goal": "everything"}},
+                {"spec": {"cluster": "demo", "moves": [{"range": "0x0..=0xff"}]}},
+                {"spec": {"goal": "full"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate_against_crd(bad, "FulvaRebalance")
 
 
 def test_chart_copies_match_their_sources():
-    pairs = [(CHART / "crds/fulvacluster.yaml", ROOT / "crds/fulvacluster.yaml"),
-             (CHART / "files/prometheus-rules.yaml", ROOT / "deploy/prometheus/fulva-rules.yaml")]
+    pairs = [(CHART / "crds" / p.name, p) for p in (ROOT / "crds").glob("*.yaml")]
+    pairs += [(CHART / "files/prometheus-rules.yaml", ROOT / "deploy/prometheus/fulva-rules.yaml")]
+    assert len(pairs) == 3, "both CRDs are in crds/"
     pairs += [(CHART / "files/dashboards" / p.name, p) for p in (ROOT / "deploy/grafana").glob("*.json")]
     for copy_path, source in pairs:
         assert copy_path.read_text() == source.read_text(), f"{copy_path} differs from {source}: run scripts/sync-chart"

@@ -18,6 +18,7 @@ import tempfile
 import kmock
 
 CLUSTERS = kmock.resource("fulva.io", "v1alpha1", "fulvaclusters")
+REBALANCES = kmock.resource("fulva.io", "v1alpha1", "fulvarebalances")
 STATEFULSETS = kmock.resource("apps", "v1", "statefulsets")
 SERVICES = kmock.resource("", "v1", "services")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
@@ -48,7 +49,7 @@ def get(k, resource, name, namespace="default"):
 async def main(binary: str) -> int:
     async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
         # kmock serves only the resources declared to it.
-        for resource in ["fulva.io/v1alpha1/fulvaclusters", "apps/v1/statefulsets", "v1/services", "v1/pods",
+        for resource in ["fulva.io/v1alpha1/fulvaclusters", "fulva.io/v1alpha1/fulvarebalances", "apps/v1/statefulsets", "v1/services", "v1/pods",
                          "v1/configmaps", "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
             k.resources[resource] = {}
         k.objects[CLUSTERS, "default", "demo"] = {
@@ -59,6 +60,12 @@ async def main(binary: str) -> int:
             "metadata": {"name": "demo", "namespace": "default", "uid": "e2e-uid", "generation": 1,
                          "resourceVersion": "1", "finalizers": ["e2e.example/keep"]},
             "spec": {"nodes": 3, "initialShards": 6},
+        }
+        k.objects[REBALANCES, "default", "spread"] = {
+            "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaRebalance",
+            "metadata": {"name": "spread", "namespace": "default", "uid": "e2e-rb", "generation": 1,
+                         "resourceVersion": "1"},
+            "spec": {"cluster": "demo", "goal": "full"},
         }
         with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False) as f:
             f.write(kubeconfig(str(server.url).rstrip("/")))
@@ -79,6 +86,11 @@ async def main(binary: str) -> int:
                     "control service": get(k, SERVICES, "demo-control") is not None,
                     "statefulset with 3 replicas": (get(k, STATEFULSETS, "demo") or {}).get("spec", {}).get("replicas") == 3,
                     "status written": bool(fc.get("status", {}).get("conditions")),
+                    # No pods run here, so no load exists to plan from: the
+                    # rebalance waits with ProposalReady=False.
+                    "rebalance status written": any(
+                        c.get("type") == "ProposalReady" and c.get("status") == "False"
+                        for c in ((get(k, REBALANCES, "spread") or {}).get("status") or {}).get("conditions", [])),
                 }
                 if all(checks.values()) or proc.returncode is not None:
                     break

@@ -1,10 +1,19 @@
-//! Prints the CustomResourceDefinitions generated from the Rust types as
-//! YAML (`cargo run -p fulva-operator --bin crdgen > crds/fulvacluster.yaml`).
+//! Prints a CustomResourceDefinition generated from the Rust types as YAML:
+//! `crdgen [fulvacluster|fulvarebalance]` (default fulvacluster);
+//! `scripts/gen-crds` writes both into crds/.
 
 use kube::CustomResourceExt;
 
 fn main() {
-    let crd = fulva_operator::crd::FulvaCluster::crd();
+    let which = std::env::args().nth(1).unwrap_or_else(|| "fulvacluster".to_string());
+    let crd = match which.as_str() {
+        "fulvacluster" => fulva_operator::crd::FulvaCluster::crd(),
+        "fulvarebalance" => fulva_operator::rebalance_crd::FulvaRebalance::crd(),
+        other => {
+            eprintln!("crdgen: unknown resource {other:?} (fulvacluster or fulvarebalance)");
+            std::process::exit(2);
+        }
+    };
     let yaml = serde_yaml_ng::to_string(&crd).expect("a CRD serializes to YAML");
     // YAML 1.1 readers (kubectl's among them) take a bare `off` for false:
     // quote the enum values that look like booleans there.
