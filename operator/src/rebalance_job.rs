@@ -8,7 +8,7 @@ use crate::planner::{self, Action, ClusterLoad, Dimension};
 use crate::policy::RebalancePolicy;
 use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal, ProposedMove, RebalanceGoal};
 use fulva_proto::grpc::MigrationStatusRequest;
-use fulva_proto::{HashRange, NodeId, ShardMap};
+use fulva_proto::{HashRange, NodeId, ShardMap, Strategy};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -317,6 +317,7 @@ impl RebalanceJob {
     pub fn start(
         coordinator: Arc<Coordinator>,
         proposal: &Proposal,
+        strategy: Strategy,
         concurrency: u32,
         rate: RateControl,
         latency: Option<Arc<dyn LatencySignal>>,
@@ -350,8 +351,13 @@ impl RebalanceJob {
             }),
         });
         let finished = CancellationToken::new();
-        let mut tasks =
-            vec![tokio::spawn(run(shared.clone(), moves, concurrency.max(1) as usize, finished.clone()))];
+        let mut tasks = vec![tokio::spawn(run(
+            shared.clone(),
+            moves,
+            strategy,
+            concurrency.max(1) as usize,
+            finished.clone(),
+        ))];
         if let Some(signal) = latency {
             tasks.push(tokio::spawn(adapt(shared.clone(), signal, finished)));
         }
@@ -479,6 +485,7 @@ type Ended = (HashRange, Result<crate::moves::MoveReport, CoordinatorError>);
 async fn run(
     shared: Arc<Shared>,
     moves: Vec<(HashRange, NodeId, NodeId, u64)>,
+    strategy: Strategy,
     concurrency: usize,
     finished: CancellationToken,
 ) {
@@ -495,6 +502,7 @@ async fn run(
             shared.report.lock().in_flight.push((range, from, to));
             let coordinator = shared.coordinator.clone();
             let options = MoveOptions {
+                strategy,
                 rate_limit_bytes_per_sec: shared.rate.load(Ordering::Acquire),
                 ..MoveOptions::default()
             };

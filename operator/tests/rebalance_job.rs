@@ -11,7 +11,7 @@ use fulva_operator::rebalance_crd::{FulvaRebalanceSpec, RebalanceGoal};
 use fulva_operator::rebalance_job::{self, JobPhase, RateControl, RebalanceJob};
 use fulva_operator::{Coordinator, MemoryMapStore, RebalancePolicy};
 use fulva_proto::grpc::MigrationStatusRequest;
-use fulva_proto::{NodeInfo, ShardState};
+use fulva_proto::{NodeInfo, ShardState, Strategy};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,8 +93,15 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
     assert!(proposal.estimated_seconds > total as f64 / 20_000.0 * 0.99, "{proposal:?}");
 
     // One move at a time at 20 kB/s: the first move takes many seconds.
-    let job =
-        RebalanceJob::start(coordinator.clone(), &proposal, 1, RateControl::Fixed(20_000), None).unwrap();
+    let job = RebalanceJob::start(
+        coordinator.clone(),
+        &proposal,
+        Strategy::Fulva,
+        1,
+        RateControl::Fixed(20_000),
+        None,
+    )
+    .unwrap();
     let (range, to) =
         wait_for("the first move", async || job.report().in_flight.first().map(|m| (m.0, m.2))).await;
     let mut dest = coordinator.node_client(to).await.unwrap();
@@ -126,7 +133,8 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
 
     // Resumed (as after an operator restart): the done move is skipped.
     let resumed =
-        RebalanceJob::start(coordinator.clone(), &proposal, 2, RateControl::Fixed(0), None).unwrap();
+        RebalanceJob::start(coordinator.clone(), &proposal, Strategy::Fulva, 2, RateControl::Fixed(0), None)
+            .unwrap();
     let done = resumed.wait().await;
     assert_eq!((done.phase, done.done, done.failed), (JobPhase::Done, 4, 0), "{done:?}");
     let map = coordinator.map();

@@ -10,6 +10,7 @@ use crate::sessions::FulvaSession;
 use crate::workload::{key_into, KeyChooser, Mix, WorkloadSpec};
 use fulva_client::{Client, ClientConfig};
 use fulva_kvnode::NodeConfig;
+use fulva_operator::rebalance_job::{AdaptiveRate, AdaptiveSettings, LatencySignal};
 use fulva_operator::MoveOptions;
 use fulva_proto::{key_hash, HashRange, Strategy};
 use parking_lot::Mutex;
@@ -44,6 +45,18 @@ pub struct MigrationBenchArgs {
     /// Bandwidth limit of the move in MB/s (0 = none).
     #[arg(long, default_value_t = 0.0)]
     pub rate_limit_mb: f64,
+    /// Also run each strategy with the adaptive rate (after the fixed-limit
+    /// run, on a fresh cluster): hold the clients' p99 (µs) under this target,
+    /// raising the rate while it holds and halving it when it does not (one
+    /// step a second, the operator's control law).
+    #[arg(long)]
+    pub adaptive_p99_us: Option<u64>,
+    /// Adaptive rate: lowest rate, MB/s.
+    #[arg(long, default_value_t = 1.0)]
+    pub adaptive_min_mb: f64,
+    /// Adaptive rate: highest rate, MB/s.
+    #[arg(long, default_value_t = 200.0)]
+    pub adaptive_max_mb: f64,
     /// Width of a time bin in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub bin_ms: u64,
@@ -128,8 +141,34 @@ pub struct StrategyResult {
     pub during_moving: Period,
     /// Operations that failed.
     pub errors: u64,
+    /// With `--adaptive-p99-us`: what the control loop saw and did.
+    pub adaptive: Option<AdaptiveTrace>,
     /// Time bins.
     pub bins: Vec<Bin>,
+}
+
+/// The adaptive rate's steps during a move.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AdaptiveTrace {
+    /// Client p99 target, µs.
+    pub target_p99_us: u64,
+    /// One entry a second: ms since the load began, client p99 (µs) of the
+    /// second before, the rate set (MB/s).
+    pub steps: Vec<(u64, u64, f64)>,
+    /// Seconds of the move whose client p99 stayed within the target, of all.
+    pub seconds_within: u32,
+    /// Seconds the move lasted (steps taken).
+    pub seconds: u32,
+}
+
+/// Client latencies since the control loop last looked.
+#[derive(Default)]
+struct RecentLatency(Mutex<Vec<u64>>);
+
+impl fulva_operator::rebalance_job::LatencySignal for RecentLatency {
+    fn take_p99(&self) -> Option<Duration> {
+        fulva_operator::probe::p99_of(std::mem::take(&mut *self.0.lock()))
+    }
 }
 
 /// One completed operation.
@@ -223,11 +262,12 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let recent = Arc::new(RecentLatency::default());
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.load.clients {
-        let (client, chooser, stop, samples, errors) =
-            (client.clone(), chooser.clone(), stop.clone(), samples.clone(), errors.clone());
+        let (client, chooser, stop, samples, errors, recent) =
+            (client.clone(), chooser.clone(), stop.clone(), samples.clone(), errors.clone(), recent.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(i as u64 + 99);
             let mut key = Vec::with_capacity(32);
@@ -253,6 +293,10 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
                     moving: moving.contains(key_hash(&key)),
                 });
                 n += 1;
+                if n.is_multiple_of(32) {
+                    let tail = &mine[mine.len() - 32..];
+                    recent.0.lock().extend(tail.iter().map(|s| u64::from(s.latency_us)));
+                }
             }
             samples.lock().extend(mine);
         }));
@@ -261,12 +305,56 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     tokio::time::sleep(Duration::from_secs(args.before)).await;
     let move_start = t0.elapsed();
     let lo_move_start = lo_bytes();
+    let adaptive = args.adaptive_p99_us.map(|target| AdaptiveSettings {
+        target_p99: Duration::from_micros(target),
+        min_bytes_per_sec: (args.adaptive_min_mb * 1e6).max(1.0) as u64,
+        max_bytes_per_sec: (args.adaptive_max_mb.max(args.adaptive_min_mb) * 1e6).max(1.0) as u64,
+    });
     let options = MoveOptions {
         strategy,
-        rate_limit_bytes_per_sec: (args.rate_limit_mb * 1e6) as u64,
+        rate_limit_bytes_per_sec: match adaptive {
+            Some(settings) => AdaptiveRate::new(settings).rate(),
+            None => (args.rate_limit_mb * 1e6) as u64,
+        },
         ..MoveOptions::default()
     };
+    // The adaptive loop: once a second, the clients' p99 of that second sets the rate.
+    let moved = Arc::new(AtomicBool::new(false));
+    let controller = adaptive.map(|settings| {
+        let (coordinator, recent, moved) = (cluster.coordinator.clone(), recent.clone(), moved.clone());
+        tokio::spawn(async move {
+            let mut law = AdaptiveRate::new(settings);
+            let mut trace = AdaptiveTrace {
+                target_p99_us: settings.target_p99.as_micros() as u64,
+                ..AdaptiveTrace::default()
+            };
+            recent.take_p99();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if moved.load(Ordering::Acquire) {
+                    break;
+                }
+                let p99 = recent.take_p99();
+                let rate = law.step(p99);
+                let _ = coordinator.set_move_rate(moving, rate).await;
+                let p99_us = p99.map_or(0, |p| p.as_micros() as u64);
+                trace.seconds += 1;
+                if p99_us <= trace.target_p99_us {
+                    trace.seconds_within += 1;
+                }
+                trace.steps.push((t0.elapsed().as_millis() as u64, p99_us, rate as f64 / 1e6));
+            }
+            trace
+        })
+    });
     let report = cluster.coordinator.migrate(moving, 1, options, |_| {}).await?;
+    moved.store(true, Ordering::Release);
+    let adaptive_trace = match controller {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     let move_end = t0.elapsed();
     let lo_move_end = lo_bytes();
     tokio::time::sleep(Duration::from_secs(args.after)).await;
@@ -279,7 +367,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     cluster.shutdown().await;
 
     let samples = std::mem::take(&mut *samples.lock());
-    Ok(summarize(
+    let mut result = summarize(
         &format!("{strategy:?}").to_lowercase().replace("sourcedriven", "source-driven"),
         args,
         samples,
@@ -289,7 +377,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         report.duration,
         report.lock_window,
         errors.load(Ordering::Relaxed),
-    ))
+    );
+    result.adaptive = adaptive_trace;
+    Ok(result)
 }
 
 /// Bins and summarizes the samples of one run. `times` are the move's start,
@@ -342,6 +432,7 @@ pub(crate) fn summarize(
         during: period(&samples, ms, me, false, wire.1),
         during_moving: period(&samples, ms, me, true, wire.1),
         errors,
+        adaptive: None,
         bins,
     }
 }
@@ -357,7 +448,17 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
             args.load.clients,
             args.mix.name()
         );
-        results.push(run_strategy(&args, strategy).await?);
+        if args.adaptive_p99_us.is_some() {
+            // Side by side: the fixed limit first, then the adaptive rate.
+            let fixed = MigrationBenchArgs { adaptive_p99_us: None, ..args.clone() };
+            results.push(run_strategy(&fixed, strategy).await?);
+            eprintln!("fulva bench migration: {strategy:?} with the adaptive rate");
+        }
+        let mut result = run_strategy(&args, strategy).await?;
+        if result.adaptive.is_some() {
+            result.strategy.push_str("+adaptive");
+        }
+        results.push(result);
     }
     if args.vs_redis {
         eprintln!(
@@ -397,6 +498,24 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!("(ratio = during the move / steady before it; stall = longest stretch with no completed operation, all keys / moving keys)");
+    for r in &results {
+        let Some(a) = &r.adaptive else { continue };
+        let rates: Vec<f64> = a.steps.iter().map(|s| s.2).collect();
+        println!(
+            "{}: adaptive rate, target p99 {} us: p99 during the move {} us ({:.2}x the target), steady {} us; \
+             {} of {} one-second windows within the target; rate {:.1} -> {:.1} MB/s (max {:.1})",
+            r.strategy,
+            a.target_p99_us,
+            r.during.p99_us,
+            f64::from(r.during.p99_us) / a.target_p99_us.max(1) as f64,
+            r.steady.p99_us,
+            a.seconds_within,
+            a.seconds,
+            rates.first().copied().unwrap_or_default(),
+            rates.last().copied().unwrap_or_default(),
+            rates.iter().copied().fold(0.0, f64::max),
+        );
+    }
     for r in results.iter().filter(|r| r.lock_window_ms.is_some()) {
         println!("{}: lock window {:.1} ms", r.strategy, r.lock_window_ms.unwrap_or_default());
     }

@@ -282,7 +282,15 @@ impl Runtimes for KubeRuntimes {
             RateControl::Fixed(_) => None,
         };
         let concurrency = spec.max_concurrent_moves.unwrap_or(runtime.policy.max_concurrent_moves);
-        let job = RebalanceJob::start(runtime.coordinator.clone(), proposal, concurrency, control, probe)?;
+        let strategy = runtime.policy.strategy.into();
+        let job = RebalanceJob::start(
+            runtime.coordinator.clone(),
+            proposal,
+            strategy,
+            concurrency,
+            control,
+            probe,
+        )?;
         runtime.rebalancer.set_held(true);
         runtime.jobs.insert(name.to_string(), job);
         Ok(())
