@@ -242,11 +242,17 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
 
 /// Acknowledged writes missing from the final state: for each key, the final
 /// read (the last operation) must return the value of one of the writes that
-/// nothing overwrote for certain — a write or delete that completed with no
-/// other write invoked after it returned, or a write whose outcome is unknown.
+/// nothing overwrote for certain — a write or delete (acknowledged, or of
+/// unknown outcome) after whose return no acknowledged write was invoked.
 pub fn lost_writes(by_key: &BTreeMap<String, Vec<Operation>>) -> usize {
-    let mut lost = 0;
-    for ops in by_key.values() {
+    lost_writes_by_key(by_key).len()
+}
+
+/// The keys of [`lost_writes`], each with the (call, return) times of the
+/// acknowledged writes its final read missed.
+pub fn lost_writes_by_key(by_key: &BTreeMap<String, Vec<Operation>>) -> Vec<(String, Vec<(u64, u64)>)> {
+    let mut lost = Vec::new();
+    for (key, ops) in by_key {
         let Some(last_read) =
             ops.iter().filter(|o| o.f == Function::Read && o.ret.is_some()).max_by_key(|o| o.call)
         else {
@@ -257,15 +263,18 @@ pub fn lost_writes(by_key: &BTreeMap<String, Vec<Operation>>) -> usize {
         if writes.is_empty() {
             continue;
         }
+        // Only an acknowledged write overwrites for certain; one of unknown
+        // outcome may never have happened.
         let survivors: Vec<&&Operation> = writes
             .iter()
-            .filter(|w| match w.ret {
-                None => true,
-                Some(ret) => !writes.iter().any(|o| o.call > ret),
+            .filter(|w| {
+                let done = w.ret.unwrap_or(w.call);
+                !writes.iter().any(|o| o.ret.is_some() && o.call > done)
             })
             .collect();
         if !survivors.iter().any(|w| w.value == last_read.value) {
-            lost += 1;
+            let acked = survivors.iter().filter_map(|w| w.ret.map(|r| (w.call, r))).collect();
+            lost.push((key.clone(), acked));
         }
     }
     lost

@@ -97,6 +97,12 @@ impl History {
         let _ = writeln!(out, "{line}");
     }
 
+    /// Nanoseconds since the history started (the clock of `time_ns`), for
+    /// marking moments (a fault, a move's start) beside the events.
+    pub fn elapsed_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
     /// Writes buffered events to the file.
     pub fn flush(&self) -> std::io::Result<()> {
         self.out.lock().flush()

@@ -327,7 +327,12 @@ impl NodeControl for ControlService {
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
-        h.ownership.finish_incoming(range, req.epoch).map_err(ControlError::from)?;
+        if req.abandon_source {
+            tracing::warn!(%range, "the move's source is gone: serving what arrived");
+            h.ownership.abandon_source(range, req.epoch).map_err(ControlError::from)?;
+        } else {
+            h.ownership.finish_incoming(range, req.epoch).map_err(ControlError::from)?;
+        }
         // The source has dropped its copy: no old version can arrive any more.
         let purged = off_data_path(h, move |h| {
             let purged = h.store.purge_tombstones(range);

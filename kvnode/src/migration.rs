@@ -283,9 +283,19 @@ async fn pull_once(
     mv: &Arc<IncomingMove>,
     limiter: &mut RateLimiter,
 ) -> Result<(), String> {
-    let mut client = NodeControlClient::connect(format!("http://{}", mv.source_control_addr))
+    // Small HTTP/2 windows: the source sends only as fast as this node
+    // applies, so the rate limit holds on the wire too and a batch in flight
+    // is all a lost source can take with it beyond what was applied.
+    let window = (handler.migration_batch_bytes.saturating_mul(2)).max(65_535);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mv.source_control_addr))
+        .map_err(|e| format!("source address {}: {e}", mv.source_control_addr))?
+        .connect_timeout(Duration::from_secs(2))
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window.saturating_mul(2))
+        .connect()
         .await
         .map_err(|e| format!("connect to source {}: {e}", mv.source_control_addr))?;
+    let mut client = NodeControlClient::new(channel);
     let from = mv.cursor.load(Ordering::Acquire);
     let request = PullRangeRequest {
         range: Some(mv.range.into()),

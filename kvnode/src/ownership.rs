@@ -330,8 +330,27 @@ impl Ownership {
 
     /// Turns a finished incoming range into a plainly served one.
     pub fn finish_incoming(&self, range: HashRange, epoch: Epoch) -> Result<(), OwnershipError> {
+        self.finish_incoming_with(range, epoch, false)
+    }
+
+    /// Ends a move into this node whose source is gone: the pull stops and
+    /// the range is served with what arrived.
+    pub fn abandon_source(&self, range: HashRange, epoch: Epoch) -> Result<(), OwnershipError> {
+        self.finish_incoming_with(range, epoch, true)
+    }
+
+    fn finish_incoming_with(
+        &self,
+        range: HashRange,
+        epoch: Epoch,
+        abandon: bool,
+    ) -> Result<(), OwnershipError> {
         self.change_range(range, epoch, |owned| {
             match &owned.role {
+                RangeRole::Incoming(mv) if abandon => {
+                    mv.cancel();
+                    owned.role = RangeRole::Serving
+                }
                 RangeRole::Incoming(mv) if mv.is_done() => owned.role = RangeRole::Serving,
                 RangeRole::Incoming(_) => {
                     return Err(OwnershipError::WrongState {

@@ -36,7 +36,10 @@ impl From<CoordinatorError> for Status {
                 Status::failed_precondition(err.to_string())
             }
             CoordinatorError::EpochConflict { .. } => Status::aborted(err.to_string()),
-            CoordinatorError::Node { .. } => Status::unavailable(err.to_string()),
+            CoordinatorError::Node { .. } | CoordinatorError::NodeLost { .. } => {
+                Status::unavailable(err.to_string())
+            }
+            CoordinatorError::Stalled { .. } => Status::deadline_exceeded(err.to_string()),
             CoordinatorError::Store(_) | CoordinatorError::Bootstrap(_) => Status::internal(err.to_string()),
         }
     }

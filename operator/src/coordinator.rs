@@ -56,7 +56,28 @@ pub enum CoordinatorError {
     /// Bootstrap was asked for something impossible.
     #[error("cannot bootstrap: {0}")]
     Bootstrap(String),
+    /// A node of a move did not answer for longer than the move's node timeout.
+    #[error("node {node} did not answer for {seconds:.1} s")]
+    NodeLost {
+        /// The node.
+        node: NodeId,
+        /// How long it was silent.
+        seconds: f64,
+    },
+    /// A move made no progress for longer than its stall timeout.
+    #[error("move of {range} made no progress for {seconds:.1} s")]
+    Stalled {
+        /// The range.
+        range: HashRange,
+        /// How long nothing moved.
+        seconds: f64,
+    },
 }
+
+/// How long the coordinator waits to connect to a node.
+pub const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long one control call to a node may take.
+pub const NODE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The one writer of the shard map.
 pub struct Coordinator {
@@ -197,8 +218,11 @@ impl Coordinator {
             message: "not in the shard map".into(),
         })?;
         let addr = info.control_addr.to_string();
+        // Bounded: a node that is gone must not hold a move (or the map) for minutes.
         let channel = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| CoordinatorError::Node { node, addr: addr.clone(), message: e.to_string() })?
+            .connect_timeout(NODE_CONNECT_TIMEOUT)
+            .timeout(NODE_CALL_TIMEOUT)
             .connect()
             .await
             .map_err(|e| CoordinatorError::Node { node, addr: addr.clone(), message: e.to_string() })?;

@@ -21,6 +21,7 @@ use fulva_proto::{HashRange, NodeId, Shard, ShardMap, ShardState, Strategy};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// The two ends of a move.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +67,12 @@ pub struct MoveOptions {
     pub rate_limit_bytes_per_sec: u64,
     /// How often the destination's progress is polled.
     pub poll_interval: Duration,
+    /// A node of the move silent for this long counts as lost (see
+    /// [`Coordinator::migrate`] for what follows).
+    pub node_timeout: Duration,
+    /// A move whose destination applies nothing for this long, while both
+    /// nodes answer, is aborted (longer than one batch at the rate limit).
+    pub stall_timeout: Duration,
 }
 
 impl Default for MoveOptions {
@@ -74,6 +81,8 @@ impl Default for MoveOptions {
             strategy: Strategy::Fulva,
             rate_limit_bytes_per_sec: 0,
             poll_interval: Duration::from_millis(10),
+            node_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -97,6 +106,9 @@ pub struct MoveReport {
     pub epoch: u64,
     /// Source-driven: how long the range was locked (downtime for its keys).
     pub lock_window: Option<Duration>,
+    /// The source was lost mid-move and the destination serves what it had
+    /// pulled (objects not yet pulled were lost with the source).
+    pub source_lost: bool,
 }
 
 fn grpc_err(node: NodeId, what: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
@@ -105,6 +117,17 @@ fn grpc_err(node: NodeId, what: &str) -> impl Fn(tonic::Status) -> CoordinatorEr
         addr: what.to_string(),
         message: format!("{}: {}", s.code(), s.message()),
     }
+}
+
+/// Whether a failed call says the node could not be reached (rather than refused).
+fn unreachable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+    )
 }
 
 fn move_error(message: String) -> CoordinatorError {
@@ -198,6 +221,37 @@ impl Coordinator {
             }
             Err(error) => error,
         };
+        // A lost node decides the outcome once the destination has served.
+        if let (CoordinatorError::NodeLost { node, .. }, Stage::DestinationServing { .. }) = (&error, stage) {
+            let lost = *node;
+            if lost == destination {
+                tracing::warn!(%range, source, destination, "destination lost mid-move; the source takes the range back");
+                self.reclaim_without_destination(ends).await?;
+                return Err(CoordinatorError::Aborted {
+                    range,
+                    back_on: source,
+                    reason: format!(
+                        "destination node {destination} lost: the writes it took since the freeze are lost with it"
+                    ),
+                    carried_back: false,
+                });
+            }
+            if lost == source {
+                tracing::warn!(%range, source, destination, "source lost mid-move; the destination keeps what it pulled");
+                let finished = self.finish_without_source(ends).await?;
+                return Ok(MoveReport {
+                    range,
+                    source,
+                    destination,
+                    objects: 0,
+                    bytes: 0,
+                    duration: started.elapsed(),
+                    epoch: finished.epoch,
+                    lock_window: None,
+                    source_lost: true,
+                });
+            }
+        }
         let reason = if abort.is_cancelled() {
             tracing::info!(%range, source, destination, ?stage, "move aborted on request; rolling back");
             "on request".to_string()
@@ -229,6 +283,106 @@ impl Coordinator {
         let mv = running.get(&range).ok_or_else(|| move_error(format!("no move of {range} is running")))?;
         mv.abort.cancel();
         Ok(())
+    }
+
+    /// The destination of a move was lost after it served the range: the
+    /// source, which kept its copy (frozen at the freeze), serves it again.
+    /// The destination is told to drop the range if it ever answers again.
+    async fn reclaim_without_destination(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let Ends { range, source, destination } = ends;
+        let epoch = self.map().epoch + 1;
+        let mut src = self.node_client(source).await?;
+        src.unfreeze_range(UnfreezeRangeRequest { range: Some(range.into()), epoch })
+            .await
+            .map_err(grpc_err(source, "unfreeze"))?;
+        let back = self
+            .update(|m| {
+                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                    s.owner = source;
+                    s.state = ShardState::Normal;
+                }
+            })
+            .await?;
+        self.broadcast_epoch(&back).await;
+        self.fence(destination, range, back.epoch);
+        Ok(back)
+    }
+
+    /// The source of a move was lost after the destination served the range:
+    /// the destination stops pulling and serves what it has.
+    async fn finish_without_source(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
+        let Ends { range, source, destination } = ends;
+        let finished = self
+            .update(|m| {
+                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                    s.owner = destination;
+                    s.state = ShardState::Normal;
+                }
+            })
+            .await?;
+        let mut dest = self.node_client(destination).await?;
+        dest.finish_migration(FinishMigrationRequest {
+            range: Some(range.into()),
+            epoch: finished.epoch,
+            abandon_source: true,
+        })
+        .await
+        .map_err(grpc_err(destination, "finish without the source"))?;
+        self.broadcast_epoch(&finished).await;
+        self.fence(source, range, finished.epoch);
+        Ok(finished)
+    }
+
+    /// Keeps telling a lost node, for a while, to drop `range` (a node that
+    /// was only cut off must not serve it again with an old map).
+    fn fence(&self, node: NodeId, range: HashRange, epoch: u64) {
+        let Some(info) = self.map().node(node).cloned() else { return };
+        tokio::spawn(async move {
+            for _ in 0..300 {
+                let connected = Channel::from_shared(format!("http://{}", info.control_addr))
+                    .expect("a node address is a valid URI")
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(2))
+                    .connect()
+                    .await;
+                if let Ok(channel) = connected {
+                    let mut client = fulva_proto::grpc::node_control_client::NodeControlClient::new(channel);
+                    let drop = DropRangeRequest {
+                        range: Some(range.into()),
+                        epoch,
+                        new_owner: 0,
+                        has_new_owner: false,
+                    };
+                    match client.drop_range(drop).await {
+                        Ok(_) => {
+                            tracing::info!(node, %range, "a lost node answered again and dropped the range");
+                            return;
+                        }
+                        Err(s) if s.code() == tonic::Code::NotFound => return,
+                        Err(_) => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Whether `node` answers a stats call within `timeout` (tried once a
+    /// second).
+    async fn answers(&self, node: NodeId, timeout: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if let Ok(mut client) = self.node_client(node).await {
+                let call = client.get_stats(fulva_proto::grpc::GetStatsRequest {});
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {
+                    return true;
+                }
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Changes the bandwidth limit (bytes/s, 0 = none) of the move of `range`.
@@ -305,7 +459,7 @@ impl Coordinator {
             })
             .await
             .map_err(grpc_err(destination, "start"))?;
-            self.wait_for_pass(&mut dest, destination, range, options, abort, progress).await?;
+            self.wait_for_pass(&mut dest, destination, source, range, options, abort, progress).await?;
             // ... then lock the range (downtime: every request gets Retry),
             // ship what changed since the copy began, and hand over.
             let locked = Instant::now();
@@ -327,7 +481,8 @@ impl Coordinator {
             })
             .await
             .map_err(grpc_err(destination, "final pass"))?;
-            let status = self.wait_for_pass(&mut dest, destination, range, options, abort, progress).await?;
+            let status =
+                self.wait_for_pass(&mut dest, destination, source, range, options, abort, progress).await?;
             lock_window = Some(locked);
             status
         } else {
@@ -365,7 +520,7 @@ impl Coordinator {
                 .await?;
             self.broadcast_epoch(&migrating).await;
             tracing::info!(%range, source, destination, epoch = migrating.epoch, strategy = ?options.strategy, "move started");
-            self.wait_for_pass(&mut dest, destination, range, options, abort, progress).await?
+            self.wait_for_pass(&mut dest, destination, source, range, options, abort, progress).await?
         };
 
         let finished = self.commit(ends).await?;
@@ -381,6 +536,7 @@ impl Coordinator {
             duration: Duration::ZERO,
             epoch: finished.epoch,
             lock_window,
+            source_lost: false,
         })
     }
 
@@ -413,12 +569,22 @@ impl Coordinator {
             // Already dropped (a recovering coordinator finishing a commit).
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::NotFound => {}
+            // The destination has everything; a source that is gone is told
+            // to drop its copy if it answers again.
+            Err(s) if unreachable(&s) => {
+                tracing::warn!(%range, source, status = %s, "the source does not answer; committing without it");
+                self.fence(source, range, finished.epoch);
+            }
             Err(s) => return Err(grpc_err(source, "drop")(s)),
         }
         let mut dest = self.node_client(destination).await?;
-        dest.finish_migration(FinishMigrationRequest { range: r, epoch: finished.epoch })
-            .await
-            .map_err(grpc_err(destination, "finish"))?;
+        dest.finish_migration(FinishMigrationRequest {
+            range: r,
+            epoch: finished.epoch,
+            abandon_source: false,
+        })
+        .await
+        .map_err(grpc_err(destination, "finish"))?;
         self.broadcast_epoch(&finished).await;
         Ok(finished)
     }
@@ -440,13 +606,31 @@ impl Coordinator {
                         .await
                         .map_err(grpc_err(source, "unfreeze"))?;
                 }
-                let mut dest = self.node_client(destination).await?;
-                match dest
-                    .drop_range(DropRangeRequest { range: r, epoch, new_owner: 0, has_new_owner: false })
-                    .await
-                {
-                    Ok(_) => Ok(()),
+                let dropped = match self.node_client(destination).await {
+                    Ok(mut dest) => dest
+                        .drop_range(DropRangeRequest { range: r, epoch, new_owner: 0, has_new_owner: false })
+                        .await
+                        .map(|_| ()),
+                    Err(err) => Err(tonic::Status::unavailable(err.to_string())),
+                };
+                match dropped {
+                    Ok(()) => Ok(()),
                     Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    // A destination that is gone never served the range; it
+                    // is told to forget it if it answers again.
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Cancelled
+                                | tonic::Code::DeadlineExceeded
+                                | tonic::Code::Unknown
+                        ) =>
+                    {
+                        tracing::warn!(%range, destination, status = %s, "the destination does not answer; it will be told to drop the range");
+                        self.fence(destination, range, epoch);
+                        Ok(())
+                    }
                     Err(s) => Err(grpc_err(destination, "drop")(s)),
                 }
             }
@@ -513,37 +697,86 @@ impl Coordinator {
         self.broadcast_epoch(&back).await;
         let never = CancellationToken::new();
         let options = MoveOptions::default();
-        self.wait_for_pass(&mut src, source, range, options, &never, &mut |_| {}).await?;
-        self.commit(Ends { range, source: destination, destination: source }).await
+        let back = Ends { range, source: destination, destination: source };
+        match self.wait_for_pass(&mut src, source, destination, range, options, &never, &mut |_| {}).await {
+            Ok(_) => self.commit(back).await,
+            // The node being left was lost on the way back: keep what arrived.
+            Err(CoordinatorError::NodeLost { node, .. }) if node == destination => {
+                tracing::warn!(%range, lost = destination, "lost on the way back; keeping what arrived");
+                self.finish_without_source(back).await
+            }
+            Err(err) => Err(err),
+        }
     }
 
+    /// Polls the destination until the pass is done. A destination silent
+    /// for `options.node_timeout` is lost; when the pull fails or nothing is
+    /// applied for `options.stall_timeout`, a source silent for the node
+    /// timeout is lost, else the move failed (or stalled) and rolls back.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn wait_for_pass(
         &self,
         dest: &mut fulva_proto::grpc::node_control_client::NodeControlClient<tonic::transport::Channel>,
         destination: NodeId,
+        source: NodeId,
         range: HashRange,
         options: MoveOptions,
         abort: &CancellationToken,
         progress: &mut impl FnMut(&MigrationStatusResponse),
     ) -> Result<MigrationStatusResponse, CoordinatorError> {
+        let mut silent_since: Option<Instant> = None;
+        let mut last_progress = ((0u64, 0u64), Instant::now());
         loop {
             if abort.is_cancelled() {
                 return Err(move_error("aborted".into()));
             }
-            let status = dest
-                .migration_status(MigrationStatusRequest { range: Some(range.into()) })
-                .await
-                .map_err(grpc_err(destination, "status"))?
-                .into_inner();
+            let call = dest.migration_status(MigrationStatusRequest { range: Some(range.into()) });
+            let status = match tokio::time::timeout(options.node_timeout, call).await {
+                Ok(Ok(status)) => status.into_inner(),
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                    return Err(grpc_err(destination, "status")(s));
+                }
+                failed => {
+                    let since = *silent_since.get_or_insert_with(Instant::now);
+                    tracing::debug!(destination, ?failed, "no status from the destination");
+                    if since.elapsed() >= options.node_timeout {
+                        return Err(CoordinatorError::NodeLost {
+                            node: destination,
+                            seconds: since.elapsed().as_secs_f64(),
+                        });
+                    }
+                    tokio::time::sleep(options.poll_interval.max(Duration::from_millis(100))).await;
+                    continue;
+                }
+            };
+            silent_since = None;
             progress(&status);
             if status.done {
                 return Ok(status);
             }
-            if !status.error.is_empty() {
-                return Err(move_error(format!(
-                    "move of {range} failed at the destination: {}",
-                    status.error
-                )));
+            let moved = (status.cursor, status.bytes_applied);
+            if moved != last_progress.0 {
+                last_progress = (moved, Instant::now());
+            }
+            let stalled = last_progress.1.elapsed() >= options.stall_timeout;
+            if !status.error.is_empty() || stalled {
+                // Whose fault? A source that does not answer is lost.
+                if !self.answers(source, options.node_timeout).await {
+                    return Err(CoordinatorError::NodeLost {
+                        node: source,
+                        seconds: options.node_timeout.as_secs_f64(),
+                    });
+                }
+                if !status.error.is_empty() {
+                    return Err(move_error(format!(
+                        "move of {range} failed at the destination: {}",
+                        status.error
+                    )));
+                }
+                return Err(CoordinatorError::Stalled {
+                    range,
+                    seconds: last_progress.1.elapsed().as_secs_f64(),
+                });
             }
             tokio::select! {
                 () = abort.cancelled() => {}

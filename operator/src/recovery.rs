@@ -317,6 +317,7 @@ impl Coordinator {
                         self.wait_for_pass(
                             &mut dest,
                             destination,
+                            source,
                             range,
                             MoveOptions::default(),
                             &never,

@@ -1,0 +1,363 @@
+//! Failures in the middle of a move, with real processes on a real (virtual)
+//! network: two `fulva node` processes, each in a network namespace the test
+//! creates, reached from the test (coordinator and clients) over one veth
+//! pair each, and joined to each other by a third veth pair that carries the
+//! bulk transfer (the S–D link). While clients read, write and delete keys of
+//! the moving range, a fault hits the move:
+//!
+//! - the destination is killed (by PID): the source takes the range back;
+//!   the only writes lost are those the destination alone acknowledged
+//!   between the freeze and its death;
+//! - the source is killed: the destination keeps what it pulled; the only
+//!   writes lost are those the source alone held (acknowledged before the
+//!   freeze and not pulled yet);
+//! - the S–D link goes down (`ip link set down`) for a few seconds: the
+//!   transfer stalls and resumes, the move finishes, nothing is lost.
+//!
+//! In each case no range is left Migrating, and the recorded history, less
+//! the keys of the documented crash losses, passes the linearizability checker.
+//! Needs root (network namespaces) and iproute2; `scripts/test` installs it.
+
+use fulva_cli::check::{check_events, operations_by_key, read_history};
+use fulva_client::{Client, ClientConfig, Event, History, RecordingClient};
+use fulva_operator::{Coordinator, CoordinatorError, MemoryMapStore, MoveOptions};
+use fulva_proto::{key_hash, HashRange, NodeInfo, ShardState};
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Keys loaded into the moving range (about 2 MB: more than the network
+/// buffers hold, so a move at `RATE` lasts about ten seconds).
+const KEYS: usize = 2000;
+/// Keys the clients work on during the move: they read all of them and
+/// write (or delete) the first half.
+const HOT: usize = 150;
+const VALUE: usize = 1000;
+const RATE: u64 = 200_000;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("iproute2's ip (apt-get install iproute2)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Two namespaces `fa`/`fb` with a veth each to this namespace (subnets
+/// .1 and .2) and a direct veth between them (subnet .3) that each uses, by
+/// a host route, to reach the other: the S–D link.
+struct Lab {
+    tag: String,
+    net: u8,
+}
+
+impl Lab {
+    fn new(net: u8) -> Lab {
+        let tag = format!("{}{net}", std::process::id() % 10_000);
+        let lab = Lab { tag, net };
+        let (a, b, n) = (lab.ns('a'), lab.ns('b'), net);
+        for (ns, side, i) in [(&a, 'a', 1), (&b, 'b', 2)] {
+            let (outer, inner) = (format!("fr{side}{}", lab.tag), format!("fn{side}{}", lab.tag));
+            ip(&["netns", "add", ns]);
+            ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+            ip(&["link", "set", &inner, "netns", ns]);
+            ip(&["addr", "add", &format!("10.{n}.{i}.1/24"), "dev", &outer]);
+            ip(&["link", "set", &outer, "up"]);
+            ip(&["-n", ns, "addr", "add", &format!("10.{n}.{i}.2/24"), "dev", &inner]);
+            ip(&["-n", ns, "link", "set", &inner, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let (da, db) = (lab.direct('a'), lab.direct('b'));
+        ip(&["link", "add", &da, "netns", &a, "type", "veth", "peer", "name", &db, "netns", &b]);
+        ip(&["-n", &a, "addr", "add", &format!("10.{n}.3.1/24"), "dev", &da]);
+        ip(&["-n", &b, "addr", "add", &format!("10.{n}.3.2/24"), "dev", &db]);
+        ip(&["-n", &a, "link", "set", &da, "up"]);
+        ip(&["-n", &b, "link", "set", &db, "up"]);
+        ip(&["-n", &a, "route", "add", &format!("10.{n}.2.2/32"), "via", &format!("10.{n}.3.2"), "dev", &da]);
+        ip(&["-n", &b, "route", "add", &format!("10.{n}.1.2/32"), "via", &format!("10.{n}.3.1"), "dev", &db]);
+        lab
+    }
+
+    fn ns(&self, side: char) -> String {
+        format!("f{side}{}", self.tag)
+    }
+
+    fn direct(&self, side: char) -> String {
+        format!("fd{side}{}", self.tag)
+    }
+
+    /// Node `id` (0 in `fa`, 1 in `fb`): its addresses.
+    fn addr(&self, id: u32, port: u16) -> SocketAddr {
+        format!("10.{}.{}.2:{port}", self.net, id + 1).parse().unwrap()
+    }
+
+    fn set_link(&self, up: bool) {
+        ip(&["-n", &self.ns('a'), "link", "set", &self.direct('a'), if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for side in ['a', 'b'] {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(side)]).status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("fr{side}{}", self.tag)])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A `fulva node` process in a namespace; killed by its PID when dropped.
+struct NodeProcess(Child);
+
+impl NodeProcess {
+    async fn start(lab: &Lab, id: u32) -> NodeProcess {
+        let ns = lab.ns(if id == 0 { 'a' } else { 'b' });
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_fulva"), "node"])
+            .arg(format!("--node-id={id}"))
+            .arg(format!("--data-addr={}", lab.addr(id, 7100)))
+            .arg(format!("--control-addr={}", lab.addr(id, 7200)))
+            .arg(format!("--metrics-addr={}", lab.addr(id, 7300)))
+            .arg("--migration-batch-bytes=8192")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // `ip netns exec` execs the node: the child's PID is the node's.
+        let node = NodeProcess(child);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(lab.addr(id, 7200)).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "node {id} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    KillDestination,
+    KillSource,
+    CutLink,
+}
+
+/// Keys whose hashes fall in `range`.
+fn keys_in(range: HashRange) -> Vec<String> {
+    (0..).map(|i| format!("key{i}")).filter(|k| range.contains(key_hash(k.as_bytes()))).take(KEYS).collect()
+}
+
+struct Run {
+    events: Vec<Event>,
+    outcome: Result<fulva_operator::MoveReport, CoordinatorError>,
+    /// History clock (ns): the move was asked for, the map showed it Migrating, the fault hit.
+    move_called: u64,
+    migrating_seen: u64,
+    fault_at: u64,
+}
+
+async fn run(fault: Fault, net: u8) -> Run {
+    let lab = Lab::new(net);
+    let mut nodes = vec![NodeProcess::start(&lab, 0).await, NodeProcess::start(&lab, 1).await];
+    let infos: Vec<NodeInfo> = (0..2)
+        .map(|id| NodeInfo { id, data_addr: lab.addr(id, 7100), control_addr: lab.addr(id, 7200) })
+        .collect();
+    let coordinator =
+        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 2, false).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    let moving = coordinator.map().shards.iter().find(|s| s.owner == 0).unwrap().range;
+    let keys = Arc::new(keys_in(moving));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.jsonl");
+    let history = History::create(&path).unwrap();
+    let config = || {
+        let mut c = ClientConfig::new(endpoint.clone());
+        // The nodes are on the namespaces' networks, not on loopback.
+        c.bind_addr = "0.0.0.0:0".parse().unwrap();
+        c.deadline = Duration::from_secs(2);
+        c.max_timeout = Duration::from_millis(200);
+        c
+    };
+    let mut loader = RecordingClient::new(Client::connect(config()).await.unwrap(), history.clone());
+    for (i, key) in keys.iter().enumerate() {
+        loader.put(key.as_bytes(), format!("{i:0>VALUE$}").as_bytes()).await.unwrap();
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let mut client = RecordingClient::new(Client::connect(config()).await.unwrap(), history.clone());
+        let (keys, done) = (keys.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(w);
+            let mut n = 0u64;
+            let started = Instant::now();
+            while !done.load(Ordering::Relaxed) && n < 200_000 && started.elapsed() < Duration::from_secs(120)
+            {
+                let i = rng.random_range(0..HOT);
+                let key = &keys[i];
+                match rng.random_range(0..10) {
+                    _ if i >= HOT / 2 => drop(client.get(key.as_bytes()).await),
+                    0..5 => drop(client.get(key.as_bytes()).await),
+                    5..9 => drop(client.put(key.as_bytes(), format!("w{w}-{n:0>VALUE$}").as_bytes()).await),
+                    _ => drop(client.delete(key.as_bytes()).await),
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+
+    let options = MoveOptions {
+        rate_limit_bytes_per_sec: RATE,
+        node_timeout: Duration::from_secs(3),
+        stall_timeout: Duration::from_secs(30),
+        ..MoveOptions::default()
+    };
+    let move_called = history.elapsed_ns();
+    let mover = {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move { coordinator.migrate(moving, 1, options, |_| {}).await })
+    };
+    let started = Instant::now();
+    while !coordinator.map().shards.iter().any(|s| matches!(s.state, ShardState::Migrating { .. })) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the move did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let migrating_seen = history.elapsed_ns();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fault_at = history.elapsed_ns();
+    match fault {
+        Fault::KillDestination => nodes[1].kill(),
+        Fault::KillSource => nodes[0].kill(),
+        Fault::CutLink => {
+            lab.set_link(false);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            lab.set_link(true);
+        }
+    }
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(90), mover).await.expect("the move ended").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    // Final reads of every key, after the move ended.
+    let mut reader = RecordingClient::new(Client::connect(config()).await.unwrap(), history.clone());
+    for key in keys.iter() {
+        let read = reader.get(key.as_bytes()).await;
+        assert!(read.is_ok(), "{fault:?}: final read of {key}: {read:?}");
+    }
+    history.flush().unwrap();
+    let map = coordinator.map();
+    assert!(
+        map.shards.iter().all(|s| s.state == ShardState::Normal),
+        "{fault:?}: a range was left moving: {map:?}"
+    );
+    stop.cancel();
+    drop(nodes);
+    Run { events: read_history(&path).unwrap(), outcome, move_called, migrating_seen, fault_at }
+}
+
+/// Keys whose final read misses an acknowledged write, with the (call,
+/// return) times of the acknowledged writes it misses.
+fn lost(events: &[Event]) -> Vec<(String, Vec<(u64, u64)>)> {
+    fulva_cli::stress::lost_writes_by_key(&operations_by_key(events).unwrap())
+}
+
+/// The history without `keys` passes the checker.
+fn linearizable_without(events: &[Event], keys: &[String]) {
+    let kept: Vec<Event> = events.iter().filter(|e| !keys.contains(&e.key)).cloned().collect();
+    let report = check_events(&kept).unwrap();
+    assert!(report.violations.is_empty(), "not linearizable: {:?}", report.violations);
+    assert_eq!(report.keys, KEYS - keys.len(), "every other key is checked");
+}
+
+fn need_root() {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "these tests need iproute2 and root (network namespaces); scripts/test installs iproute2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_killed_mid_move_leaves_the_range_on_its_source() {
+    need_root();
+    let run = run(Fault::KillDestination, 71).await;
+    match &run.outcome {
+        Err(CoordinatorError::Aborted { back_on: 0, carried_back: false, reason, .. }) => {
+            assert!(reason.contains("lost"), "{reason}")
+        }
+        other => panic!("expected the range back on node 0: {other:?}"),
+    }
+    let lost = lost(&run.events);
+    // Only writes the destination alone acknowledged, between the freeze and its death.
+    for (key, acked) in &lost {
+        assert!(!acked.is_empty(), "{key}: lost without an acknowledged write");
+        for &(call, ret) in acked {
+            assert!(
+                call >= run.move_called && ret <= run.fault_at + 50_000_000,
+                "{key}: lost write {call}..{ret} outside the destination's window"
+            );
+        }
+    }
+    eprintln!(
+        "destination killed: {} keys lost writes the dead destination alone had acknowledged",
+        lost.len()
+    );
+    linearizable_without(&run.events, &lost.into_iter().map(|l| l.0).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_mid_move_leaves_the_range_on_its_destination() {
+    need_root();
+    let run = run(Fault::KillSource, 72).await;
+    match &run.outcome {
+        Ok(report) => assert!(report.source_lost, "{report:?}"),
+        other => panic!("expected the move rolled forward: {other:?}"),
+    }
+    let lost = lost(&run.events);
+    // Only writes the source alone held: acknowledged before the freeze, not pulled.
+    for (key, acked) in &lost {
+        for &(_, ret) in acked {
+            assert!(
+                ret <= run.migrating_seen,
+                "{key}: a write acknowledged after the freeze ({ret}) was lost"
+            );
+        }
+    }
+    eprintln!("source killed: {} keys lost writes only the dead source held", lost.len());
+    linearizable_without(&run.events, &lost.into_iter().map(|l| l.0).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_between_source_and_destination_stalls_the_move_and_loses_nothing() {
+    need_root();
+    let run = run(Fault::CutLink, 73).await;
+    let report = run.outcome.as_ref().expect("the move finished once the link came back");
+    assert!(!report.source_lost);
+    assert!(report.duration > Duration::from_secs(4), "the move outlasted the cut: {report:?}");
+    assert_eq!(lost(&run.events), Vec::new(), "no acknowledged write is lost");
+    linearizable_without(&run.events, &[]);
+    let _ = run.fault_at;
+}
