@@ -12,10 +12,12 @@
 //! - [`admin`]: `fulva map`, `fulva migrate`, `fulva split`.
 //! - [`bench`]: `fulva bench kv`.
 //! - [`check`]: `fulva check`, the linearizability checker.
+//! - [`coordinator`]: `fulva coordinator`, the coordinator as its own process.
 
 pub mod admin;
 pub mod bench;
 pub mod check;
+pub mod coordinator;
 pub mod datapath;
 pub mod kv;
 pub mod local;

@@ -64,7 +64,8 @@ pub struct LocalCluster {
 }
 
 /// Serves the shard-map and admin services of `coordinator` until `shutdown`.
-fn serve_control(
+/// Serves the shard map and the admin service of `coordinator` on `listener`.
+pub(crate) fn serve_control(
     listener: tokio::net::TcpListener,
     coordinator: Arc<Coordinator>,
     shutdown: CancellationToken,

@@ -46,6 +46,9 @@ enum Command {
     /// Randomized soak: many live moves and splits under faults while clients
     /// hammer hot keys; the recorded history is checked for linearizability.
     Soak(fulva_cli::stress::SoakArgs),
+    /// Run the coordinator alone over nodes started with `fulva node` (map in a
+    /// file; a restart recovers half-done moves).
+    Coordinator(fulva_cli::coordinator::CoordinatorArgs),
     /// Run one storage node (same as `fulva-kvnode`).
     Node {
         #[command(flatten)]
@@ -84,6 +87,11 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Check { history } => fulva_cli::check::run(&history),
         Command::Soak(args) => fulva_cli::stress::soak(args).await,
+        Command::Coordinator(args) => fulva_cli::coordinator::run(args, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map(|()| true),
         Command::Node { node } => fulva_kvnode::run(node, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -162,6 +162,91 @@ fn keys_in(range: HashRange) -> Vec<String> {
     (0..).map(|i| format!("key{i}")).filter(|k| range.contains(key_hash(k.as_bytes()))).take(KEYS).collect()
 }
 
+/// Clients working on the moving range with a recorded history: the keys
+/// are loaded first, then four clients read all of the `HOT` keys and write
+/// or delete half of them until `finish`, which reads every key once more.
+struct Workload {
+    endpoint: String,
+    keys: Arc<Vec<String>>,
+    history: Arc<History>,
+    path: std::path::PathBuf,
+    done: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn client_config(endpoint: &str) -> ClientConfig {
+    let mut c = ClientConfig::new(endpoint);
+    // The nodes are on the namespaces' networks, not on loopback.
+    c.bind_addr = "0.0.0.0:0".parse().unwrap();
+    c.deadline = Duration::from_secs(2);
+    c.max_timeout = Duration::from_millis(200);
+    c
+}
+
+impl Workload {
+    async fn start(endpoint: &str, keys: Arc<Vec<String>>) -> Workload {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let history = History::create(&path).unwrap();
+        let mut loader =
+            RecordingClient::new(Client::connect(client_config(endpoint)).await.unwrap(), history.clone());
+        for (i, key) in keys.iter().enumerate() {
+            loader.put(key.as_bytes(), format!("{i:0>VALUE$}").as_bytes()).await.unwrap();
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for w in 0..4u64 {
+            let mut client = RecordingClient::new(
+                Client::connect(client_config(endpoint)).await.unwrap(),
+                history.clone(),
+            );
+            let (keys, done) = (keys.clone(), done.clone());
+            workers.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(w);
+                let mut n = 0u64;
+                let started = Instant::now();
+                while !done.load(Ordering::Relaxed)
+                    && n < 200_000
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    let i = rng.random_range(0..HOT);
+                    let key = &keys[i];
+                    match rng.random_range(0..10) {
+                        _ if i >= HOT / 2 => drop(client.get(key.as_bytes()).await),
+                        0..5 => drop(client.get(key.as_bytes()).await),
+                        5..9 => {
+                            drop(client.put(key.as_bytes(), format!("w{w}-{n:0>VALUE$}").as_bytes()).await)
+                        }
+                        _ => drop(client.delete(key.as_bytes()).await),
+                    }
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        Workload { endpoint: endpoint.to_string(), keys, history, path, done, workers, _dir: dir }
+    }
+
+    /// Stops the clients, reads every key once more, and returns the history.
+    async fn finish(self, what: &str) -> Vec<Event> {
+        self.done.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.unwrap();
+        }
+        let mut reader = RecordingClient::new(
+            Client::connect(client_config(&self.endpoint)).await.unwrap(),
+            self.history.clone(),
+        );
+        for key in self.keys.iter() {
+            let read = reader.get(key.as_bytes()).await;
+            assert!(read.is_ok(), "{what}: final read of {key}: {read:?}");
+        }
+        self.history.flush().unwrap();
+        read_history(&self.path).unwrap()
+    }
+}
+
 struct Run {
     events: Vec<Event>,
     outcome: Result<fulva_operator::MoveReport, CoordinatorError>,
@@ -186,45 +271,8 @@ async fn run(fault: Fault, net: u8) -> Run {
     let moving = coordinator.map().shards.iter().find(|s| s.owner == 0).unwrap().range;
     let keys = Arc::new(keys_in(moving));
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("history.jsonl");
-    let history = History::create(&path).unwrap();
-    let config = || {
-        let mut c = ClientConfig::new(endpoint.clone());
-        // The nodes are on the namespaces' networks, not on loopback.
-        c.bind_addr = "0.0.0.0:0".parse().unwrap();
-        c.deadline = Duration::from_secs(2);
-        c.max_timeout = Duration::from_millis(200);
-        c
-    };
-    let mut loader = RecordingClient::new(Client::connect(config()).await.unwrap(), history.clone());
-    for (i, key) in keys.iter().enumerate() {
-        loader.put(key.as_bytes(), format!("{i:0>VALUE$}").as_bytes()).await.unwrap();
-    }
-    let done = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..4u64 {
-        let mut client = RecordingClient::new(Client::connect(config()).await.unwrap(), history.clone());
-        let (keys, done) = (keys.clone(), done.clone());
-        workers.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(w);
-            let mut n = 0u64;
-            let started = Instant::now();
-            while !done.load(Ordering::Relaxed) && n < 200_000 && started.elapsed() < Duration::from_secs(120)
-            {
-                let i = rng.random_range(0..HOT);
-                let key = &keys[i];
-                match rng.random_range(0..10) {
-                    _ if i >= HOT / 2 => drop(client.get(key.as_bytes()).await),
-                    0..5 => drop(client.get(key.as_bytes()).await),
-                    5..9 => drop(client.put(key.as_bytes(), format!("w{w}-{n:0>VALUE$}").as_bytes()).await),
-                    _ => drop(client.delete(key.as_bytes()).await),
-                }
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
+    let work = Workload::start(&endpoint, keys.clone()).await;
+    let history = work.history.clone();
 
     let options = MoveOptions {
         rate_limit_bytes_per_sec: RATE,
@@ -257,17 +305,7 @@ async fn run(fault: Fault, net: u8) -> Run {
     let outcome =
         tokio::time::timeout(Duration::from_secs(90), mover).await.expect("the move ended").unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    done.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    // Final reads of every key, after the move ended.
-    let mut reader = RecordingClient::new(Client::connect(config()).await.unwrap(), history.clone());
-    for key in keys.iter() {
-        let read = reader.get(key.as_bytes()).await;
-        assert!(read.is_ok(), "{fault:?}: final read of {key}: {read:?}");
-    }
-    history.flush().unwrap();
+    let events = work.finish(&format!("{fault:?}")).await;
     let map = coordinator.map();
     assert!(
         map.shards.iter().all(|s| s.state == ShardState::Normal),
@@ -275,7 +313,7 @@ async fn run(fault: Fault, net: u8) -> Run {
     );
     stop.cancel();
     drop(nodes);
-    Run { events: read_history(&path).unwrap(), outcome, move_called, migrating_seen, fault_at }
+    Run { events, outcome, move_called, migrating_seen, fault_at }
 }
 
 /// Keys whose final read misses an acknowledged write, with the (call,
@@ -360,4 +398,104 @@ async fn a_cut_link_between_source_and_destination_stalls_the_move_and_loses_not
     assert_eq!(lost(&run.events), Vec::new(), "no acknowledged write is lost");
     linearizable_without(&run.events, &[]);
     let _ = run.fault_at;
+}
+
+/// A `fulva` process (coordinator or migrate); killed by its PID when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_coordinator(lab: &Lab, listen: SocketAddr, map_file: &std::path::Path) -> Process {
+    let node = |id: u32| format!("{id}={},{}", lab.addr(id, 7100), lab.addr(id, 7200));
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_fulva"))
+            .args(["coordinator", "--listen", &listen.to_string(), "--shards", "2"])
+            .arg("--map-file")
+            .arg(map_file)
+            .args(["--node", &node(0), "--node", &node(1)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn map_of(endpoint: &str) -> Option<fulva_proto::ShardMap> {
+    let mut client = fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient::connect(format!(
+        "http://{endpoint}"
+    ))
+    .await
+    .ok()?;
+    let map = client.get_shard_map(fulva_proto::grpc::GetShardMapRequest::default()).await.ok()?.into_inner();
+    fulva_proto::ShardMap::try_from(map).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_move_is_recovered_by_the_next_one() {
+    need_root();
+    let lab = Lab::new(74);
+    let _nodes = [NodeProcess::start(&lab, 0).await, NodeProcess::start(&lab, 1).await];
+    let dir = tempfile::tempdir().unwrap();
+    let map_file = dir.path().join("map.json");
+    let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let endpoint = listen.to_string();
+    let mut coordinator = start_coordinator(&lab, listen, &map_file);
+    let started = Instant::now();
+    let map = loop {
+        if let Some(map) = map_of(&endpoint).await {
+            break map;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the coordinator did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let moving = map.shards.iter().find(|s| s.owner == 0).unwrap().range;
+    let work = Workload::start(&endpoint, Arc::new(keys_in(moving))).await;
+
+    let _mover = Process(
+        Command::new(env!("CARGO_BIN_EXE_fulva"))
+            .args(["migrate", "--endpoint", &endpoint, "--range", &moving.to_string(), "--to", "1"])
+            .args(["--rate-limit-mb", &(RATE as f64 / 1e6).to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while !map_of(&endpoint)
+        .await
+        .is_some_and(|m| m.shards.iter().any(|s| matches!(s.state, ShardState::Migrating { .. })))
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "the move did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGKILL by PID, mid-move; the next coordinator opens the same map file.
+    coordinator.0.kill().unwrap();
+    coordinator.0.wait().unwrap();
+    let _next = start_coordinator(&lab, listen, &map_file);
+    let started = Instant::now();
+    let map = loop {
+        if let Some(map) =
+            map_of(&endpoint).await.filter(|m| m.shards.iter().all(|s| s.state == ShardState::Normal))
+        {
+            break map;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "a range stayed Migrating after recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let events = work.finish("coordinator killed").await;
+    let lost = lost(&events);
+    assert_eq!(lost, Vec::new(), "no acknowledged write is lost when the coordinator dies");
+    linearizable_without(&events, &[]);
+    eprintln!(
+        "coordinator killed: recovered to epoch {} with {} shards, nothing lost",
+        map.epoch,
+        map.shards.len()
+    );
 }

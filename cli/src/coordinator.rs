@@ -1,0 +1,74 @@
+//! `fulva coordinator`: the coordinator as its own process, over storage
+//! nodes started elsewhere (`fulva node`), without Kubernetes. It keeps the
+//! shard map in a file; started again on the same file it recovers the moves
+//! a previous run left half-done (`Coordinator::recover`).
+
+use crate::local::serve_control;
+use fulva_operator::{Coordinator, FileMapStore, MapStore};
+use fulva_proto::NodeInfo;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `fulva coordinator`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    /// Address of the control endpoint (shard map for clients, admin for `fulva migrate`).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// The shard-map file (created on first start).
+    #[arg(long)]
+    pub map_file: PathBuf,
+    /// A storage node: `ID=DATA_ADDR,CONTROL_ADDR` (repeat for each node).
+    #[arg(long = "node", value_parser = parse_node, required = true)]
+    pub nodes: Vec<NodeInfo>,
+    /// Shards of a new map, spread over the nodes.
+    #[arg(long, default_value_t = 16)]
+    pub shards: u32,
+}
+
+fn parse_node(text: &str) -> Result<NodeInfo, String> {
+    let (id, addrs) = text.split_once('=').ok_or("expected ID=DATA_ADDR,CONTROL_ADDR")?;
+    let (data, control) = addrs.split_once(',').ok_or("expected ID=DATA_ADDR,CONTROL_ADDR")?;
+    Ok(NodeInfo {
+        id: id.trim().parse().map_err(|e| format!("node id {id:?}: {e}"))?,
+        data_addr: data.trim().parse().map_err(|e| format!("data address {data:?}: {e}"))?,
+        control_addr: control.trim().parse().map_err(|e| format!("control address {control:?}: {e}"))?,
+    })
+}
+
+/// Runs `fulva coordinator` until `shutdown` resolves.
+pub async fn run(
+    args: CoordinatorArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn MapStore> = Arc::new(FileMapStore::new(args.map_file.clone()));
+    let coordinator = match Coordinator::open(store.clone()).await? {
+        Some(coordinator) => {
+            coordinator.upsert_nodes(args.nodes.clone()).await?;
+            let report = coordinator.recover().await?;
+            eprintln!(
+                "fulva coordinator: map epoch {} from {}; recovery: {report:?}",
+                coordinator.map().epoch,
+                args.map_file.display()
+            );
+            coordinator
+        }
+        None => {
+            let coordinator = Coordinator::bootstrap(store, args.nodes.clone(), args.shards, false).await?;
+            eprintln!("fulva coordinator: new map of {} shards over {} nodes", args.shards, args.nodes.len());
+            coordinator
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", args.listen))?;
+    let stop = CancellationToken::new();
+    let task = serve_control(listener, Arc::new(coordinator), stop.clone());
+    println!("READY {}", args.listen);
+    shutdown.await;
+    stop.cancel();
+    let _ = task.await;
+    Ok(())
+}
