@@ -238,9 +238,10 @@ pub struct AdaptiveSettings {
     pub max_bytes_per_sec: u64,
 }
 
-/// The adaptive rate's control law: additive increase while client p99
-/// stays under 80% of the target, multiplicative decrease (halving) when it
-/// goes over, hold in between. One step per observation (one a second).
+/// The adaptive rate's control law: raise by an eighth while client p99
+/// stays under 80% of the target, halve when it goes over, hold in between
+/// (a gentle rise and a sharp fall, so the rate settles just under what the
+/// clients tolerate). One step per observation (one a second).
 #[derive(Clone, Debug)]
 pub struct AdaptiveRate {
     settings: AdaptiveSettings,
@@ -264,7 +265,7 @@ impl AdaptiveRate {
     /// returns the new rate.
     pub fn step(&mut self, p99: Option<Duration>) -> u64 {
         let s = self.settings;
-        let step = ((s.max_bytes_per_sec - s.min_bytes_per_sec) / 16).max(1);
+        let step = (self.rate / 8).max((s.max_bytes_per_sec - s.min_bytes_per_sec) / 256).max(1);
         self.rate = match p99 {
             Some(p) if p > s.target_p99 => (self.rate / 2).max(s.min_bytes_per_sec),
             Some(p) if p * 5 > s.target_p99 * 4 => self.rate,
@@ -551,10 +552,9 @@ mod tests {
         let mut law = AdaptiveRate::new(settings());
         let start = law.rate();
         assert_eq!(start, 2_000_000);
-        // Well under target: +1 MB/s a step, up to the maximum.
-        for i in 1..=5 {
-            assert_eq!(law.step(Some(Duration::from_micros(500))), start + i * 1_000_000);
-        }
+        // Well under target: up by an eighth a step, up to the maximum.
+        assert_eq!(law.step(Some(Duration::from_micros(500))), 2_250_000);
+        assert_eq!(law.step(Some(Duration::from_micros(500))), 2_531_250);
         for _ in 0..40 {
             law.step(None);
         }
@@ -566,8 +566,9 @@ mod tests {
             law.step(Some(Duration::from_millis(9)));
         }
         assert_eq!(law.rate(), 1_000_000, "floored at the minimum");
-        // Between 80% and 100% of the target: hold.
+        // Between 80% and 100% of the target: hold; below it the rate rises
+        // from the floor by at least 1/256 of the range.
         assert_eq!(law.step(Some(Duration::from_micros(1_900))), 1_000_000);
-        assert_eq!(law.step(Some(Duration::from_micros(1_500))), 2_000_000);
+        assert_eq!(law.step(Some(Duration::from_micros(1_500))), 1_125_000);
     }
 }
