@@ -171,6 +171,11 @@ impl Coordinator {
     /// A move that fails, or that [`Coordinator::abort_move`] stops, is rolled
     /// back: the range returns to its source with every write the destination
     /// took carried back, and the result is [`CoordinatorError::Aborted`].
+    /// A node silent for `options.node_timeout` after the destination served
+    /// is lost: without the destination the source serves its copy again
+    /// (`Aborted`, nothing carried back); without the source the destination
+    /// keeps what it pulled (`Ok`, [`MoveReport::source_lost`]). See
+    /// docs/failures.md.
     pub async fn migrate(
         &self,
         range: HashRange,
