@@ -12,7 +12,10 @@
 //!   writes lost are those the source alone held (acknowledged before the
 //!   freeze and not pulled yet);
 //! - the S–D link goes down (`ip link set down`) for a few seconds: the
-//!   transfer stalls and resumes, the move finishes, nothing is lost.
+//!   transfer stalls and resumes, the move finishes, nothing is lost;
+//! - the S–D link goes down for good: the pull fails, the move is aborted and
+//!   the destination's writes go back to the source through the coordinator
+//!   (which reaches both), nothing is lost;
 //!
 //! In each case no range is left Migrating, and the recorded history, less
 //! the keys of the documented crash losses, passes the linearizability checker.
@@ -155,6 +158,7 @@ enum Fault {
     KillDestination,
     KillSource,
     CutLink,
+    CutLinkForGood,
 }
 
 /// Keys whose hashes fall in `range`.
@@ -301,6 +305,7 @@ async fn run(fault: Fault, net: u8) -> Run {
             tokio::time::sleep(Duration::from_secs(4)).await;
             lab.set_link(true);
         }
+        Fault::CutLinkForGood => lab.set_link(false),
     }
     let outcome =
         tokio::time::timeout(Duration::from_secs(90), mover).await.expect("the move ended").unwrap();
@@ -498,4 +503,16 @@ async fn a_coordinator_killed_mid_move_is_recovered_by_the_next_one() {
         map.epoch,
         map.shards.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_for_good_aborts_the_move_and_carries_the_writes_back_through_the_coordinator() {
+    need_root();
+    let run = run(Fault::CutLinkForGood, 75).await;
+    match &run.outcome {
+        Err(CoordinatorError::Aborted { back_on: 0, carried_back: true, .. }) => {}
+        other => panic!("expected the move aborted with the writes carried back: {other:?}"),
+    }
+    assert_eq!(lost(&run.events), Vec::new(), "no acknowledged write is lost");
+    linearizable_without(&run.events, &[]);
 }

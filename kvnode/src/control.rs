@@ -10,9 +10,10 @@ use fulva_proto::grpc::{
     CompletionRecord, DropRangeRequest, DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse,
     FreezeRangeRequest, FreezeRangeResponse, GetStatsRequest, MigratedObject, MigrationStatusRequest,
     MigrationStatusResponse, NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullKeysRequest,
-    PullKeysResponse, PullRangeRequest, RangeBatch, RangeStats, SetEpochRequest, SetEpochResponse,
-    SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest, SplitRangeResponse,
-    StartMigrationRequest, StartMigrationResponse, UnfreezeRangeRequest, UnfreezeRangeResponse,
+    PullKeysResponse, PullRangeRequest, PushBatchRequest, PushBatchResponse, RangeBatch, RangeStats,
+    SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest,
+    SplitRangeResponse, StartMigrationRequest, StartMigrationResponse, UnfreezeRangeRequest,
+    UnfreezeRangeResponse,
 };
 use fulva_proto::{HashRange, Op, ShardMapError, Status as FrameStatus};
 use std::pin::Pin;
@@ -104,6 +105,23 @@ impl NodeControl for ControlService {
         h.metrics.epoch.set(h.ownership.epoch() as i64);
         tracing::info!(%range, epoch = req.epoch, "range assigned");
         Ok(Response::new(AssignRangeResponse { epoch: h.ownership.epoch() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
+    async fn push_batch(
+        &self,
+        request: Request<PushBatchRequest>,
+    ) -> Result<Response<PushBatchResponse>, Status> {
+        let req = request.into_inner();
+        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
+        let h = &self.handler;
+        let mv = h.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
+        let batch = req.batch.ok_or_else(|| Status::invalid_argument("push without a batch"))?;
+        crate::migration::apply_batch(h, &mv, &batch).await;
+        if batch.last {
+            tracing::info!(%range, "range moved in through the coordinator");
+        }
+        Ok(Response::new(PushBatchResponse { cursor: crate::migration::cursor_of(&mv) }))
     }
 
     #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]

@@ -13,7 +13,7 @@ use crate::handler::Handler;
 use crate::store::Object;
 use bytes::Bytes;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
-use fulva_proto::grpc::{MigrationStatusResponse, PullKeysRequest, PullRangeRequest};
+use fulva_proto::grpc::{MigrationStatusResponse, PullKeysRequest, PullRangeRequest, RangeBatch};
 use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -316,39 +316,56 @@ async fn pull_once(
             mv.publish_cursor(batch.next_cursor);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let mut bytes = 0u64;
-        for (i, object) in batch.objects.iter().enumerate() {
-            bytes += (object.key.len() + object.value.len()) as u64;
-            let value = (!object.tombstone).then(|| object.value.clone());
-            handler.apply_migrated(mv, object.hash, &object.key, Object { version: object.version, value });
-            // Let the data path run between slices of a batch: the workers
-            // share these threads.
-            if i % 256 == 255 {
-                tokio::task::yield_now().await;
-            }
-        }
-        mv.objects_applied.fetch_add(batch.objects.len() as u64, Ordering::AcqRel);
-        let applied = mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let strategy = strategy_label(mv.strategy);
-        handler.metrics.migrated_bytes.with_label_values(&[strategy]).inc_by(bytes);
-        handler.metrics.migrated_objects.with_label_values(&[strategy]).inc_by(batch.objects.len() as u64);
-        let total = mv.bytes_total.load(Ordering::Acquire);
-        if total > 0 {
-            handler
-                .metrics
-                .migration_progress
-                .with_label_values(&[&crate::metrics::range_label(mv.range)])
-                .set((applied as f64 / total as f64).min(1.0));
-        }
-        // Trap 1 avoided: the cursor moves only after the batch is applied.
+        let bytes = apply_batch(handler, mv, &batch).await;
         if batch.last {
-            mv.publish_cursor(mv.range.last);
-            mv.done.store(true, Ordering::Release);
             return Ok(());
         }
-        mv.publish_cursor(batch.next_cursor);
         limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await;
     }
+}
+
+/// Applies one batch of the range (pulled, or pushed by a relaying
+/// coordinator) and then publishes its cursor, or marks the move done after
+/// the last batch. Returns the bytes applied.
+pub async fn apply_batch(handler: &Handler, mv: &Arc<IncomingMove>, batch: &RangeBatch) -> u64 {
+    let mut bytes = 0u64;
+    for (i, object) in batch.objects.iter().enumerate() {
+        bytes += (object.key.len() + object.value.len()) as u64;
+        let value = (!object.tombstone).then(|| object.value.clone());
+        handler.apply_migrated(mv, object.hash, &object.key, Object { version: object.version, value });
+        // Let the data path run between slices of a batch: the workers
+        // share these threads.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    mv.objects_applied.fetch_add(batch.objects.len() as u64, Ordering::AcqRel);
+    let applied = mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel) + bytes;
+    let strategy = strategy_label(mv.strategy);
+    handler.metrics.migrated_bytes.with_label_values(&[strategy]).inc_by(bytes);
+    handler.metrics.migrated_objects.with_label_values(&[strategy]).inc_by(batch.objects.len() as u64);
+    let total = mv.bytes_total.load(Ordering::Acquire);
+    if total > 0 {
+        handler
+            .metrics
+            .migration_progress
+            .with_label_values(&[&crate::metrics::range_label(mv.range)])
+            .set((applied as f64 / total as f64).min(1.0));
+    }
+    // Trap 1 avoided: the cursor moves only after the batch is applied.
+    if batch.last {
+        mv.publish_cursor(mv.range.last);
+        mv.done.store(true, Ordering::Release);
+        mv.finished.lock().get_or_insert_with(Instant::now);
+    } else {
+        mv.publish_cursor(batch.next_cursor);
+    }
+    bytes
+}
+
+/// The cursor of a move (every hash below it is applied).
+pub fn cursor_of(mv: &IncomingMove) -> u64 {
+    mv.cursor.load(Ordering::Acquire)
 }
 
 /// Rocksteady's priority pulls: fetches the keys reads asked for, a batch at

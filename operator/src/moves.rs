@@ -14,8 +14,8 @@
 use crate::coordinator::{Coordinator, CoordinatorError, RunningMove};
 use fulva_proto::grpc::{
     BeginCopyRequest, DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, MigrationStatusRequest,
-    MigrationStatusResponse, PrepareMigrationRequest, SetMigrationRateRequest, SplitRangeRequest,
-    StartMigrationRequest, UnfreezeRangeRequest,
+    MigrationStatusResponse, PrepareMigrationRequest, PullRangeRequest, PushBatchRequest,
+    SetMigrationRateRequest, SplitRangeRequest, StartMigrationRequest, UnfreezeRangeRequest,
 };
 use fulva_proto::{HashRange, NodeId, Shard, ShardMap, ShardState, Strategy};
 use std::sync::Arc;
@@ -372,6 +372,39 @@ impl Coordinator {
         });
     }
 
+    /// Carries the objects of `range` above `min_version` from node `from`
+    /// (frozen toward `to`) to node `to` (which takes the range in) through
+    /// the coordinator, for two nodes that cannot reach each other.
+    async fn relay(
+        &self,
+        range: HashRange,
+        from: NodeId,
+        to: NodeId,
+        min_version: u64,
+    ) -> Result<(), CoordinatorError> {
+        let mut source = self.node_client(from).await?;
+        let mut destination = self.node_client(to).await?;
+        let request =
+            PullRangeRequest { range: Some(range.into()), from_hash: 0, batch_bytes: 64 * 1024, min_version };
+        let mut stream = source.pull_range(request).await.map_err(grpc_err(from, "relay pull"))?.into_inner();
+        let mut batches = 0u64;
+        loop {
+            let Some(batch) = stream.message().await.map_err(grpc_err(from, "relay pull"))? else {
+                return Err(move_error(format!("the relayed pull of {range} ended before its last batch")));
+            };
+            let last = batch.last;
+            destination
+                .push_batch(PushBatchRequest { range: Some(range.into()), batch: Some(batch) })
+                .await
+                .map_err(grpc_err(to, "relay push"))?;
+            batches += 1;
+            if last {
+                tracing::info!(%range, from, to, batches, "relayed through the coordinator");
+                return Ok(());
+            }
+        }
+    }
+
     /// Whether `node` answers a stats call within `timeout` (tried once a
     /// second).
     async fn answers(&self, node: NodeId, timeout: Duration) -> bool {
@@ -709,6 +742,16 @@ impl Coordinator {
             Err(CoordinatorError::NodeLost { node, .. }) if node == destination => {
                 tracing::warn!(%range, lost = destination, "lost on the way back; keeping what arrived");
                 self.finish_without_source(back).await
+            }
+            // The pull failed or stalled while both nodes answer: they cannot
+            // reach each other. The coordinator reaches both, so it carries
+            // the writes across itself.
+            Err(err @ (CoordinatorError::Move(_) | CoordinatorError::Stalled { .. })) => {
+                tracing::warn!(%range, from = destination, to = source, error = %err, "the way back cannot pull; relaying through the coordinator");
+                self.relay(range, destination, source, copied_up_to).await?;
+                self.wait_for_pass(&mut src, source, destination, range, options, &never, &mut |_| {})
+                    .await?;
+                self.commit(back).await
             }
             Err(err) => Err(err),
         }
