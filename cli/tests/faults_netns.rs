@@ -16,6 +16,9 @@
 //! - the S–D link goes down for good: the pull fails, the move is aborted and
 //!   the destination's writes go back to the source through the coordinator
 //!   (which reaches both), nothing is lost;
+//! - the move makes no progress while both nodes answer (throttled to a byte
+//!   a second): after the stall timeout it is aborted, the destination's
+//!   writes carried back, nothing lost.
 //!
 //! In each case no range is left Migrating, and the recorded history, less
 //! the keys of the documented crash losses, passes the linearizability checker.
@@ -159,6 +162,9 @@ enum Fault {
     KillSource,
     CutLink,
     CutLinkForGood,
+    /// Both nodes answer, but nothing is applied: the move is throttled to a
+    /// byte a second mid-way.
+    Stall,
 }
 
 /// Keys whose hashes fall in `range`.
@@ -281,7 +287,7 @@ async fn run(fault: Fault, net: u8) -> Run {
     let options = MoveOptions {
         rate_limit_bytes_per_sec: RATE,
         node_timeout: Duration::from_secs(3),
-        stall_timeout: Duration::from_secs(30),
+        stall_timeout: Duration::from_secs(if fault == Fault::Stall { 4 } else { 30 }),
         ..MoveOptions::default()
     };
     let move_called = history.elapsed_ns();
@@ -306,6 +312,7 @@ async fn run(fault: Fault, net: u8) -> Run {
             lab.set_link(true);
         }
         Fault::CutLinkForGood => lab.set_link(false),
+        Fault::Stall => coordinator.set_move_rate(moving, 1).await.unwrap(),
     }
     let outcome =
         tokio::time::timeout(Duration::from_secs(90), mover).await.expect("the move ended").unwrap();
@@ -512,6 +519,20 @@ async fn a_link_cut_for_good_aborts_the_move_and_carries_the_writes_back_through
     match &run.outcome {
         Err(CoordinatorError::Aborted { back_on: 0, carried_back: true, .. }) => {}
         other => panic!("expected the move aborted with the writes carried back: {other:?}"),
+    }
+    assert_eq!(lost(&run.events), Vec::new(), "no acknowledged write is lost");
+    linearizable_without(&run.events, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_without_progress_is_aborted_after_the_stall_timeout() {
+    need_root();
+    let run = run(Fault::Stall, 76).await;
+    match &run.outcome {
+        Err(CoordinatorError::Aborted { back_on: 0, carried_back: true, reason, .. }) => {
+            assert!(reason.contains("no progress"), "{reason}")
+        }
+        other => panic!("expected the stalled move aborted with the writes carried back: {other:?}"),
     }
     assert_eq!(lost(&run.events), Vec::new(), "no acknowledged write is lost");
     linearizable_without(&run.events, &[]);
