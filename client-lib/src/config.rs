@@ -39,7 +39,9 @@ impl ClientConfig {
         let control_endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
         ClientConfig {
             control_endpoint,
-            bind_addr: "127.0.0.1:0".parse().expect("valid address"),
+            // Every local address: the kernel picks the source per route, so
+            // loopback nodes and nodes on other hosts both work.
+            bind_addr: "0.0.0.0:0".parse().expect("valid address"),
             sockets: 2,
             initial_timeout: Duration::from_millis(20),
             max_timeout: Duration::from_millis(500),
