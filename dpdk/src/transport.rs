@@ -312,6 +312,8 @@ fn ipv4(to: SocketAddr) -> io::Result<SocketAddrV4> {
 }
 
 impl Transport for DpdkTransport {
+    /// One datagram; receive loops use [`Transport::recv_batch`] (this one
+    /// sets up a batch per call).
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         let mut batch = RecvBatch::new(1, buf.len());
         self.recv_batch(&mut batch).await?;

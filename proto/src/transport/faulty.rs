@@ -98,6 +98,15 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         self.inner.recv_from(buf)
     }
 
+    /// Receiving is passed through (faults are injected on sending), in
+    /// batches when the inner transport has them.
+    fn recv_batch<'a>(
+        &'a self,
+        batch: &'a mut super::RecvBatch,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
+        self.inner.recv_batch(batch)
+    }
+
     async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<()> {
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         match self.roll() {
