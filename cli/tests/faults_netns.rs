@@ -115,45 +115,46 @@ impl Drop for Lab {
     }
 }
 
-/// A `fulva node` process in a namespace; killed by its PID when dropped.
-struct NodeProcess(Child);
+/// A `fulva` process (node, coordinator or migrate); killed by its PID when dropped.
+struct Process(Child);
 
-impl NodeProcess {
-    async fn start(lab: &Lab, id: u32) -> NodeProcess {
-        let ns = lab.ns(if id == 0 { 'a' } else { 'b' });
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_fulva"), "node"])
-            .arg(format!("--node-id={id}"))
-            .arg(format!("--data-addr={}", lab.addr(id, 7100)))
-            .arg(format!("--control-addr={}", lab.addr(id, 7200)))
-            .arg(format!("--metrics-addr={}", lab.addr(id, 7300)))
-            .arg("--migration-batch-bytes=8192")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // `ip netns exec` execs the node: the child's PID is the node's.
-        let node = NodeProcess(child);
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(lab.addr(id, 7200)).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "node {id} did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        node
-    }
-
+impl Process {
     fn kill(&mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
     }
 }
 
-impl Drop for NodeProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `fulva node` `id` in its namespace and waits until it listens.
+async fn start_node(lab: &Lab, id: u32) -> Process {
+    let ns = lab.ns(if id == 0 { 'a' } else { 'b' });
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_fulva"), "node"])
+        .arg(format!("--node-id={id}"))
+        .arg(format!("--data-addr={}", lab.addr(id, 7100)))
+        .arg(format!("--control-addr={}", lab.addr(id, 7200)))
+        .arg(format!("--metrics-addr={}", lab.addr(id, 7300)))
+        .arg("--migration-batch-bytes=8192")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `ip netns exec` execs the node: the child's PID is the node's.
+    let node = Process(child);
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(lab.addr(id, 7200)).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "node {id} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -187,8 +188,6 @@ struct Workload {
 
 fn client_config(endpoint: &str) -> ClientConfig {
     let mut c = ClientConfig::new(endpoint);
-    // The nodes are on the namespaces' networks, not on loopback.
-    c.bind_addr = "0.0.0.0:0".parse().unwrap();
     c.deadline = Duration::from_secs(2);
     c.max_timeout = Duration::from_millis(200);
     c
@@ -268,7 +267,7 @@ struct Run {
 
 async fn run(fault: Fault, net: u8) -> Run {
     let lab = Lab::new(net);
-    let mut nodes = vec![NodeProcess::start(&lab, 0).await, NodeProcess::start(&lab, 1).await];
+    let mut nodes = vec![start_node(&lab, 0).await, start_node(&lab, 1).await];
     let infos: Vec<NodeInfo> = (0..2)
         .map(|id| NodeInfo { id, data_addr: lab.addr(id, 7100), control_addr: lab.addr(id, 7200) })
         .collect();
@@ -409,17 +408,6 @@ async fn a_cut_link_between_source_and_destination_stalls_the_move_and_loses_not
     assert!(report.duration > Duration::from_secs(4), "the move outlasted the cut: {report:?}");
     assert_eq!(lost(&run.events), Vec::new(), "no acknowledged write is lost");
     linearizable_without(&run.events, &[]);
-    let _ = run.fault_at;
-}
-
-/// A `fulva` process (coordinator or migrate); killed by its PID when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_coordinator(lab: &Lab, listen: SocketAddr, map_file: &std::path::Path) -> Process {
@@ -452,7 +440,7 @@ async fn map_of(endpoint: &str) -> Option<fulva_proto::ShardMap> {
 async fn a_coordinator_killed_mid_move_is_recovered_by_the_next_one() {
     need_root();
     let lab = Lab::new(74);
-    let _nodes = [NodeProcess::start(&lab, 0).await, NodeProcess::start(&lab, 1).await];
+    let _nodes = [start_node(&lab, 0).await, start_node(&lab, 1).await];
     let dir = tempfile::tempdir().unwrap();
     let map_file = dir.path().join("map.json");
     let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -488,8 +476,7 @@ async fn a_coordinator_killed_mid_move_is_recovered_by_the_next_one() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // SIGKILL by PID, mid-move; the next coordinator opens the same map file.
-    coordinator.0.kill().unwrap();
-    coordinator.0.wait().unwrap();
+    coordinator.kill();
     let _next = start_coordinator(&lab, listen, &map_file);
     let started = Instant::now();
     let map = loop {

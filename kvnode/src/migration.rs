@@ -257,7 +257,6 @@ async fn pull_until_done(handler: &Arc<Handler>, mv: &Arc<IncomingMove>) {
         }
         match pull_once(handler, mv, &mut limiter).await {
             Ok(()) => {
-                *mv.finished.lock() = Some(Instant::now());
                 tracing::info!(range = %mv.range, objects = mv.objects_applied.load(Ordering::Relaxed), "range moved in");
                 return;
             }

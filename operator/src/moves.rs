@@ -300,14 +300,7 @@ impl Coordinator {
         src.unfreeze_range(UnfreezeRangeRequest { range: Some(range.into()), epoch })
             .await
             .map_err(grpc_err(source, "unfreeze"))?;
-        let back = self
-            .update(|m| {
-                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
-                    s.owner = source;
-                    s.state = ShardState::Normal;
-                }
-            })
-            .await?;
+        let back = self.set_shard(range, source, ShardState::Normal).await?;
         self.broadcast_epoch(&back).await;
         self.fence(destination, range, back.epoch);
         Ok(back)
@@ -317,14 +310,7 @@ impl Coordinator {
     /// the destination stops pulling and serves what it has.
     async fn finish_without_source(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
         let Ends { range, source, destination } = ends;
-        let finished = self
-            .update(|m| {
-                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
-                    s.owner = destination;
-                    s.state = ShardState::Normal;
-                }
-            })
-            .await?;
+        let finished = self.set_shard(range, destination, ShardState::Normal).await?;
         let mut dest = self.node_client(destination).await?;
         dest.finish_migration(FinishMigrationRequest {
             range: Some(range.into()),
@@ -336,6 +322,22 @@ impl Coordinator {
         self.broadcast_epoch(&finished).await;
         self.fence(source, range, finished.epoch);
         Ok(finished)
+    }
+
+    /// Names `owner` and `state` for the shard `range` in a new map epoch.
+    async fn set_shard(
+        &self,
+        range: HashRange,
+        owner: NodeId,
+        state: ShardState,
+    ) -> Result<Arc<ShardMap>, CoordinatorError> {
+        self.update(|m| {
+            if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                s.owner = owner;
+                s.state = state;
+            }
+        })
+        .await
     }
 
     /// Keeps telling a lost node, for a while, to drop `range` (a node that
@@ -549,12 +551,7 @@ impl Coordinator {
             .await
             .map_err(grpc_err(destination, "start"))?;
             let migrating = self
-                .update(|m| {
-                    if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
-                        s.owner = destination;
-                        s.state = ShardState::Migrating { source, strategy: options.strategy };
-                    }
-                })
+                .set_shard(range, destination, ShardState::Migrating { source, strategy: options.strategy })
                 .await?;
             self.broadcast_epoch(&migrating).await;
             tracing::info!(%range, source, destination, epoch = migrating.epoch, strategy = ?options.strategy, "move started");
@@ -584,14 +581,7 @@ impl Coordinator {
     pub(crate) async fn commit(&self, ends: Ends) -> Result<Arc<ShardMap>, CoordinatorError> {
         let Ends { range, source, destination } = ends;
         let r = Some(range.into());
-        let finished = self
-            .update(|m| {
-                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
-                    s.owner = destination;
-                    s.state = ShardState::Normal;
-                }
-            })
-            .await?;
+        let finished = self.set_shard(range, destination, ShardState::Normal).await?;
         // The source drops its copy before the destination drops its
         // tombstones: a dual read must never see an old copy beside a purged delete.
         let mut src = self.node_client(source).await?;
@@ -725,12 +715,11 @@ impl Coordinator {
         .await
         .map_err(grpc_err(source, "start the way back"))?;
         let back = self
-            .update(|m| {
-                if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
-                    s.owner = source;
-                    s.state = ShardState::Migrating { source: destination, strategy: Strategy::Fulva };
-                }
-            })
+            .set_shard(
+                range,
+                source,
+                ShardState::Migrating { source: destination, strategy: Strategy::Fulva },
+            )
             .await?;
         self.broadcast_epoch(&back).await;
         let never = CancellationToken::new();

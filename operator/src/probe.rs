@@ -24,8 +24,6 @@ impl ProbeLatency {
     pub async fn start(endpoint: &str, cluster: &str) -> Result<ProbeLatency, String> {
         let mut config = ClientConfig::new(endpoint);
         config.cluster = cluster.to_string();
-        // The nodes are pods elsewhere, not on loopback.
-        config.bind_addr = "0.0.0.0:0".parse().expect("a valid address");
         config.sockets = 1;
         config.deadline = Duration::from_secs(1);
         let client = Client::connect(config).await.map_err(|e| format!("probe client: {e}"))?;

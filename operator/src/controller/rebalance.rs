@@ -68,45 +68,32 @@ fn conditions(
     message: &str,
     generation: Option<i64>,
 ) -> Vec<Condition> {
-    let on = |p: RebalancePhase| phase == p;
-    let text = |holds: bool, other: &str| if holds { message.to_string() } else { other.to_string() };
-    vec![
-        condition(
-            "ProposalReady",
-            has_proposal,
-            if has_proposal { "Computed" } else { "NotComputed" },
-            if has_proposal { "the proposal is in status.proposal" } else { "no proposal yet" },
-            generation,
-        ),
-        condition(
-            "Rebalancing",
-            on(RebalancePhase::Rebalancing),
-            if on(RebalancePhase::Rebalancing) { reason } else { "NotRunning" },
-            text(on(RebalancePhase::Rebalancing), "no move running"),
-            generation,
-        ),
-        condition(
-            "Stopped",
-            on(RebalancePhase::Stopped),
-            if on(RebalancePhase::Stopped) { reason } else { "NotStopped" },
-            text(on(RebalancePhase::Stopped), "not stopped"),
-            generation,
-        ),
-        condition(
-            "Ready",
-            on(RebalancePhase::Ready),
-            if on(RebalancePhase::Ready) { reason } else { "NotDone" },
-            text(on(RebalancePhase::Ready), "not every move is done"),
-            generation,
-        ),
-        condition(
-            "NotReady",
-            on(RebalancePhase::NotReady),
-            if on(RebalancePhase::NotReady) { reason } else { "NoProblem" },
-            text(on(RebalancePhase::NotReady), "nothing is wrong"),
-            generation,
-        ),
-    ]
+    let proposal = condition(
+        "ProposalReady",
+        has_proposal,
+        if has_proposal { "Computed" } else { "NotComputed" },
+        if has_proposal { "the proposal is in status.proposal" } else { "no proposal yet" },
+        generation,
+    );
+    // Each phase condition holds in its phase, with the reason and message given.
+    let phases = [
+        ("Rebalancing", RebalancePhase::Rebalancing, "NotRunning", "no move running"),
+        ("Stopped", RebalancePhase::Stopped, "NotStopped", "not stopped"),
+        ("Ready", RebalancePhase::Ready, "NotDone", "not every move is done"),
+        ("NotReady", RebalancePhase::NotReady, "NoProblem", "nothing is wrong"),
+    ];
+    std::iter::once(proposal)
+        .chain(phases.into_iter().map(|(type_, p, idle_reason, idle_message)| {
+            let holds = phase == p;
+            condition(
+                type_,
+                holds,
+                if holds { reason } else { idle_reason },
+                if holds { message } else { idle_message },
+                generation,
+            )
+        }))
+        .collect()
 }
 
 fn now() -> String {

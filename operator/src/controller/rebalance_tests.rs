@@ -8,6 +8,7 @@ use super::tests::{
     EVENTS, NS, STS,
 };
 use super::*;
+use crate::fixtures::MockApi;
 use crate::rebalance_crd::{Proposal, ProposedMove};
 use crate::rebalance_job::{JobPhase, JobReport};
 use serde_json::{json, Value};
@@ -88,8 +89,14 @@ fn the_cluster() -> Value {
     serde_json::to_value(cluster(json!({"nodes": 3}), true, false)).unwrap()
 }
 
-fn status_of(seen: &crate::fixtures::Seen) -> Value {
-    seen.body["status"].clone()
+/// The status patch a reconcile ends with: the status written.
+async fn expect_status(api: &mut MockApi) -> Value {
+    api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await.body["status"].clone()
+}
+
+/// An Event the reconcile publishes.
+async fn expect_event(api: &mut MockApi) -> crate::fixtures::Seen {
+    api.expect("POST", EVENTS, 201, Value::Null).await
 }
 
 fn holds(status: &Value, type_: &str) -> bool {
@@ -103,11 +110,10 @@ async fn a_new_rebalance_gets_a_proposal_and_waits_for_approval() {
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
+        let event = expect_event(&mut api).await;
         assert_eq!(event.body["reason"], "ProposalReady");
         assert!(event.body["note"].as_str().unwrap().contains("3 moves, 12.0 MB"), "{}", event.body);
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "ProposalReady");
         assert!(holds(&status, "ProposalReady"));
         assert!(!holds(&status, "Rebalancing") && !holds(&status, "Ready") && !holds(&status, "NotReady"));
@@ -131,10 +137,9 @@ async fn approval_starts_the_proposed_moves_without_replanning() {
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
+        let event = expect_event(&mut api).await;
         assert_eq!(event.body["reason"], "RebalanceStarted");
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "Rebalancing");
         assert!(holds(&status, "Rebalancing") && holds(&status, "ProposalReady"));
         assert!(status["startedAt"].is_string());
@@ -157,10 +162,9 @@ async fn auto_approve_runs_right_after_the_proposal() {
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "ProposalReady");
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "RebalanceStarted");
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        assert_eq!(expect_event(&mut api).await.body["reason"], "ProposalReady");
+        assert_eq!(expect_event(&mut api).await.body["reason"], "RebalanceStarted");
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "Rebalancing");
     });
     reconcile_rebalance(rebalance(json!({"cluster": "demo", "autoApprove": true}), json!({}), None), ctx)
@@ -177,8 +181,7 @@ async fn progress_and_eta_come_from_the_running_job_and_throttle_changes_reach_i
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "Rebalancing");
         assert_eq!((status["movesDone"].as_u64(), status["movesTotal"].as_u64()), (Some(1), Some(4)));
         assert_eq!(status["movesSummary"], "1/4");
@@ -210,9 +213,8 @@ async fn stop_lets_the_moves_in_flight_finish_and_then_reports_stopped() {
     let annotations = json!({"fulva.io/approve": "true", "fulva.io/stop": "true"});
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "RebalanceStopping");
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        assert_eq!(expect_event(&mut api).await.body["reason"], "RebalanceStopping");
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "Rebalancing", "the move in flight still runs");
         assert_eq!(condition_of(&status, "Rebalancing")["reason"], "Stopping");
         api
@@ -230,9 +232,8 @@ async fn stop_lets_the_moves_in_flight_finish_and_then_reports_stopped() {
     *runtimes.job.lock() = Some(job(JobPhase::Stopped, 2, 4, 0));
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "StoppedOnRequest");
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        assert_eq!(expect_event(&mut api).await.body["reason"], "StoppedOnRequest");
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "Stopped");
         assert!(holds(&status, "Stopped") && !holds(&status, "Rebalancing") && !holds(&status, "Ready"));
         assert_eq!(status["movesSummary"], "2/4");
@@ -253,9 +254,8 @@ async fn stop_before_approval_ends_it_without_a_move() {
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "StoppedOnRequest");
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        assert_eq!(expect_event(&mut api).await.body["reason"], "StoppedOnRequest");
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "Stopped");
     });
     let fr = rebalance(json!({"cluster": "demo"}), json!({"fulva.io/stop": "true"}), Some(proposal_ready(2)));
@@ -271,15 +271,14 @@ async fn refresh_recomputes_the_proposal_and_removes_its_annotation() {
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "ProposalReady");
+        assert_eq!(expect_event(&mut api).await.body["reason"], "ProposalReady");
         let patched = api.expect("PATCH", REBALANCE, 200, stored_rebalance()).await;
         assert_eq!(patched.body["metadata"]["annotations"]["fulva.io/refresh"], Value::Null);
         assert!(patched.body["metadata"]["annotations"]
             .as_object()
             .unwrap()
             .contains_key("fulva.io/refresh"));
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        let status = expect_status(&mut api).await;
         assert_eq!(
             status["proposal"]["moves"].as_array().unwrap().len(),
             5,
@@ -307,12 +306,10 @@ async fn a_finished_job_is_ready_and_failed_moves_make_it_not_ready() {
         let (ctx, mut api) = context(runtimes.clone());
         let server = tokio::spawn(async move {
             api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-            let event = api.expect("POST", EVENTS, 201, Value::Null).await;
+            let event = expect_event(&mut api).await;
             assert_eq!(event.body["reason"], reason);
             assert_eq!(event.body["type"], if failed == 0 { "Normal" } else { "Warning" });
-            let status = status_of(
-                &api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await,
-            );
+            let status = expect_status(&mut api).await;
             assert_eq!(status["phase"], phase);
             assert!(holds(&status, phase));
             assert_eq!(status["etaSeconds"], 0.0);
@@ -333,8 +330,8 @@ async fn a_rebalance_found_running_without_its_job_resumes_after_an_operator_res
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.expect("GET", CLUSTERS, 200, the_cluster()).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "RebalanceResumed");
-        api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await;
+        assert_eq!(expect_event(&mut api).await.body["reason"], "RebalanceResumed");
+        expect_status(&mut api).await;
     });
     let running = json!({"observedGeneration": 1, "phase": "Rebalancing", "proposal": proposal(3)});
     reconcile_rebalance(rebalance(json!({"cluster": "demo"}), json!({}), Some(running)), ctx).await.unwrap();
@@ -352,20 +349,18 @@ async fn a_missing_cluster_or_a_bad_spec_is_not_ready_and_nothing_runs() {
     let (ctx, mut api) = context(runtimes.clone());
     let server = tokio::spawn(async move {
         api.refuse("GET", CLUSTERS, 404, "NotFound").await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
+        let event = expect_event(&mut api).await;
         assert_eq!(
             (event.body["reason"].as_str(), event.body["type"].as_str()),
             (Some("ClusterNotFound"), Some("Warning"))
         );
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        let status = expect_status(&mut api).await;
         assert_eq!(status["phase"], "NotReady");
         assert_eq!(condition_of(&status, "NotReady")["reason"], "ClusterNotFound");
         // A bad spec is refused without asking for the cluster.
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
+        let event = expect_event(&mut api).await;
         assert_eq!(event.body["reason"], "InvalidSpec");
-        let status =
-            status_of(&api.expect("PATCH", &format!("{REBALANCE}/status"), 200, stored_rebalance()).await);
+        let status = expect_status(&mut api).await;
         assert!(condition_of(&status, "NotReady")["message"].as_str().unwrap().contains("spec.nodes"));
     });
     let approved = json!({"fulva.io/approve": "true"});
@@ -404,7 +399,7 @@ async fn a_cluster_in_proposal_mode_creates_one_open_rebalance_for_its_plan() {
         assert_eq!(created.body["spec"]["goal"], "full");
         assert_eq!(created.body["spec"]["autoApprove"], false, "a user approves it");
         assert_eq!(created.body["metadata"]["ownerReferences"][0]["uid"], "7c1e");
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "ProposalCreated");
+        assert_eq!(expect_event(&mut api).await.body["reason"], "ProposalCreated");
 
         // Next round: an open proposal exists, so no second one.
         expect_services(&mut api).await;
