@@ -119,7 +119,9 @@ fn print_map(map: &ShardMap) {
     for s in &map.shards {
         let state = match s.state {
             ShardState::Normal => "normal".to_string(),
-            ShardState::Migrating { source, strategy } => format!("migrating from {source} ({strategy:?})"),
+            ShardState::Migrating { source, strategy } => {
+                format!("migrating from {source} ({})", strategy.name())
+            }
         };
         println!("{:<42} {:>5}  {state}", s.range.to_string(), s.owner);
     }

@@ -3,8 +3,7 @@
 //! shard map in a file; started again on the same file it recovers the moves
 //! a previous run left half-done (`Coordinator::recover`).
 
-use crate::local::serve_control;
-use fulva_operator::{Coordinator, FileMapStore, MapStore};
+use fulva_coordinator::{spawn_control_endpoint, Coordinator, FileMapStore, MapStore};
 use fulva_proto::NodeInfo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,7 +64,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", args.listen))?;
     let stop = CancellationToken::new();
-    let task = serve_control(listener, Arc::new(coordinator), stop.clone());
+    let task = spawn_control_endpoint(listener, Arc::new(coordinator), stop.clone());
     println!("READY {}", args.listen);
     shutdown.await;
     stop.cancel();

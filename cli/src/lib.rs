@@ -1,18 +1,17 @@
 //! The `fulva` command's library: everything the binary runs, so tests can
-//! drive it.
+//! drive it. The local cluster, the load generator and the checker it runs
+//! live in `fulva-local`, below this crate.
 //!
 //! # Layout
-//! - [`local`]: [`LocalCluster`], a whole cluster in one process.
-//! - [`workload`]: YCSB mixes, zipfian keys, closed-loop runner and recorder.
-//! - [`sessions`]: workload sessions for Fulva and Redis.
-//! - [`stress`]: randomized moves under load, checked for linearizability.
-//! - [`up`]: `fulva up`.
+//! - [`up`]: `fulva up` (a local cluster under load that rebalances live).
 //! - [`kv`]: `fulva kv get|put|del|mget`.
 //! - [`datapath`]: `--transport` (kernel UDP or DPDK) for commands that open a client.
-//! - [`admin`]: `fulva map`, `fulva migrate`, `fulva split`.
-//! - [`bench`]: `fulva bench kv`.
-//! - [`check`]: `fulva check`, the linearizability checker.
+//! - [`admin`]: `fulva map`, `fulva migrate`, `fulva abort`, `fulva throttle`, `fulva split`.
+//! - [`bench`]: `fulva bench kv`, `fulva bench migration`.
+//! - [`check`]: `fulva check`, the linearizability checker over a history file.
+//! - [`stress`]: `fulva soak`, randomized live moves under packet loss.
 //! - [`coordinator`]: `fulva coordinator`, the coordinator as its own process.
+//! - `fulva node` runs `fulva_kvnode::run`.
 
 pub mod admin;
 pub mod bench;
@@ -20,10 +19,5 @@ pub mod check;
 pub mod coordinator;
 pub mod datapath;
 pub mod kv;
-pub mod local;
-pub mod sessions;
 pub mod stress;
 pub mod up;
-pub mod workload;
-
-pub use local::{LocalCluster, LocalClusterConfig};

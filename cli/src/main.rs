@@ -66,12 +66,7 @@ enum BenchCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fulva_local::telemetry::init("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(args).await.map(|()| true),

@@ -1,13 +1,13 @@
 //! `fulva up`: a local cluster under load, shown live.
 
-use crate::local::{LocalCluster, LocalClusterConfig};
-use crate::sessions::FulvaSession;
-use crate::workload::{self, Hotspot, Mix, Recorder, Summary, WorkloadSpec};
 use fulva_client::ClientConfig;
+use fulva_coordinator::metrics::OperatorMetrics;
+use fulva_coordinator::policy::DEFAULT_POLICY_YAML;
+use fulva_coordinator::{RebalancePolicy, RebalanceStatus};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::metrics::OperatorMetrics;
-use fulva_operator::policy::DEFAULT_POLICY_YAML;
-use fulva_operator::{RebalancePolicy, RebalanceStatus};
+use fulva_local::cluster::{LocalCluster, LocalClusterConfig};
+use fulva_local::sessions::FulvaSession;
+use fulva_local::workload::{self, Hotspot, Mix, Recorder, Summary, WorkloadSpec};
 use fulva_proto::ShardState;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -156,7 +156,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", args.operator_metrics_addr))?;
     eprintln!("  operator metrics: http://{}/metrics", metrics_listener.local_addr()?);
-    tokio::spawn(fulva_operator::metrics::serve(metrics_listener, metrics.clone(), stop.clone()));
+    tokio::spawn(fulva_coordinator::metrics::serve(metrics_listener, metrics.clone(), stop.clone()));
     let (rebalancer, rebalancer_task) =
         cluster.start_rebalancer_with(policy.clone(), metrics, rebalancing.clone());
     eprintln!(
@@ -284,9 +284,10 @@ impl Display {
             };
             let filled = (fraction.clamp(0.0, 1.0) * 20.0) as usize;
             out.push_str(&format!(
-                "move {} {source} -> {} ({strategy:?}) [{}{}] {:>5.1}% ETA {:.1} s\n",
+                "move {} {source} -> {} ({}) [{}{}] {:>5.1}% ETA {:.1} s\n",
                 shard.range,
                 shard.owner,
+                strategy.name(),
                 "#".repeat(filled),
                 ".".repeat(20 - filled),
                 fraction * 100.0,

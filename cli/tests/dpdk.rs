@@ -4,8 +4,8 @@
 //! data paths side by side.
 #![cfg(feature = "dpdk")]
 
-use fulva_cli::bench::server::NodeProcess;
-use fulva_operator::{Coordinator, MemoryMapStore};
+use fulva_coordinator::{Coordinator, MemoryMapStore};
+use fulva_local::NodeProcess;
 use fulva_proto::NodeInfo;
 use std::path::Path;
 use std::process::Command;
@@ -41,7 +41,7 @@ async fn kv_reads_and_writes_a_dpdk_node() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    fulva_operator::spawn_control_endpoint(listener, coordinator, stop.clone());
+    fulva_coordinator::spawn_control_endpoint(listener, coordinator, stop.clone());
 
     // Each `fulva kv` is its own process with its own EAL; they take turns on the one link.
     let kv = |n: usize, args: &[&str]| {

@@ -24,9 +24,9 @@
 //! the keys of the documented crash losses, passes the linearizability checker.
 //! Needs root (network namespaces) and iproute2; `scripts/test` installs it.
 
-use fulva_cli::check::{check_events, operations_by_key, read_history};
 use fulva_client::{Client, ClientConfig, Event, History, RecordingClient};
-use fulva_operator::{Coordinator, CoordinatorError, MemoryMapStore, MoveOptions};
+use fulva_coordinator::{AbortReason, Coordinator, CoordinatorError, MemoryMapStore, MoveOptions};
+use fulva_local::check::{check_events, operations_by_key, read_history};
 use fulva_proto::{key_hash, HashRange, NodeInfo, ShardState};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
@@ -258,7 +258,7 @@ impl Workload {
 
 struct Run {
     events: Vec<Event>,
-    outcome: Result<fulva_operator::MoveReport, CoordinatorError>,
+    outcome: Result<fulva_coordinator::MoveReport, CoordinatorError>,
     /// History clock (ns): the move was asked for, the map showed it Migrating, the fault hit.
     move_called: u64,
     migrating_seen: u64,
@@ -276,7 +276,7 @@ async fn run(fault: Fault, net: u8) -> Run {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
     let moving = coordinator.map().shards.iter().find(|s| s.owner == 0).unwrap().range;
     let keys = Arc::new(keys_in(moving));
 
@@ -330,7 +330,7 @@ async fn run(fault: Fault, net: u8) -> Run {
 /// Keys whose final read misses an acknowledged write, with the (call,
 /// return) times of the acknowledged writes it misses.
 fn lost(events: &[Event]) -> Vec<(String, Vec<(u64, u64)>)> {
-    fulva_cli::stress::lost_writes_by_key(&operations_by_key(events).unwrap())
+    fulva_local::stress::lost_writes_by_key(&operations_by_key(events).unwrap())
 }
 
 /// The history without `keys` passes the checker.
@@ -355,7 +355,8 @@ async fn a_destination_killed_mid_move_leaves_the_range_on_its_source() {
     let run = run(Fault::KillDestination, 71).await;
     match &run.outcome {
         Err(CoordinatorError::Aborted { back_on: 0, carried_back: false, reason, .. }) => {
-            assert!(reason.contains("lost"), "{reason}")
+            assert!(matches!(reason, AbortReason::DestinationLost { node: 1 }), "{reason}");
+            assert!(reason.to_string().contains("lost"), "{reason}")
         }
         other => panic!("expected the range back on node 0: {other:?}"),
     }
@@ -517,7 +518,11 @@ async fn a_move_without_progress_is_aborted_after_the_stall_timeout() {
     let run = run(Fault::Stall, 76).await;
     match &run.outcome {
         Err(CoordinatorError::Aborted { back_on: 0, carried_back: true, reason, .. }) => {
-            assert!(reason.contains("no progress"), "{reason}")
+            assert!(
+                matches!(reason, AbortReason::Failed(e) if matches!(**e, CoordinatorError::Stalled { .. })),
+                "{reason}"
+            );
+            assert!(reason.to_string().contains("no progress"), "{reason}")
         }
         other => panic!("expected the stalled move aborted with the writes carried back: {other:?}"),
     }

@@ -1,8 +1,8 @@
 //! Live moves on a local cluster while clients read and write.
 
-use fulva_cli::{LocalCluster, LocalClusterConfig};
+use fulva_coordinator::{CoordinatorError, MoveOptions};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::{CoordinatorError, MoveOptions};
+use fulva_local::{LocalCluster, LocalClusterConfig};
 use fulva_proto::{HashRange, ShardState, Strategy};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +50,7 @@ async fn an_aborted_source_driven_move_unlocks_the_source() {
 async fn move_under_load(
     strategy: Strategy,
     abort_after: Option<Duration>,
-) -> Result<fulva_operator::MoveReport, CoordinatorError> {
+) -> Result<fulva_coordinator::MoveReport, CoordinatorError> {
     move_under_load_seen(strategy, abort_after).await.0
 }
 
@@ -60,7 +60,7 @@ async fn move_under_load(
 async fn move_under_load_seen(
     strategy: Strategy,
     abort_after: Option<Duration>,
-) -> (Result<fulva_operator::MoveReport, CoordinatorError>, Vec<(u32, ShardState)>) {
+) -> (Result<fulva_coordinator::MoveReport, CoordinatorError>, Vec<(u32, ShardState)>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
         .with_test_writer()

@@ -2,13 +2,13 @@
 //! split and move ranges live until the load is even, while a recorded
 //! history stays linearizable.
 
-use fulva_cli::check;
-use fulva_cli::sessions::FulvaSession;
-use fulva_cli::workload::{self, Hotspot, Mix, Recorder, WorkloadSpec};
-use fulva_cli::{LocalCluster, LocalClusterConfig};
 use fulva_client::{History, RecordingClient};
-use fulva_operator::policy::DEFAULT_POLICY_YAML;
-use fulva_operator::RebalancePolicy;
+use fulva_coordinator::policy::DEFAULT_POLICY_YAML;
+use fulva_coordinator::RebalancePolicy;
+use fulva_local::check;
+use fulva_local::sessions::FulvaSession;
+use fulva_local::workload::{self, Hotspot, Mix, Recorder, WorkloadSpec};
+use fulva_local::{LocalCluster, LocalClusterConfig};
 use fulva_proto::key_hash;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -76,7 +76,7 @@ async fn a_hot_spot_is_spread_until_the_load_is_even() {
 
     let policy = RebalancePolicy {
         cooldown_seconds: 10,
-        triggers: fulva_operator::policy::Triggers { sustained_seconds: 2, ..Default::default() },
+        triggers: fulva_coordinator::policy::Triggers { sustained_seconds: 2, ..Default::default() },
         ..RebalancePolicy::from_yaml(DEFAULT_POLICY_YAML).unwrap()
     };
     let rebalancing = CancellationToken::new();
@@ -192,8 +192,8 @@ async fn proposal_mode_plans_but_moves_nothing() {
         3,
     ));
     let policy = RebalancePolicy {
-        mode: fulva_operator::RebalanceMode::Proposal,
-        triggers: fulva_operator::policy::Triggers { sustained_seconds: 1, ..Default::default() },
+        mode: fulva_coordinator::RebalanceMode::Proposal,
+        triggers: fulva_coordinator::policy::Triggers { sustained_seconds: 1, ..Default::default() },
         sample_interval_ms: 250,
         ..RebalancePolicy::default()
     };

@@ -3,12 +3,12 @@
 //! range stays Migrating, nodes and map agree, the history is linearizable
 //! and no acknowledged write is lost.
 
-use fulva_cli::check;
-use fulva_cli::stress::lost_writes;
-use fulva_cli::{LocalCluster, LocalClusterConfig};
 use fulva_client::{History, RecordingClient};
+use fulva_coordinator::MoveOptions;
 use fulva_kvnode::NodeConfig;
-use fulva_operator::MoveOptions;
+use fulva_local::check;
+use fulva_local::stress::lost_writes;
+use fulva_local::{LocalCluster, LocalClusterConfig};
 use fulva_proto::{ShardState, Strategy};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -2,7 +2,7 @@
 //! while clients hammer a few hot keys; the history must be linearizable. The
 //! same run with a trap of the paper's code switched back on must fail.
 
-use fulva_cli::stress::{self, StressConfig};
+use fulva_local::stress::{self, StressConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_under_faults_stay_linearizable() {

@@ -3,8 +3,8 @@
 //! reads see the last acknowledged write.
 
 use fulva_client::{Client, ClientConfig, ClientStats};
+use fulva_coordinator::{Coordinator, MemoryMapStore, ShardMapServiceImpl};
 use fulva_kvnode::{NodeConfig, NodeHandle};
-use fulva_operator::{Coordinator, MemoryMapStore, ShardMapServiceImpl};
 use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
 use fulva_proto::transport::{FaultConfig, FaultStats, FaultyTransport, UdpTransport};
 use fulva_proto::{NodeInfo, Op};

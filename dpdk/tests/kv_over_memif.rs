@@ -5,9 +5,9 @@
 //! link drops while it comes up, and the recorded history is linearizable.
 
 use fulva_client::{Client, ClientConfig, History, RecordingClient};
+use fulva_coordinator::{Coordinator, MemoryMapStore};
 use fulva_dpdk::{DpdkConfig, DpdkTransport};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::{Coordinator, MemoryMapStore};
 use fulva_proto::transport::{FaultConfig, FaultyTransport};
 use fulva_proto::NodeInfo;
 use std::net::SocketAddrV4;
@@ -46,7 +46,7 @@ async fn a_node_serves_a_client_over_memif() {
         Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 4, false).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
 
     let client = Client::with_transports(ClientConfig::new(endpoint), vec![client_side]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -79,9 +79,9 @@ async fn a_node_serves_a_client_over_memif() {
         total
     };
     assert!(served >= 100, "the puts reached the node over DPDK: {served}");
-    let events = fulva_cli::check::read_history(&path).unwrap();
+    let events = fulva_local::check::read_history(&path).unwrap();
     assert!(events.len() >= 400, "every operation was recorded");
-    let report = fulva_cli::check::check_events(&events).unwrap();
+    let report = fulva_local::check::check_events(&events).unwrap();
     assert!(report.is_linearizable(), "{report:?}");
     stop.cancel();
     node.shutdown().await;

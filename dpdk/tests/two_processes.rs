@@ -9,9 +9,9 @@
 //! `FULVA_DPDK_TEST_NODE` set.
 
 use fulva_client::{Client, ClientConfig, History, RecordingClient};
+use fulva_coordinator::{Coordinator, MemoryMapStore, MoveOptions};
 use fulva_dpdk::{DpdkConfig, DpdkTransport};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::{Coordinator, MemoryMapStore, MoveOptions};
 use fulva_proto::{key_hash, NodeInfo, ShardState, Strategy};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddrV4;
@@ -108,7 +108,7 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
 
     // The client process (this one): one memif port to each node.
     let vdevs: Vec<String> = sockets
@@ -178,11 +178,11 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
     assert!(report.objects > 100, "the range carried data: {report:?}");
     let shard = coordinator.map().shards.iter().find(|s| s.range == moving.range).copied().unwrap();
     assert_eq!((shard.owner, shard.state), (1, ShardState::Normal));
-    let events = fulva_cli::check::read_history(&path).unwrap();
+    let events = fulva_local::check::read_history(&path).unwrap();
     assert!(events.len() > 500, "clients kept working through the move: {} events", events.len());
-    let check = fulva_cli::check::check_events(&events).unwrap();
+    let check = fulva_local::check::check_events(&events).unwrap();
     assert!(check.is_linearizable(), "{check:?}");
-    assert_eq!(fulva_cli::stress::lost_writes(&fulva_cli::check::operations_by_key(&events).unwrap()), 0);
+    assert_eq!(fulva_local::stress::lost_writes(&fulva_local::check::operations_by_key(&events).unwrap()), 0);
 
     stop.cancel();
     drop((node0, node1));

@@ -455,6 +455,7 @@ impl NodeControl for ControlService {
                     range.active = status.active;
                     range.done = status.done;
                     range.error = status.error;
+                    range.failure = status.failure;
                 }
             }
             stats.ranges.push(range);

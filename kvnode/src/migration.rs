@@ -13,7 +13,9 @@ use crate::handler::Handler;
 use crate::store::Object;
 use bytes::Bytes;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
-use fulva_proto::grpc::{MigrationStatusResponse, PullKeysRequest, PullRangeRequest, RangeBatch};
+use fulva_proto::grpc::{
+    MigrationStatusResponse, PullFailure, PullKeysRequest, PullRangeRequest, RangeBatch,
+};
 use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -55,7 +57,7 @@ pub struct IncomingMove {
     rate_limit: AtomicU64,
     started: Mutex<Option<Instant>>,
     finished: Mutex<Option<Instant>>,
-    error: Mutex<Option<String>>,
+    error: Mutex<Option<PullError>>,
     cancel: CancellationToken,
     /// Pull only objects above this version (a source-driven final pass, or
     /// taking back an aborted move: older objects never left this node).
@@ -161,6 +163,7 @@ impl IncomingMove {
         } else {
             bytes_total.saturating_sub(bytes_applied) as f64 / rate.max(1.0)
         };
+        let error = self.error.lock().clone();
         MigrationStatusResponse {
             active: self.is_active(),
             done: self.is_done(),
@@ -171,7 +174,8 @@ impl IncomingMove {
             bytes_total,
             elapsed_seconds: elapsed.as_secs_f64(),
             eta_seconds: eta,
-            error: self.error.lock().clone().unwrap_or_default(),
+            error: error.as_ref().map(ToString::to_string).unwrap_or_default(),
+            failure: error.as_ref().map_or(PullFailure::None, PullError::failure) as i32,
             rate_limit_bytes_per_sec: self.rate_limit.load(Ordering::Acquire),
         }
     }
@@ -231,7 +235,7 @@ impl IncomingMove {
 
 /// Pulls the range from its source and applies it, until done or cancelled.
 pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
-    let strategy = strategy_label(mv.strategy);
+    let strategy = mv.strategy.name();
     let incoming = handler.metrics.incoming_moves.with_label_values(&[strategy]);
     incoming.inc();
     pull_until_done(&handler, &mv).await;
@@ -239,12 +243,58 @@ pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
     let _ = handler.metrics.migration_progress.remove_label_values(&[&crate::metrics::range_label(mv.range)]);
 }
 
-/// Metric label of a strategy.
-pub fn strategy_label(strategy: Strategy) -> &'static str {
-    match strategy {
-        Strategy::Fulva => "fulva",
-        Strategy::Rocksteady => "rocksteady",
-        Strategy::SourceDriven => "source-driven",
+/// Why a destination's pull from its source failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PullError {
+    /// The source's control address does not parse.
+    #[error("source address {addr}: {detail}")]
+    BadAddress {
+        /// The address.
+        addr: String,
+        /// The parser's words.
+        detail: String,
+    },
+    /// The source could not be reached.
+    #[error("connect to source {addr}: {detail}")]
+    Unreachable {
+        /// The source's control address.
+        addr: String,
+        /// The transport's words.
+        detail: String,
+    },
+    /// The source refused the pull.
+    #[error("pull: {0}")]
+    Refused(String),
+    /// The stream broke mid-range.
+    #[error("stream: {0}")]
+    StreamBroken(String),
+    /// The stream ended before its last batch.
+    #[error("stream ended before the last batch")]
+    Truncated,
+    /// The move was cancelled at this node.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl PullError {
+    fn refused(status: tonic::Status) -> PullError {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                PullError::StreamBroken(status.message().to_string())
+            }
+            _ => PullError::Refused(status.message().to_string()),
+        }
+    }
+
+    /// The reason as the status call reports it.
+    pub fn failure(&self) -> PullFailure {
+        match self {
+            PullError::BadAddress { .. } => PullFailure::BadAddress,
+            PullError::Unreachable { .. } => PullFailure::Unreachable,
+            PullError::Refused(_) => PullFailure::Refused,
+            PullError::StreamBroken(_) | PullError::Cancelled => PullFailure::StreamBroken,
+            PullError::Truncated => PullFailure::Truncated,
+        }
     }
 }
 
@@ -281,19 +331,22 @@ async fn pull_once(
     handler: &Handler,
     mv: &Arc<IncomingMove>,
     limiter: &mut RateLimiter,
-) -> Result<(), String> {
+) -> Result<(), PullError> {
     // Small HTTP/2 windows: the source sends only as fast as this node
     // applies, so the rate limit holds on the wire too and a batch in flight
     // is all a lost source can take with it beyond what was applied.
     let window = (handler.migration_batch_bytes.saturating_mul(2)).max(65_535);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mv.source_control_addr))
-        .map_err(|e| format!("source address {}: {e}", mv.source_control_addr))?
+        .map_err(|e| PullError::BadAddress { addr: mv.source_control_addr.clone(), detail: e.to_string() })?
         .connect_timeout(Duration::from_secs(2))
         .initial_stream_window_size(window)
         .initial_connection_window_size(window.saturating_mul(2))
         .connect()
         .await
-        .map_err(|e| format!("connect to source {}: {e}", mv.source_control_addr))?;
+        .map_err(|e| PullError::Unreachable {
+            addr: mv.source_control_addr.clone(),
+            detail: e.to_string(),
+        })?;
     let mut client = NodeControlClient::new(channel);
     let from = mv.cursor.load(Ordering::Acquire);
     let request = PullRangeRequest {
@@ -302,15 +355,14 @@ async fn pull_once(
         batch_bytes: handler.migration_batch_bytes,
         min_version: mv.min_version.load(Ordering::Acquire),
     };
-    let mut stream =
-        client.pull_range(request).await.map_err(|s| format!("pull: {}", s.message()))?.into_inner();
+    let mut stream = client.pull_range(request).await.map_err(PullError::refused)?.into_inner();
     let traps = handler.traps;
     loop {
         let batch = tokio::select! {
-            () = mv.cancel.cancelled() => return Err("cancelled".into()),
-            batch = stream.message() => batch.map_err(|s| format!("stream: {}", s.message()))?,
+            () = mv.cancel.cancelled() => return Err(PullError::Cancelled),
+            batch = stream.message() => batch.map_err(|s| PullError::StreamBroken(s.message().to_string()))?,
         };
-        let Some(batch) = batch else { return Err("stream ended before the last batch".into()) };
+        let Some(batch) = batch else { return Err(PullError::Truncated) };
         if traps.cursor_before_apply {
             mv.publish_cursor(batch.next_cursor);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -340,7 +392,7 @@ pub async fn apply_batch(handler: &Handler, mv: &Arc<IncomingMove>, batch: &Rang
     }
     mv.objects_applied.fetch_add(batch.objects.len() as u64, Ordering::AcqRel);
     let applied = mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel) + bytes;
-    let strategy = strategy_label(mv.strategy);
+    let strategy = mv.strategy.name();
     handler.metrics.migrated_bytes.with_label_values(&[strategy]).inc_by(bytes);
     handler.metrics.migrated_objects.with_label_values(&[strategy]).inc_by(batch.objects.len() as u64);
     let total = mv.bytes_total.load(Ordering::Acquire);

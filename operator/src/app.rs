@@ -5,13 +5,13 @@
 use crate::controller::kube_runtimes::KubeRuntimes;
 use crate::controller::{self, Context};
 use crate::leader::LeaseLock;
-use crate::metrics::OperatorMetrics;
-use crate::service::{ClusterDirectory, ShardMapServiceImpl};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use fulva_coordinator::metrics::OperatorMetrics;
+use fulva_coordinator::service::{ClusterDirectory, ShardMapServiceImpl};
 use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

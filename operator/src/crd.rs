@@ -2,7 +2,7 @@
 //! declares, and the status the operator writes back. The CRD YAML in crds/
 //! is generated from these types by the `crdgen` binary.
 
-use crate::policy::{PolicyError, RebalancePolicy};
+use fulva_coordinator::policy::{PolicyError, RebalancePolicy};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;

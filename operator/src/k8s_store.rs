@@ -3,7 +3,7 @@
 //! read, and the write (a merge patch) names the ConfigMap's resourceVersion,
 //! so two operators racing (or a stale one after a failover) cannot both win.
 
-use crate::map_store::{MapStore, MapStoreError};
+use fulva_coordinator::map_store::{MapStore, MapStoreError};
 use fulva_proto::{Epoch, ShardMap};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

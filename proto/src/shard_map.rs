@@ -23,6 +23,17 @@ pub enum Strategy {
     SourceDriven,
 }
 
+impl Strategy {
+    /// The name users write (`--strategy`, policies, metric labels, reports).
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Fulva => "fulva",
+            Strategy::Rocksteady => "rocksteady",
+            Strategy::SourceDriven => "source-driven",
+        }
+    }
+}
+
 /// State of one shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]

@@ -4,7 +4,8 @@ query and every alert expression in deploy/ evaluates without error and
 returns data; `promtool check rules` passes.
 
 Needs the Debian `prometheus` package (prometheus and promtool) and a built
-`fulva` (target/debug/fulva, or FULVA_BIN).
+`fulva` (FULVA_BIN, else `fulva` in cargo's target directory, which
+honours CARGO_TARGET_DIR and .cargo/config; built there when missing).
 """
 
 import json
@@ -34,11 +35,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cargo_target_dir() -> Path:
+    """Where cargo puts what it builds, as `cargo metadata` says."""
+    out = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return Path(json.loads(out)["target_directory"])
+
+
 def fulva_binary() -> str:
-    path = os.environ.get("FULVA_BIN") or str(ROOT / "target/debug/fulva")
-    if not Path(path).exists():
+    if os.environ.get("FULVA_BIN"):
+        return os.environ["FULVA_BIN"]
+    path = cargo_target_dir() / "debug" / "fulva"
+    if not path.exists():
         subprocess.run(["cargo", "build", "-q", "-p", "fulva-cli"], cwd=ROOT, check=True)
-    return path
+    return str(path)
 
 
 def query_range(prom: str, expr: str, seconds: int = 90) -> dict:

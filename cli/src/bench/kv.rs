@@ -4,12 +4,12 @@
 //! so the CPU time it used gives ops/s per server core.
 
 use super::redis::RedisServer;
-use super::server::{cpu_seconds, NodeProcess};
 use crate::datapath::{DpdkClientArgs, TransportName};
-use crate::sessions::{FulvaSession, RedisSession};
-use crate::workload::{self, Mix, Recorder, Session, Summary, WorkloadSpec};
 use fulva_client::{Client, ClientConfig};
-use fulva_operator::{Coordinator, MemoryMapStore};
+use fulva_coordinator::{Coordinator, MemoryMapStore};
+use fulva_local::process::{cpu_seconds, NodeProcess};
+use fulva_local::sessions::{FulvaSession, RedisSession};
+use fulva_local::workload::{self, Mix, Recorder, Session, Summary, WorkloadSpec};
 use fulva_proto::NodeInfo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -232,7 +232,7 @@ async fn run_fulva_local(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = listener.local_addr()?.to_string();
     let stop = CancellationToken::new();
-    fulva_operator::spawn_control_endpoint(listener, coordinator, stop.clone());
+    fulva_coordinator::spawn_control_endpoint(listener, coordinator, stop.clone());
     let mut config = ClientConfig::new(endpoint);
     config.sockets = args.client_sockets.max(1);
     link.client().apply(transport, &mut config)?;

@@ -5,13 +5,14 @@
 //! throughput are binned over time and split into keys of the moving range
 //! and the rest.
 
-use crate::local::{LocalCluster, LocalClusterConfig};
-use crate::sessions::FulvaSession;
-use crate::workload::{key_into, KeyChooser, Mix, WorkloadSpec};
+use super::report::{lo_bytes, summarize, AdaptiveTrace, Experiment, Sample, StrategyResult};
 use fulva_client::{Client, ClientConfig};
+use fulva_coordinator::rebalance_job::{AdaptiveLoop, AdaptiveRate, AdaptiveSettings};
+use fulva_coordinator::MoveOptions;
 use fulva_kvnode::NodeConfig;
-use fulva_operator::rebalance_job::{AdaptiveRate, AdaptiveSettings, LatencySignal};
-use fulva_operator::MoveOptions;
+use fulva_local::cluster::{LocalCluster, LocalClusterConfig};
+use fulva_local::sessions::FulvaSession;
+use fulva_local::workload::{key_into, KeyChooser, Mix, WorkloadSpec};
 use fulva_proto::{key_hash, HashRange, Strategy};
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Options of `fulva bench migration`.
 #[derive(clap::Args, Debug, Clone)]
@@ -77,165 +79,27 @@ pub struct MigrationBenchArgs {
     pub plot: Option<PathBuf>,
 }
 
-/// Latency and throughput of one class of keys in one time bin.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct BinStats {
-    /// Operations completed in the bin.
-    pub ops: u64,
-    /// Median latency, µs.
-    pub p50_us: u32,
-    /// 99th percentile, µs.
-    pub p99_us: u32,
-    /// 99.9th percentile, µs.
-    pub p999_us: u32,
-}
-
-/// One time bin.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Bin {
-    /// Start of the bin, ms since the load began.
-    pub t_ms: u64,
-    /// Keys in the moving range.
-    pub moving: BinStats,
-    /// All other keys.
-    pub other: BinStats,
-}
-
-/// Summary of a period (steady, during the move).
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Period {
-    /// Operations per second.
-    pub ops_per_sec: f64,
-    /// Median latency, µs.
-    pub p50_us: u32,
-    /// 99th percentile, µs.
-    pub p99_us: u32,
-    /// 99.9th percentile, µs.
-    pub p999_us: u32,
-    /// Longest stretch without a completed operation, ms.
-    pub longest_stall_ms: f64,
-    /// Loopback bytes (both directions) per operation.
-    pub wire_bytes_per_op: f64,
-}
-
-/// Everything measured for one strategy.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct StrategyResult {
-    /// Strategy name.
-    pub strategy: String,
-    /// Move start and end, ms since the load began.
-    pub move_start_ms: u64,
-    /// End of the move.
-    pub move_end_ms: u64,
-    /// Bytes moved (keys and values).
-    pub moved_bytes: u64,
-    /// Migration speed, MB/s.
-    pub migrated_mb_per_sec: f64,
-    /// Source-driven lock window, ms.
-    pub lock_window_ms: Option<f64>,
-    /// Before the move, all keys.
-    pub steady: Period,
-    /// During the move, all keys.
-    pub during: Period,
-    /// During the move, keys of the moving range only.
-    pub during_moving: Period,
-    /// Operations that failed.
-    pub errors: u64,
-    /// With `--adaptive-p99-us`: what the control loop saw and did.
-    pub adaptive: Option<AdaptiveTrace>,
-    /// Time bins.
-    pub bins: Vec<Bin>,
-}
-
-/// The adaptive rate's steps during a move.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct AdaptiveTrace {
-    /// Client p99 target, µs.
-    pub target_p99_us: u64,
-    /// One entry a second: ms since the load began, client p99 (µs) of the
-    /// second before, the rate set (MB/s).
-    pub steps: Vec<(u64, u64, f64)>,
-    /// Seconds of the move whose client p99 stayed within the target, of all.
-    pub seconds_within: u32,
-    /// Seconds the move lasted (steps taken).
-    pub seconds: u32,
+impl MigrationBenchArgs {
+    /// The data, load and timeline every system of the run gets.
+    pub fn experiment(&self) -> Experiment {
+        Experiment {
+            load: self.load.clone(),
+            mix: self.mix,
+            before_secs: self.before,
+            after_secs: self.after,
+            fraction: self.fraction,
+            bin_ms: self.bin_ms,
+        }
+    }
 }
 
 /// Client latencies since the control loop last looked.
 #[derive(Default)]
 struct RecentLatency(Mutex<Vec<u64>>);
 
-impl fulva_operator::rebalance_job::LatencySignal for RecentLatency {
+impl fulva_coordinator::rebalance_job::LatencySignal for RecentLatency {
     fn take_p99(&self) -> Option<Duration> {
-        fulva_operator::probe::p99_of(std::mem::take(&mut *self.0.lock()))
-    }
-}
-
-/// One completed operation.
-#[derive(Clone, Copy)]
-pub(crate) struct Sample {
-    /// Completion time, µs since the load began.
-    pub done_us: u64,
-    /// Latency, µs.
-    pub latency_us: u32,
-    /// Whether its key is in the moving range.
-    pub moving: bool,
-}
-
-/// Bytes through the loopback interface so far, both directions.
-pub(crate) fn lo_bytes() -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/net/dev") else { return 0 };
-    text.lines()
-        .find_map(|l| l.trim_start().strip_prefix("lo:").map(str::to_string))
-        .and_then(|rest| {
-            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            Some(f.first()? + f.get(8)?)
-        })
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u32], q: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn stats(latencies: &mut [u32]) -> BinStats {
-    latencies.sort_unstable();
-    BinStats {
-        ops: latencies.len() as u64,
-        p50_us: percentile(latencies, 0.5),
-        p99_us: percentile(latencies, 0.99),
-        p999_us: percentile(latencies, 0.999),
-    }
-}
-
-fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_bytes: u64) -> Period {
-    let mut lat: Vec<u32> = Vec::new();
-    let mut times: Vec<u64> = Vec::new();
-    for s in
-        samples.iter().filter(|s| s.done_us >= from_us && s.done_us < to_us && (!only_moving || s.moving))
-    {
-        lat.push(s.latency_us);
-        times.push(s.done_us);
-    }
-    times.sort_unstable();
-    let mut stall = 0u64;
-    let mut previous = from_us;
-    for &t in times.iter().chain(std::iter::once(&to_us)) {
-        stall = stall.max(t.saturating_sub(previous));
-        previous = t;
-    }
-    let st = stats(&mut lat);
-    let secs = (to_us.saturating_sub(from_us)) as f64 / 1e6;
-    Period {
-        ops_per_sec: st.ops as f64 / secs.max(1e-9),
-        p50_us: st.p50_us,
-        p99_us: st.p99_us,
-        p999_us: st.p999_us,
-        longest_stall_ms: stall as f64 / 1e3,
-        wire_bytes_per_op: wire_bytes as f64 / (st.ops.max(1)) as f64,
+        fulva_coordinator::probe::p99_of(std::mem::take(&mut *self.0.lock()))
     }
 }
 
@@ -248,7 +112,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     })
     .await?;
     let client = Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
-    crate::workload::load(
+    fulva_local::workload::load(
         vec![FulvaSession { client: client.clone() }; 64],
         args.load.keys,
         args.load.value_size,
@@ -318,39 +182,31 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         },
         ..MoveOptions::default()
     };
-    // The adaptive loop: once a second, the clients' p99 of that second sets the rate.
-    let moved = Arc::new(AtomicBool::new(false));
+    // The operator's adaptive loop: once a second, the clients' p99 of that second sets the rate.
+    let moved = CancellationToken::new();
     let controller = adaptive.map(|settings| {
         let (coordinator, recent, moved) = (cluster.coordinator.clone(), recent.clone(), moved.clone());
         tokio::spawn(async move {
-            let mut law = AdaptiveRate::new(settings);
             let mut trace = AdaptiveTrace {
                 target_p99_us: settings.target_p99.as_micros() as u64,
                 ..AdaptiveTrace::default()
             };
-            recent.take_p99();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if moved.load(Ordering::Acquire) {
-                    break;
-                }
-                let p99 = recent.take_p99();
-                let rate = law.step(p99);
-                let _ = coordinator.set_move_rate(moving, rate).await;
-                let p99_us = p99.map_or(0, |p| p.as_micros() as u64);
+            let mut control = AdaptiveLoop::start(&*recent).await;
+            while let Some(step) = control.next(&*recent, &moved, || Some(settings)).await {
+                let Some(step) = step else { continue };
+                let _ = coordinator.set_move_rate(moving, step.rate).await;
+                let p99_us = step.p99.map_or(0, |p| p.as_micros() as u64);
                 trace.seconds += 1;
                 if p99_us <= trace.target_p99_us {
                     trace.seconds_within += 1;
                 }
-                trace.steps.push((t0.elapsed().as_millis() as u64, p99_us, rate as f64 / 1e6));
+                trace.steps.push((t0.elapsed().as_millis() as u64, p99_us, step.rate as f64 / 1e6));
             }
             trace
         })
     });
     let report = cluster.coordinator.migrate(moving, 1, options, |_| {}).await?;
-    moved.store(true, Ordering::Release);
+    moved.cancel();
     let adaptive_trace = match controller {
         Some(task) => Some(task.await?),
         None => None,
@@ -368,8 +224,8 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
 
     let samples = std::mem::take(&mut *samples.lock());
     let mut result = summarize(
-        &format!("{strategy:?}").to_lowercase().replace("sourcedriven", "source-driven"),
-        args,
+        strategy.name(),
+        args.bin_ms,
         samples,
         (move_start, move_end, end),
         (lo_move_start - lo_start, lo_move_end - lo_move_start),
@@ -382,68 +238,14 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     Ok(result)
 }
 
-/// Bins and summarizes the samples of one run. `times` are the move's start,
-/// its end and the end of the load; `wire` the loopback bytes before and
-/// during the move.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn summarize(
-    name: &str,
-    args: &MigrationBenchArgs,
-    samples: Vec<Sample>,
-    times: (Duration, Duration, Duration),
-    wire: (u64, u64),
-    moved_bytes: u64,
-    move_duration: Duration,
-    lock_window: Option<Duration>,
-    errors: u64,
-) -> StrategyResult {
-    let (move_start, move_end, end) = times;
-    let (ms, me, end_us) =
-        (move_start.as_micros() as u64, move_end.as_micros() as u64, end.as_micros() as u64);
-    // The first third of the warm-up is skipped; steady state is the rest before the move.
-    let steady_from = (ms / 3).min(1_000_000);
-    let before = samples.iter().filter(|s| s.done_us < ms).count() as u64;
-    let steady = samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64;
-    let steady_wire = wire.0 * steady / before.max(1);
-    let bin_us = args.bin_ms.max(1) * 1000;
-    let mut bins = Vec::new();
-    let mut start = 0;
-    while start < end_us {
-        let mut moving_lat = Vec::new();
-        let mut other_lat = Vec::new();
-        for s in samples.iter().filter(|s| s.done_us >= start && s.done_us < start + bin_us) {
-            if s.moving {
-                moving_lat.push(s.latency_us)
-            } else {
-                other_lat.push(s.latency_us)
-            }
-        }
-        bins.push(Bin { t_ms: start / 1000, moving: stats(&mut moving_lat), other: stats(&mut other_lat) });
-        start += bin_us;
-    }
-    StrategyResult {
-        strategy: name.to_string(),
-        move_start_ms: ms / 1000,
-        move_end_ms: me / 1000,
-        moved_bytes,
-        migrated_mb_per_sec: moved_bytes as f64 / 1e6 / move_duration.as_secs_f64().max(1e-9),
-        lock_window_ms: lock_window.map(|d| d.as_secs_f64() * 1e3),
-        steady: period(&samples, steady_from, ms, false, steady_wire),
-        during: period(&samples, ms, me, false, wire.1),
-        during_moving: period(&samples, ms, me, true, wire.1),
-        errors,
-        adaptive: None,
-        bins,
-    }
-}
-
 /// Runs `fulva bench migration`.
 pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &strategy in &args.strategies {
         let strategy = Strategy::from(strategy);
         eprintln!(
-            "fulva bench migration: {strategy:?}: {} keys, {} clients, {}",
+            "fulva bench migration: {}: {} keys, {} clients, {}",
+            strategy.name(),
             args.load.keys,
             args.load.clients,
             args.mix.name()
@@ -452,7 +254,7 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
             // Side by side: the fixed limit first, then the adaptive rate.
             let fixed = MigrationBenchArgs { adaptive_p99_us: None, ..args.clone() };
             results.push(run_strategy(&fixed, strategy).await?);
-            eprintln!("fulva bench migration: {strategy:?} with the adaptive rate");
+            eprintln!("fulva bench migration: {} with the adaptive rate", strategy.name());
         }
         let mut result = run_strategy(&args, strategy).await?;
         if result.adaptive.is_some() {
@@ -465,7 +267,7 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
             "fulva bench migration: redis cluster resharding: {} keys, {} clients",
             args.load.keys, args.load.clients
         );
-        results.push(super::redis_cluster::run(&args, &args.redis_server).await?);
+        results.push(super::redis_cluster::run(&args.experiment(), &args.redis_server).await?);
     }
     println!(
         "\n{:<14} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",

@@ -1,4 +1,11 @@
 //! `fulva bench`: whole-system benchmarks with readable (and JSON) output.
+//!
+//! - [`kv`]: `fulva bench kv` (closed-loop YCSB against one node, optionally Redis).
+//! - [`migration`]: `fulva bench migration` (the paper's experiment, every strategy).
+//! - [`redis_cluster`]: its Redis Cluster resharding baseline.
+//! - [`report`]: what the migration benchmark measures and reports (samples, bins, results).
+//! - [`plot`]: throughput and p99.9 over time, as PNG.
+//! - [`redis`]: a redis-server process.
 
 pub mod kv;
 
@@ -22,4 +29,4 @@ pub mod migration;
 pub mod plot;
 pub mod redis;
 pub mod redis_cluster;
-pub mod server;
+pub mod report;

@@ -1,7 +1,7 @@
 //! PNG plots of `fulva bench migration`: throughput and p99.9 latency over
 //! time per strategy, with the move shaded.
 
-use super::migration::StrategyResult;
+use super::report::StrategyResult;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -36,7 +36,7 @@ pub fn draw(results: &[StrategyResult], bin_ms: u64, path: &Path) -> anyhow::Res
     for (i, r) in results.iter().enumerate() {
         let end = r.bins.last().map_or(1, |b| b.t_ms + bin_ms) as f64 / 1000.0;
         let shade = (r.move_start_ms as f64 / 1000.0, r.move_end_ms as f64 / 1000.0);
-        let series = |f: &dyn Fn(&super::migration::Bin) -> f64| -> Vec<(f64, f64)> {
+        let series = |f: &dyn Fn(&super::report::Bin) -> f64| -> Vec<(f64, f64)> {
             r.bins.iter().map(|b| (b.t_ms as f64 / 1000.0, f(b))).collect()
         };
         let ops_total = series(&|b| (b.moving.ops + b.other.ops) as f64 * per_sec);

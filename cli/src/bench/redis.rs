@@ -36,7 +36,7 @@ impl RedisServer {
         let server = RedisServer { child, addr };
         let started = Instant::now();
         loop {
-            if let Ok(mut s) = crate::sessions::RedisSession::connect(addr).await {
+            if let Ok(mut s) = fulva_local::sessions::RedisSession::connect(addr).await {
                 if s.command(&[b"PING"]).await.is_ok() {
                     return Ok(server);
                 }

@@ -3,10 +3,10 @@
 //! keys and workload through a cluster-aware client that follows MOVED and
 //! ASK, and `redis-cli --cluster reshard` moving the same share of the slots.
 
-use super::migration::{lo_bytes, summarize, MigrationBenchArgs, Sample, StrategyResult};
 use super::redis::RedisServer;
-use crate::sessions::RedisSession;
-use crate::workload::{key_into, KeyChooser, WorkloadSpec};
+use super::report::{lo_bytes, summarize, Experiment, Sample, StrategyResult};
+use fulva_local::sessions::RedisSession;
+use fulva_local::workload::{key_into, KeyChooser, WorkloadSpec};
 use parking_lot::RwLock;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -42,7 +42,7 @@ async fn cluster_command(addr: std::net::SocketAddr, parts: &[&[u8]]) -> anyhow:
 }
 
 /// Runs the Redis Cluster resharding under the benchmark's workload.
-pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Result<StrategyResult> {
+pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<StrategyResult> {
     let dirs = [tempfile_dir()?, tempfile_dir()?];
     let mut servers = Vec::new();
     for dir in &dirs {
@@ -162,7 +162,7 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
         }));
     }
     let lo_start = lo_bytes();
-    tokio::time::sleep(Duration::from_secs(args.before)).await;
+    tokio::time::sleep(Duration::from_secs(args.before_secs)).await;
     let move_start = t0.elapsed();
     let lo_move_start = lo_bytes();
     let reshard = tokio::process::Command::new("redis-cli")
@@ -188,7 +188,7 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
     );
     let move_end = t0.elapsed();
     let lo_move_end = lo_bytes();
-    tokio::time::sleep(Duration::from_secs(args.after)).await;
+    tokio::time::sleep(Duration::from_secs(args.after_secs)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
@@ -221,7 +221,7 @@ pub async fn run(args: &MigrationBenchArgs, redis_server: &str) -> anyhow::Resul
         / SLOTS as f64;
     Ok(summarize(
         "redis-cluster",
-        args,
+        args.bin_ms,
         samples,
         (move_start, move_end, end),
         (lo_move_start - lo_start, lo_move_end - lo_move_start),

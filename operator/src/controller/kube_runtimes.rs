@@ -4,16 +4,18 @@
 //! by pod IP; a node's id is its StatefulSet ordinal.
 
 use super::resources::{self, DATA_PORT, NODE_CONTROL_PORT};
-use super::runtime::{ClusterKey, JobStatus, RuntimeEvent, RuntimeReport, Runtimes};
-use crate::coordinator::Coordinator;
+use super::runtime::{ClusterKey, JobStatus, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes};
 use crate::crd::{FulvaCluster, MoveStatus};
 use crate::k8s_store::ConfigMapMapStore;
-use crate::metrics::OperatorMetrics;
-use crate::probe::ProbeLatency;
 use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
-use crate::rebalance_job::{self, rate_control, JobPhase, LatencySignal, RateControl, RebalanceJob};
-use crate::rebalancer::Rebalancer;
-use crate::service::ClusterDirectory;
+use fulva_coordinator::coordinator::Coordinator;
+use fulva_coordinator::metrics::OperatorMetrics;
+use fulva_coordinator::probe::ProbeLatency;
+use fulva_coordinator::rebalance_job::{
+    self, rate_control, JobPhase, LatencySignal, RateControl, RebalanceJob,
+};
+use fulva_coordinator::rebalancer::Rebalancer;
+use fulva_coordinator::service::ClusterDirectory;
 use fulva_proto::grpc::MigrationStatusRequest;
 use fulva_proto::NodeInfo;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 struct ClusterRuntime {
     coordinator: Arc<Coordinator>,
     rebalancer: Arc<Rebalancer>,
-    policy: crate::policy::RebalancePolicy,
+    policy: fulva_coordinator::policy::RebalancePolicy,
     /// One-shot rebalances (FulvaRebalance) by name.
     jobs: HashMap<String, RebalanceJob>,
     shutdown: CancellationToken,
@@ -62,13 +64,15 @@ impl KubeRuntimes {
     }
 
     /// Running kvnode pods as nodes (id = ordinal, addressed by pod IP).
-    async fn ready_nodes(&self, cluster: &ClusterKey, fc: &FulvaCluster) -> Result<Vec<NodeInfo>, String> {
+    async fn ready_nodes(
+        &self,
+        cluster: &ClusterKey,
+        fc: &FulvaCluster,
+    ) -> Result<Vec<NodeInfo>, RuntimeError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &cluster.namespace);
         let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/name=fulva", fc.name_any());
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| format!("list pods: {e}"))?;
+        let list =
+            pods.list(&ListParams::default().labels(&selector)).await.map_err(RuntimeError::ListPods)?;
         let prefix = format!("{}-", resources::statefulset_name(fc));
         let mut nodes = Vec::new();
         for pod in list.items {
@@ -99,19 +103,19 @@ impl KubeRuntimes {
         cluster: &ClusterKey,
         fc: &FulvaCluster,
         nodes: Vec<NodeInfo>,
-    ) -> Result<ClusterRuntime, String> {
+    ) -> Result<ClusterRuntime, RuntimeError> {
         let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &cluster.namespace);
         let store = Arc::new(ConfigMapMapStore::new(
             configmaps,
             resources::shard_map_name(fc),
             fc.controller_owner_ref(&()),
         ));
-        let coordinator = match Coordinator::open(store.clone()).await.map_err(|e| e.to_string())? {
+        let coordinator = match Coordinator::open(store.clone()).await? {
             Some(coordinator) => {
                 // A restarted operator: pods may have new addresses; finish or
                 // undo what the previous one left half-done.
-                coordinator.upsert_nodes(nodes).await.map_err(|e| e.to_string())?;
-                let report = coordinator.recover().await.map_err(|e| format!("recovery: {e}"))?;
+                coordinator.upsert_nodes(nodes).await?;
+                let report = coordinator.recover().await.map_err(RuntimeError::Recovery)?;
                 if !report.is_clean() {
                     tracing::info!(%cluster, ?report, "recovered moves left by a previous operator");
                 }
@@ -119,7 +123,7 @@ impl KubeRuntimes {
             }
             None => Coordinator::bootstrap(store, nodes, fc.spec.initial_shards, false)
                 .await
-                .map_err(|e| format!("bootstrap: {e}"))?,
+                .map_err(RuntimeError::Bootstrap)?,
         };
         let coordinator = Arc::new(coordinator);
         let rebalancer =
@@ -148,7 +152,7 @@ impl Runtimes for KubeRuntimes {
         fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
-    ) -> Result<RuntimeReport, String> {
+    ) -> Result<RuntimeReport, RuntimeError> {
         let nodes = self.ready_nodes(cluster, fc).await?;
         let mut clusters = self.clusters.lock().await;
         if !clusters.contains_key(cluster) {
@@ -163,7 +167,7 @@ impl Runtimes for KubeRuntimes {
         let coordinator = &runtime.coordinator;
         // New pods join the map (and get ranges from the rebalancer).
         let joining: Vec<NodeInfo> = nodes.iter().filter(|n| n.id < replicas).cloned().collect();
-        coordinator.upsert_nodes(joining).await.map_err(|e| e.to_string())?;
+        coordinator.upsert_nodes(joining).await?;
         if runtime.rebalancer.policy() != fc.spec.rebalance {
             runtime.rebalancer.set_policy(fc.spec.rebalance.clone());
         }
@@ -180,7 +184,7 @@ impl Runtimes for KubeRuntimes {
         let map = coordinator.map();
         for node in map.nodes.iter().filter(|n| n.id >= replicas) {
             if runtime.rebalancer.is_empty(node.id) {
-                coordinator.remove_node(node.id).await.map_err(|e| e.to_string())?;
+                coordinator.remove_node(node.id).await?;
             }
         }
 
@@ -194,7 +198,6 @@ impl Runtimes for KubeRuntimes {
                 if let Ok(s) =
                     client.migration_status(MigrationStatusRequest { range: Some((*range).into()) }).await
                 {
-                    let s = s.into_inner();
                     progress.progress_percent = if s.bytes_total == 0 {
                         0.0
                     } else {
@@ -241,24 +244,25 @@ impl Runtimes for KubeRuntimes {
             last_rebalance,
             drained,
             events,
-            proposal_pending: runtime.policy.mode == crate::policy::RebalanceMode::Proposal
+            proposal_pending: runtime.policy.mode == fulva_coordinator::policy::RebalanceMode::Proposal
                 && status.last_plan.as_ref().is_some_and(|p| p.moves() > 0),
         })
     }
 
-    async fn propose(&self, cluster: &ClusterKey, spec: &FulvaRebalanceSpec) -> Result<Proposal, String> {
+    async fn propose(
+        &self,
+        cluster: &ClusterKey,
+        spec: &FulvaRebalanceSpec,
+    ) -> Result<Proposal, RuntimeError> {
         let clusters = self.clusters.lock().await;
-        let runtime = clusters.get(cluster).ok_or_else(|| format!("cluster {cluster} is not serving yet"))?;
-        let load = runtime
-            .rebalancer
-            .status()
-            .last_load
-            .ok_or_else(|| "no load sample yet; the proposal follows within seconds".to_string())?;
-        let rate = match rate_control(spec, &runtime.policy) {
+        let runtime = clusters.get(cluster).ok_or_else(|| RuntimeError::NotServing(cluster.clone()))?;
+        let load = runtime.rebalancer.status().last_load.ok_or(RuntimeError::NoLoadSample)?;
+        let request = spec.request();
+        let rate = match rate_control(&request, &runtime.policy) {
             RateControl::Fixed(limit) => limit,
             RateControl::Adaptive(a) => a.max_bytes_per_sec,
         };
-        rebalance_job::propose(&load, &runtime.coordinator.map(), &runtime.policy, spec, rate)
+        Ok(rebalance_job::propose(&load, &runtime.coordinator.map(), &runtime.policy, &request, rate)?)
     }
 
     async fn start_rebalance(
@@ -267,14 +271,13 @@ impl Runtimes for KubeRuntimes {
         name: &str,
         spec: &FulvaRebalanceSpec,
         proposal: &Proposal,
-    ) -> Result<(), String> {
+    ) -> Result<(), RuntimeError> {
         let mut clusters = self.clusters.lock().await;
-        let runtime =
-            clusters.get_mut(cluster).ok_or_else(|| format!("cluster {cluster} is not serving yet"))?;
+        let runtime = clusters.get_mut(cluster).ok_or_else(|| RuntimeError::NotServing(cluster.clone()))?;
         if runtime.jobs.get(name).is_some_and(|j| j.report().phase == JobPhase::Running) {
             return Ok(());
         }
-        let control = rate_control(spec, &runtime.policy);
+        let control = rate_control(&spec.request(), &runtime.policy);
         let probe: Option<Arc<dyn LatencySignal>> = match control {
             RateControl::Adaptive(_) => {
                 Some(Arc::new(ProbeLatency::start(&self.control_endpoint, &cluster.to_string()).await?))
@@ -323,7 +326,7 @@ impl Runtimes for KubeRuntimes {
         let clusters = self.clusters.lock().await;
         let Some(runtime) = clusters.get(cluster) else { return };
         let Some(job) = runtime.jobs.get(name) else { return };
-        let control = rate_control(spec, &runtime.policy);
+        let control = rate_control(&spec.request(), &runtime.policy);
         if job.control() != control {
             tracing::info!(%cluster, rebalance = name, ?control, "bandwidth settings changed");
             job.set_control(control).await;

@@ -23,8 +23,8 @@ pub mod runtime;
 
 use crate::crd::{FulvaCluster, FulvaClusterStatus};
 use crate::k8s;
-use crate::metrics::OperatorMetrics;
 use crate::rebalance_crd::{FulvaRebalance, FulvaRebalanceSpec, RebalanceGoal, CLUSTER_LABEL, ORIGIN_LABEL};
+use fulva_coordinator::metrics::OperatorMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
@@ -35,7 +35,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-pub use runtime::{ClusterKey, JobStatus, RuntimeEvent, RuntimeReport, Runtimes};
+pub use runtime::{ClusterKey, JobStatus, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +58,7 @@ pub enum Error {
     NoNamespace(String),
     /// The cluster's runtime refused (a rebalance could not start).
     #[error("runtime: {0}")]
-    Runtime(String),
+    Runtime(#[from] RuntimeError),
 }
 
 /// What every reconcile shares.
@@ -245,7 +245,8 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     let runtime = ctx.runtimes.sync(&key, fc, current.max(desired), &draining).await;
     let (report, runtime_error) = match runtime {
         Ok(report) => (report, None),
-        Err(err) => (RuntimeReport::default(), Some(err)),
+        // The reconciler publishes it (Event, condition message) as text.
+        Err(err) => (RuntimeReport::default(), Some(err.to_string())),
     };
     let drained = draining.iter().all(|n| report.drained.contains(n));
     let replicas = if drained { desired } else { current };

@@ -21,7 +21,7 @@ use crate::rebalance_crd::{
     annotated, FulvaRebalance, FulvaRebalanceStatus, Proposal, RebalancePhase, APPROVE_ANNOTATION,
     REFRESH_ANNOTATION, STOP_ANNOTATION,
 };
-use crate::rebalance_job::JobPhase;
+use fulva_coordinator::rebalance_job::JobPhase;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -259,7 +259,7 @@ pub async fn reconcile(fr: Arc<FulvaRebalance>, ctx: Arc<Context>) -> Result<Act
                         // No load sample yet, or a request the map cannot honour.
                         status.phase = RebalancePhase::Pending;
                         status.conditions =
-                            conditions(status.phase, false, "ProposalFailed", &err, generation);
+                            conditions(status.phase, false, "ProposalFailed", &err.to_string(), generation);
                         super::carry_transitions(&previous.conditions, &mut status.conditions);
                         patch_status(&api, &name, &status).await?;
                         return Ok(Action::requeue(Duration::from_secs(5)));

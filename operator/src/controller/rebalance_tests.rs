@@ -10,7 +10,7 @@ use super::tests::{
 use super::*;
 use crate::fixtures::MockApi;
 use crate::rebalance_crd::{Proposal, ProposedMove};
-use crate::rebalance_job::{JobPhase, JobReport};
+use fulva_coordinator::rebalance_job::{JobPhase, JobReport};
 use serde_json::{json, Value};
 use std::time::SystemTime;
 

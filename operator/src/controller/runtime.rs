@@ -3,7 +3,9 @@
 
 use crate::crd::{FulvaCluster, MoveStatus};
 use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
-use crate::rebalance_job::JobReport;
+use fulva_coordinator::probe::ProbeError;
+use fulva_coordinator::rebalance_job::{JobReport, ProposalError};
+use fulva_coordinator::CoordinatorError;
 use std::time::SystemTime;
 
 /// Namespace and name of a FulvaCluster.
@@ -19,6 +21,35 @@ impl std::fmt::Display for ClusterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
+}
+
+/// Why a cluster's runtime could not do what the reconciler asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The cluster's coordinator is not running yet.
+    #[error("cluster {0} is not serving yet")]
+    NotServing(ClusterKey),
+    /// No load sample has been taken yet.
+    #[error("no load sample yet; the proposal follows within seconds")]
+    NoLoadSample,
+    /// Listing the kvnode pods failed.
+    #[error("list pods: {0}")]
+    ListPods(#[source] kube::Error),
+    /// Recovery of the moves a previous operator left failed.
+    #[error("recovery: {0}")]
+    Recovery(#[source] CoordinatorError),
+    /// Bootstrapping the shard map failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[source] CoordinatorError),
+    /// The coordinator refused or failed a step.
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    /// The rebalance cannot be planned or run.
+    #[error(transparent)]
+    Proposal(#[from] ProposalError),
+    /// The latency probe of an adaptive rebalance could not start.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
 }
 
 /// Something worth an Event on the FulvaCluster.
@@ -79,13 +110,17 @@ pub trait Runtimes: Send + Sync + 'static {
         fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
-    ) -> Result<RuntimeReport, String>;
+    ) -> Result<RuntimeReport, RuntimeError>;
 
     /// Stops the runtime of a deleted cluster (moves in flight roll back).
     async fn stop(&self, cluster: &ClusterKey);
 
     /// Plans the one-shot rebalance `spec` of `cluster` from its current load.
-    async fn propose(&self, cluster: &ClusterKey, spec: &FulvaRebalanceSpec) -> Result<Proposal, String>;
+    async fn propose(
+        &self,
+        cluster: &ClusterKey,
+        spec: &FulvaRebalanceSpec,
+    ) -> Result<Proposal, RuntimeError>;
 
     /// Starts (or, after an operator restart, resumes) the rebalance `name`
     /// running `proposal`; the cluster's automatic rebalancing holds meanwhile.
@@ -95,7 +130,7 @@ pub trait Runtimes: Send + Sync + 'static {
         name: &str,
         spec: &FulvaRebalanceSpec,
         proposal: &Proposal,
-    ) -> Result<(), String>;
+    ) -> Result<(), RuntimeError>;
 
     /// The rebalance `name`, if this operator runs (or ran) it.
     async fn rebalance_status(&self, cluster: &ClusterKey, name: &str) -> Option<JobStatus>;

@@ -38,7 +38,7 @@ impl Runtimes for FakeRuntimes {
         _fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
-    ) -> Result<RuntimeReport, String> {
+    ) -> Result<RuntimeReport, RuntimeError> {
         self.syncs.lock().push((replicas, draining.to_vec()));
         Ok(self.report.lock().clone())
     }
@@ -51,9 +51,9 @@ impl Runtimes for FakeRuntimes {
         &self,
         _cluster: &ClusterKey,
         _spec: &crate::rebalance_crd::FulvaRebalanceSpec,
-    ) -> Result<crate::rebalance_crd::Proposal, String> {
+    ) -> Result<crate::rebalance_crd::Proposal, RuntimeError> {
         *self.proposals.lock() += 1;
-        self.proposal.lock().clone().ok_or_else(|| "no load sample yet".to_string())
+        self.proposal.lock().clone().ok_or(RuntimeError::NoLoadSample)
     }
 
     async fn start_rebalance(
@@ -62,7 +62,7 @@ impl Runtimes for FakeRuntimes {
         name: &str,
         _spec: &crate::rebalance_crd::FulvaRebalanceSpec,
         proposal: &crate::rebalance_crd::Proposal,
-    ) -> Result<(), String> {
+    ) -> Result<(), RuntimeError> {
         self.started.lock().push((name.to_string(), proposal.clone()));
         Ok(())
     }

@@ -6,7 +6,7 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::moves::MoveOptions;
 use crate::planner::{self, Action, ClusterLoad, Dimension};
 use crate::policy::RebalancePolicy;
-use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal, ProposedMove, RebalanceGoal};
+use crate::request::{Proposal, ProposedMove, RebalanceGoal, RebalanceRequest};
 use fulva_proto::grpc::MigrationStatusRequest;
 use fulva_proto::{HashRange, NodeId, ShardMap, Strategy};
 use parking_lot::Mutex;
@@ -22,6 +22,57 @@ pub const ESTIMATE_BYTES_PER_SEC: f64 = 50e6;
 /// Fixed cost per move in the estimate (freeze, map updates, commit).
 pub const ESTIMATE_SECONDS_PER_MOVE: f64 = 0.5;
 
+/// Why a rebalance cannot be planned (or a proposal cannot run).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposalError {
+    /// A node the request names is not in the cluster's map (is its pod running?).
+    #[error("node {node} is not in the cluster's map (is its pod running?)")]
+    UnknownNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// remove-nodes names every node.
+    #[error("removing every node leaves nowhere for the data")]
+    RemovesEveryNode,
+    /// A range does not parse.
+    #[error("{text:?}: {problem}")]
+    BadRange {
+        /// The range as written.
+        text: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No shard holds the start of a requested range.
+    #[error("no shard holds {range}")]
+    NoShard {
+        /// The range.
+        range: HashRange,
+    },
+    /// A requested range spans more than one shard.
+    #[error("{range} spans more than one shard (shard {shard} ends inside it)")]
+    SpansShards {
+        /// The range.
+        range: HashRange,
+        /// The shard that ends inside it.
+        shard: HashRange,
+    },
+    /// A requested move to the node that already owns the range.
+    #[error("{range} is already on node {node}")]
+    AlreadyThere {
+        /// The range.
+        range: HashRange,
+        /// Its owner.
+        node: NodeId,
+    },
+}
+
+fn parse_range(text: &str) -> Result<HashRange, ProposalError> {
+    text.parse().map_err(|e: fulva_proto::RangeError| ProposalError::BadRange {
+        text: text.to_string(),
+        problem: e.to_string(),
+    })
+}
+
 /// Plans a rebalance of a cluster whose load is `load` and map `map`, under
 /// the cluster's `policy`. Unlike the automatic rebalancer it plans the whole
 /// job at once: no per-round move limit and no cooldown.
@@ -29,9 +80,9 @@ pub fn propose(
     load: &ClusterLoad,
     map: &ShardMap,
     policy: &RebalancePolicy,
-    spec: &FulvaRebalanceSpec,
+    spec: &RebalanceRequest,
     rate_bytes_per_sec: u64,
-) -> Result<Proposal, String> {
+) -> Result<Proposal, ProposalError> {
     let mut load = load.clone();
     load.recently_moved.clear();
     let mut policy = policy.clone();
@@ -47,7 +98,7 @@ pub fn propose(
         }
         RebalanceGoal::AddNodes => {
             if let Some(n) = spec.nodes.iter().find(|n| !known(n)) {
-                return Err(format!("node {n} is not in the cluster's map (is its pod running?)"));
+                return Err(ProposalError::UnknownNode { node: *n });
             }
             // Only the new nodes receive; stored bytes when there are any, else ops.
             policy.excluded_nodes =
@@ -59,10 +110,10 @@ pub fn propose(
         }
         RebalanceGoal::RemoveNodes => {
             if let Some(n) = spec.nodes.iter().find(|n| !known(n)) {
-                return Err(format!("node {n} is not in the cluster's map"));
+                return Err(ProposalError::UnknownNode { node: *n });
             }
             if map.nodes.iter().all(|n| spec.nodes.contains(&n.id)) {
-                return Err("removing every node leaves nowhere for the data".into());
+                return Err(ProposalError::RemovesEveryNode);
             }
             for node in &mut load.nodes {
                 node.draining = spec.nodes.contains(&node.id);
@@ -98,9 +149,9 @@ pub fn propose(
 fn propose_moves(
     load: &ClusterLoad,
     map: &ShardMap,
-    spec: &FulvaRebalanceSpec,
+    spec: &RebalanceRequest,
     rate_bytes_per_sec: u64,
-) -> Result<Proposal, String> {
+) -> Result<Proposal, ProposalError> {
     let mut ops: Vec<(NodeId, f64)> = load.nodes.iter().map(|n| (n.id, 0.0)).collect();
     for r in &load.ranges {
         if let Some(n) = ops.iter_mut().find(|(id, _)| *id == r.owner) {
@@ -116,16 +167,16 @@ fn propose_moves(
         ..Proposal::default()
     };
     for requested in &spec.moves {
-        let range: HashRange = requested.range.parse().map_err(|e| format!("{:?}: {e}", requested.range))?;
-        let shard = map.shard_of(range.first).ok_or_else(|| format!("no shard holds {range}"))?;
+        let range = parse_range(&requested.range)?;
+        let shard = map.shard_of(range.first).ok_or(ProposalError::NoShard { range })?;
         if !shard.range.contains(range.last) {
-            return Err(format!("{range} spans more than one shard (shard {} ends inside it)", shard.range));
+            return Err(ProposalError::SpansShards { range, shard: shard.range });
         }
         if map.node(requested.to).is_none() {
-            return Err(format!("destination node {} is not in the cluster's map", requested.to));
+            return Err(ProposalError::UnknownNode { node: requested.to });
         }
         if shard.owner == requested.to {
-            return Err(format!("{range} is already on node {}", requested.to));
+            return Err(ProposalError::AlreadyThere { range, node: requested.to });
         }
         let share = width(range) / width(shard.range);
         if let Some(r) = load.ranges.iter().find(|r| r.range == shard.range) {
@@ -167,7 +218,7 @@ fn bytes_of(load: &ClusterLoad, range: HashRange) -> u64 {
 }
 
 /// Fills in the totals and the duration estimate.
-fn finish(proposal: &mut Proposal, spec: &FulvaRebalanceSpec, rate_bytes_per_sec: u64) {
+fn finish(proposal: &mut Proposal, spec: &RebalanceRequest, rate_bytes_per_sec: u64) {
     proposal.bytes_to_move = proposal.moves.iter().map(|m| m.bytes).sum();
     let rate = if rate_bytes_per_sec > 0 { rate_bytes_per_sec as f64 } else { ESTIMATE_BYTES_PER_SEC };
     let parallel =
@@ -177,7 +228,7 @@ fn finish(proposal: &mut Proposal, spec: &FulvaRebalanceSpec, rate_bytes_per_sec
 }
 
 fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now().to_string()
+    jiff::Timestamp::now().to_string()
 }
 
 /// Where a job is.
@@ -277,7 +328,7 @@ impl AdaptiveRate {
 
 /// The rate control a rebalance's spec asks for: adaptive, its own fixed
 /// limit, or the cluster policy's limit.
-pub fn rate_control(spec: &FulvaRebalanceSpec, policy: &RebalancePolicy) -> RateControl {
+pub fn rate_control(spec: &RebalanceRequest, policy: &RebalancePolicy) -> RateControl {
     let bytes = |mb: f64| (mb * 1e6) as u64;
     match &spec.adaptive {
         Some(a) => RateControl::Adaptive(AdaptiveSettings {
@@ -322,10 +373,10 @@ impl RebalanceJob {
         concurrency: u32,
         rate: RateControl,
         latency: Option<Arc<dyn LatencySignal>>,
-    ) -> Result<RebalanceJob, String> {
+    ) -> Result<RebalanceJob, ProposalError> {
         let mut moves = Vec::new();
         for m in &proposal.moves {
-            let range: HashRange = m.range.parse().map_err(|e| format!("{:?}: {e}", m.range))?;
+            let range = parse_range(&m.range)?;
             moves.push((range, m.from, m.to, m.bytes));
         }
         let initial = match &rate {
@@ -405,7 +456,6 @@ impl RebalanceJob {
                 if let Ok(s) =
                     client.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await
                 {
-                    let s = s.into_inner();
                     row = (range, from, to, s.bytes_applied, s.bytes_total, s.eta_seconds);
                 }
             }
@@ -439,29 +489,71 @@ impl Drop for RebalanceJob {
     }
 }
 
-/// Steps the adaptive rate once a second while the control is adaptive.
-async fn adapt(shared: Arc<Shared>, signal: Arc<dyn LatencySignal>, finished: CancellationToken) {
-    let mut law: Option<AdaptiveRate> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    loop {
+/// One step of the adaptive rate: the clients' p99 it read and the rate it chose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveStep {
+    /// The p99 of client requests in the second before (None: none completed).
+    pub p99: Option<Duration>,
+    /// The rate the law chose, bytes/s.
+    pub rate: u64,
+}
+
+/// The adaptive control loop, one step a second: the operator's rebalance
+/// jobs and `fulva bench migration --adaptive-p99-us` both run it.
+pub struct AdaptiveLoop {
+    law: Option<AdaptiveRate>,
+    tick: tokio::time::Interval,
+}
+
+impl AdaptiveLoop {
+    /// Starts the clock; what `signal` saw before now is not the move's doing.
+    pub async fn start(signal: &dyn LatencySignal) -> AdaptiveLoop {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        signal.take_p99();
+        AdaptiveLoop { law: None, tick }
+    }
+
+    /// Waits for the next second, reads the clients' p99 from `signal` and
+    /// steps the law with the settings `settings()` returns then (None: the
+    /// rate is not adaptive now; changed settings restart the law). Returns
+    /// None once `finished` is cancelled, else the step, if one was taken;
+    /// the caller sets the rate on its moves.
+    pub async fn next(
+        &mut self,
+        signal: &dyn LatencySignal,
+        finished: &CancellationToken,
+        settings: impl FnOnce() -> Option<AdaptiveSettings>,
+    ) -> Option<Option<AdaptiveStep>> {
         tokio::select! {
-            () = finished.cancelled() => break,
-            _ = tick.tick() => {}
+            () = finished.cancelled() => return None,
+            _ = self.tick.tick() => {}
         }
         let p99 = signal.take_p99();
-        let RateControl::Adaptive(settings) = shared.control.lock().clone() else {
-            law = None;
-            continue;
+        let Some(settings) = settings() else {
+            self.law = None;
+            return Some(None);
         };
-        let law = match &mut law {
+        let law = match &mut self.law {
             Some(l) if l.settings == settings => l,
-            _ => law.insert(AdaptiveRate::new(settings)),
+            _ => self.law.insert(AdaptiveRate::new(settings)),
         };
-        let next = law.step(p99);
-        if next != shared.rate.load(Ordering::Acquire) {
-            tracing::debug!(?p99, rate = next, "adaptive migration rate");
-            apply_rate(&shared, next).await;
+        Some(Some(AdaptiveStep { p99, rate: law.step(p99) }))
+    }
+}
+
+/// Steps the adaptive rate once a second while the control is adaptive.
+async fn adapt(shared: Arc<Shared>, signal: Arc<dyn LatencySignal>, finished: CancellationToken) {
+    let mut control = AdaptiveLoop::start(&*signal).await;
+    let settings = || match &*shared.control.lock() {
+        RateControl::Adaptive(settings) => Some(*settings),
+        RateControl::Fixed(_) => None,
+    };
+    while let Some(step) = control.next(&*signal, &finished, settings).await {
+        let Some(step) = step else { continue };
+        if step.rate != shared.rate.load(Ordering::Acquire) {
+            tracing::debug!(p99 = ?step.p99, rate = step.rate, "adaptive migration rate");
+            apply_rate(&shared, step.rate).await;
         }
     }
 }

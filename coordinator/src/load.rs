@@ -138,13 +138,9 @@ impl LoadCollector {
         let map = coordinator.map();
         for node in &map.nodes {
             let mut client = coordinator.node_client(node.id).await?;
-            let stats = client.get_stats(GetStatsRequest {}).await.map_err(|s| CoordinatorError::Node {
-                node: node.id,
-                addr: node.control_addr.to_string(),
-                message: format!("stats: {}", s.message()),
-            })?;
+            let stats = client.get_stats(GetStatsRequest {}).await?;
             let at = Instant::now();
-            for r in stats.into_inner().ranges {
+            for r in stats.ranges {
                 let Ok(range) = HashRange::try_from(r.range) else { continue };
                 self.observe(node.id, range, at, r.reads + r.writes, r.bucket_ops, r.bytes);
             }

@@ -1,7 +1,10 @@
 //! Moving and splitting ranges: the coordinator's side of the migration
-//! protocol (strategy `fulva`).
+//! protocol, for all three strategies (fulva, rocksteady, source-driven).
 //!
-//! A move of range R from S to D:
+//! A move of range R from S to D with strategy fulva (rocksteady takes the
+//! same steps, its destination also pulling missing keys on demand;
+//! source-driven copies while S serves, then locks R for a final pass and
+//! hands it over):
 //! 1. D prepares R (requests for R there get Retry).
 //! 2. S freezes R: writes are redirected to D by name, in-flight writes
 //!    drain, and S hands over R's highest version and its completion records.
@@ -11,17 +14,17 @@
 //! 5. When D has applied everything, the map marks R Normal (epoch + 1), S
 //!    drops its copy, and D drops its tombstones and serves R alone.
 
-use crate::coordinator::{Coordinator, CoordinatorError, RunningMove};
+use crate::coordinator::{AbortReason, Coordinator, CoordinatorError, RunningMove};
+use crate::node_client::{NodeCall, NodeClient};
 use fulva_proto::grpc::{
     BeginCopyRequest, DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, MigrationStatusRequest,
-    MigrationStatusResponse, PrepareMigrationRequest, PullRangeRequest, PushBatchRequest,
+    MigrationStatusResponse, PrepareMigrationRequest, PullFailure, PullRangeRequest, PushBatchRequest,
     SetMigrationRateRequest, SplitRangeRequest, StartMigrationRequest, UnfreezeRangeRequest,
 };
 use fulva_proto::{HashRange, NodeId, Shard, ShardMap, ShardState, Strategy};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// The two ends of a move.
 #[derive(Clone, Copy, Debug)]
@@ -111,47 +114,24 @@ pub struct MoveReport {
     pub source_lost: bool,
 }
 
-fn grpc_err(node: NodeId, what: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
-    move |s| CoordinatorError::Node {
-        node,
-        addr: what.to_string(),
-        message: format!("{}: {}", s.code(), s.message()),
-    }
-}
-
-/// Whether a failed call says the node could not be reached (rather than refused).
-fn unreachable(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-    )
-}
-
-fn move_error(message: String) -> CoordinatorError {
-    CoordinatorError::Move(message)
-}
-
 impl Coordinator {
     /// Splits the shard containing `at` so that a shard starts at `at`. A
     /// no-op when one already does.
     pub async fn split(&self, at: u64) -> Result<Arc<ShardMap>, CoordinatorError> {
         let map = self.map();
-        let shard = *map.shard_of(at).ok_or_else(|| move_error(format!("no shard holds {at:#x}")))?;
+        let shard = *map.shard_of(at).ok_or_else(|| CoordinatorError::NoShard { hash: at })?;
         if shard.range.first == at {
             return Ok(map);
         }
         if shard.state != ShardState::Normal {
-            return Err(move_error(format!("cannot split {}: it is moving", shard.range)));
+            return Err(CoordinatorError::Moving { range: shard.range });
         }
-        let (low, high) = shard.range.split_at(at).map_err(|e| move_error(e.to_string()))?;
+        let (low, high) =
+            shard.range.split_at(at).map_err(|_| CoordinatorError::BadSplit { range: shard.range, at })?;
         let mut client = self.node_client(shard.owner).await?;
         client
             .split_range(SplitRangeRequest { range: Some(shard.range.into()), at, epoch: map.epoch + 1 })
-            .await
-            .map_err(grpc_err(shard.owner, "split"))?;
+            .await?;
         let next = self
             .update(|m| {
                 if let Some(i) = m.shards.iter().position(|s| s.range == shard.range) {
@@ -189,29 +169,26 @@ impl Coordinator {
             self.split(next).await?;
         }
         let map = self.map();
-        let shard = *map
-            .shards
-            .iter()
-            .find(|s| s.range == range)
-            .ok_or_else(|| move_error(format!("range {range} is not a shard after splitting")))?;
+        let shard =
+            *map.shards.iter().find(|s| s.range == range).ok_or(CoordinatorError::NotAShard { range })?;
         if shard.state != ShardState::Normal {
-            return Err(move_error(format!("range {range} is already moving")));
+            return Err(CoordinatorError::Moving { range });
         }
         let source = shard.owner;
         if source == destination {
-            return Err(move_error(format!("range {range} is already on node {destination}")));
+            return Err(CoordinatorError::AlreadyThere { range, node: destination });
         }
         if map.node(source).is_none() {
-            return Err(move_error(format!("unknown node {source}")));
+            return Err(CoordinatorError::UnknownNode { node: source });
         }
         if map.node(destination).is_none() {
-            return Err(move_error(format!("unknown destination node {destination}")));
+            return Err(CoordinatorError::UnknownNode { node: destination });
         }
         let abort = CancellationToken::new();
         {
             let mut running = self.running.lock();
             if running.contains_key(&range) {
-                return Err(move_error(format!("range {range} is already moving")));
+                return Err(CoordinatorError::Moving { range });
             }
             running.insert(range, RunningMove { destination, abort: abort.clone() });
         }
@@ -235,9 +212,7 @@ impl Coordinator {
                 return Err(CoordinatorError::Aborted {
                     range,
                     back_on: source,
-                    reason: format!(
-                        "destination node {destination} lost: the writes it took since the freeze are lost with it"
-                    ),
+                    reason: AbortReason::DestinationLost { node: destination },
                     carried_back: false,
                 });
             }
@@ -259,10 +234,10 @@ impl Coordinator {
         }
         let reason = if abort.is_cancelled() {
             tracing::info!(%range, source, destination, ?stage, "move aborted on request; rolling back");
-            "on request".to_string()
+            AbortReason::OnRequest
         } else {
             tracing::warn!(%range, source, destination, ?stage, %error, "move failed; rolling back");
-            error.to_string()
+            AbortReason::Failed(Box::new(error))
         };
         match self.roll_back(ends, stage).await {
             Ok(()) => {
@@ -274,9 +249,9 @@ impl Coordinator {
                     carried_back: matches!(stage, Stage::DestinationServing { .. }),
                 })
             }
-            Err(rollback) => Err(move_error(format!(
-                "move of {range} stopped ({reason}) and could not be rolled back: {rollback}"
-            ))),
+            Err(rollback) => {
+                Err(CoordinatorError::RollbackFailed { range, reason, rollback: Box::new(rollback) })
+            }
         }
     }
 
@@ -285,7 +260,7 @@ impl Coordinator {
     /// [`CoordinatorError::Aborted`].
     pub fn abort_move(&self, range: HashRange) -> Result<(), CoordinatorError> {
         let running = self.running.lock();
-        let mv = running.get(&range).ok_or_else(|| move_error(format!("no move of {range} is running")))?;
+        let mv = running.get(&range).ok_or(CoordinatorError::NoSuchMove { range })?;
         mv.abort.cancel();
         Ok(())
     }
@@ -297,9 +272,7 @@ impl Coordinator {
         let Ends { range, source, destination } = ends;
         let epoch = self.map().epoch + 1;
         let mut src = self.node_client(source).await?;
-        src.unfreeze_range(UnfreezeRangeRequest { range: Some(range.into()), epoch })
-            .await
-            .map_err(grpc_err(source, "unfreeze"))?;
+        src.unfreeze_range(UnfreezeRangeRequest { range: Some(range.into()), epoch }).await?;
         let back = self.set_shard(range, source, ShardState::Normal).await?;
         self.broadcast_epoch(&back).await;
         self.fence(destination, range, back.epoch);
@@ -317,8 +290,7 @@ impl Coordinator {
             epoch: finished.epoch,
             abandon_source: true,
         })
-        .await
-        .map_err(grpc_err(destination, "finish without the source"))?;
+        .await?;
         self.broadcast_epoch(&finished).await;
         self.fence(source, range, finished.epoch);
         Ok(finished)
@@ -346,14 +318,10 @@ impl Coordinator {
         let Some(info) = self.map().node(node).cloned() else { return };
         tokio::spawn(async move {
             for _ in 0..300 {
-                let connected = Channel::from_shared(format!("http://{}", info.control_addr))
-                    .expect("a node address is a valid URI")
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(2))
-                    .connect()
-                    .await;
-                if let Ok(channel) = connected {
-                    let mut client = fulva_proto::grpc::node_control_client::NodeControlClient::new(channel);
+                let addr = info.control_addr.to_string();
+                let connected =
+                    NodeClient::connect(node, addr, Duration::from_secs(1), Duration::from_secs(2)).await;
+                if let Ok(mut client) = connected {
                     let drop = DropRangeRequest {
                         range: Some(range.into()),
                         epoch,
@@ -365,7 +333,7 @@ impl Coordinator {
                             tracing::info!(node, %range, "a lost node answered again and dropped the range");
                             return;
                         }
-                        Err(s) if s.code() == tonic::Code::NotFound => return,
+                        Err(err) if err.is_not_found() => return,
                         Err(_) => {}
                     }
                 }
@@ -388,17 +356,16 @@ impl Coordinator {
         let mut destination = self.node_client(to).await?;
         let request =
             PullRangeRequest { range: Some(range.into()), from_hash: 0, batch_bytes: 64 * 1024, min_version };
-        let mut stream = source.pull_range(request).await.map_err(grpc_err(from, "relay pull"))?.into_inner();
+        let mut stream = source.pull_range(request).await?;
         let mut batches = 0u64;
         loop {
-            let Some(batch) = stream.message().await.map_err(grpc_err(from, "relay pull"))? else {
-                return Err(move_error(format!("the relayed pull of {range} ended before its last batch")));
+            let Some(batch) = source.next_batch(&mut stream).await? else {
+                return Err(CoordinatorError::RelayTruncated { range });
             };
             let last = batch.last;
             destination
                 .push_batch(PushBatchRequest { range: Some(range.into()), batch: Some(batch) })
-                .await
-                .map_err(grpc_err(to, "relay push"))?;
+                .await?;
             batches += 1;
             if last {
                 tracing::info!(%range, from, to, batches, "relayed through the coordinator");
@@ -432,14 +399,13 @@ impl Coordinator {
             .lock()
             .get(&range)
             .map(|m| m.destination)
-            .ok_or_else(|| move_error(format!("no move of {range} is running")))?;
+            .ok_or(CoordinatorError::NoSuchMove { range })?;
         let mut dest = self.node_client(destination).await?;
         dest.set_migration_rate(SetMigrationRateRequest {
             range: Some(range.into()),
             rate_limit_bytes_per_sec: bytes_per_sec,
         })
-        .await
-        .map_err(grpc_err(destination, "set rate"))?;
+        .await?;
         Ok(())
     }
 
@@ -458,13 +424,13 @@ impl Coordinator {
     ) -> Result<MoveReport, CoordinatorError> {
         let Ends { range, source, destination } = ends;
         let map = self.map();
-        let source_info =
-            map.node(source).cloned().ok_or_else(|| move_error(format!("unknown node {source}")))?;
+        let source_info = map.node(source).cloned().ok_or(CoordinatorError::UnknownNode { node: source })?;
         let epoch = map.epoch + 1;
         let mut dest = self.node_client(destination).await?;
         let mut src = self.node_client(source).await?;
         let r = Some(range.into());
-        let check_abort = || if abort.is_cancelled() { Err(move_error("aborted".into())) } else { Ok(()) };
+        let check_abort =
+            || if abort.is_cancelled() { Err(CoordinatorError::AbortRequested) } else { Ok(()) };
 
         *stage = Stage::Prepared;
         dest.prepare_migration(PrepareMigrationRequest {
@@ -475,19 +441,14 @@ impl Coordinator {
             epoch,
             reclaim: false,
         })
-        .await
-        .map_err(grpc_err(destination, "prepare"))?;
+        .await?;
         check_abort()?;
 
         let mut lock_window = None;
         let status = if options.strategy == Strategy::SourceDriven {
             // Copy while the source serves (deletes keep tombstones there) ...
             *stage = Stage::SourceHeld;
-            let copy = src
-                .begin_copy(BeginCopyRequest { range: r, destination, epoch })
-                .await
-                .map_err(grpc_err(source, "copy"))?
-                .into_inner();
+            let copy = src.begin_copy(BeginCopyRequest { range: r, destination, epoch }).await?;
             dest.start_migration(StartMigrationRequest {
                 range: r,
                 objects_total: copy.objects,
@@ -497,17 +458,13 @@ impl Coordinator {
                 serve: false,
                 ..Default::default()
             })
-            .await
-            .map_err(grpc_err(destination, "start"))?;
+            .await?;
             self.wait_for_pass(&mut dest, destination, source, range, options, abort, progress).await?;
             // ... then lock the range (downtime: every request gets Retry),
             // ship what changed since the copy began, and hand over.
             let locked = Instant::now();
-            let frozen = src
-                .freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: true })
-                .await
-                .map_err(grpc_err(source, "lock"))?
-                .into_inner();
+            let frozen =
+                src.freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: true }).await?;
             dest.start_migration(StartMigrationRequest {
                 range: r,
                 version_floor: frozen.max_version,
@@ -519,19 +476,15 @@ impl Coordinator {
                 min_version: copy.copy_from_version,
                 ..Default::default()
             })
-            .await
-            .map_err(grpc_err(destination, "final pass"))?;
+            .await?;
             let status =
                 self.wait_for_pass(&mut dest, destination, source, range, options, abort, progress).await?;
             lock_window = Some(locked);
             status
         } else {
             *stage = Stage::SourceHeld;
-            let frozen = src
-                .freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: false })
-                .await
-                .map_err(grpc_err(source, "freeze"))?
-                .into_inner();
+            let frozen =
+                src.freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: false }).await?;
             check_abort()?;
             // From here on the destination may take writes: undoing the move
             // means carrying them back.
@@ -548,13 +501,12 @@ impl Coordinator {
                 serve: true,
                 ..Default::default()
             })
-            .await
-            .map_err(grpc_err(destination, "start"))?;
+            .await?;
             let migrating = self
                 .set_shard(range, destination, ShardState::Migrating { source, strategy: options.strategy })
                 .await?;
             self.broadcast_epoch(&migrating).await;
-            tracing::info!(%range, source, destination, epoch = migrating.epoch, strategy = ?options.strategy, "move started");
+            tracing::info!(%range, source, destination, epoch = migrating.epoch, strategy = options.strategy.name(), "move started");
             self.wait_for_pass(&mut dest, destination, source, range, options, abort, progress).await?
         };
 
@@ -596,14 +548,14 @@ impl Coordinator {
         {
             // Already dropped (a recovering coordinator finishing a commit).
             Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(err) if err.is_not_found() => {}
             // The destination has everything; a source that is gone is told
             // to drop its copy if it answers again.
-            Err(s) if unreachable(&s) => {
-                tracing::warn!(%range, source, status = %s, "the source does not answer; committing without it");
+            Err(err) if err.is_unreachable() => {
+                tracing::warn!(%range, source, error = %err, "the source does not answer; committing without it");
                 self.fence(source, range, finished.epoch);
             }
-            Err(s) => return Err(grpc_err(source, "drop")(s)),
+            Err(err) => return Err(err.into()),
         }
         let mut dest = self.node_client(destination).await?;
         dest.finish_migration(FinishMigrationRequest {
@@ -611,8 +563,7 @@ impl Coordinator {
             epoch: finished.epoch,
             abandon_source: false,
         })
-        .await
-        .map_err(grpc_err(destination, "finish"))?;
+        .await?;
         self.broadcast_epoch(&finished).await;
         Ok(finished)
     }
@@ -624,42 +575,38 @@ impl Coordinator {
         let r = Some(range.into());
         match stage {
             Stage::Untouched => Ok(()),
-            Stage::Committed => Err(move_error("the move had already committed".into())),
+            Stage::Committed => Err(CoordinatorError::AlreadyCommitted { range }),
             Stage::Prepared | Stage::SourceHeld => {
                 // The destination never took a write: the source serves the
                 // range again and the destination forgets it.
                 if stage == Stage::SourceHeld {
                     let mut src = self.node_client(source).await?;
-                    src.unfreeze_range(UnfreezeRangeRequest { range: r, epoch })
-                        .await
-                        .map_err(grpc_err(source, "unfreeze"))?;
+                    src.unfreeze_range(UnfreezeRangeRequest { range: r, epoch }).await?;
                 }
                 let dropped = match self.node_client(destination).await {
                     Ok(mut dest) => dest
                         .drop_range(DropRangeRequest { range: r, epoch, new_owner: 0, has_new_owner: false })
                         .await
-                        .map(|_| ()),
-                    Err(err) => Err(tonic::Status::unavailable(err.to_string())),
+                        .map(|_| ())
+                        .map_err(CoordinatorError::Node),
+                    Err(err) => Err(err),
+                };
+                let gone = |err: &CoordinatorError| match err {
+                    CoordinatorError::Node(e) => e.is_unreachable() || e.call == NodeCall::Connect,
+                    CoordinatorError::UnknownNode { .. } => true,
+                    _ => false,
                 };
                 match dropped {
                     Ok(()) => Ok(()),
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    Err(CoordinatorError::Node(err)) if err.is_not_found() => Ok(()),
                     // A destination that is gone never served the range; it
                     // is told to forget it if it answers again.
-                    Err(s)
-                        if matches!(
-                            s.code(),
-                            tonic::Code::Unavailable
-                                | tonic::Code::Cancelled
-                                | tonic::Code::DeadlineExceeded
-                                | tonic::Code::Unknown
-                        ) =>
-                    {
-                        tracing::warn!(%range, destination, status = %s, "the destination does not answer; it will be told to drop the range");
+                    Err(err) if gone(&err) => {
+                        tracing::warn!(%range, destination, error = %err, "the destination does not answer; it will be told to drop the range");
                         self.fence(destination, range, epoch);
                         Ok(())
                     }
-                    Err(s) => Err(grpc_err(destination, "drop")(s)),
+                    Err(err) => Err(err),
                 }
             }
             Stage::DestinationServing { copied_up_to } => {
@@ -679,10 +626,8 @@ impl Coordinator {
     ) -> Result<Arc<ShardMap>, CoordinatorError> {
         let Ends { range, source, destination } = ends;
         let map = self.map();
-        let dest_info = map
-            .node(destination)
-            .cloned()
-            .ok_or_else(|| move_error(format!("unknown node {destination}")))?;
+        let dest_info =
+            map.node(destination).cloned().ok_or(CoordinatorError::UnknownNode { node: destination })?;
         let epoch = map.epoch + 1;
         let r = Some(range.into());
         let mut src = self.node_client(source).await?;
@@ -695,13 +640,10 @@ impl Coordinator {
             epoch,
             reclaim: true,
         })
-        .await
-        .map_err(grpc_err(source, "reclaim"))?;
+        .await?;
         let frozen = dest
             .freeze_range(FreezeRangeRequest { range: r, destination: source, epoch, lock: false })
-            .await
-            .map_err(grpc_err(destination, "freeze for the way back"))?
-            .into_inner();
+            .await?;
         src.start_migration(StartMigrationRequest {
             range: r,
             version_floor: frozen.max_version,
@@ -712,8 +654,7 @@ impl Coordinator {
             min_version: copied_up_to,
             ..Default::default()
         })
-        .await
-        .map_err(grpc_err(source, "start the way back"))?;
+        .await?;
         let back = self
             .set_shard(
                 range,
@@ -735,7 +676,7 @@ impl Coordinator {
             // The pull failed or stalled while both nodes answer: they cannot
             // reach each other. The coordinator reaches both, so it carries
             // the writes across itself.
-            Err(err @ (CoordinatorError::Move(_) | CoordinatorError::Stalled { .. })) => {
+            Err(err @ (CoordinatorError::PullFailed { .. } | CoordinatorError::Stalled { .. })) => {
                 tracing::warn!(%range, from = destination, to = source, error = %err, "the way back cannot pull; relaying through the coordinator");
                 self.relay(range, destination, source, copied_up_to).await?;
                 self.wait_for_pass(&mut src, source, destination, range, options, &never, &mut |_| {})
@@ -753,7 +694,7 @@ impl Coordinator {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn wait_for_pass(
         &self,
-        dest: &mut fulva_proto::grpc::node_control_client::NodeControlClient<tonic::transport::Channel>,
+        dest: &mut NodeClient,
         destination: NodeId,
         source: NodeId,
         range: HashRange,
@@ -765,14 +706,12 @@ impl Coordinator {
         let mut last_progress = ((0u64, 0u64), Instant::now());
         loop {
             if abort.is_cancelled() {
-                return Err(move_error("aborted".into()));
+                return Err(CoordinatorError::AbortRequested);
             }
             let call = dest.migration_status(MigrationStatusRequest { range: Some(range.into()) });
             let status = match tokio::time::timeout(options.node_timeout, call).await {
-                Ok(Ok(status)) => status.into_inner(),
-                Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-                    return Err(grpc_err(destination, "status")(s));
-                }
+                Ok(Ok(status)) => status,
+                Ok(Err(err)) if err.is_not_found() => return Err(err.into()),
                 failed => {
                     let since = *silent_since.get_or_insert_with(Instant::now);
                     tracing::debug!(destination, ?failed, "no status from the destination");
@@ -796,7 +735,8 @@ impl Coordinator {
                 last_progress = (moved, Instant::now());
             }
             let stalled = last_progress.1.elapsed() >= options.stall_timeout;
-            if !status.error.is_empty() || stalled {
+            let failure = status.failure();
+            if failure != PullFailure::None || stalled {
                 // Whose fault? A source that does not answer is lost.
                 if !self.answers(source, options.node_timeout).await {
                     return Err(CoordinatorError::NodeLost {
@@ -804,11 +744,12 @@ impl Coordinator {
                         seconds: options.node_timeout.as_secs_f64(),
                     });
                 }
-                if !status.error.is_empty() {
-                    return Err(move_error(format!(
-                        "move of {range} failed at the destination: {}",
-                        status.error
-                    )));
+                if failure != PullFailure::None {
+                    return Err(CoordinatorError::PullFailed {
+                        range,
+                        reason: failure,
+                        detail: status.error,
+                    });
                 }
                 return Err(CoordinatorError::Stalled {
                     range,

@@ -2,13 +2,12 @@
 //! the epoch, and pushes ownership to the nodes.
 
 use crate::map_store::{MapStore, MapStoreError};
-use fulva_proto::grpc::node_control_client::NodeControlClient;
-use fulva_proto::grpc::{AssignRangeRequest, SetEpochRequest};
+use crate::node_client::{NodeClient, NodeError};
+use fulva_proto::grpc::{AssignRangeRequest, PullFailure, SetEpochRequest};
 use fulva_proto::{Epoch, HashRange, NodeId, NodeInfo, Shard, ShardMap, ShardMapError, ShardState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
-use tonic::transport::Channel;
 
 /// Failures of the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -27,19 +26,86 @@ pub enum CoordinatorError {
         /// Epoch in force.
         current: Epoch,
     },
-    /// A node could not be reached or refused a call.
-    #[error("node {node} at {addr}: {message}")]
-    Node {
-        /// Node id.
+    /// A call to a node failed (which node, which call, what kind of failure).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The map names no such node.
+    #[error("unknown node {node}")]
+    UnknownNode {
+        /// The node asked for.
         node: NodeId,
-        /// Its control address.
-        addr: String,
-        /// What went wrong.
-        message: String,
     },
-    /// A move or split cannot be done.
-    #[error("{0}")]
-    Move(String),
+    /// No shard of the map holds this hash (the map does not cover the space).
+    #[error("no shard holds {hash:#x}")]
+    NoShard {
+        /// The hash.
+        hash: u64,
+    },
+    /// A split point is not inside the shard (or is its first hash).
+    #[error("cannot split {range} at {at:#x}")]
+    BadSplit {
+        /// The shard.
+        range: HashRange,
+        /// The split point.
+        at: u64,
+    },
+    /// The range (or the shard around it) is moving, so it cannot be split or moved.
+    #[error("range {range} is already moving")]
+    Moving {
+        /// The range.
+        range: HashRange,
+    },
+    /// After splitting at its ends the range is still not exactly one shard.
+    #[error("range {range} is not a shard after splitting")]
+    NotAShard {
+        /// The range.
+        range: HashRange,
+    },
+    /// A move to the node that already owns the range.
+    #[error("range {range} is already on node {node}")]
+    AlreadyThere {
+        /// The range.
+        range: HashRange,
+        /// Its owner.
+        node: NodeId,
+    },
+    /// No move of the range runs on this coordinator.
+    #[error("no move of {range} is running")]
+    NoSuchMove {
+        /// The range.
+        range: HashRange,
+    },
+    /// A node cannot leave the map while it holds ranges.
+    #[error("node {node} still holds ranges; drain it first")]
+    NodeBusy {
+        /// The node.
+        node: NodeId,
+    },
+    /// The destination's pull from the source failed for good.
+    #[error("move of {range} failed at the destination: {detail}")]
+    PullFailed {
+        /// The range.
+        range: HashRange,
+        /// Why, as the destination reports it.
+        reason: PullFailure,
+        /// The destination's words.
+        detail: String,
+    },
+    /// A pull relayed through the coordinator ended before its last batch.
+    #[error("the relayed pull of {range} ended before its last batch")]
+    RelayTruncated {
+        /// The range.
+        range: HashRange,
+    },
+    /// The move was asked to stop (an internal step of [`Coordinator::migrate`]'s roll-back).
+    #[error("aborted")]
+    AbortRequested,
+    /// A roll-back was asked of a move that had already committed.
+    #[error("the move of {range} had already committed")]
+    AlreadyCommitted {
+        /// The range.
+        range: HashRange,
+    },
     /// A move was aborted (on request or after a failure) and rolled back:
     /// the range is served by its source again, with every write kept.
     #[error("move of {range} aborted ({reason}); the range is back on node {back_on}")]
@@ -49,13 +115,26 @@ pub enum CoordinatorError {
         /// Node serving it again (the move's source).
         back_on: NodeId,
         /// Why.
-        reason: String,
+        reason: AbortReason,
         /// Whether the destination had served the range (its writes were carried back).
         carried_back: bool,
     },
+    /// A move stopped and its roll-back failed too.
+    #[error("move of {range} stopped ({reason}) and could not be rolled back: {rollback}")]
+    RollbackFailed {
+        /// The range.
+        range: HashRange,
+        /// Why it stopped.
+        reason: AbortReason,
+        /// Why the roll-back failed.
+        rollback: Box<CoordinatorError>,
+    },
     /// Bootstrap was asked for something impossible.
     #[error("cannot bootstrap: {0}")]
-    Bootstrap(String),
+    Bootstrap(BootstrapError),
+    /// Recovery found the nodes in a state it will not guess about.
+    #[error("recovery: {0}")]
+    Recovery(#[from] RecoveryError),
     /// A node of a move did not answer for longer than the move's node timeout.
     #[error("node {node} did not answer for {seconds:.1} s")]
     NodeLost {
@@ -74,6 +153,94 @@ pub enum CoordinatorError {
     },
 }
 
+/// Why a move was aborted.
+#[derive(Debug, thiserror::Error)]
+pub enum AbortReason {
+    /// [`Coordinator::abort_move`] asked for it.
+    #[error("on request")]
+    OnRequest,
+    /// The destination was lost after it served: the writes it alone took since the freeze are lost.
+    #[error("destination node {node} lost: the writes it took since the freeze are lost with it")]
+    DestinationLost {
+        /// The destination.
+        node: NodeId,
+    },
+    /// A step of the move failed.
+    #[error(transparent)]
+    Failed(Box<CoordinatorError>),
+}
+
+/// Why a bootstrap was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BootstrapError {
+    /// No nodes were given.
+    #[error("no nodes")]
+    NoNodes,
+    /// Zero shards were asked for.
+    #[error("the shard count must be at least 1")]
+    NoShards,
+    /// The store already holds a map (and replacing was not asked for).
+    #[error("a shard map is already stored; open it instead")]
+    AlreadyStored,
+}
+
+/// What recovery refuses to repair by guessing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecoveryError {
+    /// Repairs kept finding more to do.
+    #[error("recovery did not converge")]
+    NotConverged,
+    /// The map's owner of a Normal range does not hold it.
+    #[error("node {node} lost range {range} (the map says it serves it)")]
+    LostRange {
+        /// The owner.
+        node: NodeId,
+        /// The range.
+        range: HashRange,
+    },
+    /// The destination of a Migrating range does not hold it.
+    #[error("node {node} lost range {range} while it moved in from {source_node}")]
+    LostIncoming {
+        /// The destination.
+        node: NodeId,
+        /// The range.
+        range: HashRange,
+        /// The move's source.
+        source_node: NodeId,
+    },
+    /// The owner holds the range as a move that never started, and its peer does not serve it.
+    #[error(
+        "node {node} holds {range} as a move from node {peer} that never started, \
+         and that node does not serve it: refusing to guess"
+    )]
+    UnstartedMove {
+        /// The owner.
+        node: NodeId,
+        /// The range.
+        range: HashRange,
+        /// The move's other end.
+        peer: NodeId,
+    },
+    /// A node serves a range the map gives to another node.
+    #[error("node {node} serves {range} which the map gives to node {owner}")]
+    ForeignRange {
+        /// The node serving it.
+        node: NodeId,
+        /// The range.
+        range: HashRange,
+        /// The map's owner.
+        owner: NodeId,
+    },
+    /// A move to roll forward had not started at its destination.
+    #[error("the move of {range} into node {node} never started")]
+    NeverStarted {
+        /// The range.
+        range: HashRange,
+        /// The destination.
+        node: NodeId,
+    },
+}
+
 /// How long the coordinator waits to connect to a node.
 pub const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long one control call to a node may take.
@@ -84,7 +251,7 @@ pub struct Coordinator {
     store: Arc<dyn MapStore>,
     current: Mutex<ShardMap>,
     published: watch::Sender<Arc<ShardMap>>,
-    clients: Mutex<HashMap<NodeId, NodeControlClient<Channel>>>,
+    clients: Mutex<HashMap<NodeId, NodeClient>>,
     pub(crate) running: parking_lot::Mutex<HashMap<HashRange, RunningMove>>,
 }
 
@@ -106,14 +273,14 @@ impl Coordinator {
         replace: bool,
     ) -> Result<Coordinator, CoordinatorError> {
         if nodes.is_empty() {
-            return Err(CoordinatorError::Bootstrap("no nodes".into()));
+            return Err(CoordinatorError::Bootstrap(BootstrapError::NoNodes));
         }
         if shard_count == 0 {
-            return Err(CoordinatorError::Bootstrap("the shard count must be at least 1".into()));
+            return Err(CoordinatorError::Bootstrap(BootstrapError::NoShards));
         }
         let previous = store.load().await?;
         if previous.is_some() && !replace {
-            return Err(CoordinatorError::Bootstrap("a shard map is already stored; open it instead".into()));
+            return Err(CoordinatorError::Bootstrap(BootstrapError::AlreadyStored));
         }
         let shards = HashRange::FULL
             .divide(u64::from(shard_count))
@@ -206,27 +373,17 @@ impl Coordinator {
         self.apply(&mut current, change).await
     }
 
-    async fn client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {
+    async fn client(&self, node: NodeId) -> Result<NodeClient, CoordinatorError> {
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(&node) {
             return Ok(client.clone());
         }
         let map = self.map();
-        let info = map.node(node).ok_or_else(|| CoordinatorError::Node {
-            node,
-            addr: "?".into(),
-            message: "not in the shard map".into(),
-        })?;
-        let addr = info.control_addr.to_string();
+        let info = map.node(node).ok_or(CoordinatorError::UnknownNode { node })?;
         // Bounded: a node that is gone must not hold a move (or the map) for minutes.
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| CoordinatorError::Node { node, addr: addr.clone(), message: e.to_string() })?
-            .connect_timeout(NODE_CONNECT_TIMEOUT)
-            .timeout(NODE_CALL_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| CoordinatorError::Node { node, addr: addr.clone(), message: e.to_string() })?;
-        let client = NodeControlClient::new(channel);
+        let client =
+            NodeClient::connect(node, info.control_addr.to_string(), NODE_CONNECT_TIMEOUT, NODE_CALL_TIMEOUT)
+                .await?;
         clients.insert(node, client.clone());
         Ok(client)
     }
@@ -240,10 +397,7 @@ impl Coordinator {
         version_floor: u64,
     ) -> Result<(), CoordinatorError> {
         let mut client = self.client(node).await?;
-        client
-            .assign_range(AssignRangeRequest { range: Some(range.into()), epoch, version_floor })
-            .await
-            .map_err(|s| self.node_error(node, s))?;
+        client.assign_range(AssignRangeRequest { range: Some(range.into()), epoch, version_floor }).await?;
         Ok(())
     }
 
@@ -251,11 +405,9 @@ impl Coordinator {
     pub async fn broadcast_epoch(&self, map: &ShardMap) {
         for node in &map.nodes {
             let result = match self.client(node.id).await {
-                Ok(mut c) => c
-                    .set_epoch(SetEpochRequest { epoch: map.epoch })
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| self.node_error(node.id, s)),
+                Ok(mut c) => {
+                    c.set_epoch(SetEpochRequest { epoch: map.epoch }).await.map(|_| ()).map_err(Into::into)
+                }
                 Err(e) => Err(e),
             };
             if let Err(err) = result {
@@ -307,20 +459,15 @@ impl Coordinator {
             s.owner == node || matches!(s.state, ShardState::Migrating { source, .. } if source == node)
         });
         if busy {
-            return Err(CoordinatorError::Move(format!("node {node} still holds ranges; drain it first")));
+            return Err(CoordinatorError::NodeBusy { node });
         }
         self.clients.lock().await.remove(&node);
         self.update(|m| m.nodes.retain(|n| n.id != node)).await
     }
 
-    /// A gRPC client for `node`'s control service.
-    pub async fn node_client(&self, node: NodeId) -> Result<NodeControlClient<Channel>, CoordinatorError> {
+    /// The control client of `node` (connections are cached per node).
+    pub async fn node_client(&self, node: NodeId) -> Result<NodeClient, CoordinatorError> {
         self.client(node).await
-    }
-
-    fn node_error(&self, node: NodeId, status: tonic::Status) -> CoordinatorError {
-        let addr = self.map().node(node).map_or_else(|| "?".into(), |n| n.control_addr.to_string());
-        CoordinatorError::Node { node, addr, message: format!("{}: {}", status.code(), status.message()) }
     }
 }
 

@@ -5,11 +5,11 @@
 //! resumed (the done move is skipped); every key keeps its value.
 
 use fulva_client::{Client, ClientConfig};
+use fulva_coordinator::load::LoadCollector;
+use fulva_coordinator::rebalance_job::{self, JobPhase, RateControl, RebalanceJob};
+use fulva_coordinator::request::{RebalanceGoal, RebalanceRequest};
+use fulva_coordinator::{Coordinator, MemoryMapStore, RebalancePolicy};
 use fulva_kvnode::NodeConfig;
-use fulva_operator::load::LoadCollector;
-use fulva_operator::rebalance_crd::{FulvaRebalanceSpec, RebalanceGoal};
-use fulva_operator::rebalance_job::{self, JobPhase, RateControl, RebalanceJob};
-use fulva_operator::{Coordinator, MemoryMapStore, RebalancePolicy};
 use fulva_proto::grpc::MigrationStatusRequest;
 use fulva_proto::{NodeInfo, ShardState, Strategy};
 use std::collections::HashSet;
@@ -36,6 +36,7 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
+    fulva_local::telemetry::init_for_tests();
     let mut nodes = Vec::new();
     for id in 0..3 {
         nodes.push(fulva_kvnode::start(NodeConfig::loopback(id)).await.unwrap());
@@ -60,7 +61,7 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    fulva_operator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
     let client = Client::connect(ClientConfig::new(endpoint)).await.unwrap();
     for i in 0..KEYS {
         client.put(format!("key{i}"), value(i)).await.unwrap();
@@ -70,16 +71,8 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
     collector.sample(&coordinator, &HashSet::new()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let load = collector.sample(&coordinator, &HashSet::new()).await.unwrap().load;
-    let spec = FulvaRebalanceSpec {
-        cluster: "demo".into(),
-        goal: RebalanceGoal::AddNodes,
-        nodes: vec![2],
-        moves: Vec::new(),
-        auto_approve: false,
-        bandwidth_limit_mb_per_sec: None,
-        adaptive: None,
-        max_concurrent_moves: None,
-    };
+    let spec =
+        RebalanceRequest { goal: RebalanceGoal::AddNodes, nodes: vec![2], ..RebalanceRequest::default() };
     let proposal =
         rebalance_job::propose(&load, &coordinator.map(), &RebalancePolicy::default(), &spec, 20_000)
             .unwrap();
@@ -105,11 +98,8 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
     let (range, to) =
         wait_for("the first move", async || job.report().in_flight.first().map(|m| (m.0, m.2))).await;
     let mut dest = coordinator.node_client(to).await.unwrap();
-    let status = async |dest: &mut fulva_proto::grpc::node_control_client::NodeControlClient<_>| {
-        dest.migration_status(MigrationStatusRequest { range: Some(range.into()) })
-            .await
-            .unwrap()
-            .into_inner()
+    let status = async |dest: &mut fulva_coordinator::NodeClient| {
+        dest.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await.unwrap()
     };
     let before = wait_for("the pull to start", async || {
         let s = status(&mut dest).await;

@@ -1,9 +1,9 @@
 //! Properties of the rebalance planner over random clusters and policies.
 
-use fulva_operator::planner::{
+use fulva_coordinator::planner::{
     imbalance_score, node_loads, plan, Action, ClusterLoad, Dimension, MoveReason, NodeLoad, RangeLoad,
 };
-use fulva_operator::policy::{PinnedRange, RebalancePolicy};
+use fulva_coordinator::policy::{PinnedRange, RebalancePolicy};
 use fulva_proto::{HashRange, NodeId};
 use proptest::prelude::*;
 use std::collections::HashSet;

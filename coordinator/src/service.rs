@@ -135,20 +135,27 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Serves `coordinator`'s shard map on `listener` until `shutdown`: a
-/// cluster's own control endpoint (tests, benchmarks, embedded clusters).
+/// Serves `coordinator`'s shard map and its admin service (moves and
+/// splits on request, as `fulva migrate` asks) on `listener` until
+/// `shutdown`: one cluster's own control endpoint (`fulva up`, `fulva
+/// coordinator`, tests, benchmarks). The operator serves many clusters'
+/// maps through a [`ClusterDirectory`] instead.
 pub fn spawn_control_endpoint(
     listener: tokio::net::TcpListener,
     coordinator: Arc<Coordinator>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let service = fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer::new(
-        ShardMapServiceImpl::with_shutdown(coordinator, shutdown.clone()),
+        ShardMapServiceImpl::with_shutdown(coordinator.clone(), shutdown.clone()),
+    );
+    let admin = fulva_proto::grpc::coordinator_admin_server::CoordinatorAdminServer::new(
+        crate::admin::AdminService::new(coordinator),
     );
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(err) = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
         {

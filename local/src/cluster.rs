@@ -1,15 +1,14 @@
 //! A whole Fulva cluster in one process: nodes, the coordinator and its
 //! control endpoint. `fulva up`, `fulva bench` and the multi-node tests all
-//! run on this.
+//! run on this. [`ControlPlane`] is the coordinator alone, for nodes that
+//! run elsewhere (other processes, network namespaces, DPDK ports).
 
 use fulva_client::{Client, ClientConfig};
+use fulva_coordinator::metrics::OperatorMetrics;
+use fulva_coordinator::recovery::RecoveryReport;
+use fulva_coordinator::{spawn_control_endpoint, RebalancePolicy, Rebalancer};
+use fulva_coordinator::{Coordinator, FileMapStore, MapStore, MemoryMapStore};
 use fulva_kvnode::{NodeConfig, NodeHandle};
-use fulva_operator::metrics::OperatorMetrics;
-use fulva_operator::recovery::RecoveryReport;
-use fulva_operator::{AdminService, RebalancePolicy, Rebalancer};
-use fulva_operator::{Coordinator, FileMapStore, MapStore, MemoryMapStore, ShardMapServiceImpl};
-use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdminServer;
-use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
 use fulva_proto::transport::{FaultConfig, FaultyTransport, UdpTransport};
 use fulva_proto::{HashRange, NodeInfo, Op};
 use std::net::SocketAddr;
@@ -63,29 +62,6 @@ pub struct LocalCluster {
     store: Arc<dyn MapStore>,
 }
 
-/// Serves the shard-map and admin services of `coordinator` until `shutdown`.
-/// Serves the shard map and the admin service of `coordinator` on `listener`.
-pub(crate) fn serve_control(
-    listener: tokio::net::TcpListener,
-    coordinator: Arc<Coordinator>,
-    shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    let service =
-        ShardMapServiceServer::new(ShardMapServiceImpl::with_shutdown(coordinator.clone(), shutdown.clone()));
-    let admin = CoordinatorAdminServer::new(AdminService::new(coordinator));
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(err) = tonic::transport::Server::builder()
-            .add_service(service)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "control endpoint failed");
-        }
-    })
-}
-
 impl LocalCluster {
     /// Starts the nodes, bootstraps the shard map and serves the control endpoint.
     pub async fn start(config: LocalClusterConfig) -> anyhow::Result<LocalCluster> {
@@ -128,7 +104,7 @@ impl LocalCluster {
             .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", config.control_addr))?;
         let control_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let control_task = serve_control(listener, coordinator.clone(), shutdown.clone());
+        let control_task = spawn_control_endpoint(listener, coordinator.clone(), shutdown.clone());
         Ok(LocalCluster {
             nodes,
             coordinator,
@@ -154,7 +130,7 @@ impl LocalCluster {
         );
         let listener = tokio::net::TcpListener::bind(self.control_addr).await?;
         self.shutdown = CancellationToken::new();
-        self.control_task = serve_control(listener, coordinator.clone(), self.shutdown.clone());
+        self.control_task = spawn_control_endpoint(listener, coordinator.clone(), self.shutdown.clone());
         self.coordinator = coordinator;
         Ok(self.coordinator.recover().await?)
     }
@@ -254,4 +230,34 @@ impl LocalCluster {
 
 fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
     SocketAddr::new(addr.ip(), port)
+}
+
+/// A coordinator with its control endpoint on loopback, over nodes that run
+/// elsewhere; the endpoint stops when this is dropped.
+pub struct ControlPlane {
+    /// The coordinator.
+    pub coordinator: Arc<Coordinator>,
+    /// The control endpoint as a client connects to it (`http://ADDR`).
+    pub endpoint: String,
+    stop: CancellationToken,
+}
+
+impl ControlPlane {
+    /// Bootstraps a map of `shards` shards over `nodes` (kept in memory) and
+    /// serves it on a free loopback port.
+    pub async fn start(nodes: Vec<NodeInfo>, shards: u32) -> anyhow::Result<ControlPlane> {
+        let store = Arc::new(MemoryMapStore::default());
+        let coordinator = Arc::new(Coordinator::bootstrap(store, nodes, shards, false).await?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let stop = CancellationToken::new();
+        spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+        Ok(ControlPlane { coordinator, endpoint, stop })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }

@@ -3,11 +3,16 @@
 //! since it was last asked. The adaptive migration rate steers by it.
 
 use crate::rebalance_job::LatencySignal;
-use fulva_client::{Client, ClientConfig};
+use fulva_client::{Client, ClientConfig, ClientError};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// The probe client could not connect to the control endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("probe client: {0}")]
+pub struct ProbeError(#[source] pub ClientError);
 
 /// Reads per second the probe makes.
 pub const PROBE_RATE: u32 = 200;
@@ -21,12 +26,12 @@ pub struct ProbeLatency {
 impl ProbeLatency {
     /// Connects to the control endpoint (`cluster`: `NAMESPACE/NAME` when it
     /// serves several, else empty) and starts reading.
-    pub async fn start(endpoint: &str, cluster: &str) -> Result<ProbeLatency, String> {
+    pub async fn start(endpoint: &str, cluster: &str) -> Result<ProbeLatency, ProbeError> {
         let mut config = ClientConfig::new(endpoint);
         config.cluster = cluster.to_string();
         config.sockets = 1;
         config.deadline = Duration::from_secs(1);
-        let client = Client::connect(config).await.map_err(|e| format!("probe client: {e}"))?;
+        let client = Client::connect(config).await.map_err(ProbeError)?;
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (into, token) = (samples.clone(), stop.clone());

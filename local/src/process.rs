@@ -1,11 +1,42 @@
-//! A storage node in its own process for a benchmark, and the CPU time a
-//! server process used (for ops/s per server core).
+//! Child processes: [`ChildGuard`] (any child, killed by its PID when
+//! dropped), [`NodeProcess`] (a storage node in its own process, for
+//! benchmarks and tests) and the CPU time a server process used (for ops/s
+//! per server core).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
+
+/// A child process this program started, killed (by its PID, through its
+/// handle) and reaped when dropped, so a failing test leaves nothing running.
+pub struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> ChildGuard {
+        ChildGuard(child)
+    }
+
+    /// The child's handle (its pipes, its PID).
+    pub fn child(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+
+    /// Kills the child now and waits for it.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait().map(|_| ())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// CPU seconds (user + system) process `pid` has used so far, from `/proc`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {

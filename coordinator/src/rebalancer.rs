@@ -341,11 +341,7 @@ impl Rebalancer {
         // The cooldown runs from the end of a move too.
         cooling.retain(|(r, _)| *r != range);
         cooling.push((range, Instant::now()));
-        let strategy_name = match strategy {
-            Strategy::Fulva => "fulva",
-            Strategy::Rocksteady => "rocksteady",
-            Strategy::SourceDriven => "source-driven",
-        };
+        let strategy_name = strategy.name();
         let mut status = self.status.lock();
         status.in_flight.retain(|m| m.0 != range);
         let finished = result.is_ok();

@@ -30,17 +30,27 @@ impl AdminService {
 
 impl From<CoordinatorError> for Status {
     fn from(err: CoordinatorError) -> Status {
+        use CoordinatorError as E;
         match &err {
-            CoordinatorError::Aborted { .. } => Status::aborted(err.to_string()),
-            CoordinatorError::Move(_) | CoordinatorError::InvalidMap(_) => {
-                Status::failed_precondition(err.to_string())
-            }
-            CoordinatorError::EpochConflict { .. } => Status::aborted(err.to_string()),
-            CoordinatorError::Node { .. } | CoordinatorError::NodeLost { .. } => {
-                Status::unavailable(err.to_string())
-            }
-            CoordinatorError::Stalled { .. } => Status::deadline_exceeded(err.to_string()),
-            CoordinatorError::Store(_) | CoordinatorError::Bootstrap(_) => Status::internal(err.to_string()),
+            E::Aborted { .. } | E::EpochConflict { .. } => Status::aborted(err.to_string()),
+            E::InvalidMap(_)
+            | E::NoSuchMove { .. }
+            | E::UnknownNode { .. }
+            | E::NoShard { .. }
+            | E::BadSplit { .. }
+            | E::Moving { .. }
+            | E::NotAShard { .. }
+            | E::AlreadyThere { .. }
+            | E::NodeBusy { .. }
+            | E::PullFailed { .. }
+            | E::RelayTruncated { .. }
+            | E::AbortRequested
+            | E::AlreadyCommitted { .. }
+            | E::RollbackFailed { .. }
+            | E::Recovery(_) => Status::failed_precondition(err.to_string()),
+            E::Node(_) | E::NodeLost { .. } => Status::unavailable(err.to_string()),
+            E::Stalled { .. } => Status::deadline_exceeded(err.to_string()),
+            E::Store(_) | E::Bootstrap(_) => Status::internal(err.to_string()),
         }
     }
 }

@@ -19,7 +19,7 @@
 //! Splits are made on the node before the map: a node finer than the map gets
 //! the map split to match; a node coarser than the map is split.
 
-use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::coordinator::{Coordinator, CoordinatorError, RecoveryError};
 use crate::moves::{Ends, MoveOptions};
 use fulva_proto::grpc::{
     self, DropRangeRequest, GetStatsRequest, MigrationStatusRequest, SplitRangeRequest, UnfreezeRangeRequest,
@@ -59,7 +59,7 @@ struct Held {
     role: grpc::RangeRole,
     peer: NodeId,
     active: bool,
-    error: String,
+    failed: bool,
 }
 
 /// One repair step.
@@ -70,10 +70,6 @@ enum Repair {
     Unfreeze { ends: Ends },
     MoveBack { ends: Ends },
     Drop { node: NodeId, range: HashRange, new_owner: Option<NodeId> },
-}
-
-fn error(message: String) -> CoordinatorError {
-    CoordinatorError::Move(message)
 }
 
 impl Coordinator {
@@ -92,7 +88,7 @@ impl Coordinator {
             };
             self.apply_repair(repair, &mut report).await?;
         }
-        Err(error("recovery did not converge".into()))
+        Err(RecoveryError::NotConverged.into())
     }
 
     async fn held_ranges(&self) -> Result<Vec<Held>, CoordinatorError> {
@@ -100,12 +96,8 @@ impl Coordinator {
         let mut held = Vec::new();
         for node in &map.nodes {
             let mut client = self.node_client(node.id).await?;
-            let stats = client.get_stats(GetStatsRequest {}).await.map_err(|s| CoordinatorError::Node {
-                node: node.id,
-                addr: node.control_addr.to_string(),
-                message: format!("stats: {}", s.message()),
-            })?;
-            for r in stats.into_inner().ranges {
+            let stats = client.get_stats(GetStatsRequest {}).await?;
+            for r in stats.ranges {
                 let role = r.role();
                 let Ok(range) = HashRange::try_from(r.range) else { continue };
                 held.push(Held {
@@ -114,7 +106,7 @@ impl Coordinator {
                     role,
                     peer: r.peer,
                     active: r.active,
-                    error: r.error,
+                    failed: r.failure() != grpc::PullFailure::None,
                 });
             }
         }
@@ -155,9 +147,7 @@ impl Coordinator {
                         if held.iter().any(|h| h.node == owner && h.range.overlaps(&range)) {
                             continue; // a shape repair comes first
                         }
-                        return Err(error(format!(
-                            "node {owner} lost range {range} (the map says it serves it)"
-                        )));
+                        return Err(RecoveryError::LostRange { node: owner, range }.into());
                     };
                     match h.role {
                         grpc::RangeRole::Serving => {}
@@ -176,11 +166,9 @@ impl Coordinator {
                                     ends: Ends { range, source: owner, destination: h.peer },
                                 }));
                             }
-                            return Err(error(format!(
-                                "node {owner} holds {range} as a move from node {} that never started, \
-                                 and that node does not serve it: refusing to guess",
-                                h.peer
-                            )));
+                            return Err(
+                                RecoveryError::UnstartedMove { node: owner, range, peer: h.peer }.into()
+                            );
                         }
                         grpc::RangeRole::Frozen | grpc::RangeRole::Copying => {
                             let ends = Ends { range, source: owner, destination: h.peer };
@@ -199,13 +187,13 @@ impl Coordinator {
                 ShardState::Migrating { source, .. } => {
                     let ends = Ends { range, source, destination: owner };
                     let Some(d) = find(owner, range) else {
-                        return Err(error(format!(
-                            "node {owner} lost range {range} while it moved in from {source}"
-                        )));
+                        return Err(
+                            RecoveryError::LostIncoming { node: owner, range, source_node: source }.into()
+                        );
                     };
                     let reverse = Ends { range, source: owner, destination: source };
                     return Ok(Some(match (d.role, find(source, range)) {
-                        (grpc::RangeRole::Incoming, _) if !d.error.is_empty() => Repair::MoveBack { ends },
+                        (grpc::RangeRole::Incoming, _) if d.failed => Repair::MoveBack { ends },
                         (grpc::RangeRole::Incoming, _) => Repair::RollForward { ends },
                         // The way back of an aborted move got as far as the source serving.
                         (grpc::RangeRole::Frozen, Some(s))
@@ -232,10 +220,9 @@ impl Coordinator {
             }
             let new_owner = (h.role == grpc::RangeRole::Frozen).then_some(shard.owner);
             if h.role == grpc::RangeRole::Serving {
-                return Err(error(format!(
-                    "node {} serves {} which the map gives to node {}",
-                    h.node, h.range, shard.owner
-                )));
+                return Err(
+                    RecoveryError::ForeignRange { node: h.node, range: h.range, owner: shard.owner }.into()
+                );
             }
             return Ok(Some(Repair::Drop { node: h.node, range: h.range, new_owner }));
         }
@@ -247,13 +234,6 @@ impl Coordinator {
         repair: Repair,
         report: &mut RecoveryReport,
     ) -> Result<(), CoordinatorError> {
-        let node_err = |node: NodeId, what: &'static str| {
-            move |s: tonic::Status| CoordinatorError::Node {
-                node,
-                addr: what.to_string(),
-                message: format!("{}: {}", s.code(), s.message()),
-            }
-        };
         match repair {
             Repair::SplitMap { at } => {
                 tracing::info!(at = format!("{at:#x}"), "recovery: splitting the map like the node");
@@ -282,8 +262,7 @@ impl Coordinator {
                         at,
                         epoch: self.map().epoch + 1,
                     })
-                    .await
-                    .map_err(node_err(node, "split"))?;
+                    .await?;
                 report.splits += 1;
             }
             Repair::RollForward { ends } => {
@@ -306,11 +285,11 @@ impl Coordinator {
                     dest.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await;
                 let pass = match incoming {
                     // Finished there already: only the commit's clean-up is left.
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-                    Err(s) => Err(node_err(destination, "status")(s)),
+                    Err(err) if err.is_not_found() => Ok(()),
+                    Err(err) => Err(err.into()),
                     // Never started: nothing would ever finish it.
-                    Ok(status) if !status.get_ref().active && !status.get_ref().done => {
-                        Err(error(format!("the move of {range} into node {destination} never started")))
+                    Ok(status) if !status.active && !status.done => {
+                        Err(RecoveryError::NeverStarted { range, node: destination }.into())
                     }
                     Ok(_) => {
                         let never = CancellationToken::new();
@@ -344,9 +323,7 @@ impl Coordinator {
                 tracing::info!(%range, source, destination, "recovery: undoing a move that never served");
                 let epoch = self.map().epoch + 1;
                 let mut src = self.node_client(source).await?;
-                src.unfreeze_range(UnfreezeRangeRequest { range: Some(range.into()), epoch })
-                    .await
-                    .map_err(node_err(source, "unfreeze"))?;
+                src.unfreeze_range(UnfreezeRangeRequest { range: Some(range.into()), epoch }).await?;
                 report.rolled_back.push(range);
             }
             Repair::MoveBack { ends } => {
@@ -365,8 +342,8 @@ impl Coordinator {
                 };
                 match client.drop_range(request).await {
                     Ok(_) => {}
-                    Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(s) => return Err(node_err(node, "drop")(s)),
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => return Err(err.into()),
                 }
                 report.dropped.push((node, range));
             }

@@ -1,0 +1,233 @@
+//! What `fulva bench migration` measures and reports, for every system it
+//! runs (Fulva's strategies, Redis Cluster): the samples clients record, the
+//! loopback byte counter, time bins, period summaries and the per-run result
+//! that the table, the JSON file and the plot are made from.
+
+use crate::bench::LoadArgs;
+use fulva_local::workload::Mix;
+use std::time::Duration;
+
+/// What every system of one `fulva bench migration` run gets: the same data,
+/// load and timeline.
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    /// Keys, values, clients and skew.
+    pub load: LoadArgs,
+    /// Workload mix.
+    pub mix: Mix,
+    /// Seconds of steady load before the move.
+    pub before_secs: u64,
+    /// Seconds of load after the move ends.
+    pub after_secs: u64,
+    /// Fraction of the key space (from hash 0, or from slot 0) that moves.
+    pub fraction: f64,
+    /// Width of a time bin, ms.
+    pub bin_ms: u64,
+}
+
+/// Latency and throughput of one class of keys in one time bin.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BinStats {
+    /// Operations completed in the bin.
+    pub ops: u64,
+    /// Median latency, µs.
+    pub p50_us: u32,
+    /// 99th percentile, µs.
+    pub p99_us: u32,
+    /// 99.9th percentile, µs.
+    pub p999_us: u32,
+}
+
+/// One time bin.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Bin {
+    /// Start of the bin, ms since the load began.
+    pub t_ms: u64,
+    /// Keys in the moving range.
+    pub moving: BinStats,
+    /// All other keys.
+    pub other: BinStats,
+}
+
+/// Summary of a period (steady, during the move).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Period {
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Median latency, µs.
+    pub p50_us: u32,
+    /// 99th percentile, µs.
+    pub p99_us: u32,
+    /// 99.9th percentile, µs.
+    pub p999_us: u32,
+    /// Longest stretch without a completed operation, ms.
+    pub longest_stall_ms: f64,
+    /// Loopback bytes (both directions) per operation.
+    pub wire_bytes_per_op: f64,
+}
+
+/// Everything measured for one strategy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StrategyResult {
+    /// Strategy name.
+    pub strategy: String,
+    /// Move start and end, ms since the load began.
+    pub move_start_ms: u64,
+    /// End of the move.
+    pub move_end_ms: u64,
+    /// Bytes moved (keys and values).
+    pub moved_bytes: u64,
+    /// Migration speed, MB/s.
+    pub migrated_mb_per_sec: f64,
+    /// Source-driven lock window, ms.
+    pub lock_window_ms: Option<f64>,
+    /// Before the move, all keys.
+    pub steady: Period,
+    /// During the move, all keys.
+    pub during: Period,
+    /// During the move, keys of the moving range only.
+    pub during_moving: Period,
+    /// Operations that failed.
+    pub errors: u64,
+    /// With `--adaptive-p99-us`: what the control loop saw and did.
+    pub adaptive: Option<AdaptiveTrace>,
+    /// Time bins.
+    pub bins: Vec<Bin>,
+}
+
+/// The adaptive rate's steps during a move.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AdaptiveTrace {
+    /// Client p99 target, µs.
+    pub target_p99_us: u64,
+    /// One entry a second: ms since the load began, client p99 (µs) of the
+    /// second before, the rate set (MB/s).
+    pub steps: Vec<(u64, u64, f64)>,
+    /// Seconds of the move whose client p99 stayed within the target, of all.
+    pub seconds_within: u32,
+    /// Seconds the move lasted (steps taken).
+    pub seconds: u32,
+}
+
+/// One completed operation.
+#[derive(Clone, Copy)]
+pub struct Sample {
+    /// Completion time, µs since the load began.
+    pub done_us: u64,
+    /// Latency, µs.
+    pub latency_us: u32,
+    /// Whether its key is in the moving range.
+    pub moving: bool,
+}
+
+/// Bytes through the loopback interface so far, both directions.
+pub fn lo_bytes() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/net/dev") else { return 0 };
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("lo:").map(str::to_string))
+        .and_then(|rest| {
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            Some(f.first()? + f.get(8)?)
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn stats(latencies: &mut [u32]) -> BinStats {
+    latencies.sort_unstable();
+    BinStats {
+        ops: latencies.len() as u64,
+        p50_us: percentile(latencies, 0.5),
+        p99_us: percentile(latencies, 0.99),
+        p999_us: percentile(latencies, 0.999),
+    }
+}
+
+fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_bytes: u64) -> Period {
+    let mut lat: Vec<u32> = Vec::new();
+    let mut times: Vec<u64> = Vec::new();
+    for s in
+        samples.iter().filter(|s| s.done_us >= from_us && s.done_us < to_us && (!only_moving || s.moving))
+    {
+        lat.push(s.latency_us);
+        times.push(s.done_us);
+    }
+    times.sort_unstable();
+    let mut stall = 0u64;
+    let mut previous = from_us;
+    for &t in times.iter().chain(std::iter::once(&to_us)) {
+        stall = stall.max(t.saturating_sub(previous));
+        previous = t;
+    }
+    let st = stats(&mut lat);
+    let secs = (to_us.saturating_sub(from_us)) as f64 / 1e6;
+    Period {
+        ops_per_sec: st.ops as f64 / secs.max(1e-9),
+        p50_us: st.p50_us,
+        p99_us: st.p99_us,
+        p999_us: st.p999_us,
+        longest_stall_ms: stall as f64 / 1e3,
+        wire_bytes_per_op: wire_bytes as f64 / (st.ops.max(1)) as f64,
+    }
+}
+
+/// Bins and summarizes the samples of one run. `times` are the move's start,
+/// its end and the end of the load; `wire` the loopback bytes before and
+/// during the move.
+#[allow(clippy::too_many_arguments)]
+pub fn summarize(
+    name: &str,
+    bin_ms: u64,
+    samples: Vec<Sample>,
+    times: (Duration, Duration, Duration),
+    wire: (u64, u64),
+    moved_bytes: u64,
+    move_duration: Duration,
+    lock_window: Option<Duration>,
+    errors: u64,
+) -> StrategyResult {
+    let (move_start, move_end, end) = times;
+    let (ms, me, end_us) =
+        (move_start.as_micros() as u64, move_end.as_micros() as u64, end.as_micros() as u64);
+    // The first third of the warm-up is skipped; steady state is the rest before the move.
+    let steady_from = (ms / 3).min(1_000_000);
+    let before = samples.iter().filter(|s| s.done_us < ms).count() as u64;
+    let steady = samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64;
+    let steady_wire = wire.0 * steady / before.max(1);
+    let bin_us = bin_ms.max(1) * 1000;
+    let mut bins = Vec::new();
+    let mut start = 0;
+    while start < end_us {
+        let mut moving_lat = Vec::new();
+        let mut other_lat = Vec::new();
+        for s in samples.iter().filter(|s| s.done_us >= start && s.done_us < start + bin_us) {
+            if s.moving {
+                moving_lat.push(s.latency_us)
+            } else {
+                other_lat.push(s.latency_us)
+            }
+        }
+        bins.push(Bin { t_ms: start / 1000, moving: stats(&mut moving_lat), other: stats(&mut other_lat) });
+        start += bin_us;
+    }
+    StrategyResult {
+        strategy: name.to_string(),
+        move_start_ms: ms / 1000,
+        move_end_ms: me / 1000,
+        moved_bytes,
+        migrated_mb_per_sec: moved_bytes as f64 / 1e6 / move_duration.as_secs_f64().max(1e-9),
+        lock_window_ms: lock_window.map(|d| d.as_secs_f64() * 1e3),
+        steady: period(&samples, steady_from, ms, false, steady_wire),
+        during: period(&samples, ms, me, false, wire.1),
+        during_moving: period(&samples, ms, me, true, wire.1),
+        errors,
+        adaptive: None,
+        bins,
+    }
+}

@@ -1,0 +1,306 @@
+//! The coordinator's side of a node's `NodeControl` service. Every call goes
+//! through [`NodeClient`], which decodes a failed call's `tonic::Status` once
+//! into a [`NodeError`]: which node, which call, and what kind of failure, so
+//! callers match on [`NodeErrorKind`] instead of raw gRPC codes.
+
+use fulva_proto::grpc::node_control_client::NodeControlClient;
+use fulva_proto::grpc::{
+    AssignRangeRequest, AssignRangeResponse, BeginCopyRequest, BeginCopyResponse, DropRangeRequest,
+    DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse, FreezeRangeRequest,
+    FreezeRangeResponse, GetStatsRequest, MigrationStatusRequest, MigrationStatusResponse, NodeStats,
+    PrepareMigrationRequest, PrepareMigrationResponse, PullRangeRequest, PushBatchRequest, PushBatchResponse,
+    RangeBatch, SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse,
+    SplitRangeRequest, SplitRangeResponse, StartMigrationRequest, StartMigrationResponse,
+    UnfreezeRangeRequest, UnfreezeRangeResponse,
+};
+use fulva_proto::NodeId;
+use std::fmt;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// A call the coordinator makes to a node (named in errors and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeCall {
+    /// Opening the connection.
+    Connect,
+    /// `AssignRange`.
+    AssignRange,
+    /// `SetEpoch`.
+    SetEpoch,
+    /// `SplitRange`.
+    SplitRange,
+    /// `PrepareMigration`.
+    PrepareMigration,
+    /// `FreezeRange`.
+    FreezeRange,
+    /// `BeginCopy`.
+    BeginCopy,
+    /// `UnfreezeRange`.
+    UnfreezeRange,
+    /// `StartMigration`.
+    StartMigration,
+    /// `MigrationStatus`.
+    MigrationStatus,
+    /// `SetMigrationRate`.
+    SetMigrationRate,
+    /// `FinishMigration`.
+    FinishMigration,
+    /// `PullRange`, or reading its stream.
+    PullRange,
+    /// `PushBatch`.
+    PushBatch,
+    /// `DropRange`.
+    DropRange,
+    /// `GetStats`.
+    GetStats,
+}
+
+impl NodeCall {
+    /// The call's name, as the `.proto` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeCall::Connect => "connect",
+            NodeCall::AssignRange => "AssignRange",
+            NodeCall::SetEpoch => "SetEpoch",
+            NodeCall::SplitRange => "SplitRange",
+            NodeCall::PrepareMigration => "PrepareMigration",
+            NodeCall::FreezeRange => "FreezeRange",
+            NodeCall::BeginCopy => "BeginCopy",
+            NodeCall::UnfreezeRange => "UnfreezeRange",
+            NodeCall::StartMigration => "StartMigration",
+            NodeCall::MigrationStatus => "MigrationStatus",
+            NodeCall::SetMigrationRate => "SetMigrationRate",
+            NodeCall::FinishMigration => "FinishMigration",
+            NodeCall::PullRange => "PullRange",
+            NodeCall::PushBatch => "PushBatch",
+            NodeCall::DropRange => "DropRange",
+            NodeCall::GetStats => "GetStats",
+        }
+    }
+}
+
+impl fmt::Display for NodeCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of failure a call to a node met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeErrorKind {
+    /// No answer: the connection failed, was cut, or the call timed out.
+    Unreachable,
+    /// The node does not hold the range (or move) the call names.
+    NotFound,
+    /// The node refused the call in its state: a newer epoch, a range in
+    /// another role, an overlapping range.
+    Refused,
+    /// The node found the request malformed.
+    Invalid,
+    /// Anything else the node reported.
+    Internal,
+}
+
+impl NodeErrorKind {
+    /// Decodes the serving side's mapping (kvnode's `From<ControlError> for Status`).
+    pub fn of(code: tonic::Code) -> NodeErrorKind {
+        use tonic::Code;
+        match code {
+            // tonic reports a broken HTTP/2 connection as Unknown.
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => {
+                NodeErrorKind::Unreachable
+            }
+            Code::NotFound => NodeErrorKind::NotFound,
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => NodeErrorKind::Refused,
+            Code::InvalidArgument | Code::OutOfRange => NodeErrorKind::Invalid,
+            _ => NodeErrorKind::Internal,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            NodeErrorKind::Unreachable => "unreachable",
+            NodeErrorKind::NotFound => "not found",
+            NodeErrorKind::Refused => "refused",
+            NodeErrorKind::Invalid => "invalid request",
+            NodeErrorKind::Internal => "internal error",
+        }
+    }
+}
+
+impl fmt::Display for NodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// A failed call to a node.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("node {node} ({addr}), {call}: {kind}: {message}")]
+pub struct NodeError {
+    /// The node.
+    pub node: NodeId,
+    /// Its control address.
+    pub addr: String,
+    /// The call that failed.
+    pub call: NodeCall,
+    /// What kind of failure.
+    pub kind: NodeErrorKind,
+    /// The node's (or the transport's) words.
+    pub message: String,
+}
+
+impl NodeError {
+    /// Whether the node gave no answer (as opposed to refusing).
+    pub fn is_unreachable(&self) -> bool {
+        self.kind == NodeErrorKind::Unreachable
+    }
+
+    /// Whether the node said it does not hold what the call named.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == NodeErrorKind::NotFound
+    }
+}
+
+/// A connection to one node's control service.
+#[derive(Clone, Debug)]
+pub struct NodeClient {
+    node: NodeId,
+    addr: String,
+    inner: NodeControlClient<Channel>,
+}
+
+impl NodeClient {
+    /// Connects to `node` at `addr` (host:port), bounding the connection and every call.
+    pub async fn connect(
+        node: NodeId,
+        addr: String,
+        connect_timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<NodeClient, NodeError> {
+        let fail = |kind, message: String| NodeError {
+            node,
+            addr: addr.clone(),
+            call: NodeCall::Connect,
+            kind,
+            message,
+        };
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| fail(NodeErrorKind::Invalid, e.to_string()))?
+            .connect_timeout(connect_timeout)
+            .timeout(call_timeout)
+            .connect()
+            .await
+            .map_err(|e| fail(NodeErrorKind::Unreachable, e.to_string()))?;
+        Ok(NodeClient { node, addr, inner: NodeControlClient::new(channel) })
+    }
+
+    /// The node this client calls.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn error(&self, call: NodeCall, status: tonic::Status) -> NodeError {
+        NodeError {
+            node: self.node,
+            addr: self.addr.clone(),
+            call,
+            kind: NodeErrorKind::of(status.code()),
+            message: status.message().to_string(),
+        }
+    }
+
+    /// Starts `PullRange` (the coordinator relays a range between two nodes
+    /// that cannot reach each other); read it with [`NodeClient::next_batch`].
+    pub async fn pull_range(
+        &mut self,
+        request: PullRangeRequest,
+    ) -> Result<tonic::Streaming<RangeBatch>, NodeError> {
+        match self.inner.pull_range(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.error(NodeCall::PullRange, status)),
+        }
+    }
+
+    /// The next batch of a pull started with [`NodeClient::pull_range`]
+    /// (`None`: the stream ended).
+    pub async fn next_batch(
+        &self,
+        stream: &mut tonic::Streaming<RangeBatch>,
+    ) -> Result<Option<RangeBatch>, NodeError> {
+        stream.message().await.map_err(|s| self.error(NodeCall::PullRange, s))
+    }
+}
+
+/// One method per unary call: the request in, the response's message or a
+/// decoded [`NodeError`] out.
+macro_rules! unary_calls {
+    ($($method:ident($request:ty) -> $response:ty = $call:ident;)*) => {
+        impl NodeClient {
+            $(
+                #[doc = concat!("Calls `", stringify!($call), "`.")]
+                pub async fn $method(&mut self, request: $request) -> Result<$response, NodeError> {
+                    match self.inner.$method(request).await {
+                        Ok(response) => Ok(response.into_inner()),
+                        Err(status) => Err(self.error(NodeCall::$call, status)),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+unary_calls! {
+    assign_range(AssignRangeRequest) -> AssignRangeResponse = AssignRange;
+    set_epoch(SetEpochRequest) -> SetEpochResponse = SetEpoch;
+    split_range(SplitRangeRequest) -> SplitRangeResponse = SplitRange;
+    prepare_migration(PrepareMigrationRequest) -> PrepareMigrationResponse = PrepareMigration;
+    freeze_range(FreezeRangeRequest) -> FreezeRangeResponse = FreezeRange;
+    begin_copy(BeginCopyRequest) -> BeginCopyResponse = BeginCopy;
+    unfreeze_range(UnfreezeRangeRequest) -> UnfreezeRangeResponse = UnfreezeRange;
+    start_migration(StartMigrationRequest) -> StartMigrationResponse = StartMigration;
+    migration_status(MigrationStatusRequest) -> MigrationStatusResponse = MigrationStatus;
+    set_migration_rate(SetMigrationRateRequest) -> SetMigrationRateResponse = SetMigrationRate;
+    finish_migration(FinishMigrationRequest) -> FinishMigrationResponse = FinishMigration;
+    push_batch(PushBatchRequest) -> PushBatchResponse = PushBatch;
+    drop_range(DropRangeRequest) -> DropRangeResponse = DropRange;
+    get_stats(GetStatsRequest) -> NodeStats = GetStats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_sides_codes_decode_to_kinds() {
+        use tonic::Code;
+        let cases = [
+            (Code::Unavailable, NodeErrorKind::Unreachable),
+            (Code::DeadlineExceeded, NodeErrorKind::Unreachable),
+            (Code::Unknown, NodeErrorKind::Unreachable),
+            (Code::NotFound, NodeErrorKind::NotFound),
+            (Code::FailedPrecondition, NodeErrorKind::Refused),
+            (Code::AlreadyExists, NodeErrorKind::Refused),
+            (Code::InvalidArgument, NodeErrorKind::Invalid),
+            (Code::Internal, NodeErrorKind::Internal),
+        ];
+        for (code, kind) in cases {
+            assert_eq!(NodeErrorKind::of(code), kind, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_names_the_node_its_address_and_the_call() {
+        let err = NodeError {
+            node: 1,
+            addr: "127.0.0.1:7201".into(),
+            call: NodeCall::FreezeRange,
+            kind: NodeErrorKind::Refused,
+            message: "epoch 3 is older than the node's epoch 4".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "node 1 (127.0.0.1:7201), FreezeRange: refused: epoch 3 is older than the node's epoch 4"
+        );
+    }
+}
