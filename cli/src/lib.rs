@@ -3,6 +3,8 @@
 //! live in `fulva-local`, below this crate.
 //!
 //! # Layout
+//! - [`command`]: the command line (every subcommand and flag).
+//! - [`flag_tables`]: the flag tables of README.md and docs/, generated from [`command`].
 //! - [`up`]: `fulva up` (a local cluster under load that rebalances live).
 //! - [`kv`]: `fulva kv get|put|del|mget`.
 //! - [`datapath`]: `--transport` (kernel UDP or DPDK) for commands that open a client.
@@ -16,8 +18,10 @@
 pub mod admin;
 pub mod bench;
 pub mod check;
+pub mod command;
 pub mod coordinator;
 pub mod datapath;
+pub mod flag_tables;
 pub mod kv;
 pub mod stress;
 pub mod up;

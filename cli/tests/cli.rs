@@ -1,7 +1,8 @@
 //! The `fulva` binary as a user runs it.
 
+use fulva_local::ChildGuard;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn fulva() -> Command {
@@ -10,16 +11,6 @@ fn fulva() -> Command {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills the child we started (by its handle, i.e. its PID) when dropped.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -50,7 +41,7 @@ fn up_serves_a_workload_across_three_nodes() {
 
 /// Starts `fulva up` with `args` and waits until it prints a line containing
 /// `ready`; returns its control endpoint and the guard that ends it.
-fn spawn_up(args: &[&str], ready: &str) -> (String, Reaper, tempfile::TempDir) {
+fn spawn_up(args: &[&str], ready: &str) -> (String, ChildGuard, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("127.0.0.1:{}", free_port());
     let mut child = fulva()
@@ -64,7 +55,7 @@ fn spawn_up(args: &[&str], ready: &str) -> (String, Reaper, tempfile::TempDir) {
         .spawn()
         .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let reaper = Reaper(child);
+    let reaper = ChildGuard::new(child);
     let started = Instant::now();
     let mut lines = stderr.lines();
     for line in lines.by_ref() {

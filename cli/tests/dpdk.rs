@@ -4,13 +4,11 @@
 //! data paths side by side.
 #![cfg(feature = "dpdk")]
 
-use fulva_coordinator::{Coordinator, MemoryMapStore};
+use fulva_local::ControlPlane;
 use fulva_local::NodeProcess;
 use fulva_proto::NodeInfo;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 fn eal(prefix: &str, role: &str, socket: &Path) -> String {
     format!(
@@ -36,12 +34,8 @@ async fn kv_reads_and_writes_a_dpdk_node() {
             .await
             .unwrap();
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
-    let coordinator =
-        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 4, true).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = listener.local_addr().unwrap().to_string();
-    let stop = CancellationToken::new();
-    fulva_coordinator::spawn_control_endpoint(listener, coordinator, stop.clone());
+    let control = ControlPlane::start(infos, 4).await.unwrap();
+    let endpoint = control.endpoint.clone();
 
     // Each `fulva kv` is its own process with its own EAL; they take turns on the one link.
     let kv = |n: usize, args: &[&str]| {
@@ -68,7 +62,7 @@ async fn kv_reads_and_writes_a_dpdk_node() {
     assert_eq!(code, Some(0));
     let (code, _, stderr) = kv(3, &["get", "greeting"]);
     assert_eq!(code, Some(1), "a deleted key is not found: {stderr}");
-    stop.cancel();
+    drop(control);
     node.stop().await;
 }
 

@@ -25,16 +25,16 @@
 //! Needs root (network namespaces) and iproute2; `scripts/test` installs it.
 
 use fulva_client::{Client, ClientConfig, Event, History, RecordingClient};
-use fulva_coordinator::{AbortReason, Coordinator, CoordinatorError, MemoryMapStore, MoveOptions};
+use fulva_coordinator::{AbortReason, CoordinatorError, MoveOptions};
 use fulva_local::check::{check_events, operations_by_key, read_history};
+use fulva_local::{ChildGuard, ControlPlane};
 use fulva_proto::{key_hash, HashRange, NodeInfo, ShardState};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Keys loaded into the moving range (about 2 MB: more than the network
 /// buffers hold, so a move at `RATE` lasts about ten seconds).
@@ -115,25 +115,8 @@ impl Drop for Lab {
     }
 }
 
-/// A `fulva` process (node, coordinator or migrate); killed by its PID when dropped.
-struct Process(Child);
-
-impl Process {
-    fn kill(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `fulva node` `id` in its namespace and waits until it listens.
-async fn start_node(lab: &Lab, id: u32) -> Process {
+async fn start_node(lab: &Lab, id: u32) -> ChildGuard {
     let ns = lab.ns(if id == 0 { 'a' } else { 'b' });
     let child = Command::new("ip")
         .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_fulva"), "node"])
@@ -148,7 +131,7 @@ async fn start_node(lab: &Lab, id: u32) -> Process {
         .spawn()
         .unwrap();
     // `ip netns exec` execs the node: the child's PID is the node's.
-    let node = Process(child);
+    let node = ChildGuard::new(child);
     let started = Instant::now();
     while tokio::net::TcpStream::connect(lab.addr(id, 7200)).await.is_err() {
         assert!(started.elapsed() < Duration::from_secs(20), "node {id} did not start");
@@ -271,12 +254,8 @@ async fn run(fault: Fault, net: u8) -> Run {
     let infos: Vec<NodeInfo> = (0..2)
         .map(|id| NodeInfo { id, data_addr: lab.addr(id, 7100), control_addr: lab.addr(id, 7200) })
         .collect();
-    let coordinator =
-        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 2, false).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = listener.local_addr().unwrap().to_string();
-    let stop = CancellationToken::new();
-    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    let control = ControlPlane::start(infos, 2).await.unwrap();
+    let (coordinator, endpoint) = (control.coordinator.clone(), control.endpoint.clone());
     let moving = coordinator.map().shards.iter().find(|s| s.owner == 0).unwrap().range;
     let keys = Arc::new(keys_in(moving));
 
@@ -303,8 +282,8 @@ async fn run(fault: Fault, net: u8) -> Run {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fault_at = history.elapsed_ns();
     match fault {
-        Fault::KillDestination => nodes[1].kill(),
-        Fault::KillSource => nodes[0].kill(),
+        Fault::KillDestination => nodes[1].kill().unwrap(),
+        Fault::KillSource => nodes[0].kill().unwrap(),
         Fault::CutLink => {
             lab.set_link(false);
             tokio::time::sleep(Duration::from_secs(4)).await;
@@ -322,7 +301,7 @@ async fn run(fault: Fault, net: u8) -> Run {
         map.shards.iter().all(|s| s.state == ShardState::Normal),
         "{fault:?}: a range was left moving: {map:?}"
     );
-    stop.cancel();
+    drop(control);
     drop(nodes);
     Run { events, outcome, move_called, migrating_seen, fault_at }
 }
@@ -411,9 +390,9 @@ async fn a_cut_link_between_source_and_destination_stalls_the_move_and_loses_not
     linearizable_without(&run.events, &[]);
 }
 
-fn start_coordinator(lab: &Lab, listen: SocketAddr, map_file: &std::path::Path) -> Process {
+fn start_coordinator(lab: &Lab, listen: SocketAddr, map_file: &std::path::Path) -> ChildGuard {
     let node = |id: u32| format!("{id}={},{}", lab.addr(id, 7100), lab.addr(id, 7200));
-    Process(
+    ChildGuard::new(
         Command::new(env!("CARGO_BIN_EXE_fulva"))
             .args(["coordinator", "--listen", &listen.to_string(), "--shards", "2"])
             .arg("--map-file")
@@ -458,7 +437,7 @@ async fn a_coordinator_killed_mid_move_is_recovered_by_the_next_one() {
     let moving = map.shards.iter().find(|s| s.owner == 0).unwrap().range;
     let work = Workload::start(&endpoint, Arc::new(keys_in(moving))).await;
 
-    let _mover = Process(
+    let _mover = ChildGuard::new(
         Command::new(env!("CARGO_BIN_EXE_fulva"))
             .args(["migrate", "--endpoint", &endpoint, "--range", &moving.to_string(), "--to", "1"])
             .args(["--rate-limit-mb", &(RATE as f64 / 1e6).to_string()])
@@ -477,7 +456,7 @@ async fn a_coordinator_killed_mid_move_is_recovered_by_the_next_one() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // SIGKILL by PID, mid-move; the next coordinator opens the same map file.
-    coordinator.kill();
+    coordinator.kill().unwrap();
     let _next = start_coordinator(&lab, listen, &map_file);
     let started = Instant::now();
     let map = loop {

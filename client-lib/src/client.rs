@@ -2,18 +2,15 @@
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
+use crate::routing::{KnownMove, Routes};
 use crate::stats::ClientStats;
 use crate::transport::{DataTransport, TransportChoice};
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use fulva_proto::frame::{dual_read_flags, RequestHeader, MAX_MULTI_GET};
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
 use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
-use fulva_proto::{
-    key_hash, Epoch, MigrationProgress, NodeId, Op, Reply, Request, RequestBody, ShardMap, ShardState,
-    Status, Strategy,
-};
+use fulva_proto::{key_hash, Epoch, NodeId, Op, Reply, Request, RequestBody, ShardMap, Status};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -80,24 +77,6 @@ struct Pending {
 
 type PendingShard = Mutex<HashMap<u64, Pending>>;
 
-/// A move the client knows of, from the map or from a destination's reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct KnownMove {
-    range: fulva_proto::HashRange,
-    source: NodeId,
-    destination: NodeId,
-    /// Every hash below this one is at the destination.
-    cursor: u64,
-    done: bool,
-}
-
-impl KnownMove {
-    /// Whether a read of `hash` must ask both nodes.
-    fn needs_dual_read(&self, hash: u64) -> bool {
-        !self.done && self.range.contains(hash) && hash >= self.cursor
-    }
-}
-
 struct Inner<T: Transport> {
     config: ClientConfig,
     client_id: u64,
@@ -105,10 +84,7 @@ struct Inner<T: Transport> {
     pending: Box<[PendingShard]>,
     next_request_id: AtomicU64,
     seqs: Mutex<SeqTracker>,
-    map: ArcSwap<ShardMap>,
-    moves: Mutex<Vec<KnownMove>>,
-    /// Whether `moves` is non-empty: reads skip its lock when no move is known.
-    has_moves: std::sync::atomic::AtomicBool,
+    routes: Routes,
     control: ShardMapServiceClient<Channel>,
     refresh: tokio::sync::Mutex<()>,
     stats: ClientStats,
@@ -179,9 +155,7 @@ impl<T: Transport> Client<T> {
             pending: (0..PENDING_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_request_id: AtomicU64::new(1),
             seqs: Mutex::new(SeqTracker::default()),
-            has_moves: std::sync::atomic::AtomicBool::new(!moves_of(&map, &[]).is_empty()),
-            moves: Mutex::new(moves_of(&map, &[])),
-            map: ArcSwap::from_pointee(map),
+            routes: Routes::new(map),
             control,
             refresh: tokio::sync::Mutex::new(()),
             stats: ClientStats::default(),
@@ -212,7 +186,7 @@ impl<T: Transport> Client<T> {
 
     /// The cached shard map.
     pub fn map(&self) -> Arc<ShardMap> {
-        self.inner.map.load_full()
+        self.inner.routes.map()
     }
 
     /// Counters of retransmissions, redirects and map refreshes.
@@ -222,7 +196,7 @@ impl<T: Transport> Client<T> {
 
     /// The node that the cached map says serves `key`.
     pub fn owner_of(&self, key: &[u8]) -> Option<NodeId> {
-        self.inner.map.load().owner_of(key_hash(key))
+        self.inner.routes.map().owner_of(key_hash(key))
     }
 
     /// Fetches the map from the control endpoint unless the cached one is at least `min_epoch`.
@@ -234,7 +208,7 @@ impl<T: Transport> Client<T> {
         }
         let map = fetch_map(&mut self.inner.control.clone(), &self.inner.config).await?;
         self.inner.stats.map_refreshes.fetch_add(1, Ordering::Relaxed);
-        Ok(self.inner.install(map))
+        Ok(self.inner.routes.install(map))
     }
 
     /// Reads `key`; `None` if it does not exist.
@@ -258,12 +232,12 @@ impl<T: Transport> Client<T> {
                     return Err(ClientError::Timeout { op: "get", attempts: rounds });
                 }
             }
-            if let Some(mv) = self.inner.move_for(hash) {
+            if let Some(mv) = self.inner.routes.move_for(hash) {
                 match self.dual_read(key, hash, mv).await? {
                     Some(read) => return Ok(read),
                     // What the client knew of the move is out of date: ask afresh.
                     None => {
-                        self.inner.forget_move(mv.range);
+                        self.inner.routes.forget_move(mv.range);
                         continue;
                     }
                 }
@@ -377,7 +351,7 @@ impl<T: Transport> Client<T> {
             }
             let mut results = Vec::with_capacity(batch.len());
             for (&i, outcome) in batch.iter().zip(reply.outcomes) {
-                let moving = self.inner.move_for(key_hash(keys[i].as_ref())).is_some()
+                let moving = self.inner.routes.move_for(key_hash(keys[i].as_ref())).is_some()
                     || reply.progress.is_some_and(|p| !p.done);
                 let value = match outcome.status {
                     // Served elsewhere since the map was read, or moving: ask for it alone.
@@ -443,7 +417,7 @@ impl<T: Transport> Client<T> {
         let mut exchanges = 0u32;
         loop {
             exchanges += 1;
-            let map = self.inner.map.load_full();
+            let map = self.inner.routes.map();
             let node = redirect.take().filter(|n| map.node(*n).is_some()).or_else(|| map.owner_of(hash));
             let Some(addr) = node.and_then(|n| map.node(n)).map(|n| n.data_addr) else {
                 return Err(ClientError::NoRoute(hash));
@@ -451,7 +425,7 @@ impl<T: Transport> Client<T> {
             let (request_id, frame) = inner.frame(body.clone(), seq, flags, map.epoch);
             let reply = self.exchange(request_id, frame, addr, deadline, op).await?;
             if let (Some(progress), Some(node)) = (reply.progress, node) {
-                inner.learn(progress, node);
+                inner.routes.learn(progress, node);
             }
             match reply.status {
                 Status::Redirect => {
@@ -486,7 +460,7 @@ impl<T: Transport> Client<T> {
     ) -> Result<Reply, ClientError> {
         let inner = &self.inner;
         let op = body.op();
-        let map = inner.map.load_full();
+        let map = inner.routes.map();
         let addr = map.node(node).map(|n| n.data_addr).ok_or(ClientError::NoRoute(hash))?;
         let (request_id, frame) = inner.frame(body, 0, flags, map.epoch);
         self.exchange(request_id, frame, addr, Instant::now() + inner.config.deadline, op).await
@@ -552,92 +526,6 @@ impl<T: Transport> Inner<T> {
     fn pending_shard(&self, request_id: u64) -> &PendingShard {
         &self.pending[(request_id % PENDING_SHARDS as u64) as usize]
     }
-
-    /// Installs `map` if it is newer than the cached one; returns the map in force.
-    fn install(&self, map: ShardMap) -> Arc<ShardMap> {
-        let map = Arc::new(map);
-        let previous =
-            self.map.rcu(|cached| if map.epoch > cached.epoch { map.clone() } else { cached.clone() });
-        if map.epoch > previous.epoch {
-            let mut moves = self.moves.lock();
-            *moves = moves_of(&map, &moves);
-            self.has_moves.store(!moves.is_empty(), Ordering::Release);
-            map
-        } else {
-            previous
-        }
-    }
-
-    /// The move a read of `hash` must treat as in progress, if any.
-    fn move_for(&self, hash: u64) -> Option<KnownMove> {
-        if !self.has_moves.load(Ordering::Acquire) {
-            return None;
-        }
-        self.moves.lock().iter().find(|m| m.needs_dual_read(hash)).copied()
-    }
-
-    /// Takes in progress reported by `destination`.
-    fn learn(&self, progress: MigrationProgress, destination: NodeId) {
-        let mut moves = self.moves.lock();
-        match moves.iter_mut().find(|m| m.range == progress.range) {
-            Some(m) => {
-                m.cursor = m.cursor.max(progress.cursor);
-                m.done |= progress.done;
-            }
-            None if !progress.done => moves.push(KnownMove {
-                range: progress.range,
-                source: progress.source,
-                destination,
-                cursor: progress.cursor,
-                done: false,
-            }),
-            None => {}
-        }
-        moves.retain(|m| !m.done);
-        self.has_moves.store(!moves.is_empty(), Ordering::Release);
-    }
-
-    /// Forgets a move the source reported over (trap 4: "unknown range" means finished).
-    fn forget_move(&self, range: fulva_proto::HashRange) {
-        let mut moves = self.moves.lock();
-        moves.retain(|m| m.range != range);
-        self.has_moves.store(!moves.is_empty(), Ordering::Release);
-    }
-}
-
-/// The moves a new map shows, keeping what replies taught of their progress.
-fn moves_of(map: &ShardMap, known: &[KnownMove]) -> Vec<KnownMove> {
-    let mut moves: Vec<KnownMove> = map
-        .shards
-        .iter()
-        .filter_map(|s| match s.state {
-            // Only fulva moves are read at both ends; rocksteady destinations
-            // answer alone (pulling missing keys first).
-            ShardState::Migrating { source, strategy: Strategy::Fulva } => {
-                let learned = known.iter().find(|m| m.range == s.range && m.source == source);
-                Some(KnownMove {
-                    range: s.range,
-                    source,
-                    destination: s.owner,
-                    cursor: learned.map_or(s.range.first, |m| m.cursor),
-                    done: learned.is_some_and(|m| m.done),
-                })
-            }
-            ShardState::Normal | ShardState::Migrating { .. } => None,
-        })
-        .collect();
-    // Moves learned from replies that this map does not show as settled yet.
-    for m in known {
-        let settled = map
-            .shards
-            .iter()
-            .any(|s| s.range == m.range && s.state == ShardState::Normal && s.owner == m.destination);
-        if !settled && !moves.iter().any(|k| k.range == m.range) {
-            moves.push(*m);
-        }
-    }
-    moves.retain(|m| !m.done);
-    moves
 }
 
 async fn fetch_map(
@@ -747,7 +635,7 @@ async fn watch_loop<T: Transport>(
     inner: Weak<Inner<T>>,
 ) {
     loop {
-        let Some(after_epoch) = inner.upgrade().map(|i| i.map.load().epoch) else {
+        let Some(after_epoch) = inner.upgrade().map(|i| i.routes.epoch()) else {
             return;
         };
         if let Ok(response) =
@@ -757,7 +645,7 @@ async fn watch_loop<T: Transport>(
             while let Ok(Some(msg)) = stream.message().await {
                 let Some(inner) = inner.upgrade() else { return };
                 if let Ok(map) = ShardMap::try_from(msg) {
-                    inner.install(map);
+                    inner.routes.install(map);
                 }
             }
         }

@@ -15,24 +15,29 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Layout
-//! - [`client`]: [`Client`] and its request path.
-//! - [`config`]: the [`ClientConfig`].
-//! - [`error`]: the [`ClientError`] enum.
-//! - [`history`]: the opt-in [`History`] recorder ([`RecordingClient`]).
-//! - [`stats`]: the [`ClientStats`] counters.
-//! - [`transport`]: the data path [`Client::connect`] opens (kernel UDP or DPDK).
+//! # Layout (private modules; the surface is re-exported here)
+//! - `client`: [`Client`] and its request path (routing, dual reads, retries).
+//! - `config`: the [`ClientConfig`].
+//! - `error`: the [`ClientError`] enum.
+//! - `history`: the opt-in [`History`] recorder ([`RecordingClient`]).
+//! - `routing`: [`Routes`], the cached map and known moves, and where a read goes ([`Route`]).
+//! - `stats`: the [`ClientStats`] counters.
+//! - `transport`: the data path [`Client::connect`] opens (kernel UDP or DPDK).
 
-pub mod client;
-pub mod config;
-pub mod error;
-pub mod history;
-pub mod stats;
-pub mod transport;
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod error;
+mod history;
+mod routing;
+mod stats;
+mod transport;
 
 pub use client::{Client, Versioned};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use history::{Event, EventType, Function, History, RecordingClient};
+pub use routing::{KnownMove, Route, Routes};
 pub use stats::ClientStats;
 pub use transport::{DataTransport, TransportChoice};

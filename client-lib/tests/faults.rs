@@ -2,77 +2,22 @@
 //! both directions: every acknowledged write is applied exactly once and
 //! reads see the last acknowledged write.
 
-use fulva_client::{Client, ClientConfig, ClientStats};
-use fulva_coordinator::{Coordinator, MemoryMapStore, ShardMapServiceImpl};
-use fulva_kvnode::{NodeConfig, NodeHandle};
-use fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer;
-use fulva_proto::transport::{FaultConfig, FaultStats, FaultyTransport, UdpTransport};
-use fulva_proto::{NodeInfo, Op};
+use fulva_client::ClientStats;
+use fulva_kvnode::NodeHandle;
+use fulva_local::{LocalCluster, LocalClusterConfig};
+use fulva_proto::transport::{FaultConfig, FaultStats};
+use fulva_proto::Op;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const FAULTS: FaultConfig =
     FaultConfig { loss: 0.15, duplicate: 0.15, reorder: 0.15, max_delay: Duration::from_millis(8), seed: 0 };
 
-struct Cluster {
-    nodes: Vec<NodeHandle>,
-    endpoint: String,
-    shutdown: CancellationToken,
-}
-
-async fn faulty_cluster(nodes: u32) -> Cluster {
-    let shutdown = CancellationToken::new();
-    let mut handles = Vec::new();
-    for id in 0..nodes {
-        let udp = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let faulty = FaultyTransport::new(udp, FaultConfig { seed: 100 + u64::from(id), ..FAULTS });
-        handles.push(
-            fulva_kvnode::start_on(NodeConfig::loopback(id), vec![faulty], shutdown.clone()).await.unwrap(),
-        );
-    }
-    let infos = handles
-        .iter()
-        .map(|n| NodeInfo { id: n.node_id, data_addr: n.data_addr, control_addr: n.control_addr })
-        .collect();
-    let coordinator =
-        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 8, false).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(ShardMapServiceServer::new(ShardMapServiceImpl::new(coordinator)))
-            .serve_with_incoming_shutdown(tokio_stream_listener(listener), token.cancelled_owned())
-            .await
-            .unwrap();
-    });
-    Cluster { nodes: handles, endpoint, shutdown }
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) })
-}
-
-/// A client whose sockets inject `FAULTS`, and the counters of what they injected.
-async fn faulty_client(
-    endpoint: &str,
-    seed: u64,
-) -> (Client<FaultyTransport<UdpTransport>>, Vec<Arc<FaultStats>>) {
-    let mut config = ClientConfig::new(endpoint);
-    config.initial_timeout = Duration::from_millis(10);
-    config.deadline = Duration::from_secs(30);
-    let transports = (0..2)
-        .map(|i| {
-            let udp = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-            FaultyTransport::new(udp, FaultConfig { seed: seed * 10 + i, ..FAULTS })
-        })
-        .collect::<Vec<_>>();
-    let stats = transports.iter().map(FaultyTransport::stats).collect();
-    (Client::with_transports(config, transports).await.unwrap(), stats)
+async fn faulty_cluster(nodes: u32) -> LocalCluster {
+    let faults = FaultConfig { seed: 100, ..FAULTS };
+    LocalCluster::start(LocalClusterConfig { nodes, shards: 8, faults: Some(faults), ..Default::default() })
+        .await
+        .unwrap()
 }
 
 fn applied_writes(nodes: &[NodeHandle]) -> u64 {
@@ -92,7 +37,7 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
     let mut clients = Vec::new();
     let mut injected = Vec::new();
     for t in 0..tasks {
-        let (client, stats) = faulty_client(&cluster.endpoint, t + 1).await;
+        let (client, stats) = cluster.faulty_client_with_stats(t + 1).await.unwrap();
         injected.extend(stats);
         clients.push(client.clone());
         joins.push(tokio::spawn(async move {
@@ -140,19 +85,16 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
     assert!(count(|s| &s.lost) > 0 && count(|s| &s.duplicated) > 0 && count(|s| &s.reordered) > 0);
     let replays: u64 = cluster.nodes.iter().map(|n| n.handler.metrics.write_replays.get()).sum();
     assert!(replays > 0, "duplicated writes must have reached the nodes and been answered from records");
-    cluster.shutdown.cancel();
-    for node in cluster.nodes {
-        node.stopped().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test]
 async fn oversized_requests_fail_fast_with_a_typed_error() {
     let cluster = faulty_cluster(1).await;
-    let (client, _) = faulty_client(&cluster.endpoint, 9).await;
+    let client = cluster.faulty_client(9).await.unwrap();
     let err = client.put(vec![b'k'; 2_000], "v").await.unwrap_err();
     assert!(matches!(err, fulva_client::ClientError::TooLarge(_)), "{err}");
     let err = client.put("k", vec![0u8; 70_000]).await.unwrap_err();
     assert!(matches!(err, fulva_client::ClientError::TooLarge(_)), "{err}");
-    cluster.shutdown.cancel();
+    cluster.shutdown().await;
 }

@@ -36,6 +36,7 @@ impl From<CoordinatorError> for Status {
             E::InvalidMap(_)
             | E::NoSuchMove { .. }
             | E::UnknownNode { .. }
+            | E::UnknownDestination { .. }
             | E::NoShard { .. }
             | E::BadSplit { .. }
             | E::Moving { .. }

@@ -35,6 +35,12 @@ pub enum CoordinatorError {
         /// The node asked for.
         node: NodeId,
     },
+    /// A move names a destination the map does not know.
+    #[error("unknown destination node {node}")]
+    UnknownDestination {
+        /// The node asked for.
+        node: NodeId,
+    },
     /// No shard of the map holds this hash (the map does not cover the space).
     #[error("no shard holds {hash:#x}")]
     NoShard {

@@ -119,7 +119,7 @@ impl Coordinator {
     /// no-op when one already does.
     pub async fn split(&self, at: u64) -> Result<Arc<ShardMap>, CoordinatorError> {
         let map = self.map();
-        let shard = *map.shard_of(at).ok_or_else(|| CoordinatorError::NoShard { hash: at })?;
+        let shard = *map.shard_of(at).ok_or(CoordinatorError::NoShard { hash: at })?;
         if shard.range.first == at {
             return Ok(map);
         }
@@ -182,7 +182,7 @@ impl Coordinator {
             return Err(CoordinatorError::UnknownNode { node: source });
         }
         if map.node(destination).is_none() {
-            return Err(CoordinatorError::UnknownNode { node: destination });
+            return Err(CoordinatorError::UnknownDestination { node: destination });
         }
         let abort = CancellationToken::new();
         {

@@ -283,7 +283,7 @@ pub enum RateControl {
 pub struct AdaptiveSettings {
     /// Client p99 to hold.
     pub target_p99: Duration,
-    /// Lowest and highest rate, bytes/s.
+    /// Lowest rate, bytes/s.
     pub min_bytes_per_sec: u64,
     /// Highest rate, bytes/s.
     pub max_bytes_per_sec: u64,
@@ -300,7 +300,8 @@ pub struct AdaptiveRate {
 }
 
 impl AdaptiveRate {
-    /// Starts at a quarter of the range above the minimum.
+    /// Starts a sixteenth of the way from the minimum to the maximum (low, so
+    /// the first seconds of a move do not overshoot the target).
     pub fn new(settings: AdaptiveSettings) -> AdaptiveRate {
         let start =
             settings.min_bytes_per_sec + (settings.max_bytes_per_sec - settings.min_bytes_per_sec) / 16;

@@ -43,7 +43,7 @@ const BURST: usize = 32;
 /// Settings of a DPDK transport.
 #[derive(Clone, Debug)]
 pub struct DpdkConfig {
-    /// EAL arguments (see `fulva_kvnode::config::eal_args`).
+    /// EAL arguments (see `fulva_kvnode::eal_args`).
     pub eal_args: Vec<String>,
     /// The ports: vdev names (`net_memif0`) or PCI addresses. With several
     /// (one link per peer, as memif is point-to-point), a peer's datagrams

@@ -5,13 +5,12 @@
 //! link drops while it comes up, and the recorded history is linearizable.
 
 use fulva_client::{Client, ClientConfig, History, RecordingClient};
-use fulva_coordinator::{Coordinator, MemoryMapStore};
 use fulva_dpdk::{DpdkConfig, DpdkTransport};
 use fulva_kvnode::NodeConfig;
+use fulva_local::ControlPlane;
 use fulva_proto::transport::{FaultConfig, FaultyTransport};
 use fulva_proto::NodeInfo;
 use std::net::SocketAddrV4;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,11 +41,8 @@ async fn a_node_serves_a_client_over_memif() {
     let node = fulva_kvnode::start_on(NodeConfig::loopback(0), vec![node_side], stop.clone()).await.unwrap();
     assert_eq!(node.data_addr, node_addr.into());
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
-    let coordinator =
-        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 4, false).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    let control = ControlPlane::start(infos, 4).await.unwrap();
+    let endpoint = control.endpoint.clone();
 
     let client = Client::with_transports(ClientConfig::new(endpoint), vec![client_side]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -9,13 +9,14 @@
 //! `FULVA_DPDK_TEST_NODE` set.
 
 use fulva_client::{Client, ClientConfig, History, RecordingClient};
-use fulva_coordinator::{Coordinator, MemoryMapStore, MoveOptions};
+use fulva_coordinator::MoveOptions;
 use fulva_dpdk::{DpdkConfig, DpdkTransport};
 use fulva_kvnode::NodeConfig;
+use fulva_local::{ChildGuard, ControlPlane};
 use fulva_proto::{key_hash, NodeInfo, ShardState, Strategy};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddrV4;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,17 +58,7 @@ async fn run_node(id: u32, socket: String) {
     node.shutdown().await;
 }
 
-/// Ends a child process by its PID when dropped.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_node(id: u32, socket: &str) -> (NodeProcess, std::net::SocketAddr) {
+fn spawn_node(id: u32, socket: &str) -> (ChildGuard, std::net::SocketAddr) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
         .env(NODE_VAR, id.to_string())
@@ -78,7 +69,7 @@ fn spawn_node(id: u32, socket: &str) -> (NodeProcess, std::net::SocketAddr) {
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let process = NodeProcess(child);
+    let process = ChildGuard::new(child);
     for line in stdout.lines() {
         let line = line.unwrap();
         // libtest may have printed "test NAME ... " on the same line.
@@ -103,12 +94,8 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
         NodeInfo { id: 0, data_addr: node_addr(0).into(), control_addr: control0 },
         NodeInfo { id: 1, data_addr: node_addr(1).into(), control_addr: control1 },
     ];
-    let coordinator =
-        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 2, false).await.unwrap());
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    let control = ControlPlane::start(infos, 2).await.unwrap();
+    let (coordinator, endpoint) = (control.coordinator.clone(), control.endpoint.clone());
 
     // The client process (this one): one memif port to each node.
     let vdevs: Vec<String> = sockets
@@ -184,7 +171,7 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
     assert!(check.is_linearizable(), "{check:?}");
     assert_eq!(fulva_local::stress::lost_writes(&fulva_local::check::operations_by_key(&events).unwrap()), 0);
 
-    stop.cancel();
+    drop(control);
     drop((node0, node1));
     for s in sockets {
         let _ = std::fs::remove_file(s);

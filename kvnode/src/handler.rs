@@ -27,7 +27,7 @@ pub struct Limits {
 pub struct Handler {
     /// This node's id.
     pub node_id: u32,
-    /// Objects.
+    /// The node's objects, striped by key hash.
     pub store: Store,
     /// Served ranges and epoch.
     pub ownership: Ownership,

@@ -6,30 +6,43 @@
 //! applies each write at most once, and takes range assignments from the
 //! coordinator over gRPC. Metrics are served on `/metrics`.
 //!
-//! # Layout
-//! - [`config`]: settings (flags and `FULVA_*` environment variables).
-//! - [`store`]: the striped, versioned object store.
-//! - [`ownership`]: served ranges, redirects and the shard-map epoch.
-//! - [`records`]: at-most-once completion records.
-//! - [`handler`]: executes one request against the above.
-//! - [`server`]: the data-path loop over a transport.
-//! - [`control`]: the `NodeControl` gRPC service.
-//! - [`migration`]: the destination side of a live move.
-//! - [`metrics`], [`http`]: Prometheus metrics and the HTTP endpoint.
+//! The public surface is re-exported here: [`start`] / [`run`] a node from a
+//! [`NodeConfig`], and the types a test or a local cluster looks into
+//! ([`NodeHandle`], [`Handler`], [`Ownership`], [`Store`]).
+//!
+//! # Layout (private modules)
+//! - `config`: settings (flags and `FULVA_*` environment variables).
+//! - `store`: the striped, versioned object store.
+//! - `ownership`: served ranges (`RangeRole`), redirects and the shard-map epoch.
+//! - `records`: at-most-once completion records.
+//! - `handler`: executes one request against the above.
+//! - `server`: the data-path loop over a transport.
+//! - `control`: the `NodeControl` gRPC service (errors mapped to gRPC codes in one place).
+//! - `migration`: both ends of a live move, for all three strategies (the pull,
+//!   the rate limiter, rocksteady's on-demand fetches).
+//! - `metrics`, `http`: Prometheus metrics and the HTTP endpoint.
 
-pub mod config;
-pub mod control;
-pub mod handler;
-pub mod http;
-pub mod metrics;
-pub mod migration;
-pub mod ownership;
-pub mod records;
-pub mod server;
-pub mod store;
+#![warn(missing_docs)]
 
-pub use config::NodeConfig;
-pub use handler::Handler;
+mod config;
+mod control;
+mod handler;
+mod http;
+mod metrics;
+mod migration;
+mod ownership;
+mod records;
+mod server;
+mod store;
+
+pub use config::{
+    eal_args, pci_device_env, NodeConfig, TransportKind, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES,
+};
+pub use handler::{Handler, Limits};
+pub use metrics::{NodeMetrics, RangeMetrics};
+pub use migration::{IncomingMove, PullError, TrapSwitches};
+pub use ownership::{OwnedRange, Ownership, OwnershipError, RangeRole};
+pub use store::{Object, SizeDelta, Store, WriteResult};
 
 use fulva_proto::grpc::node_control_server::NodeControlServer;
 use fulva_proto::transport::{Transport, UdpTransport};

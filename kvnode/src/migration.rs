@@ -1,13 +1,17 @@
-//! The destination side of a live move (strategy `fulva`).
+//! The destination side of a live move, for all three strategies.
 //!
-//! The destination takes writes for the moving range from the moment it is
+//! With `fulva` (the default) the destination takes writes for the moving range from the moment it is
 //! activated, with versions above the source's highest, and pulls the range's
 //! objects from the source in hash order. Each pulled object is applied with
 //! "higher version wins" under its key's lock, so an old copy never replaces a
 //! newer write or tombstone. The progress cursor (every hash below it is
 //! applied) is published only after a batch is applied, and rides on every
 //! reply for the range so clients read from the destination alone where the
-//! cursor covers the key and from both nodes elsewhere.
+//! cursor covers the key and from both nodes elsewhere. With `rocksteady`
+//! the destination serves every request at once and pulls a missing key from
+//! the source on demand (a priority pull) before answering; with
+//! `source-driven` the source serves while the destination copies, then a
+//! final pass under the source's lock ships what changed.
 
 use crate::handler::Handler;
 use crate::store::Object;

@@ -262,8 +262,8 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn a_late_copy_from_an_old_move_is_never_applied() {
-    use fulva_kvnode::migration::IncomingMove;
-    use fulva_kvnode::store::Object;
+    use fulva_kvnode::IncomingMove;
+    use fulva_kvnode::Object;
     use std::sync::Arc;
     let node = fulva_kvnode::start(NodeConfig::loopback(0)).await.unwrap();
     let h = &node.handler;

@@ -9,7 +9,7 @@ use fulva_coordinator::recovery::RecoveryReport;
 use fulva_coordinator::{spawn_control_endpoint, RebalancePolicy, Rebalancer};
 use fulva_coordinator::{Coordinator, FileMapStore, MapStore, MemoryMapStore};
 use fulva_kvnode::{NodeConfig, NodeHandle};
-use fulva_proto::transport::{FaultConfig, FaultyTransport, UdpTransport};
+use fulva_proto::transport::{FaultConfig, FaultStats, FaultyTransport, UdpTransport};
 use fulva_proto::{HashRange, NodeInfo, Op};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,6 +147,14 @@ impl LocalCluster {
 
     /// A client whose sockets suffer the cluster's injected faults (seeded by `seed`).
     pub async fn faulty_client(&self, seed: u64) -> anyhow::Result<Client<FaultyTransport<UdpTransport>>> {
+        Ok(self.faulty_client_with_stats(seed).await?.0)
+    }
+
+    /// [`faulty_client`](Self::faulty_client), with the counters of what its sockets injected.
+    pub async fn faulty_client_with_stats(
+        &self,
+        seed: u64,
+    ) -> anyhow::Result<(Client<FaultyTransport<UdpTransport>>, Vec<Arc<FaultStats>>)> {
         let faults = self.faults.unwrap_or_default();
         let mut config = ClientConfig::new(self.control_endpoint());
         config.initial_timeout = std::time::Duration::from_millis(10);
@@ -160,7 +168,8 @@ impl LocalCluster {
                 ))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Client::with_transports(config, transports).await?)
+        let stats = transports.iter().map(FaultyTransport::stats).collect();
+        Ok((Client::with_transports(config, transports).await?, stats))
     }
 
     /// Starts the rebalancer (the operator's planner and executor) on this

@@ -301,8 +301,44 @@ impl Recorder {
     }
 }
 
+/// One operation a closed-loop task completed.
+#[derive(Clone, Copy, Debug)]
+pub struct OpSample<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The session's latency bucket of the key ([`Session::bucket`]).
+    pub bucket: usize,
+    /// A read (else a write).
+    pub read: bool,
+    /// From the call to its answer.
+    pub latency: Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+/// Sees every operation of one closed-loop task, as it completes (one hook
+/// per task, so no hook is shared between tasks).
+pub trait SampleHook: Send + 'static {
+    /// Takes one completed operation.
+    fn record(&mut self, sample: &OpSample<'_>);
+}
+
+/// Feeds a task's latencies into a [`Recorder`], per bucket.
+struct RecorderHook(Arc<Mutex<TaskRecord>>);
+
+impl SampleHook for RecorderHook {
+    fn record(&mut self, sample: &OpSample<'_>) {
+        let mut r = self.0.lock();
+        if sample.ok {
+            let _ = r.latency[sample.bucket].record((sample.latency.as_nanos() as u64).max(1));
+        } else {
+            r.errors += 1;
+        }
+    }
+}
+
 /// Runs one closed-loop task per session until `stop` is cancelled or
-/// `max_ops` operations are done in total.
+/// `max_ops` operations are done in total, recording latencies into `recorder`.
 pub async fn run_closed_loop<S: Session>(
     sessions: Vec<S>,
     spec: WorkloadSpec,
@@ -311,25 +347,39 @@ pub async fn run_closed_loop<S: Session>(
     max_ops: u64,
     seed: u64,
 ) {
+    let hooks = sessions.iter().map(|_| RecorderHook(recorder.task())).collect();
+    run_closed_loop_with(sessions, spec, hooks, stop, max_ops, seed).await;
+}
+
+/// The closed-loop runner: one task per session, each choosing keys by
+/// `spec` (task `i` seeded `seed + i`), reading or writing, and handing
+/// every completed operation to its hook `hooks[i]`, until `stop` is
+/// cancelled or `max_ops` operations are done in total. Returns the hooks.
+pub async fn run_closed_loop_with<S: Session, H: SampleHook>(
+    sessions: Vec<S>,
+    spec: WorkloadSpec,
+    hooks: Vec<H>,
+    stop: CancellationToken,
+    max_ops: u64,
+    seed: u64,
+) -> Vec<H> {
+    assert_eq!(sessions.len(), hooks.len(), "one hook per session");
     let chooser = Arc::new(KeyChooser::new(&spec));
     let remaining = Arc::new(std::sync::atomic::AtomicU64::new(max_ops));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut session) in sessions.into_iter().enumerate() {
-        let (chooser, record, stop, remaining) =
-            (chooser.clone(), recorder.task(), stop.clone(), remaining.clone());
-        tasks.spawn(async move {
+    let mut tasks = Vec::new();
+    for (i, (mut session, mut hook)) in sessions.into_iter().zip(hooks).enumerate() {
+        let (chooser, stop, remaining) = (chooser.clone(), stop.clone(), remaining.clone());
+        tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(i as u64));
             let mut key = Vec::with_capacity(32);
             let mut value = vec![0u8; spec.value_size];
             while !stop.is_cancelled() {
-                if remaining
-                    .fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |r| r.checked_sub(1),
-                    )
-                    .is_err()
-                {
+                let left = remaining.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |r| r.checked_sub(1),
+                );
+                if left.is_err() {
                     break;
                 }
                 key_into(chooser.next(&mut rng), &mut key);
@@ -342,18 +392,17 @@ pub async fn run_closed_loop<S: Session>(
                     rng.fill(&mut value[..]);
                     session.put(&key, &value).await
                 };
-                let elapsed = started.elapsed().as_nanos() as u64;
-                let mut r = record.lock();
-                match result {
-                    Ok(()) => {
-                        let _ = r.latency[bucket].record(elapsed.max(1));
-                    }
-                    Err(_) => r.errors += 1,
-                }
+                let latency = started.elapsed();
+                hook.record(&OpSample { key: &key, bucket, read, latency, ok: result.is_ok() });
             }
-        });
+            hook
+        }));
     }
-    while tasks.join_next().await.is_some() {}
+    let mut hooks = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        hooks.push(task.await.expect("a closed-loop task does not panic"));
+    }
+    hooks
 }
 
 /// Writes `keys` keys of `value_size` bytes with `concurrency` writers,

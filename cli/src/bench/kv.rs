@@ -6,14 +6,13 @@
 use super::redis::RedisServer;
 use crate::datapath::{DpdkClientArgs, TransportName};
 use fulva_client::{Client, ClientConfig};
-use fulva_coordinator::{Coordinator, MemoryMapStore};
 use fulva_local::process::{cpu_seconds, NodeProcess};
 use fulva_local::sessions::{FulvaSession, RedisSession};
 use fulva_local::workload::{self, Mix, Recorder, Session, Summary, WorkloadSpec};
+use fulva_local::ControlPlane;
 use fulva_proto::NodeInfo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -227,17 +226,13 @@ async fn run_fulva_local(
     let node = NodeProcess::start(&binary, &node_args, data_addr, log).await?;
     eprintln!("  fulva ({}): node pid {:?}, data path on {}", transport.name(), node.pid(), node.data_addr);
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
-    let coordinator =
-        Arc::new(Coordinator::bootstrap(Arc::new(MemoryMapStore::default()), infos, 1, true).await?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let stop = CancellationToken::new();
-    fulva_coordinator::spawn_control_endpoint(listener, coordinator, stop.clone());
+    let control = ControlPlane::start(infos, 1).await?;
+    let endpoint = control.endpoint.clone();
     let mut config = ClientConfig::new(endpoint);
     config.sockets = args.client_sockets.max(1);
     link.client().apply(transport, &mut config)?;
     let outcome = run_fulva(args, config, transport.name(), node.pid(), results).await;
-    stop.cancel();
+    drop(control);
     if outcome.is_err() {
         eprintln!("  node log:\n{}", node.log_tail());
     }

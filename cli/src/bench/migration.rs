@@ -5,20 +5,19 @@
 //! throughput are binned over time and split into keys of the moving range
 //! and the rest.
 
-use super::report::{lo_bytes, summarize, AdaptiveTrace, Experiment, Sample, StrategyResult};
+use super::report::{
+    lo_bytes, samples_of, summarize, AdaptiveTrace, Experiment, RecentLatency, Sampler, StrategyResult,
+};
 use fulva_client::{Client, ClientConfig};
 use fulva_coordinator::rebalance_job::{AdaptiveLoop, AdaptiveRate, AdaptiveSettings};
 use fulva_coordinator::MoveOptions;
 use fulva_kvnode::NodeConfig;
 use fulva_local::cluster::{LocalCluster, LocalClusterConfig};
 use fulva_local::sessions::FulvaSession;
-use fulva_local::workload::{key_into, KeyChooser, Mix, WorkloadSpec};
+use fulva_local::workload::{run_closed_loop_with, Mix, WorkloadSpec};
 use fulva_proto::{key_hash, HashRange, Strategy};
-use parking_lot::Mutex;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -93,16 +92,6 @@ impl MigrationBenchArgs {
     }
 }
 
-/// Client latencies since the control loop last looked.
-#[derive(Default)]
-struct RecentLatency(Mutex<Vec<u64>>);
-
-impl fulva_coordinator::rebalance_job::LatencySignal for RecentLatency {
-    fn take_p99(&self) -> Option<Duration> {
-        fulva_coordinator::probe::p99_of(std::mem::take(&mut *self.0.lock()))
-    }
-}
-
 async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::Result<StrategyResult> {
     let cluster = LocalCluster::start(LocalClusterConfig {
         nodes: 2,
@@ -122,49 +111,20 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let last = ((u64::MAX as f64) * args.fraction.clamp(0.01, 1.0)) as u64;
     let moving = HashRange::new(0, last.max(1))?;
     let spec = WorkloadSpec::new(args.mix, args.load.zipf, args.load.keys, args.load.value_size);
-    let chooser = Arc::new(KeyChooser::new(&spec));
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
     let recent = Arc::new(RecentLatency::default());
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..args.load.clients {
-        let (client, chooser, stop, samples, errors, recent) =
-            (client.clone(), chooser.clone(), stop.clone(), samples.clone(), errors.clone(), recent.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(i as u64 + 99);
-            let mut key = Vec::with_capacity(32);
-            let mut value = vec![0u8; spec.value_size];
-            let mut mine = Vec::with_capacity(1 << 16);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 50_000_000 {
-                key_into(chooser.next(&mut rng), &mut key);
-                let started = Instant::now();
-                let ok = if rng.random_bool(spec.read_fraction) {
-                    client.get(&key).await.is_ok()
-                } else {
-                    rng.fill(&mut value[..]);
-                    client.put(&key, &value).await.is_ok()
-                };
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                let done = t0.elapsed();
-                mine.push(Sample {
-                    done_us: done.as_micros() as u64,
-                    latency_us: started.elapsed().as_micros().min(u32::MAX as u128) as u32,
-                    moving: moving.contains(key_hash(&key)),
-                });
-                n += 1;
-                if n.is_multiple_of(32) {
-                    let tail = &mine[mine.len() - 32..];
-                    recent.0.lock().extend(tail.iter().map(|s| u64::from(s.latency_us)));
-                }
-            }
-            samples.lock().extend(mine);
-        }));
-    }
+    let stop = CancellationToken::new();
+    let sessions = vec![FulvaSession { client: client.clone() }; args.load.clients];
+    let samplers = (0..args.load.clients)
+        .map(|_| {
+            let tag = move |key: &[u8]| u32::from(moving.contains(key_hash(key)));
+            Sampler::new(t0, tag, errors.clone(), Some(recent.clone()))
+        })
+        .collect();
+    let clients = args.load.clients as u64;
+    let load =
+        tokio::spawn(run_closed_loop_with(sessions, spec, samplers, stop.clone(), clients * 50_000_000, 99));
     let lo_start = lo_bytes();
     tokio::time::sleep(Duration::from_secs(args.before)).await;
     let move_start = t0.elapsed();
@@ -214,15 +174,13 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let move_end = t0.elapsed();
     let lo_move_end = lo_bytes();
     tokio::time::sleep(Duration::from_secs(args.after)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
+    stop.cancel();
+    let samplers = load.await?;
     let end = t0.elapsed();
     drop(client);
     cluster.shutdown().await;
 
-    let samples = std::mem::take(&mut *samples.lock());
+    let samples = samples_of(samplers, |tag| tag == 1);
     let mut result = summarize(
         strategy.name(),
         args.bin_ms,

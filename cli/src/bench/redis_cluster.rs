@@ -4,15 +4,14 @@
 //! ASK, and `redis-cli --cluster reshard` moving the same share of the slots.
 
 use super::redis::RedisServer;
-use super::report::{lo_bytes, summarize, Experiment, Sample, StrategyResult};
+use super::report::{lo_bytes, samples_of, summarize, Experiment, Sampler, StrategyResult};
 use fulva_local::sessions::RedisSession;
-use fulva_local::workload::{key_into, KeyChooser, WorkloadSpec};
+use fulva_local::workload::{run_closed_loop_with, Session, WorkloadSpec};
 use parking_lot::RwLock;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 const SLOTS: usize = 16_384;
 
@@ -39,6 +38,55 @@ async fn cluster_command(addr: std::net::SocketAddr, parts: &[&[u8]]) -> anyhow:
     let mut s = RedisSession::connect(addr).await?;
     s.command(parts).await?;
     Ok(String::from_utf8_lossy(s.last_bulk()).into_owned())
+}
+
+/// A closed-loop task's handle on the Redis Cluster: a connection to each
+/// node and the slot owners it has learned, following MOVED (learn the new
+/// owner), ASK (ask there once) and TRYAGAIN (wait a millisecond), as a
+/// cluster-aware client does.
+struct ClusterSession {
+    conns: [RedisSession; 2],
+    owner: Arc<RwLock<Vec<u8>>>,
+    ports: [u16; 2],
+}
+
+impl ClusterSession {
+    async fn run(&mut self, command: &[&[u8]], slot: usize) -> anyhow::Result<()> {
+        let mut node = usize::from(self.owner.read()[slot]);
+        for _ in 0..16 {
+            match self.conns[node].command_or_error(command).await? {
+                Ok(_) => return Ok(()),
+                Err(e) if e.starts_with("MOVED") => {
+                    let t = target(&e, self.ports).ok_or_else(|| anyhow::anyhow!("{e}"))?;
+                    self.owner.write()[slot] = t as u8;
+                    node = t;
+                }
+                Err(e) if e.starts_with("ASK") => {
+                    let t = target(&e, self.ports).ok_or_else(|| anyhow::anyhow!("{e}"))?;
+                    if let Ok(Ok(_)) = self.conns[t].asking(command).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.starts_with("TRYAGAIN") => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        }
+        anyhow::bail!("no answer after 16 redirects")
+    }
+}
+
+impl Session for ClusterSession {
+    async fn get(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        self.run(&[b"GET", key], key_slot(key)).await
+    }
+
+    async fn put(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.run(&[b"SET", key, value], key_slot(key)).await
+    }
+
+    fn bucket(&self, _key: &[u8]) -> usize {
+        0
+    }
 }
 
 /// Runs the Redis Cluster resharding under the benchmark's workload.
@@ -89,78 +137,21 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
 
     let moving_slots = ((SLOTS as f64) * args.fraction.clamp(0.01, 1.0)) as usize;
     let spec = WorkloadSpec::new(args.mix, args.load.zipf, args.load.keys, args.load.value_size);
-    let chooser = Arc::new(KeyChooser::new(&spec));
     let owner: Arc<RwLock<Vec<u8>>> = Arc::new(RwLock::new(vec![0; SLOTS]));
-    let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
-    let samples: Arc<parking_lot::Mutex<Vec<(u64, u32, usize)>>> = Arc::default();
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..args.load.clients {
-        let (chooser, owner, stop, errors, samples) =
-            (chooser.clone(), owner.clone(), stop.clone(), errors.clone(), samples.clone());
-        let mut conns = [RedisSession::connect(addrs[0]).await?, RedisSession::connect(addrs[1]).await?];
-        tasks.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(i as u64 + 99);
-            let mut key = Vec::with_capacity(32);
-            let mut value = vec![0u8; spec.value_size];
-            let mut mine = Vec::with_capacity(1 << 16);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 50_000_000 {
-                key_into(chooser.next(&mut rng), &mut key);
-                let slot = key_slot(&key);
-                let read = rng.random_bool(spec.read_fraction);
-                if !read {
-                    rng.fill(&mut value[..]);
-                }
-                let started = Instant::now();
-                let mut node = usize::from(owner.read()[slot]);
-                let mut ok = false;
-                for _ in 0..16 {
-                    let parts: [&[u8]; 3] = [b"SET", &key, &value];
-                    let command: &[&[u8]] = if read { &[b"GET", &key] } else { &parts };
-                    let reply = match conns[node].command_or_error(command).await {
-                        Ok(r) => r,
-                        Err(_) => break,
-                    };
-                    match reply {
-                        Ok(_) => {
-                            ok = true;
-                            break;
-                        }
-                        Err(e) if e.starts_with("MOVED") => match target(&e, ports) {
-                            Some(t) => {
-                                owner.write()[slot] = t as u8;
-                                node = t;
-                            }
-                            None => break,
-                        },
-                        Err(e) if e.starts_with("ASK") => {
-                            let Some(t) = target(&e, ports) else { break };
-                            if matches!(conns[t].asking(command).await, Ok(Ok(_))) {
-                                ok = true;
-                                break;
-                            }
-                        }
-                        Err(e) if e.starts_with("TRYAGAIN") => {
-                            tokio::time::sleep(Duration::from_millis(1)).await
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                mine.push((
-                    t0.elapsed().as_micros() as u64,
-                    started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
-                    slot,
-                ));
-                n += 1;
-            }
-            samples.lock().extend(mine);
-        }));
+    let stop = CancellationToken::new();
+    let mut sessions = Vec::new();
+    for _ in 0..args.load.clients {
+        let conns = [RedisSession::connect(addrs[0]).await?, RedisSession::connect(addrs[1]).await?];
+        sessions.push(ClusterSession { conns, owner: owner.clone(), ports });
     }
+    let samplers = (0..args.load.clients)
+        .map(|_| Sampler::new(t0, |key: &[u8]| key_slot(key) as u32, errors.clone(), None))
+        .collect();
+    let clients = args.load.clients as u64;
+    let load =
+        tokio::spawn(run_closed_loop_with(sessions, spec, samplers, stop.clone(), clients * 50_000_000, 99));
     let lo_start = lo_bytes();
     tokio::time::sleep(Duration::from_secs(args.before_secs)).await;
     let move_start = t0.elapsed();
@@ -189,10 +180,8 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
     let move_end = t0.elapsed();
     let lo_move_end = lo_bytes();
     tokio::time::sleep(Duration::from_secs(args.after_secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
+    stop.cancel();
+    let samplers = load.await?;
     let end = t0.elapsed();
     // Which slots moved: the second node's own line in CLUSTER NODES.
     let nodes = cluster_command(addrs[1], &[b"CLUSTER", b"NODES"]).await?;
@@ -207,11 +196,7 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
             }
         }
     }
-    let samples: Vec<Sample> = samples
-        .lock()
-        .iter()
-        .map(|&(done_us, latency_us, slot)| Sample { done_us, latency_us, moving: moved[slot] })
-        .collect();
+    let samples = samples_of(samplers, |slot| moved[slot as usize]);
     for server in servers {
         server.stop().await;
     }

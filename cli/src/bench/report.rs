@@ -4,8 +4,11 @@
 //! that the table, the JSON file and the plot are made from.
 
 use crate::bench::LoadArgs;
-use fulva_local::workload::Mix;
-use std::time::Duration;
+use fulva_local::workload::{Mix, OpSample, SampleHook};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What every system of one `fulva bench migration` run gets: the same data,
 /// load and timeline.
@@ -230,4 +233,63 @@ pub fn summarize(
         adaptive: None,
         bins,
     }
+}
+
+/// Client latencies (µs) since the adaptive control loop last looked.
+#[derive(Default)]
+pub struct RecentLatency(Mutex<Vec<u64>>);
+
+impl fulva_coordinator::rebalance_job::LatencySignal for RecentLatency {
+    fn take_p99(&self) -> Option<Duration> {
+        fulva_coordinator::probe::p99_of(std::mem::take(&mut *self.0.lock()))
+    }
+}
+
+/// The closed-loop hook of one load task: keeps every operation's
+/// completion time (µs since `t0`), latency (µs) and key tag (which part of
+/// the key space it is in: the caller says afterwards which tags moved),
+/// counts failures, and feeds `recent` every 32 operations when set.
+pub struct Sampler<F> {
+    t0: Instant,
+    tag: F,
+    taken: Vec<(u64, u32, u32)>,
+    errors: Arc<AtomicU64>,
+    recent: Option<Arc<RecentLatency>>,
+}
+
+impl<F: Fn(&[u8]) -> u32 + Send + 'static> Sampler<F> {
+    /// A sampler timing from `t0`, tagging keys with `tag`.
+    pub fn new(
+        t0: Instant,
+        tag: F,
+        errors: Arc<AtomicU64>,
+        recent: Option<Arc<RecentLatency>>,
+    ) -> Sampler<F> {
+        Sampler { t0, tag, taken: Vec::with_capacity(1 << 16), errors, recent }
+    }
+}
+
+impl<F: Fn(&[u8]) -> u32 + Send + 'static> SampleHook for Sampler<F> {
+    fn record(&mut self, op: &OpSample<'_>) {
+        if !op.ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let latency_us = op.latency.as_micros().min(u128::from(u32::MAX)) as u32;
+        self.taken.push((self.t0.elapsed().as_micros() as u64, latency_us, (self.tag)(op.key)));
+        if let Some(recent) = &self.recent {
+            if self.taken.len().is_multiple_of(32) {
+                let tail = &self.taken[self.taken.len() - 32..];
+                recent.0.lock().extend(tail.iter().map(|s| u64::from(s.1)));
+            }
+        }
+    }
+}
+
+/// Every sampler's operations as [`Sample`]s; `moved(tag)` says whether a key of that tag moved.
+pub fn samples_of<F>(samplers: Vec<Sampler<F>>, moved: impl Fn(u32) -> bool) -> Vec<Sample> {
+    samplers
+        .into_iter()
+        .flat_map(|s| s.taken)
+        .map(|(done_us, latency_us, tag)| Sample { done_us, latency_us, moving: moved(tag) })
+        .collect()
 }

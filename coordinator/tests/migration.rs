@@ -61,10 +61,7 @@ async fn move_under_load_seen(
     strategy: Strategy,
     abort_after: Option<Duration>,
 ) -> (Result<fulva_coordinator::MoveReport, CoordinatorError>, Vec<(u32, ShardState)>) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
-        .with_test_writer()
-        .try_init();
+    fulva_local::telemetry::init_for_tests();
     let cluster = LocalCluster::start(LocalClusterConfig {
         nodes: 2,
         shards: 2,

@@ -18,10 +18,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_mid_move_is_recovered_by_the_next() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
-        .with_test_writer()
-        .try_init();
+    fulva_local::telemetry::init_for_tests();
     let mut cluster = LocalCluster::start(LocalClusterConfig {
         nodes: 3,
         shards: 6,
@@ -96,7 +93,7 @@ async fn a_coordinator_killed_mid_move_is_recovered_by_the_next() {
             );
             node.handler.ownership.for_each(|r| {
                 assert!(
-                    matches!(r.role, fulva_kvnode::ownership::RangeRole::Serving),
+                    matches!(r.role, fulva_kvnode::RangeRole::Serving),
                     "round {round}: node {} left {} in a move",
                     node.node_id,
                     r.range

@@ -22,10 +22,7 @@ fn max_over_mean(loads: &[f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_spot_is_spread_until_the_load_is_even() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
-        .with_test_writer()
-        .try_init();
+    fulva_local::telemetry::init_for_tests();
     let cluster = LocalCluster::start(LocalClusterConfig::default()).await.unwrap();
     let keys = 20_000;
     let client = cluster.client().await.unwrap();
