@@ -195,7 +195,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
     let mut stream =
         client.migrate(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
     let tty = std::io::stderr().is_terminal();
-    eprintln!("moving {} to node {} ({:?})", args.range, args.to, args.strategy);
+    eprintln!("moving {} to node {} ({})", args.range, args.to, Strategy::from(args.strategy).name());
     loop {
         let progress = match stream.message().await {
             Ok(Some(p)) => p,

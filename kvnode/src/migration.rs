@@ -510,3 +510,33 @@ impl RateLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pull_reports_its_reason_as_a_typed_failure_and_its_words() {
+        let range = HashRange { first: 0, last: 1 << 40 };
+        let mv = IncomingMove::new(range, 0, "127.0.0.1:1".into(), Strategy::Fulva);
+        assert_eq!(mv.status().failure(), PullFailure::None, "no failure while the pull runs");
+        assert!(mv.status().error.is_empty());
+        let cases = [
+            (PullError::BadAddress { addr: "x".into(), detail: "bad".into() }, PullFailure::BadAddress),
+            (PullError::Unreachable { addr: "a".into(), detail: "refused".into() }, PullFailure::Unreachable),
+            (PullError::Refused("range not frozen".into()), PullFailure::Refused),
+            (PullError::StreamBroken("reset".into()), PullFailure::StreamBroken),
+            (PullError::Truncated, PullFailure::Truncated),
+        ];
+        for (error, failure) in cases {
+            *mv.error.lock() = Some(error.clone());
+            let status = mv.status();
+            assert_eq!(status.failure(), failure, "{error}");
+            assert_eq!(status.error, error.to_string());
+        }
+        // A refused pull whose status says the source is gone counts as a broken stream.
+        let gone = PullError::refused(tonic::Status::unavailable("connection reset"));
+        assert_eq!(gone.failure(), PullFailure::StreamBroken);
+        assert_eq!(PullError::refused(tonic::Status::not_found("no range")).failure(), PullFailure::Refused);
+    }
+}
