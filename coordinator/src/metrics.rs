@@ -1,4 +1,4 @@
-//! The operator's Prometheus metrics (served on its /metrics).
+//! The coordinator's Prometheus metrics, and the operator's reconcile counter (served on /metrics; the names keep the `fulva_operator_` prefix the dashboards and alert rules use).
 
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
@@ -28,42 +28,42 @@ impl OperatorMetrics {
     pub fn new() -> OperatorMetrics {
         let registry = Registry::new();
         let imbalance = GaugeVec::new(
-            Opts::new("fulva_coordinator_imbalance_score", "Max over mean node load (1 = even)"),
+            Opts::new("fulva_operator_imbalance_score", "Max over mean node load (1 = even)"),
             &["dimension"],
         )
         .expect("valid metric");
         let imbalance_trigger = GaugeVec::new(
-            Opts::new("fulva_coordinator_imbalance_trigger", "Imbalance score above which the policy acts"),
+            Opts::new("fulva_operator_imbalance_trigger", "Imbalance score above which the policy acts"),
             &["dimension"],
         )
         .expect("valid metric");
         let node_ops = GaugeVec::new(
             Opts::new(
-                "fulva_coordinator_node_ops_per_second",
+                "fulva_operator_node_ops_per_second",
                 "Smoothed operations per second served by a node",
             ),
             &["node"],
         )
         .expect("valid metric");
         let decisions = IntCounterVec::new(
-            Opts::new("fulva_coordinator_planner_decisions_total", "Planner decisions by kind"),
+            Opts::new("fulva_operator_planner_decisions_total", "Planner decisions by kind"),
             &["decision"],
         )
         .expect("valid metric");
         let moves = IntCounterVec::new(
-            Opts::new("fulva_coordinator_moves_total", "Moves that ended, by outcome and strategy"),
+            Opts::new("fulva_operator_moves_total", "Moves that ended, by outcome and strategy"),
             &["outcome", "strategy"],
         )
         .expect("valid metric");
         let moves_in_flight =
-            IntGauge::new("fulva_coordinator_moves_in_flight", "Moves running now").expect("valid metric");
+            IntGauge::new("fulva_operator_moves_in_flight", "Moves running now").expect("valid metric");
         let moved_bytes = IntCounter::new(
-            "fulva_coordinator_moved_bytes_total",
+            "fulva_operator_moved_bytes_total",
             "Key and value bytes moved by finished moves",
         )
         .expect("valid metric");
         let reconciles = IntCounterVec::new(
-            Opts::new("fulva_coordinator_reconciles_total", "Reconciles of FulvaCluster resources by result"),
+            Opts::new("fulva_operator_reconciles_total", "Reconciles of FulvaCluster resources by result"),
             &["result"],
         )
         .expect("valid metric");
