@@ -1,4 +1,6 @@
-//! The coordinator's Prometheus metrics, and the operator's reconcile counter (served on /metrics; the names keep the `fulva_operator_` prefix the dashboards and alert rules use).
+//! The coordinator's Prometheus metrics, and the operator's reconcile
+//! counter (served on /metrics). The names keep the `fulva_operator_`
+//! prefix the dashboards and alert rules use.
 
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
