@@ -196,7 +196,15 @@ fn bench_migration_runs_every_strategy_and_a_redis_cluster_reshard_and_draws_a_p
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
     let names: Vec<&str> = results.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
-    assert_eq!(names, ["fulva", "rocksteady", "source-driven", "redis-cluster"]);
+    assert_eq!(names, ["fulva", "rocksteady", "source-driven", "redis-cluster", "fulva@redis-rate"]);
+    // The matched-rate run moves at the rate Redis reached (within the limiter's slack).
+    let redis_rate = results[3]["migrated_mb_per_sec"].as_f64().unwrap();
+    let matched_rate = results[4]["migrated_mb_per_sec"].as_f64().unwrap();
+    assert!(matched_rate <= redis_rate * 1.5, "fulva at {matched_rate} MB/s, redis at {redis_rate} MB/s");
+    // Fulva's runs count the reads they sent to both nodes; Redis has none.
+    assert!(results[0]["dual_read_share_after_200ms"].is_number(), "{}", results[0]);
+    assert!(results[3]["dual_read_share_after_200ms"].is_null());
+    assert!(results.iter().all(|r| r["ops_lost_per_mb"].as_f64().is_some_and(|l| l >= 0.0)));
     for r in results {
         assert!(r["moved_bytes"].as_u64().unwrap() > 0, "{r}");
         assert!(r["move_end_ms"].as_u64() >= r["move_start_ms"].as_u64(), "{r}");

@@ -263,6 +263,7 @@ impl<T: Transport> Client<T> {
         hash: u64,
         mv: KnownMove,
     ) -> Result<Option<Versioned>, ClientError> {
+        self.inner.stats.dual_reads.fetch_add(1, Ordering::Relaxed);
         let body = RequestBody::Get { key };
         let (at_destination, at_source) = futures::join!(
             self.call_routed(body.clone(), hash, 0, Some(mv.destination), 0),

@@ -17,6 +17,9 @@ pub struct ClientStats {
     pub late_replies: AtomicU64,
     /// Datagrams that did not decode as replies.
     pub bad_replies: AtomicU64,
+    /// Reads sent to both ends of a move (the source too, because the
+    /// destination may not hold the key yet).
+    pub dual_reads: AtomicU64,
 }
 
 impl ClientStats {

@@ -6,9 +6,10 @@
 //! and the rest.
 
 use super::report::{
-    lo_bytes, samples_of, summarize, AdaptiveTrace, Experiment, RecentLatency, Sampler, StrategyResult,
+    follow_dual_reads, lo_bytes, samples_of, summarize, AdaptiveTrace, Experiment, RecentLatency, RunRecord,
+    Sampler, StrategyResult,
 };
-use fulva_client::{Client, ClientConfig};
+use fulva_client::{Client, ClientConfig, ClientStats};
 use fulva_coordinator::rebalance_job::{AdaptiveLoop, AdaptiveRate, AdaptiveSettings};
 use fulva_coordinator::MoveOptions;
 use fulva_kvnode::NodeConfig;
@@ -64,7 +65,9 @@ pub struct MigrationBenchArgs {
     /// Data-path workers per node.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Also reshard a Redis Cluster (two redis-server processes) under the same workload.
+    /// Also reshard a Redis Cluster (two redis-server processes) under the same
+    /// workload, first, and then run Fulva again at the MB/s Redis reached
+    /// (the `fulva@redis-rate` row: the comparison at equal migration rate).
     #[arg(long)]
     pub vs_redis: bool,
     /// The redis-server binary (redis-cli comes from the PATH).
@@ -125,6 +128,11 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let clients = args.load.clients as u64;
     let load =
         tokio::spawn(run_closed_loop_with(sessions, spec, samplers, stop.clone(), clients * 50_000_000, 99));
+    let dual_reads = tokio::spawn({
+        let client = client.clone();
+        let every = Duration::from_millis(args.bin_ms.max(1));
+        follow_dual_reads(move || ClientStats::get(&client.stats().dual_reads), t0, every, stop.clone())
+    });
     let lo_start = lo_bytes();
     tokio::time::sleep(Duration::from_secs(args.before)).await;
     let move_start = t0.elapsed();
@@ -181,24 +189,77 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     cluster.shutdown().await;
 
     let samples = samples_of(samplers, |tag| tag == 1);
-    let mut result = summarize(
-        strategy.name(),
-        args.bin_ms,
+    let run = RunRecord {
         samples,
-        (move_start, move_end, end),
-        (lo_move_start - lo_start, lo_move_end - lo_move_start),
-        report.bytes,
-        report.duration,
-        report.lock_window,
-        errors.load(Ordering::Relaxed),
-    );
+        move_start,
+        move_end,
+        end,
+        wire: (lo_move_start - lo_start, lo_move_end - lo_move_start),
+        moved_bytes: report.bytes,
+        move_duration: report.duration,
+        lock_window: report.lock_window,
+        errors: errors.load(Ordering::Relaxed),
+        dual_reads: dual_reads.await?,
+    };
+    let mut result = summarize(strategy.name(), args.bin_ms, run);
     result.adaptive = adaptive_trace;
     Ok(result)
+}
+
+/// Name of the Fulva run at the rate Redis reached.
+const MATCHED: &str = "fulva@redis-rate";
+
+fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
+    println!(
+        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "strategy",
+        "steady/s",
+        "during/s",
+        "ratio",
+        "p99.9 st",
+        "p99.9 mv",
+        "ratio",
+        "stall ms",
+        "stall mv",
+        "MB/s",
+        "lost/MB",
+        "B/op mv",
+        "dual"
+    );
+    for r in results {
+        let dual = r.dual_read_share_after_200ms.map_or("-".to_string(), |d| format!("{:.0}%", d * 100.0));
+        println!(
+            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>9.1} {:>9.1} {:>8.1} {:>8.0} {:>8.0} {:>6}",
+            r.strategy,
+            r.steady.ops_per_sec,
+            r.during.ops_per_sec,
+            r.during.ops_per_sec / r.steady.ops_per_sec.max(1e-9),
+            r.steady.p999_us,
+            r.during.p999_us,
+            f64::from(r.during.p999_us) / f64::from(r.steady.p999_us.max(1)),
+            r.during.longest_stall_ms,
+            r.during_moving.longest_stall_ms,
+            r.migrated_mb_per_sec,
+            r.ops_lost_per_mb,
+            r.during.wire_bytes_per_op,
+            dual,
+        );
+    }
 }
 
 /// Runs `fulva bench migration`.
 pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
+    // Redis first: the rate it reaches is the rate Fulva is compared at.
+    let redis = if args.vs_redis {
+        eprintln!(
+            "fulva bench migration: redis cluster resharding: {} keys, {} clients",
+            args.load.keys, args.load.clients
+        );
+        Some(super::redis_cluster::run(&args.experiment(), &args.redis_server).await?)
+    } else {
+        None
+    };
     for &strategy in &args.strategies {
         let strategy = Strategy::from(strategy);
         eprintln!(
@@ -220,44 +281,25 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         }
         results.push(result);
     }
-    if args.vs_redis {
-        eprintln!(
-            "fulva bench migration: redis cluster resharding: {} keys, {} clients",
-            args.load.keys, args.load.clients
-        );
-        results.push(super::redis_cluster::run(&args.experiment(), &args.redis_server).await?);
+    if let Some(redis) = redis {
+        let rate = redis.migrated_mb_per_sec;
+        eprintln!("fulva bench migration: fulva at the rate Redis reached ({rate:.2} MB/s)");
+        let matched = MigrationBenchArgs { rate_limit_mb: rate, adaptive_p99_us: None, ..args.clone() };
+        let mut result = run_strategy(&matched, Strategy::Fulva).await?;
+        result.strategy = MATCHED.to_string();
+        results.push(redis);
+        results.push(result);
     }
+    print_table(results.iter());
     println!(
-        "\n{:<14} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
-        "strategy",
-        "steady/s",
-        "during/s",
-        "ratio",
-        "p99.9 st",
-        "p99.9 mv",
-        "ratio",
-        "stall ms",
-        "stall mv",
-        "MB/s",
-        "B/op mv"
+        "(ratio = during the move / steady before it; stall = longest stretch with no completed operation, \
+         all keys / moving keys; lost/MB = (steady - during ops/s) x move seconds / MB moved; \
+         dual = share of reads sent to both nodes from 200 ms after the start)"
     );
-    for r in &results {
-        println!(
-            "{:<14} {:>10.0} {:>10.0} {:>8.2} {:>9} {:>9} {:>9.2} {:>10.1} {:>10.1} {:>9.0} {:>9.0}",
-            r.strategy,
-            r.steady.ops_per_sec,
-            r.during.ops_per_sec,
-            r.during.ops_per_sec / r.steady.ops_per_sec.max(1e-9),
-            r.steady.p999_us,
-            r.during.p999_us,
-            f64::from(r.during.p999_us) / f64::from(r.steady.p999_us.max(1)),
-            r.during.longest_stall_ms,
-            r.during_moving.longest_stall_ms,
-            r.migrated_mb_per_sec,
-            r.during.wire_bytes_per_op,
-        );
+    if results.iter().any(|r| r.strategy == MATCHED) {
+        println!("\nAt the same migration rate (Fulva limited to the MB/s Redis reached in this run):");
+        print_table(results.iter().filter(|r| r.strategy == MATCHED || r.strategy == "redis-cluster"));
     }
-    println!("(ratio = during the move / steady before it; stall = longest stretch with no completed operation, all keys / moving keys)");
     for r in &results {
         let Some(a) = &r.adaptive else { continue };
         let rates: Vec<f64> = a.steps.iter().map(|s| s.2).collect();

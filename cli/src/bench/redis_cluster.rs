@@ -4,7 +4,7 @@
 //! ASK, and `redis-cli --cluster reshard` moving the same share of the slots.
 
 use super::redis::RedisServer;
-use super::report::{lo_bytes, samples_of, summarize, Experiment, Sampler, StrategyResult};
+use super::report::{lo_bytes, samples_of, summarize, Experiment, RunRecord, Sampler, StrategyResult};
 use fulva_local::sessions::RedisSession;
 use fulva_local::workload::{run_closed_loop_with, Session, WorkloadSpec};
 use parking_lot::RwLock;
@@ -204,17 +204,19 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
         * (args.load.value_size + 16) as f64
         * moved.iter().filter(|m| **m).count() as f64
         / SLOTS as f64;
-    Ok(summarize(
-        "redis-cluster",
-        args.bin_ms,
+    let run = RunRecord {
         samples,
-        (move_start, move_end, end),
-        (lo_move_start - lo_start, lo_move_end - lo_move_start),
-        moved_bytes as u64,
-        move_end - move_start,
-        None,
-        errors.load(Ordering::Relaxed),
-    ))
+        move_start,
+        move_end,
+        end,
+        wire: (lo_move_start - lo_start, lo_move_end - lo_move_start),
+        moved_bytes: moved_bytes as u64,
+        move_duration: move_end - move_start,
+        lock_window: None,
+        errors: errors.load(Ordering::Relaxed),
+        dual_reads: Vec::new(),
+    };
+    Ok(summarize("redis-cluster", args.bin_ms, run))
 }
 
 fn tempfile_dir() -> anyhow::Result<tempfile::TempDir> {

@@ -50,6 +50,9 @@ pub struct Bin {
     pub moving: BinStats,
     /// All other keys.
     pub other: BinStats,
+    /// Share of the bin's reads that went to both ends of the move (None:
+    /// the system has no dual reads).
+    pub dual_read_share: Option<f64>,
 }
 
 /// Summary of a period (steady, during the move).
@@ -84,6 +87,11 @@ pub struct StrategyResult {
     pub migrated_mb_per_sec: f64,
     /// Source-driven lock window, ms.
     pub lock_window_ms: Option<f64>,
+    /// Operations lost per MB moved: (steady - during ops/s) x move seconds / MB.
+    pub ops_lost_per_mb: f64,
+    /// Share of reads sent to both ends of the move from 200 ms after its
+    /// start to its end (None: the system has no dual reads).
+    pub dual_read_share_after_200ms: Option<f64>,
     /// Before the move, all keys.
     pub steady: Period,
     /// During the move, all keys.
@@ -121,6 +129,33 @@ pub struct Sample {
     pub latency_us: u32,
     /// Whether its key is in the moving range.
     pub moving: bool,
+    /// A read (else a write).
+    pub read: bool,
+}
+
+/// Everything one run measured, for [`summarize`].
+pub struct RunRecord {
+    /// Every completed operation.
+    pub samples: Vec<Sample>,
+    /// The move's start and end, and the end of the load, since the load began.
+    pub move_start: Duration,
+    /// End of the move.
+    pub move_end: Duration,
+    /// End of the load.
+    pub end: Duration,
+    /// Loopback bytes before the move and during it.
+    pub wire: (u64, u64),
+    /// Bytes moved (keys and values).
+    pub moved_bytes: u64,
+    /// How long the move took, as its mover reports it.
+    pub move_duration: Duration,
+    /// Source-driven: the lock window.
+    pub lock_window: Option<Duration>,
+    /// Operations that failed.
+    pub errors: u64,
+    /// The clients' dual-read counter over time: (µs since the load began,
+    /// reads sent to both ends so far); empty for systems without dual reads.
+    pub dual_reads: Vec<(u64, u64)>,
 }
 
 /// Bytes through the loopback interface so far, both directions.
@@ -180,29 +215,29 @@ fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_
     }
 }
 
-/// Bins and summarizes the samples of one run. `times` are the move's start,
-/// its end and the end of the load; `wire` the loopback bytes before and
-/// during the move.
-#[allow(clippy::too_many_arguments)]
-pub fn summarize(
-    name: &str,
-    bin_ms: u64,
-    samples: Vec<Sample>,
-    times: (Duration, Duration, Duration),
-    wire: (u64, u64),
-    moved_bytes: u64,
-    move_duration: Duration,
-    lock_window: Option<Duration>,
-    errors: u64,
-) -> StrategyResult {
-    let (move_start, move_end, end) = times;
+/// Dual reads counted between `from_us` and `to_us` (the counter's samples
+/// nearest inside the window).
+fn dual_reads_between(timeline: &[(u64, u64)], from_us: u64, to_us: u64) -> Option<u64> {
+    let at = |t: u64| timeline.iter().rev().find(|(u, _)| *u <= t).map_or(0, |(_, n)| *n);
+    (!timeline.is_empty()).then(|| at(to_us).saturating_sub(at(from_us)))
+}
+
+/// Bins and summarizes one run.
+pub fn summarize(name: &str, bin_ms: u64, run: RunRecord) -> StrategyResult {
+    let samples = &run.samples;
     let (ms, me, end_us) =
-        (move_start.as_micros() as u64, move_end.as_micros() as u64, end.as_micros() as u64);
+        (run.move_start.as_micros() as u64, run.move_end.as_micros() as u64, run.end.as_micros() as u64);
     // The first third of the warm-up is skipped; steady state is the rest before the move.
     let steady_from = (ms / 3).min(1_000_000);
     let before = samples.iter().filter(|s| s.done_us < ms).count() as u64;
     let steady = samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64;
-    let steady_wire = wire.0 * steady / before.max(1);
+    let steady_wire = run.wire.0 * steady / before.max(1);
+    let reads_between =
+        |from: u64, to: u64| samples.iter().filter(|s| s.read && s.done_us >= from && s.done_us < to).count();
+    let share = |from: u64, to: u64| {
+        dual_reads_between(&run.dual_reads, from, to)
+            .map(|d| d as f64 / reads_between(from, to).max(1) as f64)
+    };
     let bin_us = bin_ms.max(1) * 1000;
     let mut bins = Vec::new();
     let mut start = 0;
@@ -216,20 +251,31 @@ pub fn summarize(
                 other_lat.push(s.latency_us)
             }
         }
-        bins.push(Bin { t_ms: start / 1000, moving: stats(&mut moving_lat), other: stats(&mut other_lat) });
+        bins.push(Bin {
+            t_ms: start / 1000,
+            moving: stats(&mut moving_lat),
+            other: stats(&mut other_lat),
+            dual_read_share: share(start, start + bin_us),
+        });
         start += bin_us;
     }
+    let steady = period(samples, steady_from, ms, false, steady_wire);
+    let during = period(samples, ms, me, false, run.wire.1);
+    let moved_mb = run.moved_bytes as f64 / 1e6;
+    let move_secs = (me.saturating_sub(ms)) as f64 / 1e6;
     StrategyResult {
         strategy: name.to_string(),
         move_start_ms: ms / 1000,
         move_end_ms: me / 1000,
-        moved_bytes,
-        migrated_mb_per_sec: moved_bytes as f64 / 1e6 / move_duration.as_secs_f64().max(1e-9),
-        lock_window_ms: lock_window.map(|d| d.as_secs_f64() * 1e3),
-        steady: period(&samples, steady_from, ms, false, steady_wire),
-        during: period(&samples, ms, me, false, wire.1),
-        during_moving: period(&samples, ms, me, true, wire.1),
-        errors,
+        moved_bytes: run.moved_bytes,
+        migrated_mb_per_sec: moved_mb / run.move_duration.as_secs_f64().max(1e-9),
+        lock_window_ms: run.lock_window.map(|d| d.as_secs_f64() * 1e3),
+        ops_lost_per_mb: (steady.ops_per_sec - during.ops_per_sec).max(0.0) * move_secs / moved_mb.max(1e-9),
+        dual_read_share_after_200ms: share((ms + 200_000).min(me), me),
+        during_moving: period(samples, ms, me, true, run.wire.1),
+        steady,
+        during,
+        errors: run.errors,
         adaptive: None,
         bins,
     }
@@ -252,7 +298,7 @@ impl fulva_coordinator::rebalance_job::LatencySignal for RecentLatency {
 pub struct Sampler<F> {
     t0: Instant,
     tag: F,
-    taken: Vec<(u64, u32, u32)>,
+    taken: Vec<(u64, u32, u32, bool)>,
     errors: Arc<AtomicU64>,
     recent: Option<Arc<RecentLatency>>,
 }
@@ -275,7 +321,7 @@ impl<F: Fn(&[u8]) -> u32 + Send + 'static> SampleHook for Sampler<F> {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         let latency_us = op.latency.as_micros().min(u128::from(u32::MAX)) as u32;
-        self.taken.push((self.t0.elapsed().as_micros() as u64, latency_us, (self.tag)(op.key)));
+        self.taken.push((self.t0.elapsed().as_micros() as u64, latency_us, (self.tag)(op.key), op.read));
         if let Some(recent) = &self.recent {
             if self.taken.len().is_multiple_of(32) {
                 let tail = &self.taken[self.taken.len() - 32..];
@@ -290,6 +336,94 @@ pub fn samples_of<F>(samplers: Vec<Sampler<F>>, moved: impl Fn(u32) -> bool) -> 
     samplers
         .into_iter()
         .flat_map(|s| s.taken)
-        .map(|(done_us, latency_us, tag)| Sample { done_us, latency_us, moving: moved(tag) })
+        .map(|(done_us, latency_us, tag, read)| Sample { done_us, latency_us, moving: moved(tag), read })
         .collect()
+}
+
+/// Samples a client's dual-read counter every `every` until `stop`: the
+/// timeline [`RunRecord::dual_reads`] wants.
+pub async fn follow_dual_reads(
+    stats: impl Fn() -> u64,
+    t0: Instant,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<(u64, u64)> {
+    let mut timeline = vec![(t0.elapsed().as_micros() as u64, stats())];
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => timeline.push((t0.elapsed().as_micros() as u64, stats())),
+        }
+    }
+    timeline.push((t0.elapsed().as_micros() as u64, stats()));
+    timeline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(done_ms: u64, read: bool) -> Sample {
+        Sample { done_us: done_ms * 1000, latency_us: 100, moving: true, read }
+    }
+
+    #[test]
+    fn a_run_is_summarized_with_its_losses_and_dual_read_share() {
+        // 1000 ops/s before the move (t = 0..3 s), 500 ops/s during it (3..5 s), every op a read.
+        let mut samples: Vec<Sample> = (0..3000).map(|i| sample(i, true)).collect();
+        samples.extend((0..1000).map(|i| sample(3000 + 2 * i, true)));
+        // The counter, read every 100 ms: 40 dual reads per 100 ms in the
+        // first 200 ms of the move (of 50 reads), 5 per 100 ms after.
+        let mut dual_reads = vec![(0, 0)];
+        let mut count = 0;
+        for step in 0..=20u64 {
+            dual_reads.push((3_000_000 + step * 100_000, count));
+            count += if step < 2 { 40 } else { 5 };
+        }
+        let run = RunRecord {
+            samples,
+            move_start: Duration::from_secs(3),
+            move_end: Duration::from_secs(5),
+            end: Duration::from_secs(5),
+            wire: (0, 0),
+            moved_bytes: 4_000_000,
+            move_duration: Duration::from_secs(2),
+            lock_window: None,
+            errors: 0,
+            dual_reads,
+        };
+        let r = summarize("fulva", 100, run);
+        assert!((r.steady.ops_per_sec - 1000.0).abs() < 1.0, "{}", r.steady.ops_per_sec);
+        assert!((r.during.ops_per_sec - 500.0).abs() < 1.0, "{}", r.during.ops_per_sec);
+        assert!((r.migrated_mb_per_sec - 2.0).abs() < 1e-9);
+        // 500 ops/s lost for 2 s over 4 MB.
+        assert!((r.ops_lost_per_mb - 250.0).abs() < 1.0, "{}", r.ops_lost_per_mb);
+        // From 200 ms after the start: 5 of every 50 reads.
+        let share = r.dual_read_share_after_200ms.unwrap();
+        assert!((share - 0.1).abs() < 0.01, "{share}");
+        let bin = |t: u64| r.bins.iter().find(|b| b.t_ms == t).unwrap().dual_read_share.unwrap();
+        assert!((bin(3000) - 0.8).abs() < 0.05, "{}", bin(3000));
+        assert!((bin(4000) - 0.1).abs() < 0.05, "{}", bin(4000));
+        assert_eq!(bin(1000), 0.0, "no dual reads before the move");
+    }
+
+    #[test]
+    fn a_system_without_dual_reads_reports_none() {
+        let run = RunRecord {
+            samples: (0..100).map(|i| sample(i, true)).collect(),
+            move_start: Duration::from_millis(50),
+            move_end: Duration::from_millis(80),
+            end: Duration::from_millis(100),
+            wire: (0, 0),
+            moved_bytes: 1,
+            move_duration: Duration::from_millis(30),
+            lock_window: None,
+            errors: 0,
+            dual_reads: Vec::new(),
+        };
+        let r = summarize("redis-cluster", 10, run);
+        assert_eq!(r.dual_read_share_after_200ms, None);
+        assert!(r.bins.iter().all(|b| b.dual_read_share.is_none()));
+    }
 }
