@@ -8,14 +8,13 @@ use fulva_client::{Client, ClientConfig};
 use fulva_coordinator::load::LoadCollector;
 use fulva_coordinator::rebalance_job::{self, JobPhase, RateControl, RebalanceJob};
 use fulva_coordinator::request::{RebalanceGoal, RebalanceRequest};
-use fulva_coordinator::{Coordinator, MemoryMapStore, RebalancePolicy};
+use fulva_coordinator::RebalancePolicy;
 use fulva_kvnode::NodeConfig;
+use fulva_local::ControlPlane;
 use fulva_proto::grpc::MigrationStatusRequest;
 use fulva_proto::{NodeInfo, ShardState, Strategy};
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const KEYS: usize = 3000;
 
@@ -46,22 +45,11 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
         data_addr: n.data_addr,
         control_addr: n.control_addr,
     };
-    let coordinator = Arc::new(
-        Coordinator::bootstrap(
-            Arc::new(MemoryMapStore::default()),
-            vec![info(&nodes[0]), info(&nodes[1])],
-            12,
-            false,
-        )
-        .await
-        .unwrap(),
-    );
+    let control = ControlPlane::start(vec![info(&nodes[0]), info(&nodes[1])], 12).await.unwrap();
+    let coordinator = control.coordinator.clone();
     // Node 2 joins empty.
     coordinator.upsert_nodes(vec![info(&nodes[2])]).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = listener.local_addr().unwrap().to_string();
-    let stop = CancellationToken::new();
-    fulva_coordinator::spawn_control_endpoint(listener, coordinator.clone(), stop.clone());
+    let endpoint = control.endpoint.clone();
     let client = Client::connect(ClientConfig::new(endpoint)).await.unwrap();
     for i in 0..KEYS {
         client.put(format!("key{i}"), value(i)).await.unwrap();
@@ -137,7 +125,7 @@ async fn an_add_nodes_rebalance_runs_throttled_stops_and_resumes() {
             "key{i}"
         );
     }
-    stop.cancel();
+    drop(control);
     for node in nodes {
         node.shutdown().await;
     }
