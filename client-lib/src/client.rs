@@ -237,7 +237,7 @@ impl<T: Transport> Client<T> {
                     Some(read) => return Ok(read),
                     // What the client knew of the move is out of date: ask afresh.
                     None => {
-                        self.inner.routes.forget_move(mv.range);
+                        self.inner.routes.forget_move(mv.progress.range);
                         continue;
                     }
                 }
@@ -245,7 +245,7 @@ impl<T: Transport> Client<T> {
             let reply = self.call(RequestBody::Get { key }, hash, 0, None, 0).await?;
             // The destination of a move answered for a key it may not have
             // yet: read both ends of the move.
-            if reply.progress.is_some_and(|p| !p.done && p.range.contains(hash) && hash >= p.cursor) {
+            if reply.progress.is_some_and(|p| p.range.contains(hash) && !p.covers(hash)) {
                 continue;
             }
             return versioned(reply.outcomes.into_iter().next());
@@ -267,7 +267,7 @@ impl<T: Transport> Client<T> {
         let body = RequestBody::Get { key };
         let (at_destination, at_source) = futures::join!(
             self.call_routed(body.clone(), hash, 0, Some(mv.destination), 0),
-            self.call_once(body.clone(), hash, mv.source, dual_read_flags(mv.destination)),
+            self.call_once(body.clone(), hash, mv.progress.source, dual_read_flags(mv.destination)),
         );
         let (reply, answered_by) = at_destination?;
         if answered_by != Some(mv.destination) {
@@ -276,7 +276,7 @@ impl<T: Transport> Client<T> {
         let covered = match reply.progress {
             // The destination serves the range alone: the move is over.
             None => true,
-            Some(p) if p.range.contains(hash) && p.source == mv.source => p.done || hash < p.cursor,
+            Some(p) if p.range.contains(hash) && p.source == mv.progress.source => p.covers(hash),
             Some(_) => return Ok(None),
         };
         let destination = versioned(reply.outcomes.into_iter().next())?;

@@ -8,25 +8,22 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// A move the client knows of, from the map or from a destination's reply.
+/// A move the client knows of, from the map or from a destination's reply:
+/// its progress as the destination last reported it (range, source, cursor,
+/// done), and the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownMove {
-    /// The moving range.
-    pub range: HashRange,
-    /// Node it leaves.
-    pub source: NodeId,
-    /// Node it goes to.
+    /// What the client knows of the move's progress.
+    pub progress: MigrationProgress,
+    /// Node the range goes to.
     pub destination: NodeId,
-    /// Every hash below this one is at the destination.
-    pub cursor: u64,
-    /// The destination said the move is over.
-    pub done: bool,
 }
 
 impl KnownMove {
-    /// Whether a read of `hash` must ask both nodes.
+    /// Whether a read of `hash` must ask both nodes: the hash is in the
+    /// moving range and the destination may not hold it yet.
     pub fn needs_dual_read(&self, hash: u64) -> bool {
-        !self.done && self.range.contains(hash) && hash >= self.cursor
+        self.progress.range.contains(hash) && !self.progress.covers(hash)
     }
 }
 
@@ -104,28 +101,22 @@ impl Routes {
     /// Takes in progress reported by `destination`.
     pub fn learn(&self, progress: MigrationProgress, destination: NodeId) {
         let mut moves = self.moves.lock();
-        match moves.iter_mut().find(|m| m.range == progress.range) {
+        match moves.iter_mut().find(|m| m.progress.range == progress.range) {
             Some(m) => {
-                m.cursor = m.cursor.max(progress.cursor);
-                m.done |= progress.done;
+                m.progress.cursor = m.progress.cursor.max(progress.cursor);
+                m.progress.done |= progress.done;
             }
-            None if !progress.done => moves.push(KnownMove {
-                range: progress.range,
-                source: progress.source,
-                destination,
-                cursor: progress.cursor,
-                done: false,
-            }),
+            None if !progress.done => moves.push(KnownMove { progress, destination }),
             None => {}
         }
-        moves.retain(|m| !m.done);
+        moves.retain(|m| !m.progress.done);
         self.has_moves.store(!moves.is_empty(), Ordering::Release);
     }
 
     /// Forgets a move the source reported over (trap 4: "unknown range" means finished).
     pub fn forget_move(&self, range: HashRange) {
         let mut moves = self.moves.lock();
-        moves.retain(|m| m.range != range);
+        moves.retain(|m| m.progress.range != range);
         self.has_moves.store(!moves.is_empty(), Ordering::Release);
     }
 }
@@ -139,29 +130,29 @@ fn moves_of(map: &ShardMap, known: &[KnownMove]) -> Vec<KnownMove> {
             // Only fulva moves are read at both ends; rocksteady destinations
             // answer alone (pulling missing keys first).
             ShardState::Migrating { source, strategy: Strategy::Fulva } => {
-                let learned = known.iter().find(|m| m.range == s.range && m.source == source);
-                Some(KnownMove {
+                let learned =
+                    known.iter().find(|m| m.progress.range == s.range && m.progress.source == source);
+                let progress = MigrationProgress {
                     range: s.range,
                     source,
-                    destination: s.owner,
-                    cursor: learned.map_or(s.range.first, |m| m.cursor),
-                    done: learned.is_some_and(|m| m.done),
-                })
+                    cursor: learned.map_or(s.range.first, |m| m.progress.cursor),
+                    done: learned.is_some_and(|m| m.progress.done),
+                };
+                Some(KnownMove { progress, destination: s.owner })
             }
             ShardState::Normal | ShardState::Migrating { .. } => None,
         })
         .collect();
     // Moves learned from replies that this map does not show as settled yet.
     for m in known {
-        let settled = map
-            .shards
-            .iter()
-            .any(|s| s.range == m.range && s.state == ShardState::Normal && s.owner == m.destination);
-        if !settled && !moves.iter().any(|k| k.range == m.range) {
+        let settled = map.shards.iter().any(|s| {
+            s.range == m.progress.range && s.state == ShardState::Normal && s.owner == m.destination
+        });
+        if !settled && !moves.iter().any(|k| k.progress.range == m.progress.range) {
             moves.push(*m);
         }
     }
-    moves.retain(|m| !m.done);
+    moves.retain(|m| !m.progress.done);
     moves
 }
 
@@ -194,7 +185,7 @@ mod tests {
         let moving = map.shards[0].range;
         let routes = Routes::new(map.clone());
         let key = moving.first + 1000;
-        assert!(matches!(routes.route(key), Route::Dual(m) if m.source == 0 && m.destination == 1));
+        assert!(matches!(routes.route(key), Route::Dual(m) if m.progress.source == 0 && m.destination == 1));
         // Elsewhere: the owner alone.
         assert_eq!(routes.route(map.shards[3].range.first), Route::Owner(1));
         // The destination reports a cursor past the key: the destination alone.

@@ -468,6 +468,16 @@ pub struct MigrationProgress {
     pub done: bool,
 }
 
+impl MigrationProgress {
+    /// Whether the destination holds everything of `hash` the source had:
+    /// the move is over, or the cursor has passed the hash. A hash outside
+    /// the range is not this move's to answer for.
+    #[inline]
+    pub fn covers(&self, hash: u64) -> bool {
+        self.range.contains(hash) && (self.done || hash < self.cursor)
+    }
+}
+
 /// A reply frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {

@@ -157,3 +157,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn progress_covers_the_hashes_below_its_cursor_of_its_range_or_all_of_it_once_done() {
+    let range = HashRange { first: 100, last: 199 };
+    let p = MigrationProgress { range, cursor: 150, source: 0, done: false };
+    assert!(p.covers(100) && p.covers(149));
+    assert!(!p.covers(150) && !p.covers(199), "at and above the cursor the source may still hold it");
+    assert!(!p.covers(99) && !p.covers(200), "outside the range it answers for nothing");
+    let done = MigrationProgress { done: true, ..p };
+    assert!(done.covers(150) && done.covers(199));
+    assert!(!done.covers(200));
+}
