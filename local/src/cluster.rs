@@ -30,8 +30,8 @@ pub struct LocalClusterConfig {
     pub control_addr: SocketAddr,
     /// Where the coordinator keeps the map (`None`: in memory).
     pub map_file: Option<PathBuf>,
-    /// Loss, duplication and reordering injected on every data-path socket
-    /// (nodes' and the clients' made by [`LocalCluster::client`]).
+    /// Loss, duplication and reordering injected on the nodes' data-path
+    /// sockets and on those of clients made by [`LocalCluster::faulty_client`].
     pub faults: Option<FaultConfig>,
 }
 
