@@ -3,7 +3,7 @@
 //! at the nodes (fulva's clients read both ends until the cursor passes a
 //! key, rocksteady's destination pulls a missing key on demand).
 
-use super::{Ends, Pass, Stage};
+use super::{handover, Ends, Pass, Stage};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::node_client::NodeClient;
 use fulva_proto::grpc::{FreezeRangeRequest, MigrationStatusResponse, StartMigrationRequest};
@@ -35,16 +35,11 @@ impl Coordinator {
         // means carrying them back.
         *stage = Stage::DestinationServing { copied_up_to: frozen.max_version };
         dest.start_migration(StartMigrationRequest {
-            range: r,
-            version_floor: frozen.max_version,
-            records: frozen.records,
-            acks: frozen.acks,
             objects_total: frozen.objects,
             bytes_total: frozen.bytes,
-            epoch,
             rate_limit_bytes_per_sec: options.rate_limit_bytes_per_sec,
             serve: true,
-            ..Default::default()
+            ..handover(r, frozen, epoch)
         })
         .await?;
         let migrating = self

@@ -127,6 +127,23 @@ pub struct MoveReport {
     pub source_lost: bool,
 }
 
+/// The start of a pass that takes over from a frozen end: the destination's
+/// version floor, completion records and ack floors come from the freeze.
+fn handover(
+    range: Option<fulva_proto::grpc::HashRange>,
+    frozen: fulva_proto::grpc::FreezeRangeResponse,
+    epoch: u64,
+) -> fulva_proto::grpc::StartMigrationRequest {
+    fulva_proto::grpc::StartMigrationRequest {
+        range,
+        version_floor: frozen.max_version,
+        records: frozen.records,
+        acks: frozen.acks,
+        epoch,
+        ..Default::default()
+    }
+}
+
 /// One move's fixed facts, as each strategy's pass reads them.
 #[derive(Clone, Copy)]
 struct Pass<'a> {

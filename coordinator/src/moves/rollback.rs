@@ -2,7 +2,7 @@
 //! fulva protocol, the relay through the coordinator for two nodes that
 //! cannot reach each other, and fencing a node that was lost.
 
-use super::{Ends, MoveOptions, Stage};
+use super::{handover, Ends, MoveOptions, Stage};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::node_client::{NodeCall, NodeClient};
 use fulva_proto::grpc::{
@@ -188,14 +188,9 @@ impl Coordinator {
             .freeze_range(FreezeRangeRequest { range: r, destination: source, epoch, lock: false })
             .await?;
         src.start_migration(StartMigrationRequest {
-            range: r,
-            version_floor: frozen.max_version,
-            records: frozen.records,
-            acks: frozen.acks,
-            epoch,
             serve: true,
             min_version: copied_up_to,
-            ..Default::default()
+            ..handover(r, frozen, epoch)
         })
         .await?;
         let back = self

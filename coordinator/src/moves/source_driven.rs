@@ -2,7 +2,7 @@
 //! source serves, then lock and ship what changed. The lock window is
 //! downtime for the range's keys, and the report says how long it was.
 
-use super::{Ends, Pass, Stage};
+use super::{handover, Ends, Pass, Stage};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::node_client::NodeClient;
 use fulva_proto::grpc::{
@@ -47,15 +47,10 @@ impl Coordinator {
         let frozen =
             src.freeze_range(FreezeRangeRequest { range: r, destination, epoch, lock: true }).await?;
         dest.start_migration(StartMigrationRequest {
-            range: r,
-            version_floor: frozen.max_version,
-            records: frozen.records,
-            acks: frozen.acks,
-            epoch,
             serve: false,
             final_pass: true,
             min_version: copy.copy_from_version,
-            ..Default::default()
+            ..handover(r, frozen, epoch)
         })
         .await?;
         let status = self.wait_for_pass(dest, destination, source, range, options, abort, progress).await?;
