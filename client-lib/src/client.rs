@@ -2,7 +2,7 @@
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
-use crate::routing::{KnownMove, Routes};
+use crate::routing::{KnownMove, Route, Routes};
 use crate::stats::ClientStats;
 use crate::transport::{DataTransport, TransportChoice};
 use bytes::Bytes;
@@ -232,17 +232,19 @@ impl<T: Transport> Client<T> {
                     return Err(ClientError::Timeout { op: "get", attempts: rounds });
                 }
             }
-            if let Some(mv) = self.inner.routes.move_for(hash) {
-                match self.dual_read(key, hash, mv).await? {
+            let owner = match self.inner.routes.route(hash) {
+                Route::Dual(mv) => match self.dual_read(key, hash, mv).await? {
                     Some(read) => return Ok(read),
                     // What the client knew of the move is out of date: ask afresh.
                     None => {
                         self.inner.routes.forget_move(mv.progress.range);
                         continue;
                     }
-                }
-            }
-            let reply = self.call(RequestBody::Get { key }, hash, 0, None, 0).await?;
+                },
+                Route::Owner(node) => node,
+                Route::Unrouted => return Err(ClientError::NoRoute(hash)),
+            };
+            let reply = self.call(RequestBody::Get { key }, hash, 0, Some(owner), 0).await?;
             // The destination of a move answered for a key it may not have
             // yet: read both ends of the move.
             if reply.progress.is_some_and(|p| p.range.contains(hash) && !p.covers(hash)) {

@@ -306,7 +306,8 @@ impl Recorder {
 pub struct OpSample<'a> {
     /// The key.
     pub key: &'a [u8],
-    /// The session's latency bucket of the key ([`Session::bucket`]).
+    /// The session's latency bucket of the key ([`Session::bucket`]); 0
+    /// unless the hook [wants it](SampleHook::wants_bucket).
     pub bucket: usize,
     /// A read (else a write).
     pub read: bool,
@@ -321,6 +322,12 @@ pub struct OpSample<'a> {
 pub trait SampleHook: Send + 'static {
     /// Takes one completed operation.
     fn record(&mut self, sample: &OpSample<'_>);
+
+    /// Whether [`OpSample::bucket`] is wanted (it costs a map lookup per
+    /// operation on the load generator's side, so it is asked for only when used).
+    fn wants_bucket(&self) -> bool {
+        false
+    }
 }
 
 /// Feeds a task's latencies into a [`Recorder`], per bucket.
@@ -334,6 +341,10 @@ impl SampleHook for RecorderHook {
         } else {
             r.errors += 1;
         }
+    }
+
+    fn wants_bucket(&self) -> bool {
+        true
     }
 }
 
@@ -373,6 +384,7 @@ pub async fn run_closed_loop_with<S: Session, H: SampleHook>(
             let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(i as u64));
             let mut key = Vec::with_capacity(32);
             let mut value = vec![0u8; spec.value_size];
+            let wants_bucket = hook.wants_bucket();
             while !stop.is_cancelled() {
                 let left = remaining.fetch_update(
                     std::sync::atomic::Ordering::Relaxed,
@@ -383,7 +395,7 @@ pub async fn run_closed_loop_with<S: Session, H: SampleHook>(
                     break;
                 }
                 key_into(chooser.next(&mut rng), &mut key);
-                let bucket = session.bucket(&key);
+                let bucket = if wants_bucket { session.bucket(&key) } else { 0 };
                 let read = rng.random_bool(spec.read_fraction.clamp(0.0, 1.0));
                 let started = Instant::now();
                 let result = if read {
