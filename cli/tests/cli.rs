@@ -64,29 +64,31 @@ fn spawn_up(args: &[&str], ready: &str) -> (String, ChildGuard, tempfile::TempDi
         }
         assert!(started.elapsed() < Duration::from_secs(60), "cluster did not start");
     }
-    // Keep reading: a closed pipe would end the process at its next line.
-    std::thread::spawn(move || lines.for_each(drop));
+    // Keep reading (a closed pipe would end the process at its next line),
+    // echoing into the test's output so a failure shows what the cluster said.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| eprintln!("fulva up: {line}")));
     (endpoint, reaper, dir)
 }
 
 #[test]
 fn kv_commands_work_against_a_running_cluster() {
     let (endpoint, _reaper, _dir) = spawn_up(&["--no-workload"], "shards, control endpoint");
-    let kv = |args: &[&str]| {
+    // Runs `fulva kv ARGS`, checks its exit code and returns its stdout; a
+    // mismatch shows what the command printed on stderr.
+    let kv = |args: &[&str], code: i32| {
         let out = fulva().args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "fulva kv {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        stdout
     };
-    assert_eq!(kv(&["get", "greeting"]).0, Some(1));
-    let (code, out) = kv(&["put", "greeting", "hello"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert_eq!(kv(&["get", "greeting"]), (Some(0), "hello\n".to_string()));
-    assert_eq!(
-        kv(&["mget", "greeting", "nope"]),
-        (Some(0), "greeting\thello\nnope\t(not found)\n".to_string())
-    );
-    assert_eq!(kv(&["del", "greeting"]).0, Some(0));
-    assert_eq!(kv(&["del", "greeting"]).0, Some(1));
-    assert_eq!(kv(&["get", "greeting"]).0, Some(1));
+    kv(&["get", "greeting"], 1);
+    kv(&["put", "greeting", "hello"], 0);
+    assert_eq!(kv(&["get", "greeting"], 0), "hello\n");
+    assert_eq!(kv(&["mget", "greeting", "nope"], 0), "greeting\thello\nnope\t(not found)\n");
+    kv(&["del", "greeting"], 0);
+    kv(&["del", "greeting"], 1);
+    kv(&["get", "greeting"], 1);
 }
 
 #[test]

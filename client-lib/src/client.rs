@@ -2,7 +2,8 @@
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
-use crate::routing::{KnownMove, Route, Routes};
+use crate::moves::KnownMove;
+use crate::routing::{Route, Routes};
 use crate::stats::ClientStats;
 use crate::transport::{DataTransport, TransportChoice};
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
 use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
 use fulva_proto::{key_hash, Epoch, NodeId, Op, Reply, Request, RequestBody, ShardMap, Status};
+use futures::future::{self, Either};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -85,6 +87,8 @@ struct Inner<T: Transport> {
     next_request_id: AtomicU64,
     seqs: Mutex<SeqTracker>,
     routes: Routes,
+    /// Only with the `learned_keys_outlive_moves` trap: every key ever learned.
+    outliving: Mutex<std::collections::HashSet<u64>>,
     control: ShardMapServiceClient<Channel>,
     refresh: tokio::sync::Mutex<()>,
     stats: ClientStats,
@@ -155,7 +159,8 @@ impl<T: Transport> Client<T> {
             pending: (0..PENDING_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_request_id: AtomicU64::new(1),
             seqs: Mutex::new(SeqTracker::default()),
-            routes: Routes::new(map),
+            routes: Routes::with_learned_limit(map, config.learned_keys_per_move),
+            outliving: Mutex::new(std::collections::HashSet::new()),
             control,
             refresh: tokio::sync::Mutex::new(()),
             stats: ClientStats::default(),
@@ -232,7 +237,14 @@ impl<T: Transport> Client<T> {
                     return Err(ClientError::Timeout { op: "get", attempts: rounds });
                 }
             }
-            let owner = match self.inner.routes.route(hash) {
+            if self.inner.config.traps.learned_keys_outlive_moves
+                && self.inner.outliving.lock().contains(&hash)
+            {
+                // Trap: the paper's client trusts a learned key's owner for good.
+                let reply = self.call(RequestBody::Get { key }, hash, 0, None, 0).await?;
+                return versioned(reply.outcomes.into_iter().next());
+            }
+            let node = match self.inner.routes.route(hash) {
                 Route::Dual(mv) => match self.dual_read(key, hash, mv).await? {
                     Some(read) => return Ok(read),
                     // What the client knew of the move is out of date: ask afresh.
@@ -241,24 +253,55 @@ impl<T: Transport> Client<T> {
                         continue;
                     }
                 },
+                Route::Learned(mv) => mv.destination,
                 Route::Owner(node) => node,
                 Route::Unrouted => return Err(ClientError::NoRoute(hash)),
             };
-            let reply = self.call(RequestBody::Get { key }, hash, 0, Some(owner), 0).await?;
-            // The destination of a move answered for a key it may not have
-            // yet: read both ends of the move.
-            if reply.progress.is_some_and(|p| p.range.contains(hash) && !p.covers(hash)) {
-                continue;
+            let (reply, answered_by) =
+                self.call_routed(RequestBody::Get { key }, hash, 0, Some(node), 0).await?;
+            if self.answers_alone(&reply, answered_by, hash) {
+                return versioned(reply.outcomes.into_iter().next());
             }
-            return versioned(reply.outcomes.into_iter().next());
+            // A move's destination that may not hold the key yet: read both ends.
         }
     }
 
-    /// Reads `key` from a move's destination and source at once and keeps the
-    /// higher version (a tie goes to the destination; absent is version 0; a
-    /// tombstone counts with its version). Returns `None` when either end
-    /// shows the move is not what the client believed (moved on, finished,
-    /// another move): the caller then asks afresh.
+    /// Whether one node's reply to a read of `hash` is the answer on its own:
+    /// the node serves the key outside any move, its cursor covers the key,
+    /// or it holds the key (and is then remembered as holding it). Otherwise
+    /// the reply corrects what the client knew of the move, which the next
+    /// round reads at both ends.
+    fn answers_alone(&self, reply: &Reply, answered_by: Option<NodeId>, hash: u64) -> bool {
+        let Some(progress) = reply.progress.filter(|p| p.range.contains(hash)) else { return true };
+        if progress.covers(hash) {
+            return true;
+        }
+        let held = reply.outcomes.first().is_some_and(|o| o.held);
+        if let Some(destination) = answered_by {
+            if held {
+                self.inner.stats.held_reads.fetch_add(1, Ordering::Relaxed);
+                self.learn_key(&progress, destination, hash);
+                return true;
+            }
+            self.inner.routes.moves().correct(progress, destination);
+        }
+        self.inner.config.traps.destination_absent_is_final
+    }
+
+    fn learn_key(&self, progress: &fulva_proto::MigrationProgress, destination: NodeId, hash: u64) {
+        self.inner.routes.moves().learn_key(progress, destination, hash);
+        if self.inner.config.traps.learned_keys_outlive_moves {
+            self.inner.outliving.lock().insert(hash);
+        }
+    }
+
+    /// Reads `key` from a move's destination and source at once. When the
+    /// destination holds the key (or its cursor covers it), its answer is
+    /// final and the source's is not waited for; otherwise the higher version
+    /// wins (a tie goes to the destination; absent is version 0; a tombstone
+    /// counts with its version). Returns `None` when either end shows the
+    /// move is not what the client believed (moved on, finished, another
+    /// move): the caller then asks afresh.
     async fn dual_read(
         &self,
         key: &[u8],
@@ -267,25 +310,36 @@ impl<T: Transport> Client<T> {
     ) -> Result<Option<Versioned>, ClientError> {
         self.inner.stats.dual_reads.fetch_add(1, Ordering::Relaxed);
         let body = RequestBody::Get { key };
-        let (at_destination, at_source) = futures::join!(
-            self.call_routed(body.clone(), hash, 0, Some(mv.destination), 0),
-            self.call_once(body.clone(), hash, mv.progress.source, dual_read_flags(mv.destination)),
-        );
+        let at_destination = std::pin::pin!(self.call_routed(body.clone(), hash, 0, Some(mv.destination), 0));
+        let at_source =
+            std::pin::pin!(self.call_once(body, hash, mv.progress.source, dual_read_flags(mv.destination)));
+        // Both requests are out once the first poll returns; whichever answers first.
+        let (at_destination, at_source) = match future::select(at_destination, at_source).await {
+            Either::Left((reply, source)) => (reply, Either::Left(source)),
+            Either::Right((reply, destination)) => (destination.await, Either::Right(future::ready(reply))),
+        };
         let (reply, answered_by) = at_destination?;
         if answered_by != Some(mv.destination) {
             return Ok(None);
         }
-        let covered = match reply.progress {
+        let progress = match reply.progress {
             // The destination serves the range alone: the move is over.
-            None => true,
-            Some(p) if p.range.contains(hash) && p.source == mv.progress.source => p.covers(hash),
+            None => return versioned(reply.outcomes.into_iter().next()).map(Some),
+            Some(p) if p.range.contains(hash) && p.source == mv.progress.source => p,
             Some(_) => return Ok(None),
         };
-        let destination = versioned(reply.outcomes.into_iter().next())?;
-        if covered {
+        let outcome = reply.outcomes.into_iter().next();
+        let held = outcome.as_ref().is_some_and(|o| o.held);
+        let destination = versioned(outcome)?;
+        if progress.covers(hash) || self.inner.config.traps.destination_absent_is_final {
             return Ok(Some(destination));
         }
-        let source = at_source?;
+        if held {
+            self.inner.stats.held_reads.fetch_add(1, Ordering::Relaxed);
+            self.learn_key(&progress, mv.destination, hash);
+            return Ok(Some(destination));
+        }
+        let source = at_source.await?;
         let Some(outcome) = source.outcomes.into_iter().next() else { return Ok(None) };
         if !matches!(outcome.status, Status::Ok | Status::NotFound) {
             return Ok(None);
@@ -611,7 +665,13 @@ async fn retransmit_loop<T: Transport>(inner: Weak<Inner<T>>) {
         let now = Instant::now();
         for shard in inner.pending.iter() {
             let mut shard = shard.lock();
-            let expired: Vec<Pending> = shard.extract_if(|_, p| now >= p.deadline).map(|(_, p)| p).collect();
+            // A call that stopped waiting (a dual read answered by the
+            // destination alone) needs no resends and no timeout.
+            let expired: Vec<Pending> = shard
+                .extract_if(|_, p| now >= p.deadline || p.tx.is_closed())
+                .map(|(_, p)| p)
+                .filter(|p| !p.tx.is_closed())
+                .collect();
             for p in shard.values_mut().filter(|p| now >= p.next_send) {
                 p.attempts += 1;
                 p.timeout = (p.timeout * 2).min(inner.config.max_timeout);

@@ -30,6 +30,25 @@ pub struct ClientConfig {
     pub cluster: String,
     /// The data path: kernel UDP (default) or DPDK (`dpdk` feature).
     pub transport: TransportChoice,
+    /// Keys remembered per move as held by its destination (reads of them
+    /// then go to the destination alone); about 16 bytes each.
+    pub learned_keys_per_move: usize,
+    /// Switches that re-create ways to get the client's side of a move
+    /// wrong, for proving that the tests catch them. Never set outside tests.
+    pub traps: ClientTraps,
+}
+
+/// Client behaviours that break linearizability during moves, each the
+/// mistake its name says; the stress test must catch every one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTraps {
+    /// Take a move destination's answer as final even when it does not hold
+    /// the key ("absent" there may only mean "not pulled yet").
+    pub destination_absent_is_final: bool,
+    /// The paper's client: keys learned as arrived are kept after their move
+    /// ended or was aborted, and a read of one takes the answer of the node
+    /// the map names as final, whatever that node holds.
+    pub learned_keys_outlive_moves: bool,
 }
 
 impl ClientConfig {
@@ -51,6 +70,8 @@ impl ClientConfig {
             watch_map: true,
             cluster: String::new(),
             transport: TransportChoice::Kernel,
+            learned_keys_per_move: crate::moves::DEFAULT_LEARNED_KEYS_PER_MOVE,
+            traps: ClientTraps::default(),
         }
     }
 }

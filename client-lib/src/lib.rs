@@ -20,6 +20,8 @@
 //! - `config`: the [`ClientConfig`].
 //! - `error`: the [`ClientError`] enum.
 //! - `history`: the opt-in [`History`] recorder ([`RecordingClient`]).
+//! - `moves`: [`MoveTracker`], what the client knows of moves in progress
+//!   (progress, learned keys) and how a destination's reply corrects it.
 //! - `routing`: [`Routes`], the cached map and known moves, and where a read goes ([`Route`]).
 //! - `stats`: the [`ClientStats`] counters.
 //! - `transport`: the data path [`Client::connect`] opens (kernel UDP or DPDK).
@@ -30,14 +32,16 @@ mod client;
 mod config;
 mod error;
 mod history;
+mod moves;
 mod routing;
 mod stats;
 mod transport;
 
 pub use client::{Client, Versioned};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, ClientTraps};
 pub use error::ClientError;
 pub use history::{Event, EventType, Function, History, RecordingClient};
-pub use routing::{KnownMove, Route, Routes};
+pub use moves::{KnownMove, MoveRoute, MoveTracker, DEFAULT_LEARNED_KEYS_PER_MOVE};
+pub use routing::{Route, Routes};
 pub use stats::ClientStats;
 pub use transport::{DataTransport, TransportChoice};

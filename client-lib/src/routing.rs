@@ -1,38 +1,20 @@
 //! Where a request goes: the cached shard map and the moves the client
-//! knows of (from the map, and from the progress destinations report), and
-//! the decision a read makes from them ([`Routes::route`]).
+//! knows of ([`MoveTracker`]), and the decision a read makes from them
+//! ([`Routes::route`]).
 
+use crate::moves::{KnownMove, MoveRoute, MoveTracker, DEFAULT_LEARNED_KEYS_PER_MOVE};
 use arc_swap::ArcSwap;
-use fulva_proto::{HashRange, MigrationProgress, NodeId, ShardMap, ShardState, Strategy};
-use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use fulva_proto::{HashRange, MigrationProgress, NodeId, ShardMap};
 use std::sync::Arc;
-
-/// A move the client knows of, from the map or from a destination's reply:
-/// its progress as the destination last reported it (range, source, cursor,
-/// done), and the destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KnownMove {
-    /// What the client knows of the move's progress.
-    pub progress: MigrationProgress,
-    /// Node the range goes to.
-    pub destination: NodeId,
-}
-
-impl KnownMove {
-    /// Whether a read of `hash` must ask both nodes: the hash is in the
-    /// moving range and the destination may not hold it yet.
-    pub fn needs_dual_read(&self, hash: u64) -> bool {
-        self.progress.range.contains(hash) && !self.progress.covers(hash)
-    }
-}
 
 /// Where a read of one key goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// To the owner the map names.
     Owner(NodeId),
-    /// To both ends of a move whose cursor has not passed the key.
+    /// To a move's destination alone: it has shown it holds the key.
+    Learned(KnownMove),
+    /// To both ends of a move whose destination may not hold the key yet.
     Dual(KnownMove),
     /// The map names no owner (it does not cover the hash).
     Unrouted,
@@ -41,20 +23,18 @@ pub enum Route {
 /// The client's routing state, shared by every request.
 pub struct Routes {
     map: ArcSwap<ShardMap>,
-    moves: Mutex<Vec<KnownMove>>,
-    /// Whether `moves` is non-empty: reads skip its lock when no move is known.
-    has_moves: AtomicBool,
+    moves: MoveTracker,
 }
 
 impl Routes {
     /// Routes by `map` (its moves included).
     pub fn new(map: ShardMap) -> Routes {
-        let moves = moves_of(&map, &[]);
-        Routes {
-            has_moves: AtomicBool::new(!moves.is_empty()),
-            moves: Mutex::new(moves),
-            map: ArcSwap::from_pointee(map),
-        }
+        Routes::with_learned_limit(map, DEFAULT_LEARNED_KEYS_PER_MOVE)
+    }
+
+    /// Routes by `map`, keeping at most `learned_limit` learned keys per move.
+    pub fn with_learned_limit(map: ShardMap, learned_limit: usize) -> Routes {
+        Routes { moves: MoveTracker::new(&map, learned_limit), map: ArcSwap::from_pointee(map) }
     }
 
     /// The cached map.
@@ -67,12 +47,19 @@ impl Routes {
         self.map.load().epoch
     }
 
+    /// What the client knows of moves in progress.
+    pub fn moves(&self) -> &MoveTracker {
+        &self.moves
+    }
+
     /// Where a read of `hash` goes now.
+    #[inline]
     pub fn route(&self, hash: u64) -> Route {
-        if let Some(mv) = self.move_for(hash) {
-            return Route::Dual(mv);
+        match self.moves.route(hash) {
+            MoveRoute::Dual(mv) => Route::Dual(mv),
+            MoveRoute::Learned(mv) => Route::Learned(mv),
+            MoveRoute::NotMoving => self.map.load().owner_of(hash).map_or(Route::Unrouted, Route::Owner),
         }
-        self.map.load().owner_of(hash).map_or(Route::Unrouted, Route::Owner)
     }
 
     /// Installs `map` if it is newer than the cached one; returns the map in force.
@@ -81,9 +68,7 @@ impl Routes {
         let previous =
             self.map.rcu(|cached| if map.epoch > cached.epoch { map.clone() } else { cached.clone() });
         if map.epoch > previous.epoch {
-            let mut moves = self.moves.lock();
-            *moves = moves_of(&map, &moves);
-            self.has_moves.store(!moves.is_empty(), Ordering::Release);
+            self.moves.install(&map);
             map
         } else {
             previous
@@ -92,74 +77,24 @@ impl Routes {
 
     /// The move a read of `hash` must treat as in progress, if any.
     pub fn move_for(&self, hash: u64) -> Option<KnownMove> {
-        if !self.has_moves.load(Ordering::Acquire) {
-            return None;
-        }
-        self.moves.lock().iter().find(|m| m.needs_dual_read(hash)).copied()
+        self.moves.move_for(hash)
     }
 
     /// Takes in progress reported by `destination`.
     pub fn learn(&self, progress: MigrationProgress, destination: NodeId) {
-        let mut moves = self.moves.lock();
-        match moves.iter_mut().find(|m| m.progress.range == progress.range) {
-            Some(m) => {
-                m.progress.cursor = m.progress.cursor.max(progress.cursor);
-                m.progress.done |= progress.done;
-            }
-            None if !progress.done => moves.push(KnownMove { progress, destination }),
-            None => {}
-        }
-        moves.retain(|m| !m.progress.done);
-        self.has_moves.store(!moves.is_empty(), Ordering::Release);
+        self.moves.learn(progress, destination);
     }
 
     /// Forgets a move the source reported over (trap 4: "unknown range" means finished).
     pub fn forget_move(&self, range: HashRange) {
-        let mut moves = self.moves.lock();
-        moves.retain(|m| m.progress.range != range);
-        self.has_moves.store(!moves.is_empty(), Ordering::Release);
+        self.moves.forget(range);
     }
-}
-
-/// The moves a new map shows, keeping what replies taught of their progress.
-fn moves_of(map: &ShardMap, known: &[KnownMove]) -> Vec<KnownMove> {
-    let mut moves: Vec<KnownMove> = map
-        .shards
-        .iter()
-        .filter_map(|s| match s.state {
-            // Only fulva moves are read at both ends; rocksteady destinations
-            // answer alone (pulling missing keys first).
-            ShardState::Migrating { source, strategy: Strategy::Fulva } => {
-                let learned =
-                    known.iter().find(|m| m.progress.range == s.range && m.progress.source == source);
-                let progress = MigrationProgress {
-                    range: s.range,
-                    source,
-                    cursor: learned.map_or(s.range.first, |m| m.progress.cursor),
-                    done: learned.is_some_and(|m| m.progress.done),
-                };
-                Some(KnownMove { progress, destination: s.owner })
-            }
-            ShardState::Normal | ShardState::Migrating { .. } => None,
-        })
-        .collect();
-    // Moves learned from replies that this map does not show as settled yet.
-    for m in known {
-        let settled = map.shards.iter().any(|s| {
-            s.range == m.progress.range && s.state == ShardState::Normal && s.owner == m.destination
-        });
-        if !settled && !moves.iter().any(|k| k.progress.range == m.progress.range) {
-            moves.push(*m);
-        }
-    }
-    moves.retain(|m| !m.progress.done);
-    moves
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulva_proto::{NodeInfo, Shard};
+    use fulva_proto::{NodeInfo, Shard, ShardState, Strategy};
 
     /// 16 shards over 2 nodes; shard 0 moves from node 0 to node 1 with fulva.
     fn map_with_a_move() -> ShardMap {

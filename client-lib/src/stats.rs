@@ -20,6 +20,10 @@ pub struct ClientStats {
     /// Reads sent to both ends of a move (the source too, because the
     /// destination may not hold the key yet).
     pub dual_reads: AtomicU64,
+    /// Reads of a moving range answered by its destination alone because it
+    /// holds the key (a dual read that did not wait for the source, or a read
+    /// of a learned key).
+    pub held_reads: AtomicU64,
 }
 
 impl ClientStats {

@@ -37,7 +37,7 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
     let mut clients = Vec::new();
     let mut injected = Vec::new();
     for t in 0..tasks {
-        let (client, stats) = cluster.faulty_client_with_stats(t + 1).await.unwrap();
+        let (client, stats) = cluster.faulty_client_with_stats(t + 1, Default::default()).await.unwrap();
         injected.extend(stats);
         clients.push(client.clone());
         joins.push(tokio::spawn(async move {

@@ -31,7 +31,7 @@ async fn caught_in_three_runs(trap: impl Fn(&mut StressConfig)) -> bool {
         let mut config = StressConfig::quick(dir.path().join("history.jsonl"));
         config.abort_share = 0.0;
         config.seed = attempt;
-        // Both traps are in what fulva's destination serves during the pull.
+        // Every trap is in what fulva's destination serves during the pull.
         config.strategies = vec![fulva_proto::Strategy::Fulva];
         trap(&mut config);
         if !stress::run(config).await.unwrap().check.violations.is_empty() {
@@ -50,6 +50,29 @@ async fn the_checker_catches_deletes_without_tombstones() {
     })
     .await;
     assert!(caught, "trap 3 went unnoticed in three runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_destination_absent_taken_as_final() {
+    // A read reaching the destination before the key was pulled sees "absent".
+    let caught = caught_in_three_runs(|config| {
+        config.client_traps.destination_absent_is_final = true;
+        config.moves = 25;
+    })
+    .await;
+    assert!(caught, "a destination's 'absent' taken as final went unnoticed in three runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_learned_keys_kept_across_moves() {
+    // A key learned in one move is read from its next move's destination
+    // alone, before that destination has pulled it.
+    let caught = caught_in_three_runs(|config| {
+        config.client_traps.learned_keys_outlive_moves = true;
+        config.moves = 25;
+    })
+    .await;
+    assert!(caught, "learned keys kept across moves went unnoticed in three runs");
 }
 
 /// Not in the default suite: the window this trap opens is often closed by a

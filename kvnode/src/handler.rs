@@ -43,7 +43,7 @@ pub struct Handler {
 }
 
 fn redirect(to: Option<u32>) -> Outcome {
-    Outcome { status: Status::Redirect, version: 0, redirect: to, value: None }
+    Outcome { redirect: to, ..Outcome::status(Status::Redirect) }
 }
 
 fn apply_delta(gauges: &crate::metrics::RangeMetrics, delta: SizeDelta) {
@@ -155,6 +155,9 @@ impl Handler {
         let hash = key_hash(key);
         self.ownership.with_placement(hash, |placement| match placement {
             Placement::Served(range) => {
+                // At a fulva destination, objects above this version were
+                // pulled or written during the move: they are the newest.
+                let mut held_above = None;
                 match (&range.role, dual) {
                     (RangeRole::Serving | RangeRole::Copying { .. }, None) => {}
                     // The lock window of a source-driven move: downtime.
@@ -170,7 +173,10 @@ impl Handler {
                         return Outcome::status(Status::Retry)
                     }
                     (RangeRole::Incoming(mv), None) => match mv.strategy {
-                        Strategy::Fulva => *progress = Some(mv.progress()),
+                        Strategy::Fulva => {
+                            *progress = Some(mv.progress());
+                            held_above = Some(mv.authority_floor());
+                        }
                         // Rocksteady: a key not here yet is pulled from the
                         // source first (a priority pull); the client retries.
                         Strategy::Rocksteady if !mv.covers(hash) && !mv.is_fetched(key) => {
@@ -182,12 +188,12 @@ impl Handler {
                 }
                 range.metrics.count_op(op, hash);
                 match self.store.get(hash, key) {
-                    Some(Object { version, value: Some(value) }) => {
-                        range.metrics.count_read_bytes(value.len());
-                        Outcome { status: Status::Ok, version, redirect: None, value: Some(value) }
-                    }
-                    Some(Object { version, value: None }) => {
-                        Outcome { status: Status::NotFound, version, redirect: None, value: None }
+                    Some(Object { version, value }) => {
+                        if let Some(value) = &value {
+                            range.metrics.count_read_bytes(value.len());
+                        }
+                        let held = held_above.is_some_and(|floor| version > floor);
+                        Outcome::read(version, value, held)
                     }
                     None => Outcome::status(Status::NotFound),
                 }
@@ -216,7 +222,7 @@ impl Handler {
         let replayed = || {
             let done = tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()?;
             self.metrics.write_replays.inc();
-            Some(Outcome { status: done.status, version: done.version, redirect: None, value: None })
+            Some(Outcome::written(done.status, done.version))
         };
         let replay_or_redirect = |to: Option<u32>| Some(replayed().unwrap_or_else(|| redirect(to)));
         self.ownership.with_placement(hash, |placement| {
@@ -247,12 +253,7 @@ impl Handler {
                     Admission::Apply => {}
                     Admission::Replay(done) => {
                         self.metrics.write_replays.inc();
-                        return Some(Outcome {
-                            status: done.status,
-                            version: done.version,
-                            redirect: None,
-                            value: None,
-                        });
+                        return Some(Outcome::written(done.status, done.version));
                     }
                     Admission::Stale => return Some(Outcome::status(Status::Stale)),
                     Admission::InProgress => {
@@ -274,7 +275,7 @@ impl Handler {
                     hash,
                 );
             }
-            Some(Outcome { status, version: result.version, redirect: None, value: None })
+            Some(Outcome::written(status, result.version))
         })
     }
 

@@ -140,6 +140,16 @@ impl IncomingMove {
         self.is_done() || hash < self.cursor.load(Ordering::Acquire)
     }
 
+    /// Objects of the range above this version arrived during this move
+    /// (pulled from the source or written here), so none is older than the
+    /// source's copy: 0 for a move out of a frozen source, the original
+    /// move's version ceiling when this node takes back a range it kept a
+    /// copy of (that old copy may be older than the writes it is pulling).
+    #[inline]
+    pub fn authority_floor(&self) -> u64 {
+        self.min_version.load(Ordering::Acquire)
+    }
+
     /// Stops the pull (the range was dropped or the move aborted).
     pub fn cancel(&self) {
         self.cancel.cancel();

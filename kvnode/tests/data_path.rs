@@ -288,3 +288,67 @@ async fn a_late_copy_from_an_old_move_is_never_applied() {
     assert_eq!(h.store.get(hash, b"k"), None);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_fulva_destination_says_which_keys_it_holds_for_the_move() {
+    use fulva_kvnode::{IncomingMove, Object};
+    use std::sync::Arc;
+    let node = fulva_kvnode::start(NodeConfig::loopback(0)).await.unwrap();
+    let h = &node.handler;
+    let header = |op: Op, seq: u64| RequestHeader {
+        op: op as u8,
+        flags: 0,
+        request_id: seq + 1,
+        client_id: 7,
+        seq,
+        ack: seq,
+        epoch: 9,
+    };
+    let read = |key: &'static [u8]| {
+        let reply =
+            h.execute(&Request { header: header(Op::Get, 0), body: RequestBody::Get { key } }).unwrap();
+        let outcome = reply.outcomes.into_iter().next().unwrap();
+        (outcome.status, outcome.version, outcome.held)
+    };
+    let object = |version: u64| Object { version, value: Some(bytes::Bytes::from_static(b"v")) };
+    let (low, high) = HashRange::FULL.split_at(1 << 63).unwrap();
+    let in_low = |key: &[u8]| low.contains(key_hash(key));
+    let keys: Vec<&'static [u8]> =
+        [b"a".as_slice(), b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"i", b"j"].into_iter().collect();
+    let low_keys: Vec<&'static [u8]> = keys.iter().copied().filter(|k| in_low(k)).collect();
+    let high_keys: Vec<&'static [u8]> = keys.iter().copied().filter(|k| !in_low(k)).collect();
+    assert!(low_keys.len() >= 3 && high_keys.len() >= 2, "keys on both halves");
+
+    // A move out of a frozen source: every object here is at least the source's.
+    let mv = Arc::new(IncomingMove::new(low, 3, "127.0.0.1:1".into(), fulva_proto::Strategy::Fulva));
+    h.ownership.prepare_incoming(mv.clone(), 9, &h.metrics).unwrap();
+    assert!(mv.begin_pass(0, 0, 0, true, false, 0));
+    let (pulled, written, absent) = (low_keys[0], low_keys[1], low_keys[2]);
+    assert!(h.apply_migrated(&mv, key_hash(pulled), pulled, object(5)));
+    let delete = RequestBody::Delete { key: written };
+    h.execute(&Request { header: header(Op::Delete, 1), body: delete }).unwrap();
+    assert_eq!(read(pulled), (Status::Ok, 5, true));
+    let (status, version, held) = read(written);
+    assert_eq!((status, held), (Status::NotFound, true), "a tombstone written here is held");
+    assert!(version > 0);
+    assert_eq!(read(absent), (Status::NotFound, 0, false), "absent here may be at the source");
+
+    // Taking back a range this node kept a copy of: its old objects (at or
+    // below the original move's version ceiling) may be older than the
+    // writes on their way back, so only newer ones are held.
+    h.ownership.assign(high, 9, &h.metrics).unwrap();
+    let (old, new) = (high_keys[0], high_keys[1]);
+    h.store.apply_if_newer(key_hash(old), old, object(40));
+    h.ownership.freeze(high, 4, 9, false, || 50).unwrap();
+    let back = Arc::new(IncomingMove::new(high, 4, "127.0.0.1:1".into(), fulva_proto::Strategy::Fulva));
+    h.ownership.reclaim(back.clone(), 10).unwrap();
+    assert!(back.begin_pass(0, 0, 0, true, false, 50));
+    assert!(h.apply_migrated(&back, key_hash(new), new, object(60)));
+    assert_eq!(read(old), (Status::Ok, 40, false));
+    assert_eq!(read(new), (Status::Ok, 60, true));
+
+    // Once the range is served outside any move, replies say nothing of it.
+    h.ownership.abandon_source(low, 11).unwrap();
+    assert_eq!(read(pulled), (Status::Ok, 5, false));
+    node.shutdown().await;
+}

@@ -3,7 +3,7 @@
 //! run on this. [`ControlPlane`] is the coordinator alone, for nodes that
 //! run elsewhere (other processes, network namespaces, DPDK ports).
 
-use fulva_client::{Client, ClientConfig};
+use fulva_client::{Client, ClientConfig, ClientTraps};
 use fulva_coordinator::metrics::OperatorMetrics;
 use fulva_coordinator::recovery::RecoveryReport;
 use fulva_coordinator::{spawn_control_endpoint, RebalancePolicy, Rebalancer};
@@ -147,16 +147,19 @@ impl LocalCluster {
 
     /// A client whose sockets suffer the cluster's injected faults (seeded by `seed`).
     pub async fn faulty_client(&self, seed: u64) -> anyhow::Result<Client<FaultyTransport<UdpTransport>>> {
-        Ok(self.faulty_client_with_stats(seed).await?.0)
+        Ok(self.faulty_client_with_stats(seed, ClientTraps::default()).await?.0)
     }
 
-    /// [`faulty_client`](Self::faulty_client), with the counters of what its sockets injected.
+    /// [`faulty_client`](Self::faulty_client) with `traps` switched on, and
+    /// the counters of what its sockets injected.
     pub async fn faulty_client_with_stats(
         &self,
         seed: u64,
+        traps: ClientTraps,
     ) -> anyhow::Result<(Client<FaultyTransport<UdpTransport>>, Vec<Arc<FaultStats>>)> {
         let faults = self.faults.unwrap_or_default();
         let mut config = ClientConfig::new(self.control_endpoint());
+        config.traps = traps;
         config.initial_timeout = std::time::Duration::from_millis(10);
         config.deadline = std::time::Duration::from_secs(20);
         let transports = (0..2)

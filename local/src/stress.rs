@@ -5,7 +5,7 @@
 
 use crate::check::{self, Operation, Report};
 use crate::cluster::{LocalCluster, LocalClusterConfig};
-use fulva_client::{Function, History, RecordingClient};
+use fulva_client::{ClientTraps, Function, History, RecordingClient};
 use fulva_coordinator::{CoordinatorError, MoveOptions};
 use fulva_kvnode::NodeConfig;
 use fulva_proto::transport::FaultConfig;
@@ -47,6 +47,8 @@ pub struct StressConfig {
     pub history: PathBuf,
     /// Node settings (trap switches, batch size).
     pub node: NodeConfig,
+    /// Trap switches of the workload's clients.
+    pub client_traps: ClientTraps,
     /// Seed of every random choice.
     pub seed: u64,
     /// Print progress every few seconds.
@@ -76,6 +78,7 @@ impl StressConfig {
             abort_share: 0.25,
             history,
             node: NodeConfig { migration_batch_bytes: 8 * 1024, ..NodeConfig::loopback(0) },
+            client_traps: ClientTraps::default(),
             seed: 1,
             verbose: false,
         }
@@ -129,7 +132,8 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
 
     let mut workers = Vec::new();
     for p in 0..config.clients {
-        let client = cluster.faulty_client(u64::from(p) + config.seed * 1000).await?;
+        let (client, _) =
+            cluster.faulty_client_with_stats(u64::from(p) + config.seed * 1000, config.client_traps).await?;
         let mut recorder = RecordingClient::new(client, history.clone());
         let (stop, operations, errors, hot) = (stop.clone(), operations.clone(), errors.clone(), hot.clone());
         let seed = config.seed.wrapping_mul(7919).wrapping_add(u64::from(p));

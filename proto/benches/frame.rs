@@ -41,7 +41,7 @@ fn replies(c: &mut Criterion) {
         status: Status::Ok,
         request_id: 7,
         epoch: 3,
-        outcomes: vec![Outcome { status: Status::Ok, version: 11, redirect: None, value: Some(value) }],
+        outcomes: vec![Outcome::read(11, Some(value), false)],
         progress: Some(MigrationProgress {
             range: HashRange { first: 0, last: u64::MAX / 2 },
             cursor: 1 << 40,

@@ -15,7 +15,8 @@
 //! ```text
 //!  0 magic u16   2 version u8   3 kind u8 = 0x80 | op   4 status u8   5 flags u8
 //!  6 count u16 (outcomes)   8 request_id u64   16 epoch u64 (node's epoch)
-//! 24 outcome*: status u8, version u64, redirect u32 (u32::MAX = none), value_len u32 (u32::MAX = none), value
+//! 24 outcome*: status u8, flags u8 (bit 0: held), version u64, redirect u32 (u32::MAX = none),
+//!    value_len u32 (u32::MAX = none), value
 //!    progress (flags & 1): range first u64, last u64, cursor u64, source u32, done u8
 //! ```
 //! Decoding checks every length before it reads, so it never panics and never
@@ -30,7 +31,7 @@ use bytes::{BufMut, Bytes};
 /// Magic number that opens every frame.
 pub const MAGIC: u16 = 0xF17A;
 /// Protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
 /// Bytes in a request header.
@@ -38,7 +39,7 @@ pub const REQUEST_HEADER_LEN: usize = 48;
 /// Bytes in a reply header.
 pub const REPLY_HEADER_LEN: usize = 24;
 /// Bytes in one encoded outcome before its value.
-pub const OUTCOME_FIXED_LEN: usize = 17;
+pub const OUTCOME_FIXED_LEN: usize = 18;
 /// Bytes in an encoded migration progress section.
 pub const PROGRESS_LEN: usize = 29;
 /// Most keys in one multi-get.
@@ -48,6 +49,8 @@ const NO_NODE: u32 = u32::MAX;
 /// Value-length field meaning "no value" (as opposed to an empty one).
 const NO_VALUE: u32 = u32::MAX;
 const FLAG_PROGRESS: u8 = 1;
+/// Outcome flag: see [`Outcome::held`].
+const OUTCOME_HELD: u8 = 1;
 
 /// Request operation codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -445,12 +448,29 @@ pub struct Outcome {
     pub redirect: Option<NodeId>,
     /// Value read (GET/MULTI_GET with `Ok`).
     pub value: Option<Bytes>,
+    /// Set by the destination of a fulva move on a read of a key it holds an
+    /// object for (a value or a tombstone) that it pulled or took during this
+    /// move: the source is frozen, so this answer is the key's newest and the
+    /// client needs nothing from the source (docs/migration.md, learned keys).
+    pub held: bool,
 }
 
 impl Outcome {
     /// An outcome with only a status.
     pub fn status(status: Status) -> Outcome {
-        Outcome { status, version: 0, redirect: None, value: None }
+        Outcome { status, version: 0, redirect: None, value: None, held: false }
+    }
+
+    /// The outcome of a read that found `version` (0: absent) and `value`
+    /// (`None` with a version: a tombstone).
+    pub fn read(version: u64, value: Option<Bytes>, held: bool) -> Outcome {
+        let status = if value.is_some() { Status::Ok } else { Status::NotFound };
+        Outcome { status, version, redirect: None, value, held }
+    }
+
+    /// The outcome of a write (or of its replay) with `status` and `version`.
+    pub fn written(status: Status, version: u64) -> Outcome {
+        Outcome { status, version, redirect: None, value: None, held: false }
     }
 }
 
@@ -514,6 +534,7 @@ impl Reply {
         out.put_u64_le(self.epoch);
         for o in &self.outcomes {
             out.put_u8(o.status as u8);
+            out.put_u8(if o.held { OUTCOME_HELD } else { 0 });
             out.put_u64_le(o.version);
             out.put_u32_le(o.redirect.unwrap_or(NO_NODE));
             match &o.value {
@@ -572,6 +593,7 @@ impl Reply {
         let mut outcomes = Vec::with_capacity(count);
         for _ in 0..count {
             let status = r.u8().and_then(Status::from_code).ok_or(bad("outcome status"))?;
+            let outcome_flags = r.u8().ok_or(bad("outcome flags"))?;
             let version = r.u64().ok_or(bad("version"))?;
             let redirect = r.u32().ok_or(bad("redirect"))?;
             let len = r.u32().ok_or(bad("value length"))?;
@@ -587,6 +609,7 @@ impl Reply {
                 version,
                 redirect: (redirect != NO_NODE).then_some(redirect),
                 value,
+                held: outcome_flags & OUTCOME_HELD != 0,
             });
         }
         let progress = if flags & FLAG_PROGRESS != 0 {

@@ -67,12 +67,14 @@ fn reply_strategy() -> impl Strategy<Value = Reply> {
         any::<u64>(),
         proptest::option::of(0u32..1000),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        any::<bool>(),
     )
-        .prop_map(|(s, version, redirect, value)| Outcome {
+        .prop_map(|(s, version, redirect, value, held)| Outcome {
             status: Status::from_code(s).unwrap(),
             version,
             redirect,
             value: value.map(Bytes::from),
+            held,
         });
     let progress = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
         |(a, b, cursor, source, done)| MigrationProgress {
