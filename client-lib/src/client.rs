@@ -276,7 +276,7 @@ impl<T: Transport> Client<T> {
         if progress.covers(hash) {
             return true;
         }
-        let held = reply.outcomes.first().is_some_and(|o| o.held);
+        let held = reply.outcomes.first().is_some_and(|o| self.trusts_held(o));
         if let Some(destination) = answered_by {
             if held {
                 self.inner.stats.held_reads.fetch_add(1, Ordering::Relaxed);
@@ -286,6 +286,12 @@ impl<T: Transport> Client<T> {
             self.inner.routes.moves().correct(progress, destination);
         }
         self.inner.config.traps.destination_absent_is_final
+    }
+
+    /// Whether `outcome` is a held answer this client takes alone (learned
+    /// keys are on: `learned_keys_per_move` > 0).
+    fn trusts_held(&self, outcome: &fulva_proto::Outcome) -> bool {
+        outcome.held && self.inner.config.learned_keys_per_move > 0
     }
 
     fn learn_key(&self, progress: &fulva_proto::MigrationProgress, destination: NodeId, hash: u64) {
@@ -329,7 +335,7 @@ impl<T: Transport> Client<T> {
             Some(_) => return Ok(None),
         };
         let outcome = reply.outcomes.into_iter().next();
-        let held = outcome.as_ref().is_some_and(|o| o.held);
+        let held = outcome.as_ref().is_some_and(|o| self.trusts_held(o));
         let destination = versioned(outcome)?;
         if progress.covers(hash) || self.inner.config.traps.destination_absent_is_final {
             return Ok(Some(destination));

@@ -31,7 +31,9 @@ pub struct ClientConfig {
     /// The data path: kernel UDP (default) or DPDK (`dpdk` feature).
     pub transport: TransportChoice,
     /// Keys remembered per move as held by its destination (reads of them
-    /// then go to the destination alone); about 16 bytes each.
+    /// then go to the destination alone); about 16 bytes each. 0 turns
+    /// learned keys off: every read the cursor does not cover waits for both
+    /// ends, as the protocol did before them.
     pub learned_keys_per_move: usize,
     /// Switches that re-create ways to get the client's side of a move
     /// wrong, for proving that the tests catch them. Never set outside tests.

@@ -45,7 +45,7 @@ pub mod service;
 pub use admin::AdminService;
 pub use coordinator::{AbortReason, BootstrapError, Coordinator, CoordinatorError, RecoveryError};
 pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
-pub use moves::{MoveOptions, MoveReport};
+pub use moves::{MoveOptions, MoveReport, DEFAULT_HOT_KEYS};
 pub use node_client::{NodeClient, NodeError, NodeErrorKind};
 pub use policy::{RebalanceMode, RebalancePolicy};
 pub use rebalancer::{MoveRecord, RebalanceStatus, Rebalancer};

@@ -202,3 +202,59 @@ async fn move_under_load_seen(
     assert!(!seen.is_empty());
     (result, seen)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fulva_move_ships_the_hottest_keys_first_and_reads_of_them_need_only_the_destination() {
+    let cluster =
+        LocalCluster::start(LocalClusterConfig { nodes: 2, shards: 1, ..LocalClusterConfig::default() })
+            .await
+            .unwrap();
+    let client = cluster.client().await.unwrap();
+    let keys: Vec<String> = (0..3_000).map(|i| format!("key{i}")).collect();
+    for key in &keys {
+        client.put(key, [b'v'; 100]).await.unwrap();
+    }
+    // Five keys draw every read, so the source's sampled heat names them.
+    let hot = &keys[..5];
+    for _ in 0..100 {
+        for key in hot {
+            client.get(key).await.unwrap();
+        }
+    }
+    let range = HashRange::FULL;
+    // Slow enough that the hash-order pass takes seconds.
+    let options = MoveOptions { rate_limit_bytes_per_sec: 40_000, hot_keys: 16, ..MoveOptions::default() };
+    let coordinator = cluster.coordinator.clone();
+    let mover = tokio::spawn(async move { coordinator.migrate(range, 1, options, |_| {}).await });
+    let destination = &cluster.nodes[1].handler;
+    let arrived =
+        |key: &String| destination.store.get(fulva_proto::key_hash(key.as_bytes()), key.as_bytes()).is_some();
+    let started = std::time::Instant::now();
+    while !hot.iter().all(arrived) {
+        assert!(started.elapsed() < Duration::from_secs(5), "the hot keys did not arrive first");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cold_arrived = keys[5..].iter().filter(|k| arrived(k)).count();
+    assert!(cold_arrived < keys.len() / 4, "{cold_arrived} cold keys arrived with the hot ones");
+    // The client learns the move from the map and reads the hot keys: the
+    // destination holds them, so no read waits for the source, and later
+    // reads go to the destination alone.
+    client.refresh_map(cluster.coordinator.map().epoch).await.unwrap();
+    let dual_before = client.stats().dual_reads.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        for key in hot {
+            assert_eq!(client.get(key).await.unwrap().as_deref(), Some([b'v'; 100].as_slice()));
+        }
+    }
+    let dual = client.stats().dual_reads.load(Ordering::Relaxed) - dual_before;
+    assert!(dual <= hot.len() as u64, "{dual} dual reads for {} hot keys read 3 times", hot.len());
+    // Keys the cursor has not passed were answered as held, every time.
+    let incoming = destination.ownership.incoming(range).expect("the move runs");
+    let uncovered =
+        hot.iter().filter(|k| !incoming.covers(fulva_proto::key_hash(k.as_bytes()))).count() as u64;
+    assert!(uncovered > 0, "the cursor passed every hot key");
+    assert!(client.stats().held_reads.load(Ordering::Relaxed) >= 3 * uncovered);
+    cluster.coordinator.abort_move(range).unwrap();
+    let _ = mover.await.unwrap();
+    cluster.shutdown().await;
+}

@@ -4,6 +4,7 @@ use crate::handler::Handler;
 use crate::migration::IncomingMove;
 use crate::ownership::{OwnershipError, RangeRole};
 use crate::records::{Completion, MovedRecord};
+use crate::store::Object;
 use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
     self, AssignRangeRequest, AssignRangeResponse, BeginCopyRequest, BeginCopyResponse, ClientAck,
@@ -233,14 +234,15 @@ impl NodeControl for ControlService {
         );
         h.store.raise_version_floor(req.version_floor);
         h.ownership.observe_epoch(req.epoch);
-        if mv.begin_pass(
-            req.objects_total,
-            req.bytes_total,
-            req.rate_limit_bytes_per_sec,
-            req.serve,
-            req.final_pass,
-            req.min_version,
-        ) {
+        if mv.begin_pass(crate::migration::PassStart {
+            objects_total: req.objects_total,
+            bytes_total: req.bytes_total,
+            rate_limit: req.rate_limit_bytes_per_sec,
+            serve: req.serve,
+            final_pass: req.final_pass,
+            min_version: req.min_version,
+            hot_keys: req.hot_keys,
+        }) {
             if mv.strategy == fulva_proto::Strategy::Rocksteady && req.serve {
                 tokio::spawn(crate::migration::serve_fetches(h.clone(), mv.clone()));
             }
@@ -378,22 +380,30 @@ impl NodeControl for ControlService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut from = req.from_hash;
+            if req.hot_keys > 0 && from <= range.first {
+                // The hottest keys first, so dual reads end for most traffic.
+                let hashes = handler.heat.hottest(range, req.hot_keys as usize);
+                let objects = handler.store.objects_of(&hashes, req.min_version);
+                for chunk in chunk_by_bytes(objects, batch_bytes) {
+                    let batch = RangeBatch {
+                        objects: chunk.into_iter().map(migrated_object).collect(),
+                        next_cursor: from,
+                        last: false,
+                        hot: true,
+                    };
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return;
+                    }
+                }
+            }
             loop {
                 let (objects, next, last) =
                     handler.store.scan_batch(range, from, batch_bytes, req.min_version);
                 let batch = RangeBatch {
-                    objects: objects
-                        .into_iter()
-                        .map(|(hash, key, object)| MigratedObject {
-                            key,
-                            hash,
-                            version: object.version,
-                            tombstone: object.value.is_none(),
-                            value: object.value.unwrap_or_default(),
-                        })
-                        .collect(),
+                    objects: objects.into_iter().map(migrated_object).collect(),
                     next_cursor: next,
                     last,
+                    hot: false,
                 };
                 if tx.send(Ok(batch)).await.is_err() || last {
                     return;
@@ -462,4 +472,36 @@ impl NodeControl for ControlService {
         });
         Ok(Response::new(stats))
     }
+}
+
+fn migrated_object((hash, key, object): (u64, bytes::Bytes, Object)) -> MigratedObject {
+    MigratedObject {
+        key,
+        hash,
+        version: object.version,
+        tombstone: object.value.is_none(),
+        value: object.value.unwrap_or_default(),
+    }
+}
+
+/// Splits `objects` into runs of about `max_bytes` of keys and values each.
+fn chunk_by_bytes(
+    objects: Vec<(u64, bytes::Bytes, Object)>,
+    max_bytes: usize,
+) -> Vec<Vec<(u64, bytes::Bytes, Object)>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for item in objects {
+        bytes += item.1.len() + item.2.value.as_ref().map_or(0, bytes::Bytes::len);
+        chunk.push(item);
+        if bytes >= max_bytes {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
 }

@@ -1,6 +1,7 @@
 //! Executes data-path requests: limits, ownership, at-most-once, store.
 
 use crate::config::NodeConfig;
+use crate::heat::HeatSketch;
 use crate::metrics::{DropReason, NodeMetrics};
 use crate::migration::{IncomingMove, TrapSwitches};
 use crate::ownership::{Ownership, Placement, RangeRole};
@@ -39,6 +40,8 @@ pub struct Handler {
     pub traps: TrapSwitches,
     /// Target size of a pulled migration batch.
     pub migration_batch_bytes: u32,
+    /// Sampled read heat, for shipping a moving range's hottest keys first.
+    pub heat: HeatSketch,
     limits: Limits,
 }
 
@@ -69,6 +72,7 @@ impl Handler {
                 no_tombstones: config.trap_no_tombstones,
             },
             migration_batch_bytes: config.migration_batch_bytes,
+            heat: HeatSketch::default(),
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }
     }
@@ -112,15 +116,16 @@ impl Handler {
         let started = Instant::now();
         let op = request.body.op();
         let dual = dual_read_destination(request.header.flags);
+        let sampled = HeatSketch::samples(request.header.request_id);
         let mut progress = None;
         let (status, outcomes) = match &request.body {
             RequestBody::Get { key } => {
-                let outcome = self.read(key, Op::Get, dual, &mut progress);
+                let outcome = self.read(key, Op::Get, dual, sampled, &mut progress);
                 (outcome.status, vec![outcome])
             }
             RequestBody::MultiGet { keys } => (
                 Status::Ok,
-                keys.iter().map(|key| self.read(key, Op::MultiGet, dual, &mut progress)).collect(),
+                keys.iter().map(|key| self.read(key, Op::MultiGet, dual, sampled, &mut progress)).collect(),
             ),
             RequestBody::Put { key, value } => {
                 let outcome = self.write(&request.header, key, Some(value), op, &mut progress)?;
@@ -147,12 +152,16 @@ impl Handler {
         key: &[u8],
         op: Op,
         dual: Option<u32>,
+        sampled: bool,
         progress: &mut Option<MigrationProgress>,
     ) -> Outcome {
         if key.len() > self.limits.max_key_bytes {
             return Outcome::status(Status::TooLarge);
         }
         let hash = key_hash(key);
+        if sampled {
+            self.heat.record(hash);
+        }
         self.ownership.with_placement(hash, |placement| match placement {
             Placement::Served(range) => {
                 // At a fulva destination, objects above this version were

@@ -27,6 +27,7 @@
 mod config;
 mod control;
 mod handler;
+mod heat;
 mod http;
 mod metrics;
 mod migration;
@@ -39,8 +40,9 @@ pub use config::{
     eal_args, pci_device_env, NodeConfig, TransportKind, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
 pub use handler::{Handler, Limits};
+pub use heat::{HeatSketch, HEAT_SLOTS, SAMPLE_EVERY};
 pub use metrics::{NodeMetrics, RangeMetrics};
-pub use migration::{IncomingMove, PullError, TrapSwitches};
+pub use migration::{IncomingMove, PassStart, PullError, TrapSwitches};
 pub use ownership::{OwnedRange, Ownership, OwnershipError, RangeRole};
 pub use store::{Object, SizeDelta, Store, WriteResult};
 

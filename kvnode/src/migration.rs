@@ -68,6 +68,8 @@ pub struct IncomingMove {
     min_version: AtomicU64,
     /// Which passes have started: 1 copy (source-driven), 2 final/serving pass.
     phase: AtomicU64,
+    /// Hottest keys to ask the source for before the hash-order pass.
+    hot_keys: std::sync::atomic::AtomicU32,
     /// Rocksteady: keys pulled on demand (present at the source or not).
     fetched: Mutex<HashSet<Bytes>>,
     /// Rocksteady: keys asked for and not yet fetched.
@@ -88,6 +90,7 @@ impl IncomingMove {
         IncomingMove {
             min_version: AtomicU64::new(0),
             phase: AtomicU64::new(0),
+            hot_keys: std::sync::atomic::AtomicU32::new(0),
             fetched: Mutex::new(HashSet::new()),
             requested: Mutex::new(HashSet::new()),
             fetch_tx,
@@ -195,17 +198,9 @@ impl IncomingMove {
     }
 
     /// Starts a pass of the pull; false if that pass already started.
-    /// `serve` makes the range served here from now on; `min_version` > 0
-    /// is the final pass of a source-driven move (only newer objects).
-    pub fn begin_pass(
-        &self,
-        objects_total: u64,
-        bytes_total: u64,
-        rate_limit: u64,
-        serve: bool,
-        final_pass: bool,
-        min_version: u64,
-    ) -> bool {
+    pub fn begin_pass(&self, pass: PassStart) -> bool {
+        let PassStart { objects_total, bytes_total, rate_limit, serve, final_pass, min_version, hot_keys } =
+            pass;
         let phase = if serve || final_pass { 2 } else { 1 };
         if self.phase.fetch_max(phase, Ordering::AcqRel) >= phase {
             return false;
@@ -217,6 +212,7 @@ impl IncomingMove {
         self.rate_limit.store(rate_limit, Ordering::Release);
         self.started.lock().get_or_insert_with(Instant::now);
         self.min_version.store(min_version, Ordering::Release);
+        self.hot_keys.store(hot_keys, Ordering::Release);
         if final_pass {
             // The final pass starts over at the range's beginning.
             self.cursor.store(self.range.first, Ordering::Release);
@@ -245,6 +241,27 @@ impl IncomingMove {
     fn publish_cursor(&self, cursor: u64) {
         self.cursor.fetch_max(cursor, Ordering::AcqRel);
     }
+}
+
+/// How a pass of a move starts (from the coordinator's `StartMigration`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStart {
+    /// Objects in the range at the source (for progress).
+    pub objects_total: u64,
+    /// Bytes in the range at the source (for progress).
+    pub bytes_total: u64,
+    /// Bandwidth limit in bytes/s (0 = none).
+    pub rate_limit: u64,
+    /// Serve the range here from now on (fulva, rocksteady).
+    pub serve: bool,
+    /// The final pass of a source-driven move: starts over at the range's beginning.
+    pub final_pass: bool,
+    /// Pull only objects above this version.
+    pub min_version: u64,
+    /// Ask the source for this many of the range's hottest keys before the
+    /// hash-order pass (not paced: a bounded burst that ends dual reads for
+    /// most traffic at once).
+    pub hot_keys: u32,
 }
 
 /// Pulls the range from its source and applies it, until done or cancelled.
@@ -363,11 +380,14 @@ async fn pull_once(
         })?;
     let mut client = NodeControlClient::new(channel);
     let from = mv.cursor.load(Ordering::Acquire);
+    // Hot keys once, at the start; a resumed pull goes on in hash order.
+    let hot_keys = if from == mv.range.first { mv.hot_keys.swap(0, Ordering::AcqRel) } else { 0 };
     let request = PullRangeRequest {
         range: Some(mv.range.into()),
         from_hash: from,
         batch_bytes: handler.migration_batch_bytes,
         min_version: mv.min_version.load(Ordering::Acquire),
+        hot_keys,
     };
     let mut stream = client.pull_range(request).await.map_err(PullError::refused)?.into_inner();
     let traps = handler.traps;
@@ -385,7 +405,9 @@ async fn pull_once(
         if batch.last {
             return Ok(());
         }
-        limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await;
+        if !batch.hot {
+            limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await;
+        }
     }
 }
 
@@ -418,7 +440,9 @@ pub async fn apply_batch(handler: &Handler, mv: &Arc<IncomingMove>, batch: &Rang
             .set((applied as f64 / total as f64).min(1.0));
     }
     // Trap 1 avoided: the cursor moves only after the batch is applied.
-    if batch.last {
+    // Hot keys arrive out of order: they are held here, but cover nothing.
+    if batch.hot {
+    } else if batch.last {
         mv.publish_cursor(mv.range.last);
         mv.done.store(true, Ordering::Release);
         mv.finished.lock().get_or_insert_with(Instant::now);

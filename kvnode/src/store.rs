@@ -254,6 +254,22 @@ impl Store {
         (out, range.last, true)
     }
 
+    /// Every object (tombstones too) whose hash is one of `hashes` and whose
+    /// version is above `min_version`, with its hash and key, in the order of
+    /// `hashes`; a stripe is locked once per hash.
+    pub fn objects_of(&self, hashes: &[u64], min_version: u64) -> Vec<(u64, Bytes, Object)> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for &hash in hashes {
+            let stripe = self.stripe(hash).lock();
+            for e in stripe.iter_hash(table_hash(hash)) {
+                if e.hash == hash && e.object.version > min_version {
+                    out.push((hash, e.key.clone(), e.object.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Objects and bytes stored in `range` (a scan).
     pub fn measure(&self, range: HashRange) -> SizeDelta {
         let mut size = SizeDelta::default();

@@ -291,7 +291,7 @@ async fn a_late_copy_from_an_old_move_is_never_applied() {
 
 #[tokio::test]
 async fn a_fulva_destination_says_which_keys_it_holds_for_the_move() {
-    use fulva_kvnode::{IncomingMove, Object};
+    use fulva_kvnode::{IncomingMove, Object, PassStart};
     use std::sync::Arc;
     let node = fulva_kvnode::start(NodeConfig::loopback(0)).await.unwrap();
     let h = &node.handler;
@@ -322,7 +322,7 @@ async fn a_fulva_destination_says_which_keys_it_holds_for_the_move() {
     // A move out of a frozen source: every object here is at least the source's.
     let mv = Arc::new(IncomingMove::new(low, 3, "127.0.0.1:1".into(), fulva_proto::Strategy::Fulva));
     h.ownership.prepare_incoming(mv.clone(), 9, &h.metrics).unwrap();
-    assert!(mv.begin_pass(0, 0, 0, true, false, 0));
+    assert!(mv.begin_pass(PassStart { serve: true, ..PassStart::default() }));
     let (pulled, written, absent) = (low_keys[0], low_keys[1], low_keys[2]);
     assert!(h.apply_migrated(&mv, key_hash(pulled), pulled, object(5)));
     let delete = RequestBody::Delete { key: written };
@@ -342,7 +342,7 @@ async fn a_fulva_destination_says_which_keys_it_holds_for_the_move() {
     h.ownership.freeze(high, 4, 9, false, || 50).unwrap();
     let back = Arc::new(IncomingMove::new(high, 4, "127.0.0.1:1".into(), fulva_proto::Strategy::Fulva));
     h.ownership.reclaim(back.clone(), 10).unwrap();
-    assert!(back.begin_pass(0, 0, 0, true, false, 50));
+    assert!(back.begin_pass(PassStart { serve: true, min_version: 50, ..PassStart::default() }));
     assert!(h.apply_migrated(&back, key_hash(new), new, object(60)));
     assert_eq!(read(old), (Status::Ok, 40, false));
     assert_eq!(read(new), (Status::Ok, 60, true));

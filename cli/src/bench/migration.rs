@@ -59,6 +59,20 @@ pub struct MigrationBenchArgs {
     /// Adaptive rate: highest rate, MB/s.
     #[arg(long, default_value_t = 200.0)]
     pub adaptive_max_mb: f64,
+    /// Fulva and rocksteady: the hottest keys of the range the source ships
+    /// before the hash-order pass (0 = hash order only).
+    #[arg(long, default_value_t = fulva_coordinator::DEFAULT_HOT_KEYS)]
+    pub hot_keys: u32,
+    /// Keys each client remembers per move as held by the destination
+    /// (0 = learned keys off: every read the cursor does not cover waits for
+    /// both ends).
+    #[arg(long, default_value_t = fulva_client::DEFAULT_LEARNED_KEYS_PER_MOVE)]
+    pub learned_keys: usize,
+    /// Measure what each lever of the fulva engine is worth: every fulva run
+    /// is followed by the same run without hot keys first
+    /// (`fulva-hot`), and without hot keys and learned keys (`fulva-hot-learned`).
+    #[arg(long)]
+    pub levers: bool,
     /// Width of a time bin in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub bin_ms: u64,
@@ -103,7 +117,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         ..LocalClusterConfig::default()
     })
     .await?;
-    let client = Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
+    let mut client_config = ClientConfig::new(cluster.control_endpoint());
+    client_config.learned_keys_per_move = args.learned_keys;
+    let client = Client::connect(client_config).await?;
     fulva_local::workload::load(
         vec![FulvaSession { client: client.clone() }; 64],
         args.load.keys,
@@ -144,6 +160,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     });
     let options = MoveOptions {
         strategy,
+        hot_keys: args.hot_keys,
         rate_limit_bytes_per_sec: match adaptive {
             Some(settings) => AdaptiveRate::new(settings).rate(),
             None => (args.rate_limit_mb * 1e6) as u64,
@@ -280,6 +297,18 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
             result.strategy.push_str("+adaptive");
         }
         results.push(result);
+        if args.levers && strategy == Strategy::Fulva {
+            for (name, hot_keys, learned_keys) in
+                [("fulva-hot", 0, args.learned_keys), ("fulva-hot-learned", 0, 0)]
+            {
+                eprintln!("fulva bench migration: {name} (a lever off)");
+                let without =
+                    MigrationBenchArgs { hot_keys, learned_keys, adaptive_p99_us: None, ..args.clone() };
+                let mut result = run_strategy(&without, strategy).await?;
+                result.strategy = name.to_string();
+                results.push(result);
+            }
+        }
     }
     if let Some(redis) = redis {
         let rate = redis.migrated_mb_per_sec;

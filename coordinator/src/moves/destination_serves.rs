@@ -39,6 +39,7 @@ impl Coordinator {
             bytes_total: frozen.bytes,
             rate_limit_bytes_per_sec: options.rate_limit_bytes_per_sec,
             serve: true,
+            hot_keys: options.hot_keys,
             ..handover(r, frozen, epoch)
         })
         .await?;

@@ -89,7 +89,16 @@ pub struct MoveOptions {
     /// A move whose destination applies nothing for this long, while both
     /// nodes answer, is aborted (longer than one batch at the rate limit).
     pub stall_timeout: Duration,
+    /// Fulva and rocksteady: the source ships up to this many of the range's
+    /// hottest keys (by sampled reads) before the hash-order pass, unpaced,
+    /// so dual reads (fulva) and on-demand pulls (rocksteady) end for most
+    /// traffic at once. 0: hash order only.
+    pub hot_keys: u32,
 }
+
+/// Hottest keys a move ships first unless told otherwise (about 0.5 MB of
+/// 100-byte values).
+pub const DEFAULT_HOT_KEYS: u32 = 4096;
 
 impl Default for MoveOptions {
     fn default() -> Self {
@@ -99,6 +108,7 @@ impl Default for MoveOptions {
             poll_interval: Duration::from_millis(10),
             node_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(60),
+            hot_keys: DEFAULT_HOT_KEYS,
         }
     }
 }

@@ -91,8 +91,12 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let mut source = self.node_client(from).await?;
         let mut destination = self.node_client(to).await?;
-        let request =
-            PullRangeRequest { range: Some(range.into()), from_hash: 0, batch_bytes: 64 * 1024, min_version };
+        let request = PullRangeRequest {
+            range: Some(range.into()),
+            batch_bytes: 64 * 1024,
+            min_version,
+            ..Default::default()
+        };
         let mut stream = source.pull_range(request).await?;
         let mut batches = 0u64;
         loop {
