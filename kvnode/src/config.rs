@@ -86,6 +86,12 @@ pub struct NodeConfig {
     /// Target size of one batch a move's destination pulls from the source, in bytes.
     #[arg(long, env = "FULVA_MIGRATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub migration_batch_bytes: u32,
+    /// A fulva move's destination pulls a key a read missed (not pulled yet)
+    /// at once, so later reads of it need only the destination. Off by
+    /// default: measured on 2 cores, its priority pulls cost more client
+    /// throughput than the dual reads they save (docs/benchmarks.md).
+    #[arg(long, env = "FULVA_MIGRATION_FETCH_ON_MISS")]
+    pub migration_fetch_on_miss: bool,
     /// Network stack of the data path: `kernel` (UDP sockets) or `dpdk`.
     #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportKind::Kernel)]
     pub transport: TransportKind,
@@ -128,6 +134,7 @@ impl NodeConfig {
             stripe_bits: 12,
             client_record_ttl_secs: 600,
             migration_batch_bytes: 64 * 1024,
+            migration_fetch_on_miss: false,
             transport: TransportKind::Kernel,
             sriov_resource: None,
             dpdk_port: None,

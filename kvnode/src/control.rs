@@ -243,7 +243,7 @@ impl NodeControl for ControlService {
             min_version: req.min_version,
             hot_keys: req.hot_keys,
         }) {
-            if mv.strategy == fulva_proto::Strategy::Rocksteady && req.serve {
+            if mv.strategy != fulva_proto::Strategy::SourceDriven && req.serve {
                 tokio::spawn(crate::migration::serve_fetches(h.clone(), mv.clone()));
             }
             tokio::spawn(crate::migration::pull(h.clone(), mv));

@@ -42,6 +42,8 @@ pub struct Handler {
     pub migration_batch_bytes: u32,
     /// Sampled read heat, for shipping a moving range's hottest keys first.
     pub heat: HeatSketch,
+    /// Whether a fulva destination pulls the keys its reads miss.
+    fetch_on_miss: bool,
     limits: Limits,
 }
 
@@ -73,6 +75,7 @@ impl Handler {
             },
             migration_batch_bytes: config.migration_batch_bytes,
             heat: HeatSketch::default(),
+            fetch_on_miss: config.migration_fetch_on_miss,
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }
     }
@@ -204,7 +207,17 @@ impl Handler {
                         let held = held_above.is_some_and(|floor| version > floor);
                         Outcome::read(version, value, held)
                     }
-                    None => Outcome::status(Status::NotFound),
+                    None => {
+                        // A fulva destination missing a key its cursor has
+                        // not passed pulls it now, so the next read of it
+                        // needs only this node.
+                        if let (Some(_), RangeRole::Incoming(mv)) = (held_above, &range.role) {
+                            if self.fetch_on_miss && !mv.covers(hash) {
+                                mv.request_fetch(key);
+                            }
+                        }
+                        Outcome::status(Status::NotFound)
+                    }
                 }
             }
             Placement::Elsewhere { redirect: to } => redirect(to),

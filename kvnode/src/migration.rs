@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Most keys waiting for a priority pull at once; reads beyond it ask later.
+pub const MAX_PENDING_FETCHES: usize = 16_384;
+
 /// Attempts to resume a pull after the stream from the source fails.
 const PULL_ATTEMPTS: u32 = 20;
 
@@ -230,12 +233,18 @@ impl IncomingMove {
         self.fetched.lock().contains(key)
     }
 
-    /// Rocksteady: asks for a priority pull of `key` (once).
+    /// Asks for a priority pull of `key` (once while it is pending; at most
+    /// [`MAX_PENDING_FETCHES`] pending). Rocksteady answers the read `Retry`
+    /// until the key is here; fulva answers at once (the client reads both
+    /// ends) and pulls the key so later reads find it held here.
     pub fn request_fetch(&self, key: &[u8]) {
-        let key = Bytes::copy_from_slice(key);
-        if self.requested.lock().insert(key.clone()) {
-            let _ = self.fetch_tx.send(key);
+        let mut requested = self.requested.lock();
+        if requested.len() >= MAX_PENDING_FETCHES || requested.contains(key) {
+            return;
         }
+        let key = Bytes::copy_from_slice(key);
+        requested.insert(key.clone());
+        let _ = self.fetch_tx.send(key);
     }
 
     fn publish_cursor(&self, cursor: u64) {
@@ -457,8 +466,9 @@ pub fn cursor_of(mv: &IncomingMove) -> u64 {
     mv.cursor.load(Ordering::Acquire)
 }
 
-/// Rocksteady's priority pulls: fetches the keys reads asked for, a batch at
-/// a time, and marks them fetched once applied (present at the source or not).
+/// Priority pulls: fetches the keys reads asked for, a batch at a time.
+/// Rocksteady marks them fetched once applied (present at the source or
+/// not); fulva pulls the keys its dual reads missed, so they are held here.
 pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
     let Some(mut requests) = mv.fetch_rx.lock().take() else { return };
     let mut client: Option<NodeControlClient<tonic::transport::Channel>> = None;
@@ -495,11 +505,16 @@ pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
                         Object { version: object.version, value },
                     );
                 }
+                // Fulva needs no record: a fetched key present at the
+                // source is held here now, an absent one stays absent.
+                let remember = mv.strategy == Strategy::Rocksteady;
                 let mut fetched = mv.fetched.lock();
                 let mut requested = mv.requested.lock();
                 for key in keys {
                     requested.remove(&key);
-                    fetched.insert(key);
+                    if remember {
+                        fetched.insert(key);
+                    }
                 }
             }
             Err(status) => {

@@ -77,7 +77,12 @@ impl StressConfig {
             strategies: vec![Strategy::Fulva, Strategy::Rocksteady, Strategy::SourceDriven],
             abort_share: 0.25,
             history,
-            node: NodeConfig { migration_batch_bytes: 8 * 1024, ..NodeConfig::loopback(0) },
+            // Fetches on a miss on: the stress covers the path with the most moving parts.
+            node: NodeConfig {
+                migration_batch_bytes: 8 * 1024,
+                migration_fetch_on_miss: true,
+                ..NodeConfig::loopback(0)
+            },
             client_traps: ClientTraps::default(),
             seed: 1,
             verbose: false,

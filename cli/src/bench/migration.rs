@@ -68,9 +68,14 @@ pub struct MigrationBenchArgs {
     /// both ends).
     #[arg(long, default_value_t = fulva_client::DEFAULT_LEARNED_KEYS_PER_MOVE)]
     pub learned_keys: usize,
+    /// Fulva: the destination pulls a key a read missed at once (off by
+    /// default: on 2 cores its priority pulls cost more than they save).
+    #[arg(long)]
+    pub fetch_on_miss: bool,
     /// Measure what each lever of the fulva engine is worth: every fulva run
-    /// is followed by the same run without hot keys first
-    /// (`fulva-hot`), and without hot keys and learned keys (`fulva-hot-learned`).
+    /// is followed by the same run with fetches on a miss (`fulva+fetch`),
+    /// without hot keys first (`fulva-hot`), and without hot keys and learned
+    /// keys (`fulva-hot-learned`, the engine before the levers).
     #[arg(long)]
     pub levers: bool,
     /// Width of a time bin in milliseconds.
@@ -113,7 +118,11 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let cluster = LocalCluster::start(LocalClusterConfig {
         nodes: 2,
         shards: 1,
-        node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
+        node: NodeConfig {
+            workers: args.workers.max(1),
+            migration_fetch_on_miss: args.fetch_on_miss,
+            ..NodeConfig::loopback(0)
+        },
         ..LocalClusterConfig::default()
     })
     .await?;
@@ -298,12 +307,20 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         }
         results.push(result);
         if args.levers && strategy == Strategy::Fulva {
-            for (name, hot_keys, learned_keys) in
-                [("fulva-hot", 0, args.learned_keys), ("fulva-hot-learned", 0, 0)]
-            {
-                eprintln!("fulva bench migration: {name} (a lever off)");
-                let without =
-                    MigrationBenchArgs { hot_keys, learned_keys, adaptive_p99_us: None, ..args.clone() };
+            let variants = [
+                ("fulva+fetch", true, args.hot_keys, args.learned_keys),
+                ("fulva-hot", args.fetch_on_miss, 0, args.learned_keys),
+                ("fulva-hot-learned", args.fetch_on_miss, 0, 0),
+            ];
+            for (name, fetch_on_miss, hot_keys, learned_keys) in variants {
+                eprintln!("fulva bench migration: {name} (one lever changed)");
+                let without = MigrationBenchArgs {
+                    fetch_on_miss,
+                    hot_keys,
+                    learned_keys,
+                    adaptive_p99_us: None,
+                    ..args.clone()
+                };
                 let mut result = run_strategy(&without, strategy).await?;
                 result.strategy = name.to_string();
                 results.push(result);
