@@ -19,7 +19,8 @@
 //! - `server`: the data-path loop over a transport.
 //! - `control`: the `NodeControl` gRPC service (errors mapped to gRPC codes in one place).
 //! - `migration`: both ends of a live move, for all three strategies (the pull,
-//!   the rate limiter, rocksteady's on-demand fetches).
+//!   hot keys first, the rate limiter, on-demand fetches).
+//! - `heat`: the sampled read-heat sketch that names a range's hottest keys.
 //! - `metrics`, `http`: Prometheus metrics and the HTTP endpoint.
 
 #![warn(missing_docs)]
