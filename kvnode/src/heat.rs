@@ -47,7 +47,7 @@ impl HeatSketch {
     /// Whether the read with `request_id` is one of the sampled ones.
     #[inline]
     pub fn samples(request_id: u64) -> bool {
-        request_id % SAMPLE_EVERY == 0
+        request_id.is_multiple_of(SAMPLE_EVERY)
     }
 
     /// Counts one sampled read of `hash`.

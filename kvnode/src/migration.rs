@@ -411,7 +411,7 @@ async fn pull_once(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let bytes = apply_batch(handler, mv, &batch).await;
-        if batch.last {
+        if batch.last && !batch.hot {
             return Ok(());
         }
         if !batch.hot {
@@ -450,13 +450,14 @@ pub async fn apply_batch(handler: &Handler, mv: &Arc<IncomingMove>, batch: &Rang
     }
     // Trap 1 avoided: the cursor moves only after the batch is applied.
     // Hot keys arrive out of order: they are held here, but cover nothing.
-    if batch.hot {
-    } else if batch.last {
-        mv.publish_cursor(mv.range.last);
-        mv.done.store(true, Ordering::Release);
-        mv.finished.lock().get_or_insert_with(Instant::now);
-    } else {
-        mv.publish_cursor(batch.next_cursor);
+    match (batch.hot, batch.last) {
+        (true, _) => {}
+        (false, true) => {
+            mv.publish_cursor(mv.range.last);
+            mv.done.store(true, Ordering::Release);
+            mv.finished.lock().get_or_insert_with(Instant::now);
+        }
+        (false, false) => mv.publish_cursor(batch.next_cursor),
     }
     bytes
 }
