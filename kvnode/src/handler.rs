@@ -191,7 +191,13 @@ impl Handler {
                         }
                         // Rocksteady: a key not here yet is pulled from the
                         // source first (a priority pull); the client retries.
-                        Strategy::Rocksteady if !mv.covers(hash) && !mv.is_fetched(key) => {
+                        // A key held here (a hot key shipped first, or one
+                        // written here) is already the newest: no pull.
+                        Strategy::Rocksteady
+                            if !mv.covers(hash)
+                                && !mv.is_fetched(key)
+                                && !self.holds(hash, key, mv.authority_floor()) =>
+                        {
                             mv.request_fetch(key);
                             return Outcome::status(Status::Retry);
                         }
@@ -299,6 +305,12 @@ impl Handler {
             }
             Some(Outcome::written(status, result.version))
         })
+    }
+
+    /// Whether the store holds an object for `key` above `floor` (one that
+    /// arrived during the move whose authority floor that is).
+    fn holds(&self, hash: u64, key: &[u8], floor: u64) -> bool {
+        self.store.get(hash, key).is_some_and(|o| o.version > floor)
     }
 
     /// Applies an object pulled from a move's source ("higher version wins").

@@ -352,3 +352,38 @@ async fn a_fulva_destination_says_which_keys_it_holds_for_the_move() {
     assert_eq!(read(pulled), (Status::Ok, 5, false));
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rocksteady_destination_answers_a_held_key_without_a_priority_pull() {
+    use fulva_kvnode::{IncomingMove, Object, PassStart};
+    use std::sync::Arc;
+    let node = fulva_kvnode::start(NodeConfig::loopback(0)).await.unwrap();
+    let h = &node.handler;
+    let read = |key: &'static [u8]| {
+        let header = RequestHeader {
+            op: Op::Get as u8,
+            flags: 0,
+            request_id: 1,
+            client_id: 7,
+            seq: 0,
+            ack: 0,
+            epoch: 9,
+        };
+        h.execute(&Request { header, body: RequestBody::Get { key } }).unwrap().status
+    };
+    let mv = Arc::new(IncomingMove::new(
+        HashRange::FULL,
+        3,
+        "127.0.0.1:1".into(),
+        fulva_proto::Strategy::Rocksteady,
+    ));
+    h.ownership.prepare_incoming(mv.clone(), 9, &h.metrics).unwrap();
+    assert!(mv.begin_pass(PassStart { serve: true, ..PassStart::default() }));
+    // Shipped ahead of the hash order (a hot key): answered at once.
+    let object = Object { version: 5, value: Some(bytes::Bytes::from_static(b"v")) };
+    assert!(h.apply_migrated(&mv, key_hash(b"hot"), b"hot", object));
+    assert_eq!(read(b"hot"), Status::Ok);
+    // Not here yet: pulled from the source first, the client asks again.
+    assert_eq!(read(b"cold"), Status::Retry);
+    node.shutdown().await;
+}
