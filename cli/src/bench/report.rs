@@ -187,12 +187,13 @@ fn stats(latencies: &mut [u32]) -> BinStats {
     }
 }
 
+/// `samples` must be in completion order.
 fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_bytes: u64) -> Period {
     let mut lat: Vec<u32> = Vec::new();
     let mut times: Vec<u64> = Vec::new();
-    for s in
-        samples.iter().filter(|s| s.done_us >= from_us && s.done_us < to_us && (!only_moving || s.moving))
-    {
+    let first = samples.partition_point(|s| s.done_us < from_us);
+    let last = samples.partition_point(|s| s.done_us < to_us);
+    for s in samples[first..last].iter().filter(|s| !only_moving || s.moving) {
         lat.push(s.latency_us);
         times.push(s.done_us);
     }
@@ -218,22 +219,27 @@ fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_
 /// Dual reads counted between `from_us` and `to_us` (the counter's samples
 /// nearest inside the window).
 fn dual_reads_between(timeline: &[(u64, u64)], from_us: u64, to_us: u64) -> Option<u64> {
-    let at = |t: u64| timeline.iter().rev().find(|(u, _)| *u <= t).map_or(0, |(_, n)| *n);
+    // The timeline is in time order: the last sample at or before `t`.
+    let at = |t: u64| timeline[..timeline.partition_point(|(u, _)| *u <= t)].last().map_or(0, |(_, n)| *n);
     (!timeline.is_empty()).then(|| at(to_us).saturating_sub(at(from_us)))
 }
 
 /// Bins and summarizes one run.
-pub fn summarize(name: &str, bin_ms: u64, run: RunRecord) -> StrategyResult {
+pub fn summarize(name: &str, bin_ms: u64, mut run: RunRecord) -> StrategyResult {
+    // In completion order, so each window below is found by binary search.
+    run.samples.sort_unstable_by_key(|s| s.done_us);
     let samples = &run.samples;
+    let window = |from: u64, to: u64| {
+        &samples[samples.partition_point(|s| s.done_us < from)..samples.partition_point(|s| s.done_us < to)]
+    };
     let (ms, me, end_us) =
         (run.move_start.as_micros() as u64, run.move_end.as_micros() as u64, run.end.as_micros() as u64);
     // The first third of the warm-up is skipped; steady state is the rest before the move.
     let steady_from = (ms / 3).min(1_000_000);
-    let before = samples.iter().filter(|s| s.done_us < ms).count() as u64;
-    let steady = samples.iter().filter(|s| s.done_us >= steady_from && s.done_us < ms).count() as u64;
+    let before = window(0, ms).len() as u64;
+    let steady = window(steady_from, ms).len() as u64;
     let steady_wire = run.wire.0 * steady / before.max(1);
-    let reads_between =
-        |from: u64, to: u64| samples.iter().filter(|s| s.read && s.done_us >= from && s.done_us < to).count();
+    let reads_between = |from: u64, to: u64| window(from, to).iter().filter(|s| s.read).count();
     let share = |from: u64, to: u64| {
         dual_reads_between(&run.dual_reads, from, to)
             .map(|d| d as f64 / reads_between(from, to).max(1) as f64)
@@ -244,7 +250,7 @@ pub fn summarize(name: &str, bin_ms: u64, run: RunRecord) -> StrategyResult {
     while start < end_us {
         let mut moving_lat = Vec::new();
         let mut other_lat = Vec::new();
-        for s in samples.iter().filter(|s| s.done_us >= start && s.done_us < start + bin_us) {
+        for s in window(start, start + bin_us) {
             if s.moving {
                 moving_lat.push(s.latency_us)
             } else {
@@ -373,6 +379,8 @@ mod tests {
         // 1000 ops/s before the move (t = 0..3 s), 500 ops/s during it (3..5 s), every op a read.
         let mut samples: Vec<Sample> = (0..3000).map(|i| sample(i, true)).collect();
         samples.extend((0..1000).map(|i| sample(3000 + 2 * i, true)));
+        // Samplers hand their samples over one client after another, not in time order.
+        samples.reverse();
         // The counter, read every 100 ms: 40 dual reads per 100 ms in the
         // first 200 ms of the move (of 50 reads), 5 per 100 ms after.
         let mut dual_reads = vec![(0, 0)];
