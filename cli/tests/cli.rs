@@ -207,6 +207,11 @@ fn bench_migration_runs_every_strategy_and_a_redis_cluster_reshard_and_draws_a_p
     assert!(results[0]["dual_read_share_after_200ms"].is_number(), "{}", results[0]);
     assert!(results[3]["dual_read_share_after_200ms"].is_null());
     assert!(results.iter().all(|r| r["ops_lost_per_mb"].as_f64().is_some_and(|l| l >= 0.0)));
+    // Every system's servers are processes of their own, their CPU read from /proc.
+    assert!(
+        results.iter().all(|r| r["server_cpu_ms_per_mb"].as_f64().is_some_and(|c| c > 0.0)),
+        "{results:?}"
+    );
     for r in results {
         assert!(r["moved_bytes"].as_u64().unwrap() > 0, "{r}");
         assert!(r["move_end_ms"].as_u64() >= r["move_start_ms"].as_u64(), "{r}");

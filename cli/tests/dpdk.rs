@@ -29,10 +29,15 @@ async fn kv_reads_and_writes_a_dpdk_node() {
         format!("--eal-args={}", eal("kv-node", "server", &socket)),
     ];
     let binary = Path::new(env!("CARGO_BIN_EXE_fulva"));
-    let node =
-        NodeProcess::start(binary, &node_args, "10.9.0.1:7100".parse().unwrap(), dir.path().join("node.log"))
-            .await
-            .unwrap();
+    let node = NodeProcess::start(
+        binary,
+        0,
+        &node_args,
+        "10.9.0.1:7100".parse().unwrap(),
+        dir.path().join("node.log"),
+    )
+    .await
+    .unwrap();
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
     let control = ControlPlane::start(infos, 4).await.unwrap();
     let endpoint = control.endpoint.clone();

@@ -51,6 +51,20 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
+/// CPU seconds (user + system) of every child process of this one that has
+/// exited and been waited for (`getrusage(RUSAGE_CHILDREN)`): around a
+/// command run to completion, the difference is that command's CPU.
+pub fn finished_children_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only into `usage`, which lives for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// One `fulva node` child process; killed (by its pid) when dropped.
 pub struct NodeProcess {
     child: Child,
@@ -62,11 +76,12 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `binary node ARGS --node-id 0 --data-addr DATA --control-addr
+    /// Starts `binary node ARGS --node-id ID --data-addr DATA --control-addr
     /// (free port) --metrics-addr (free port)`, its stderr going to `log`, and
     /// waits until its control port answers.
     pub async fn start(
         binary: &Path,
+        node_id: u32,
         args: &[String],
         data_addr: SocketAddr,
         log: PathBuf,
@@ -78,7 +93,7 @@ impl NodeProcess {
         let metrics_addr = free()?;
         let child = Command::new(binary)
             .arg("node")
-            .args(["--node-id", "0"])
+            .arg(format!("--node-id={node_id}"))
             .arg(format!("--data-addr={data_addr}"))
             .arg(format!("--control-addr={control_addr}"))
             .arg(format!("--metrics-addr={metrics_addr}"))

@@ -223,7 +223,7 @@ async fn run_fulva_local(
             (link.node_args(), MemifLink::NODE.parse()?)
         }
     };
-    let node = NodeProcess::start(&binary, &node_args, data_addr, log).await?;
+    let node = NodeProcess::start(&binary, 0, &node_args, data_addr, log).await?;
     eprintln!("  fulva ({}): node pid {:?}, data path on {}", transport.name(), node.pid(), node.data_addr);
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
     let control = ControlPlane::start(infos, 1).await?;

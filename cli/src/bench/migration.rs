@@ -12,11 +12,11 @@ use super::report::{
 use fulva_client::{Client, ClientConfig, ClientStats};
 use fulva_coordinator::rebalance_job::{AdaptiveLoop, AdaptiveRate, AdaptiveSettings};
 use fulva_coordinator::MoveOptions;
-use fulva_kvnode::NodeConfig;
-use fulva_local::cluster::{LocalCluster, LocalClusterConfig};
+use fulva_local::process::{cpu_seconds, NodeProcess};
 use fulva_local::sessions::FulvaSession;
 use fulva_local::workload::{run_closed_loop_with, Mix, WorkloadSpec};
-use fulva_proto::{key_hash, HashRange, Strategy};
+use fulva_local::ControlPlane;
+use fulva_proto::{key_hash, HashRange, NodeInfo, Strategy};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -115,18 +115,29 @@ impl MigrationBenchArgs {
 }
 
 async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::Result<StrategyResult> {
-    let cluster = LocalCluster::start(LocalClusterConfig {
-        nodes: 2,
-        shards: 1,
-        node: NodeConfig {
-            workers: args.workers.max(1),
-            migration_fetch_on_miss: args.fetch_on_miss,
-            ..NodeConfig::loopback(0)
-        },
-        ..LocalClusterConfig::default()
-    })
-    .await?;
-    let mut client_config = ClientConfig::new(cluster.control_endpoint());
+    // Each node is its own process (this binary's `fulva node`), so its CPU
+    // is its own and a stall of the load generator is not a stall of a node.
+    let dir = tempfile::tempdir()?;
+    let binary = std::env::current_exe()?;
+    let mut node_args = vec![format!("--workers={}", args.workers.max(1))];
+    if args.fetch_on_miss {
+        node_args.push("--migration-fetch-on-miss".into());
+    }
+    let mut nodes = Vec::new();
+    for id in 0..2u32 {
+        let data_addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        let log = dir.path().join(format!("node{id}.log"));
+        nodes.push(NodeProcess::start(&binary, id, &node_args, data_addr, log).await?);
+    }
+    let infos = nodes
+        .iter()
+        .zip(0u32..)
+        .map(|(n, id)| NodeInfo { id, data_addr: n.data_addr, control_addr: n.control_addr })
+        .collect();
+    // One shard: every key starts on node 0.
+    let control = ControlPlane::start(infos, 1).await?;
+    let node_cpu = || nodes.iter().filter_map(|n| n.pid().and_then(cpu_seconds)).sum::<f64>();
+    let mut client_config = ClientConfig::new(control.endpoint.clone());
     client_config.learned_keys_per_move = args.learned_keys;
     let client = Client::connect(client_config).await?;
     fulva_local::workload::load(
@@ -179,7 +190,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     // The operator's adaptive loop: once a second, the clients' p99 of that second sets the rate.
     let moved = CancellationToken::new();
     let controller = adaptive.map(|settings| {
-        let (coordinator, recent, moved) = (cluster.coordinator.clone(), recent.clone(), moved.clone());
+        let (coordinator, recent, moved) = (control.coordinator.clone(), recent.clone(), moved.clone());
         tokio::spawn(async move {
             let mut trace = AdaptiveTrace {
                 target_p99_us: settings.target_p99.as_micros() as u64,
@@ -199,7 +210,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
             trace
         })
     });
-    let report = cluster.coordinator.migrate(moving, 1, options, |_| {}).await?;
+    let cpu_start = node_cpu();
+    let report = control.coordinator.migrate(moving, 1, options, |_| {}).await?;
+    let cpu_during_move = node_cpu() - cpu_start;
     moved.cancel();
     let adaptive_trace = match controller {
         Some(task) => Some(task.await?),
@@ -212,7 +225,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let samplers = load.await?;
     let end = t0.elapsed();
     drop(client);
-    cluster.shutdown().await;
+    for node in nodes {
+        node.stop().await;
+    }
 
     let samples = samples_of(samplers, |tag| tag == 1);
     let run = RunRecord {
@@ -226,6 +241,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         lock_window: report.lock_window,
         errors: errors.load(Ordering::Relaxed),
         dual_reads: dual_reads.await?,
+        server_cpu_during_move: Some(cpu_during_move),
     };
     let mut result = summarize(strategy.name(), args.bin_ms, run);
     result.adaptive = adaptive_trace;
@@ -237,7 +253,7 @@ const MATCHED: &str = "fulva@redis-rate";
 
 fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
     println!(
-        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6}",
+        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6}",
         "strategy",
         "steady/s",
         "during/s",
@@ -249,13 +265,15 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
         "stall mv",
         "MB/s",
         "lost/MB",
+        "CPU ms/MB",
         "B/op mv",
         "dual"
     );
     for r in results {
         let dual = r.dual_read_share_after_200ms.map_or("-".to_string(), |d| format!("{:.0}%", d * 100.0));
+        let cpu = r.server_cpu_ms_per_mb.map_or("-".to_string(), |c| format!("{c:.1}"));
         println!(
-            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>9.1} {:>9.1} {:>8.1} {:>8.0} {:>8.0} {:>6}",
+            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>9.1} {:>9.1} {:>8.1} {:>8.0} {:>9} {:>8.0} {:>6}",
             r.strategy,
             r.steady.ops_per_sec,
             r.during.ops_per_sec,
@@ -267,6 +285,7 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
             r.during_moving.longest_stall_ms,
             r.migrated_mb_per_sec,
             r.ops_lost_per_mb,
+            cpu,
             r.during.wire_bytes_per_op,
             dual,
         );
@@ -340,6 +359,8 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     println!(
         "(ratio = during the move / steady before it; stall = longest stretch with no completed operation, \
          all keys / moving keys; lost/MB = (steady - during ops/s) x move seconds / MB moved; \
+         CPU ms/MB = CPU of the server processes during the move (fulva: both nodes, each its own process; \
+         redis: both redis-servers and redis-cli) per MB moved, client traffic included; \
          dual = share of reads sent to both nodes from 200 ms after the start)"
     );
     if results.iter().any(|r| r.strategy == MATCHED) {

@@ -156,6 +156,9 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
     tokio::time::sleep(Duration::from_secs(args.before_secs)).await;
     let move_start = t0.elapsed();
     let lo_move_start = lo_bytes();
+    let server_cpu =
+        || servers.iter().filter_map(|s| s.pid().and_then(fulva_local::process::cpu_seconds)).sum::<f64>();
+    let cpu_start = server_cpu() + fulva_local::process::finished_children_cpu_seconds();
     let reshard = tokio::process::Command::new("redis-cli")
         .args([
             "--cluster",
@@ -179,6 +182,8 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
     );
     let move_end = t0.elapsed();
     let lo_move_end = lo_bytes();
+    // Both redis-servers and redis-cli (a finished child by now).
+    let cpu_during_move = server_cpu() + fulva_local::process::finished_children_cpu_seconds() - cpu_start;
     tokio::time::sleep(Duration::from_secs(args.after_secs)).await;
     stop.cancel();
     let samplers = load.await?;
@@ -215,6 +220,7 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
         lock_window: None,
         errors: errors.load(Ordering::Relaxed),
         dual_reads: Vec::new(),
+        server_cpu_during_move: Some(cpu_during_move),
     };
     Ok(summarize("redis-cluster", args.bin_ms, run))
 }

@@ -89,6 +89,9 @@ pub struct StrategyResult {
     pub lock_window_ms: Option<f64>,
     /// Operations lost per MB moved: (steady - during ops/s) x move seconds / MB.
     pub ops_lost_per_mb: f64,
+    /// Server CPU milliseconds per MB moved (every server process, from /proc,
+    /// during the move, client traffic included).
+    pub server_cpu_ms_per_mb: Option<f64>,
     /// Share of reads sent to both ends of the move from 200 ms after its
     /// start to its end (None: the system has no dual reads).
     pub dual_read_share_after_200ms: Option<f64>,
@@ -156,6 +159,9 @@ pub struct RunRecord {
     /// The clients' dual-read counter over time: (µs since the load began,
     /// reads sent to both ends so far); empty for systems without dual reads.
     pub dual_reads: Vec<(u64, u64)>,
+    /// CPU seconds the server processes (and the mover, where it is its own
+    /// process) used during the move, from /proc; `None` when not measured.
+    pub server_cpu_during_move: Option<f64>,
 }
 
 /// Bytes through the loopback interface so far, both directions.
@@ -277,6 +283,7 @@ pub fn summarize(name: &str, bin_ms: u64, mut run: RunRecord) -> StrategyResult 
         migrated_mb_per_sec: moved_mb / run.move_duration.as_secs_f64().max(1e-9),
         lock_window_ms: run.lock_window.map(|d| d.as_secs_f64() * 1e3),
         ops_lost_per_mb: (steady.ops_per_sec - during.ops_per_sec).max(0.0) * move_secs / moved_mb.max(1e-9),
+        server_cpu_ms_per_mb: run.server_cpu_during_move.map(|cpu| cpu * 1e3 / moved_mb.max(1e-9)),
         dual_read_share_after_200ms: share((ms + 200_000).min(me), me),
         during_moving: period(samples, ms, me, true, run.wire.1),
         steady,
@@ -400,6 +407,7 @@ mod tests {
             lock_window: None,
             errors: 0,
             dual_reads,
+            server_cpu_during_move: None,
         };
         let r = summarize("fulva", 100, run);
         assert!((r.steady.ops_per_sec - 1000.0).abs() < 1.0, "{}", r.steady.ops_per_sec);
