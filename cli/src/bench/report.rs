@@ -437,6 +437,7 @@ mod tests {
             lock_window: None,
             errors: 0,
             dual_reads: Vec::new(),
+            server_cpu_during_move: None,
         };
         let r = summarize("redis-cluster", 10, run);
         assert_eq!(r.dual_read_share_after_200ms, None);
