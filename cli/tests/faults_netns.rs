@@ -124,6 +124,7 @@ async fn start_node(lab: &Lab, id: u32) -> ChildGuard {
         .arg(format!("--data-addr={}", lab.addr(id, 7100)))
         .arg(format!("--control-addr={}", lab.addr(id, 7200)))
         .arg(format!("--metrics-addr={}", lab.addr(id, 7300)))
+        .arg(format!("--transfer-addr={}", lab.addr(id, 7400)))
         .arg("--migration-batch-bytes=8192")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

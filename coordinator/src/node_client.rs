@@ -8,14 +8,17 @@ use fulva_proto::grpc::{
     AssignRangeRequest, AssignRangeResponse, BeginCopyRequest, BeginCopyResponse, DropRangeRequest,
     DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse, FreezeRangeRequest,
     FreezeRangeResponse, GetStatsRequest, MigrationStatusRequest, MigrationStatusResponse, NodeStats,
-    PrepareMigrationRequest, PrepareMigrationResponse, PullRangeRequest, PushBatchRequest, PushBatchResponse,
-    RangeBatch, SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse,
-    SplitRangeRequest, SplitRangeResponse, StartMigrationRequest, StartMigrationResponse,
-    UnfreezeRangeRequest, UnfreezeRangeResponse,
+    PrepareMigrationRequest, PrepareMigrationResponse, PushBatchRequest, PushBatchResponse, RangeBatch,
+    SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest,
+    SplitRangeResponse, StartMigrationRequest, StartMigrationResponse, UnfreezeRangeRequest,
+    UnfreezeRangeResponse,
 };
-use fulva_proto::NodeId;
+use fulva_proto::grpc::{MigratedObject, TransferEndpointRequest};
+use fulva_proto::transfer::{self, BatchKind, Hello, HelloReply, StreamCheck, TransferError};
+use fulva_proto::{HashRange, NodeId};
 use std::fmt;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
 /// A call the coordinator makes to a node (named in errors and logs).
@@ -45,8 +48,8 @@ pub enum NodeCall {
     SetMigrationRate,
     /// `FinishMigration`.
     FinishMigration,
-    /// `PullRange`, or reading its stream.
-    PullRange,
+    /// `TransferEndpoint`, or the transfer stream it names.
+    Transfer,
     /// `PushBatch`.
     PushBatch,
     /// `DropRange`.
@@ -71,7 +74,7 @@ impl NodeCall {
             NodeCall::MigrationStatus => "MigrationStatus",
             NodeCall::SetMigrationRate => "SetMigrationRate",
             NodeCall::FinishMigration => "FinishMigration",
-            NodeCall::PullRange => "PullRange",
+            NodeCall::Transfer => "transfer stream",
             NodeCall::PushBatch => "PushBatch",
             NodeCall::DropRange => "DropRange",
             NodeCall::GetStats => "GetStats",
@@ -209,26 +212,119 @@ impl NodeClient {
             message: status.message().to_string(),
         }
     }
+}
 
-    /// Starts `PullRange` (the coordinator relays a range between two nodes
-    /// that cannot reach each other); read it with [`NodeClient::next_batch`].
-    pub async fn pull_range(
+/// A pull of a range over a node's TCP transfer stream, read a batch at a
+/// time (the coordinator relaying a move).
+pub struct TransferPull {
+    node: NodeId,
+    addr: String,
+    stream: tokio::net::TcpStream,
+    check: StreamCheck,
+}
+
+impl NodeClient {
+    /// Opens a pull of `range`'s objects above `min_version` on the node's
+    /// transfer stream (the coordinator relays a range between two nodes
+    /// that cannot reach each other); read it with [`TransferPull::next_batch`].
+    pub async fn open_transfer(
         &mut self,
-        request: PullRangeRequest,
-    ) -> Result<tonic::Streaming<RangeBatch>, NodeError> {
-        match self.inner.pull_range(request).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(self.error(NodeCall::PullRange, status)),
+        range: HashRange,
+        min_version: u64,
+    ) -> Result<TransferPull, NodeError> {
+        let port = match self.inner.transfer_endpoint(TransferEndpointRequest {}).await {
+            Ok(response) => response.into_inner().port,
+            Err(status) => return Err(self.error(NodeCall::Transfer, status)),
+        };
+        let host = self.addr.rsplit_once(':').map_or(self.addr.as_str(), |(host, _)| host);
+        let addr = format!("{host}:{port}");
+        let failed = |kind, message: String| NodeError {
+            node: self.node,
+            addr: addr.clone(),
+            call: NodeCall::Transfer,
+            kind,
+            message,
+        };
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| failed(NodeErrorKind::Unreachable, "no connection within 2 s".into()))?
+            .map_err(|e| failed(NodeErrorKind::Unreachable, e.to_string()))?;
+        let hello = Hello {
+            destination: transfer::RELAY,
+            source: self.node,
+            range,
+            from: range.first,
+            min_version,
+            hot_keys: 0,
+            batch_bytes: 64 * 1024,
+            window: 2,
+        };
+        stream
+            .write_all(&hello.encode())
+            .await
+            .map_err(|e| failed(NodeErrorKind::Unreachable, e.to_string()))?;
+        let reply =
+            HelloReply::read(&mut stream).await.map_err(|e| failed(transfer_kind(&e), e.to_string()))?;
+        if let Some(why) = reply.refusal {
+            return Err(failed(NodeErrorKind::Refused, why));
         }
+        if reply.node != self.node {
+            let wrong = TransferError::WrongPeer { expected: self.node, found: reply.node };
+            return Err(failed(NodeErrorKind::Invalid, wrong.to_string()));
+        }
+        Ok(TransferPull {
+            node: self.node,
+            addr,
+            stream,
+            check: StreamCheck::new(range, range.first, min_version),
+        })
     }
+}
 
-    /// The next batch of a pull started with [`NodeClient::pull_range`]
-    /// (`None`: the stream ended).
-    pub async fn next_batch(
-        &self,
-        stream: &mut tonic::Streaming<RangeBatch>,
-    ) -> Result<Option<RangeBatch>, NodeError> {
-        stream.message().await.map_err(|s| self.error(NodeCall::PullRange, s))
+fn transfer_kind(err: &TransferError) -> NodeErrorKind {
+    if err.is_connection() {
+        NodeErrorKind::Unreachable
+    } else {
+        NodeErrorKind::Invalid
+    }
+}
+
+impl TransferPull {
+    /// The next batch, as a `PushBatch` carries it (`None`: the stream
+    /// ended before its last batch); a credit for one more batch goes back
+    /// to the node once it is read.
+    pub async fn next_batch(&mut self) -> Result<Option<RangeBatch>, NodeError> {
+        let failed = |err: TransferError| NodeError {
+            node: self.node,
+            addr: self.addr.clone(),
+            call: NodeCall::Transfer,
+            kind: transfer_kind(&err),
+            message: err.to_string(),
+        };
+        let batch = match self.check.read_batch(&mut self.stream).await {
+            Ok(batch) => batch,
+            Err(TransferError::Truncated) => return Ok(None),
+            Err(err) => return Err(failed(err)),
+        };
+        if batch.kind != BatchKind::Last {
+            transfer::write_credit(&mut self.stream, 1).await.map_err(failed)?;
+        }
+        Ok(Some(RangeBatch {
+            objects: batch
+                .records
+                .into_iter()
+                .map(|r| MigratedObject {
+                    key: r.key,
+                    hash: r.hash,
+                    version: r.version,
+                    tombstone: r.value.is_none(),
+                    value: r.value.unwrap_or_default(),
+                })
+                .collect(),
+            next_cursor: batch.next_cursor,
+            last: batch.kind == BatchKind::Last,
+            hot: batch.kind == BatchKind::Hot,
+        }))
     }
 }
 

@@ -53,6 +53,16 @@ pub fn eal_args(
     Ok(args)
 }
 
+/// How a move's destination pulls the range's objects from the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MigrationTransfer {
+    /// Raw records on a dedicated TCP connection to the source's transfer
+    /// port, several batches in flight (docs/protocol.md).
+    Tcp,
+    /// Protobuf batches on a gRPC stream from the source's control service.
+    Grpc,
+}
+
 /// Settings of one storage node.
 #[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct NodeConfig {
@@ -65,6 +75,10 @@ pub struct NodeConfig {
     /// TCP address of the gRPC control service.
     #[arg(long, env = "FULVA_CONTROL_ADDR", default_value = "127.0.0.1:7200")]
     pub control_addr: SocketAddr,
+    /// TCP address of the transfer stream a move's destination pulls a range
+    /// from (port 0 picks a free one; the control service names it).
+    #[arg(long, env = "FULVA_TRANSFER_ADDR", default_value = "127.0.0.1:7400")]
+    pub transfer_addr: SocketAddr,
     /// TCP address of the HTTP endpoint serving /metrics, /healthz and /readyz.
     #[arg(long, env = "FULVA_METRICS_ADDR", default_value = "127.0.0.1:7300")]
     pub metrics_addr: SocketAddr,
@@ -92,6 +106,10 @@ pub struct NodeConfig {
     /// throughput than the dual reads they save (docs/benchmarks.md).
     #[arg(long, env = "FULVA_MIGRATION_FETCH_ON_MISS")]
     pub migration_fetch_on_miss: bool,
+    /// How a move's destination pulls the range: `tcp` (the transfer
+    /// stream) or `grpc` (protobuf batches on the control service).
+    #[arg(long, env = "FULVA_MIGRATION_TRANSFER", value_enum, default_value_t = MigrationTransfer::Tcp)]
+    pub migration_transfer: MigrationTransfer,
     /// Network stack of the data path: `kernel` (UDP sockets) or `dpdk`.
     #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportKind::Kernel)]
     pub transport: TransportKind,
@@ -128,6 +146,7 @@ impl NodeConfig {
             data_addr: any,
             control_addr: any,
             metrics_addr: any,
+            transfer_addr: any,
             workers: 2,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
@@ -135,6 +154,7 @@ impl NodeConfig {
             client_record_ttl_secs: 600,
             migration_batch_bytes: 64 * 1024,
             migration_fetch_on_miss: false,
+            migration_transfer: MigrationTransfer::Tcp,
             transport: TransportKind::Kernel,
             sriov_resource: None,
             dpdk_port: None,

@@ -4,7 +4,6 @@ use crate::handler::Handler;
 use crate::migration::IncomingMove;
 use crate::ownership::{OwnershipError, RangeRole};
 use crate::records::{Completion, MovedRecord};
-use crate::store::Object;
 use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
     self, AssignRangeRequest, AssignRangeResponse, BeginCopyRequest, BeginCopyResponse, ClientAck,
@@ -13,9 +12,10 @@ use fulva_proto::grpc::{
     MigrationStatusResponse, NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullKeysRequest,
     PullKeysResponse, PullRangeRequest, PushBatchRequest, PushBatchResponse, RangeBatch, RangeStats,
     SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest,
-    SplitRangeResponse, StartMigrationRequest, StartMigrationResponse, UnfreezeRangeRequest,
-    UnfreezeRangeResponse,
+    SplitRangeResponse, StartMigrationRequest, StartMigrationResponse, TransferEndpointRequest,
+    TransferEndpointResponse, UnfreezeRangeRequest, UnfreezeRangeResponse,
 };
+use fulva_proto::transfer::{self, Hello};
 use fulva_proto::{HashRange, Op, ShardMapError, Status as FrameStatus};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,12 +82,14 @@ impl From<ControlError> for Status {
 #[derive(Clone)]
 pub struct ControlService {
     handler: Arc<Handler>,
+    transfer_port: u16,
 }
 
 impl ControlService {
-    /// A service acting on `handler`.
-    pub fn new(handler: Arc<Handler>) -> ControlService {
-        ControlService { handler }
+    /// A service acting on `handler`, naming `transfer_port` as the node's
+    /// transfer stream.
+    pub fn new(handler: Arc<Handler>, transfer_port: u16) -> ControlService {
+        ControlService { handler, transfer_port }
     }
 }
 
@@ -376,43 +378,25 @@ impl NodeControl for ControlService {
         if !handler.ownership.ranges().iter().any(|r| r.covers(&range)) {
             return Err(ControlError::Ownership(OwnershipError::NotServed(range)).into());
         }
-        let batch_bytes = (req.batch_bytes as usize).clamp(1024, 4 * 1024 * 1024);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut from = req.from_hash;
-            if req.hot_keys > 0 && from <= range.first {
-                // The hottest keys first, so dual reads end for most traffic.
-                let hashes = handler.heat.hottest(range, req.hot_keys as usize);
-                let objects = handler.store.objects_of(&hashes, req.min_version);
-                for chunk in chunk_by_bytes(objects, batch_bytes) {
-                    let batch = RangeBatch {
-                        objects: chunk.into_iter().map(migrated_object).collect(),
-                        next_cursor: from,
-                        last: false,
-                        hot: true,
-                    };
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            loop {
-                let (objects, next, last) =
-                    handler.store.scan_batch(range, from, batch_bytes, req.min_version);
-                let batch = RangeBatch {
-                    objects: objects.into_iter().map(migrated_object).collect(),
-                    next_cursor: next,
-                    last,
-                    hot: false,
-                };
-                if tx.send(Ok(batch)).await.is_err() || last {
-                    return;
-                }
-                tokio::task::yield_now().await;
-                from = next;
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let pull = Hello {
+            destination: transfer::RELAY,
+            source: handler.node_id,
+            range,
+            from: req.from_hash,
+            min_version: req.min_version,
+            hot_keys: req.hot_keys,
+            batch_bytes: req.batch_bytes,
+            window: 1,
+        };
+        let batches = crate::migration::range_batches(handler, &pull);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(batches))))
+    }
+
+    async fn transfer_endpoint(
+        &self,
+        _request: Request<TransferEndpointRequest>,
+    ) -> Result<Response<TransferEndpointResponse>, Status> {
+        Ok(Response::new(TransferEndpointResponse { port: u32::from(self.transfer_port) }))
     }
 
     async fn set_epoch(
@@ -472,36 +456,4 @@ impl NodeControl for ControlService {
         });
         Ok(Response::new(stats))
     }
-}
-
-fn migrated_object((hash, key, object): (u64, bytes::Bytes, Object)) -> MigratedObject {
-    MigratedObject {
-        key,
-        hash,
-        version: object.version,
-        tombstone: object.value.is_none(),
-        value: object.value.unwrap_or_default(),
-    }
-}
-
-/// Splits `objects` into runs of about `max_bytes` of keys and values each.
-fn chunk_by_bytes(
-    objects: Vec<(u64, bytes::Bytes, Object)>,
-    max_bytes: usize,
-) -> Vec<Vec<(u64, bytes::Bytes, Object)>> {
-    let mut chunks = Vec::new();
-    let mut chunk = Vec::new();
-    let mut bytes = 0;
-    for item in objects {
-        bytes += item.1.len() + item.2.value.as_ref().map_or(0, bytes::Bytes::len);
-        chunk.push(item);
-        if bytes >= max_bytes {
-            chunks.push(std::mem::take(&mut chunk));
-            bytes = 0;
-        }
-    }
-    if !chunk.is_empty() {
-        chunks.push(chunk);
-    }
-    chunks
 }

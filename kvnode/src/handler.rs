@@ -40,6 +40,8 @@ pub struct Handler {
     pub traps: TrapSwitches,
     /// Target size of a pulled migration batch.
     pub migration_batch_bytes: u32,
+    /// How a move's destination pulls.
+    pub migration_transfer: crate::config::MigrationTransfer,
     /// Sampled read heat, for shipping a moving range's hottest keys first.
     pub heat: HeatSketch,
     /// Whether a fulva destination pulls the keys its reads miss.
@@ -74,6 +76,7 @@ impl Handler {
                 no_tombstones: config.trap_no_tombstones,
             },
             migration_batch_bytes: config.migration_batch_bytes,
+            migration_transfer: config.migration_transfer,
             heat: HeatSketch::default(),
             fetch_on_miss: config.migration_fetch_on_miss,
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
@@ -335,6 +338,36 @@ impl Handler {
             }
             _ => false,
         })
+    }
+
+    /// Applies pulled records of `incoming`'s range (in hash order for
+    /// fewest locks), each with "higher version wins": a stripe slice at a
+    /// time, with one ownership check and one stripe lock per slice. Stops
+    /// and returns false if the range is no longer this move's here.
+    pub fn apply_migrated_records(
+        &self,
+        incoming: &Arc<IncomingMove>,
+        records: &[fulva_proto::transfer::TransferRecord],
+    ) -> bool {
+        let mut rest = records;
+        while let Some(first) = rest.first() {
+            let stripe = self.store.stripe_index(first.hash);
+            let len =
+                rest.iter().position(|r| self.store.stripe_index(r.hash) != stripe).unwrap_or(rest.len());
+            let (slice, after) = rest.split_at(len);
+            let applied = self.ownership.with_placement(first.hash, |placement| match placement {
+                Placement::Served(range) if matches!(&range.role, RangeRole::Incoming(m) if Arc::ptr_eq(m, incoming)) => {
+                    apply_delta(&range.metrics, self.store.apply_stripe_if_newer(slice));
+                    true
+                }
+                _ => false,
+            });
+            if !applied {
+                return false;
+            }
+            rest = after;
+        }
+        true
     }
 
     /// Sets the gauges of the served range equal to `range` from a scan.

@@ -18,8 +18,9 @@
 //! - `handler`: executes one request against the above.
 //! - `server`: the data-path loop over a transport.
 //! - `control`: the `NodeControl` gRPC service (errors mapped to gRPC codes in one place).
-//! - `migration`: both ends of a live move, for all three strategies (the pull,
-//!   hot keys first, the rate limiter, on-demand fetches).
+//! - `migration/`: both ends of a live move, for all three strategies (the pull
+//!   over the TCP transfer stream or gRPC, the source's batches with hot keys
+//!   first, the rate limiter, on-demand fetches).
 //! - `heat`: the sampled read-heat sketch that names a range's hottest keys.
 //! - `metrics`, `http`: Prometheus metrics and the HTTP endpoint.
 
@@ -38,7 +39,8 @@ mod server;
 mod store;
 
 pub use config::{
-    eal_args, pci_device_env, NodeConfig, TransportKind, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES,
+    eal_args, pci_device_env, MigrationTransfer, NodeConfig, TransportKind, DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
 };
 pub use handler::{Handler, Limits};
 pub use heat::{HeatSketch, HEAT_SLOTS, SAMPLE_EVERY};
@@ -87,6 +89,8 @@ pub struct NodeHandle {
     pub control_addr: SocketAddr,
     /// Bound HTTP (metrics) address.
     pub metrics_addr: SocketAddr,
+    /// Bound transfer-stream address.
+    pub transfer_addr: SocketAddr,
     /// The node's state, for in-process inspection.
     pub handler: Arc<Handler>,
     shutdown: CancellationToken,
@@ -191,11 +195,17 @@ async fn start_services(
 ) -> Result<NodeHandle, NodeError> {
     let bind = |what, addr| move |source| NodeError::Bind { what, addr, source };
 
+    let transfer = tokio::net::TcpListener::bind(config.transfer_addr)
+        .await
+        .map_err(bind("transfer", config.transfer_addr))?;
+    let transfer_addr = transfer.local_addr().map_err(bind("transfer", config.transfer_addr))?;
+    tasks.spawn(migration::serve_transfers(transfer, handler.clone(), shutdown.clone()));
+
     let control = tokio::net::TcpListener::bind(config.control_addr)
         .await
         .map_err(bind("control", config.control_addr))?;
     let control_addr = control.local_addr().map_err(bind("control", config.control_addr))?;
-    let service = NodeControlServer::new(control::ControlService::new(handler.clone()));
+    let service = NodeControlServer::new(control::ControlService::new(handler.clone(), transfer_addr.port()));
     let token = shutdown.clone();
     tasks.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(control);
@@ -231,12 +241,13 @@ async fn start_services(
         }
     });
 
-    tracing::info!(node = config.node_id, %data_addr, %control_addr, %metrics_addr, workers = config.workers, "node started");
+    tracing::info!(node = config.node_id, %data_addr, %control_addr, %metrics_addr, %transfer_addr, workers = config.workers, "node started");
     Ok(NodeHandle {
         node_id: config.node_id,
         data_addr,
         control_addr,
         metrics_addr,
+        transfer_addr,
         handler,
         shutdown,
         tasks,

@@ -178,9 +178,47 @@ impl Store {
         }
     }
 
+    /// Which stripe (lock) holds `hash`.
+    #[inline]
+    pub fn stripe_index(&self, hash: u64) -> usize {
+        hash.checked_shr(self.shift).unwrap_or(0) as usize
+    }
+
+    /// [`Store::apply_if_newer`] for records that all lie in one stripe (see
+    /// [`Store::stripe_index`]), under one acquisition of its lock. Returns
+    /// the size change.
+    pub fn apply_stripe_if_newer(&self, records: &[fulva_proto::transfer::TransferRecord]) -> SizeDelta {
+        let mut delta = SizeDelta::default();
+        let Some(first) = records.first() else { return delta };
+        let stripe_idx = self.stripe_index(first.hash);
+        let top = records.iter().map(|r| r.version).max().unwrap_or(0);
+        self.next_version.fetch_max(top.saturating_add(1), Ordering::AcqRel);
+        let mut stripe = self.stripes[stripe_idx].lock();
+        for r in records {
+            assert_eq!(self.stripe_index(r.hash), stripe_idx, "records of one stripe");
+            let th = table_hash(r.hash);
+            let object = Object { version: r.version, value: r.value.clone() };
+            match stripe.find_mut(th, |e| e.hash == r.hash && e.key == r.key) {
+                Some(entry) if entry.object.version >= object.version => {}
+                Some(entry) => {
+                    let before = entry.bytes() as i64;
+                    entry.object = object;
+                    delta.bytes += entry.bytes() as i64 - before;
+                }
+                None => {
+                    // The key's own copy: a slice would pin the whole batch.
+                    let entry = Entry { hash: r.hash, key: Bytes::copy_from_slice(&r.key), object };
+                    delta.objects += 1;
+                    delta.bytes += entry.bytes() as i64;
+                    stripe.insert_unique(th, entry, |e| table_hash(e.hash));
+                }
+            }
+        }
+        delta
+    }
+
     fn stripes_of(&self, range: HashRange) -> std::ops::RangeInclusive<usize> {
-        let idx = |h: u64| h.checked_shr(self.shift).unwrap_or(0) as usize;
-        idx(range.first)..=idx(range.last)
+        self.stripe_index(range.first)..=self.stripe_index(range.last)
     }
 
     /// Removes every object (and tombstone) whose hash lies in `range`.

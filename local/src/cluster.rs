@@ -73,6 +73,7 @@ impl LocalCluster {
                 data_addr: with_port(config.node.data_addr, 0),
                 control_addr: with_port(config.node.control_addr, 0),
                 metrics_addr: with_port(config.node.metrics_addr, 0),
+                transfer_addr: with_port(config.node.transfer_addr, 0),
                 ..config.node.clone()
             };
             let node = match config.faults {

@@ -77,7 +77,7 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `binary node ARGS --node-id ID --data-addr DATA --control-addr
-    /// (free port) --metrics-addr (free port)`, its stderr going to `log`, and
+    /// (free port) --metrics-addr (free port) --transfer-addr (free port)`, its stderr going to `log`, and
     /// waits until its control port answers.
     pub async fn start(
         binary: &Path,
@@ -91,12 +91,14 @@ impl NodeProcess {
         };
         let control_addr = free()?;
         let metrics_addr = free()?;
+        let transfer_addr = free()?;
         let child = Command::new(binary)
             .arg("node")
             .arg(format!("--node-id={node_id}"))
             .arg(format!("--data-addr={data_addr}"))
             .arg(format!("--control-addr={control_addr}"))
             .arg(format!("--metrics-addr={metrics_addr}"))
+            .arg(format!("--transfer-addr={transfer_addr}"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -6,12 +6,14 @@
 //! - [`shard_map`]: [`ShardMap`], the epoch-stamped map of ranges to nodes.
 //! - [`frame`]: the binary data-path frame format with a check-then-parse decoder.
 //! - [`transport`]: the datagram [`transport::Transport`] trait, kernel UDP and a fault injector.
+//! - [`transfer`]: the bulk transfer stream of a live move (raw records over TCP, checked whole).
 //! - [`grpc`]: the generated tonic/prost types of the control plane (`proto/fulva.proto`).
 
 pub mod frame;
 pub mod hash;
 pub mod range;
 pub mod shard_map;
+pub mod transfer;
 pub mod transport;
 
 /// Generated control-plane API (package `fulva.v1`).

@@ -6,8 +6,8 @@ use super::{handover, Ends, MoveOptions, Stage};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::node_client::{NodeCall, NodeClient};
 use fulva_proto::grpc::{
-    DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, PrepareMigrationRequest, PullRangeRequest,
-    PushBatchRequest, StartMigrationRequest, UnfreezeRangeRequest,
+    DropRangeRequest, FinishMigrationRequest, FreezeRangeRequest, PrepareMigrationRequest, PushBatchRequest,
+    StartMigrationRequest, UnfreezeRangeRequest,
 };
 use fulva_proto::{HashRange, NodeId, ShardMap, ShardState, Strategy};
 use std::sync::Arc;
@@ -91,16 +91,10 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let mut source = self.node_client(from).await?;
         let mut destination = self.node_client(to).await?;
-        let request = PullRangeRequest {
-            range: Some(range.into()),
-            batch_bytes: 64 * 1024,
-            min_version,
-            ..Default::default()
-        };
-        let mut stream = source.pull_range(request).await?;
+        let mut pull = source.open_transfer(range, min_version).await?;
         let mut batches = 0u64;
         loop {
-            let Some(batch) = source.next_batch(&mut stream).await? else {
+            let Some(batch) = pull.next_batch().await? else {
                 return Err(CoordinatorError::RelayTruncated { range });
             };
             let last = batch.last;

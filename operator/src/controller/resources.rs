@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 pub const DATA_PORT: i32 = 7100;
 /// gRPC port of a node's control service.
 pub const NODE_CONTROL_PORT: i32 = 7101;
+/// TCP port of a node's transfer stream (a move's destination pulls here).
+pub const TRANSFER_PORT: i32 = 7102;
 /// HTTP port of a node's /metrics and health endpoints.
 pub const METRICS_PORT: i32 = 9100;
 
@@ -83,6 +85,7 @@ pub fn nodes_service(fc: &FulvaCluster) -> Service {
             ports: Some(vec![
                 port("data", DATA_PORT, "UDP"),
                 port("control", NODE_CONTROL_PORT, "TCP"),
+                port("transfer", TRANSFER_PORT, "TCP"),
                 port("metrics", METRICS_PORT, "TCP"),
             ]),
             ..ServiceSpec::default()
@@ -121,6 +124,7 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
         env_var("FULVA_DATA_ADDR", format!("0.0.0.0:{DATA_PORT}")),
         env_var("FULVA_CONTROL_ADDR", format!("0.0.0.0:{NODE_CONTROL_PORT}")),
         env_var("FULVA_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
+        env_var("FULVA_TRANSFER_ADDR", format!("0.0.0.0:{TRANSFER_PORT}")),
         env_var("FULVA_WORKERS", spec.workers.to_string()),
         EnvVar {
             name: "FULVA_POD_NAME".to_string(),
@@ -203,6 +207,11 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
             ContainerPort {
                 name: Some("control".into()),
                 container_port: NODE_CONTROL_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("transfer".into()),
+                container_port: TRANSFER_PORT,
                 ..Default::default()
             },
             ContainerPort {

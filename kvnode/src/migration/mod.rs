@@ -1,4 +1,4 @@
-//! The destination side of a live move, for all three strategies.
+//! Both sides of a live move, for all three strategies.
 //!
 //! With `fulva` (the default) the destination takes writes for the moving range from the moment it is
 //! activated, with versions above the source's highest, and pulls the range's
@@ -12,27 +12,38 @@
 //! the source on demand (a priority pull) before answering; with
 //! `source-driven` the source serves while the destination copies, then a
 //! final pass under the source's lock ships what changed.
+//!
+//! # Layout
+//! - this file: [`IncomingMove`], the destination's state of one move, and
+//!   why a pull fails ([`PullError`]).
+//! - `pull`: the destination's pull, over the TCP transfer stream or gRPC,
+//!   resumed from the cursor after a cut; applying a batch, then its cursor.
+//! - `source`: the source's side: the batches of one pull (hot keys first,
+//!   then hash order) and the TCP transfer listener.
+//! - `fetch`: on-demand pulls of single keys (rocksteady; fulva's fetch on miss).
+//! - `rate`: the pacer that holds a move to its rate limit.
 
-use crate::handler::Handler;
-use crate::store::Object;
+mod fetch;
+mod pull;
+mod rate;
+mod source;
+
+pub use fetch::serve_fetches;
+pub use pull::{apply_batch, cursor_of, pull};
+pub use source::{range_batches, serve_transfers};
+
 use bytes::Bytes;
-use fulva_proto::grpc::node_control_client::NodeControlClient;
-use fulva_proto::grpc::{
-    MigrationStatusResponse, PullFailure, PullKeysRequest, PullRangeRequest, RangeBatch,
-};
+use fulva_proto::grpc::{MigrationStatusResponse, PullFailure};
+use fulva_proto::transfer::TransferError;
 use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Most keys waiting for a priority pull at once; reads beyond it ask later.
 pub const MAX_PENDING_FETCHES: usize = 16_384;
-
-/// Attempts to resume a pull after the stream from the source fails.
-const PULL_ATTEMPTS: u32 = 20;
 
 /// Behaviours that re-create bugs of the paper's code, for proving that the
 /// tests catch them. Never enable outside tests.
@@ -72,7 +83,7 @@ pub struct IncomingMove {
     /// Which passes have started: 1 copy (source-driven), 2 final/serving pass.
     phase: AtomicU64,
     /// Hottest keys to ask the source for before the hash-order pass.
-    hot_keys: std::sync::atomic::AtomicU32,
+    hot_keys: AtomicU32,
     /// Rocksteady: keys pulled on demand (present at the source or not).
     fetched: Mutex<HashSet<Bytes>>,
     /// Rocksteady: keys asked for and not yet fetched.
@@ -93,7 +104,7 @@ impl IncomingMove {
         IncomingMove {
             min_version: AtomicU64::new(0),
             phase: AtomicU64::new(0),
-            hot_keys: std::sync::atomic::AtomicU32::new(0),
+            hot_keys: AtomicU32::new(0),
             fetched: Mutex::new(HashSet::new()),
             requested: Mutex::new(HashSet::new()),
             fetch_tx,
@@ -273,16 +284,6 @@ pub struct PassStart {
     pub hot_keys: u32,
 }
 
-/// Pulls the range from its source and applies it, until done or cancelled.
-pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
-    let strategy = mv.strategy.name();
-    let incoming = handler.metrics.incoming_moves.with_label_values(&[strategy]);
-    incoming.inc();
-    pull_until_done(&handler, &mv).await;
-    incoming.dec();
-    let _ = handler.metrics.migration_progress.remove_label_values(&[&crate::metrics::range_label(mv.range)]);
-}
-
 /// Why a destination's pull from its source failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PullError {
@@ -311,6 +312,10 @@ pub enum PullError {
     /// The stream ended before its last batch.
     #[error("stream ended before the last batch")]
     Truncated,
+    /// The source's transfer stream broke the protocol (or another node
+    /// answered); nothing of the offending batch was applied.
+    #[error("transfer stream refused: {0}")]
+    BadStream(String),
     /// The move was cancelled at this node.
     #[error("cancelled")]
     Cancelled,
@@ -334,229 +339,16 @@ impl PullError {
             PullError::Refused(_) => PullFailure::Refused,
             PullError::StreamBroken(_) | PullError::Cancelled => PullFailure::StreamBroken,
             PullError::Truncated => PullFailure::Truncated,
+            PullError::BadStream(_) => PullFailure::BadStream,
         }
     }
-}
 
-async fn pull_until_done(handler: &Arc<Handler>, mv: &Arc<IncomingMove>) {
-    let mut attempts = 0;
-    let mut limiter = RateLimiter::new();
-    loop {
-        if mv.cancel.is_cancelled() {
-            return;
-        }
-        match pull_once(handler, mv, &mut limiter).await {
-            Ok(()) => {
-                tracing::info!(range = %mv.range, objects = mv.objects_applied.load(Ordering::Relaxed), "range moved in");
-                return;
-            }
-            Err(_) if mv.cancel.is_cancelled() => return,
-            Err(err) => {
-                attempts += 1;
-                tracing::warn!(range = %mv.range, error = %err, attempts, "pull from the source failed; resuming");
-                if attempts >= PULL_ATTEMPTS {
-                    *mv.error.lock() = Some(err);
-                    return;
-                }
-                tokio::select! {
-                    () = mv.cancel.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts))) => {}
-                }
-            }
-        }
-    }
-}
-
-async fn pull_once(
-    handler: &Handler,
-    mv: &Arc<IncomingMove>,
-    limiter: &mut RateLimiter,
-) -> Result<(), PullError> {
-    // Small HTTP/2 windows: the source sends only as fast as this node
-    // applies, so the rate limit holds on the wire too and a batch in flight
-    // is all a lost source can take with it beyond what was applied.
-    let window = (handler.migration_batch_bytes.saturating_mul(2)).max(65_535);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mv.source_control_addr))
-        .map_err(|e| PullError::BadAddress { addr: mv.source_control_addr.clone(), detail: e.to_string() })?
-        .connect_timeout(Duration::from_secs(2))
-        .initial_stream_window_size(window)
-        .initial_connection_window_size(window.saturating_mul(2))
-        .connect()
-        .await
-        .map_err(|e| PullError::Unreachable {
-            addr: mv.source_control_addr.clone(),
-            detail: e.to_string(),
-        })?;
-    let mut client = NodeControlClient::new(channel);
-    let from = mv.cursor.load(Ordering::Acquire);
-    // Hot keys once, at the start; a resumed pull goes on in hash order.
-    let hot_keys = if from == mv.range.first { mv.hot_keys.swap(0, Ordering::AcqRel) } else { 0 };
-    let request = PullRangeRequest {
-        range: Some(mv.range.into()),
-        from_hash: from,
-        batch_bytes: handler.migration_batch_bytes,
-        min_version: mv.min_version.load(Ordering::Acquire),
-        hot_keys,
-    };
-    let mut stream = client.pull_range(request).await.map_err(PullError::refused)?.into_inner();
-    let traps = handler.traps;
-    loop {
-        let batch = tokio::select! {
-            () = mv.cancel.cancelled() => return Err(PullError::Cancelled),
-            batch = stream.message() => batch.map_err(|s| PullError::StreamBroken(s.message().to_string()))?,
-        };
-        let Some(batch) = batch else { return Err(PullError::Truncated) };
-        if traps.cursor_before_apply {
-            mv.publish_cursor(batch.next_cursor);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let bytes = apply_batch(handler, mv, &batch).await;
-        if batch.last && !batch.hot {
-            return Ok(());
-        }
-        if !batch.hot {
-            limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await;
-        }
-    }
-}
-
-/// Applies one batch of the range (pulled, or pushed by a relaying
-/// coordinator) and then publishes its cursor, or marks the move done after
-/// the last batch. Returns the bytes applied.
-pub async fn apply_batch(handler: &Handler, mv: &Arc<IncomingMove>, batch: &RangeBatch) -> u64 {
-    let mut bytes = 0u64;
-    for (i, object) in batch.objects.iter().enumerate() {
-        bytes += (object.key.len() + object.value.len()) as u64;
-        let value = (!object.tombstone).then(|| object.value.clone());
-        handler.apply_migrated(mv, object.hash, &object.key, Object { version: object.version, value });
-        // Let the data path run between slices of a batch: the workers
-        // share these threads.
-        if i % 256 == 255 {
-            tokio::task::yield_now().await;
-        }
-    }
-    mv.objects_applied.fetch_add(batch.objects.len() as u64, Ordering::AcqRel);
-    let applied = mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel) + bytes;
-    let strategy = mv.strategy.name();
-    handler.metrics.migrated_bytes.with_label_values(&[strategy]).inc_by(bytes);
-    handler.metrics.migrated_objects.with_label_values(&[strategy]).inc_by(batch.objects.len() as u64);
-    let total = mv.bytes_total.load(Ordering::Acquire);
-    if total > 0 {
-        handler
-            .metrics
-            .migration_progress
-            .with_label_values(&[&crate::metrics::range_label(mv.range)])
-            .set((applied as f64 / total as f64).min(1.0));
-    }
-    // Trap 1 avoided: the cursor moves only after the batch is applied.
-    // Hot keys arrive out of order: they are held here, but cover nothing.
-    match (batch.hot, batch.last) {
-        (true, _) => {}
-        (false, true) => {
-            mv.publish_cursor(mv.range.last);
-            mv.done.store(true, Ordering::Release);
-            mv.finished.lock().get_or_insert_with(Instant::now);
-        }
-        (false, false) => mv.publish_cursor(batch.next_cursor),
-    }
-    bytes
-}
-
-/// The cursor of a move (every hash below it is applied).
-pub fn cursor_of(mv: &IncomingMove) -> u64 {
-    mv.cursor.load(Ordering::Acquire)
-}
-
-/// Priority pulls: fetches the keys reads asked for, a batch at a time.
-/// Rocksteady marks them fetched once applied (present at the source or
-/// not); fulva pulls the keys its dual reads missed, so they are held here.
-pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
-    let Some(mut requests) = mv.fetch_rx.lock().take() else { return };
-    let mut client: Option<NodeControlClient<tonic::transport::Channel>> = None;
-    loop {
-        let first = tokio::select! {
-            () = mv.cancel.cancelled() => return,
-            key = requests.recv() => match key { Some(k) => k, None => return },
-        };
-        let mut keys = vec![first];
-        while keys.len() < 64 {
-            match requests.try_recv() {
-                Ok(k) => keys.push(k),
-                Err(_) => break,
-            }
-        }
-        if client.is_none() {
-            client = NodeControlClient::connect(format!("http://{}", mv.source_control_addr)).await.ok();
-        }
-        let Some(c) = client.as_mut() else {
-            // Unreachable source: let the reads ask again.
-            mv.requested.lock().clear();
-            continue;
-        };
-        let request =
-            PullKeysRequest { range: Some(mv.range.into()), keys: keys.iter().map(|k| k.to_vec()).collect() };
-        match c.pull_keys(request).await {
-            Ok(reply) => {
-                for object in reply.into_inner().objects {
-                    let value = (!object.tombstone).then_some(object.value);
-                    handler.apply_migrated(
-                        &mv,
-                        object.hash,
-                        &object.key,
-                        Object { version: object.version, value },
-                    );
-                }
-                // Fulva needs no record: a fetched key present at the
-                // source is held here now, an absent one stays absent.
-                let remember = mv.strategy == Strategy::Rocksteady;
-                let mut fetched = mv.fetched.lock();
-                let mut requested = mv.requested.lock();
-                for key in keys {
-                    requested.remove(&key);
-                    if remember {
-                        fetched.insert(key);
-                    }
-                }
-            }
-            Err(status) => {
-                tracing::debug!(error = %status.message(), "priority pull failed");
-                client = None;
-                let mut requested = mv.requested.lock();
-                for key in &keys {
-                    requested.remove(key);
-                }
-            }
-        }
-    }
-}
-
-/// Paces a byte stream to a limit that may change at any time.
-struct RateLimiter {
-    window_start: Instant,
-    window_bytes: u64,
-}
-
-impl RateLimiter {
-    fn new() -> RateLimiter {
-        RateLimiter { window_start: Instant::now(), window_bytes: 0 }
-    }
-
-    async fn pace(&mut self, bytes: u64, limit: u64) {
-        if limit == 0 {
-            self.window_start = Instant::now();
-            self.window_bytes = 0;
-            return;
-        }
-        self.window_bytes += bytes;
-        let due = Duration::from_secs_f64(self.window_bytes as f64 / limit as f64);
-        let elapsed = self.window_start.elapsed();
-        if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
-        }
-        // Short windows so a new limit takes effect within about a second.
-        if self.window_start.elapsed() > Duration::from_secs(1) {
-            self.window_start = Instant::now();
-            self.window_bytes = 0;
+    fn transfer(err: TransferError) -> PullError {
+        match err {
+            TransferError::Truncated => PullError::Truncated,
+            TransferError::Io(detail) => PullError::StreamBroken(detail),
+            TransferError::Refused(why) => PullError::Refused(why),
+            other => PullError::BadStream(other.to_string()),
         }
     }
 }
@@ -577,6 +369,7 @@ mod tests {
             (PullError::Refused("range not frozen".into()), PullFailure::Refused),
             (PullError::StreamBroken("reset".into()), PullFailure::StreamBroken),
             (PullError::Truncated, PullFailure::Truncated),
+            (PullError::BadStream("record 3: hash is not the key's hash".into()), PullFailure::BadStream),
         ];
         for (error, failure) in cases {
             *mv.error.lock() = Some(error.clone());
@@ -588,5 +381,14 @@ mod tests {
         let gone = PullError::refused(tonic::Status::unavailable("connection reset"));
         assert_eq!(gone.failure(), PullFailure::StreamBroken);
         assert_eq!(PullError::refused(tonic::Status::not_found("no range")).failure(), PullFailure::Refused);
+        // A transfer stream that breaks the protocol is a bad stream; a cut connection is not.
+        let wrong = PullError::transfer(TransferError::WrongPeer { expected: 1, found: 2 });
+        assert_eq!(wrong.failure(), PullFailure::BadStream);
+        assert!(wrong.to_string().contains("node 2"), "{wrong}");
+        assert_eq!(PullError::transfer(TransferError::Truncated).failure(), PullFailure::Truncated);
+        assert_eq!(
+            PullError::transfer(TransferError::Io("reset".into())).failure(),
+            PullFailure::StreamBroken
+        );
     }
 }

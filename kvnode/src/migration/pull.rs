@@ -1,0 +1,322 @@
+//! The destination's pull: connect to the source, take batches, apply each,
+//! then publish its cursor; resume from the cursor after a cut.
+//!
+//! Two transfers carry the same batches: the TCP transfer stream
+//! (`fulva_proto::transfer`, the default) and gRPC's `PullRange` (set with
+//! `--migration-transfer grpc`, and the coordinator's relay).
+
+use super::rate::RateLimiter;
+use super::{IncomingMove, PullError};
+use crate::config::MigrationTransfer;
+use crate::handler::Handler;
+use fulva_proto::grpc::node_control_client::NodeControlClient;
+use fulva_proto::grpc::{PullRangeRequest, RangeBatch, TransferEndpointRequest};
+use fulva_proto::transfer::{self, BatchKind, Hello, HelloReply, StreamCheck, TransferRecord};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// Attempts to resume a pull after the stream from the source fails.
+const PULL_ATTEMPTS: u32 = 20;
+
+/// Records applied between yields to the data path (the workers share these threads).
+const APPLY_SLICE: usize = 256;
+
+/// Batches in flight on the TCP transfer: more when unthrottled (to keep
+/// the wire busy while a batch is applied), fewer under a rate limit (the
+/// burst a limit lets through before pacing starts).
+const WINDOW_UNLIMITED: u16 = 8;
+const WINDOW_LIMITED: u16 = 2;
+
+/// Pulls the range from its source and applies it, until done or cancelled.
+pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
+    let strategy = mv.strategy.name();
+    let incoming = handler.metrics.incoming_moves.with_label_values(&[strategy]);
+    incoming.inc();
+    pull_until_done(&handler, &mv).await;
+    incoming.dec();
+    let _ = handler.metrics.migration_progress.remove_label_values(&[&crate::metrics::range_label(mv.range)]);
+}
+
+async fn pull_until_done(handler: &Arc<Handler>, mv: &Arc<IncomingMove>) {
+    let mut attempts = 0;
+    let mut limiter = RateLimiter::new();
+    loop {
+        if mv.cancel.is_cancelled() {
+            return;
+        }
+        let pulled = match handler.migration_transfer {
+            MigrationTransfer::Tcp => pull_once_tcp(handler, mv, &mut limiter).await,
+            MigrationTransfer::Grpc => pull_once_grpc(handler, mv, &mut limiter).await,
+        };
+        match pulled {
+            Ok(()) => {
+                tracing::info!(range = %mv.range, objects = mv.objects_applied.load(Ordering::Relaxed), "range moved in");
+                return;
+            }
+            Err(_) if mv.cancel.is_cancelled() => return,
+            Err(err) => {
+                attempts += 1;
+                tracing::warn!(range = %mv.range, error = %err, attempts, "pull from the source failed; resuming");
+                if attempts >= PULL_ATTEMPTS {
+                    *mv.error.lock() = Some(err);
+                    return;
+                }
+                tokio::select! {
+                    () = mv.cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts))) => {}
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC client of the source's control service. `window` bounds the
+/// HTTP/2 flow-control windows (0: tonic's defaults).
+async fn control_client(
+    mv: &IncomingMove,
+    window: u32,
+) -> Result<NodeControlClient<tonic::transport::Channel>, PullError> {
+    let addr = &mv.source_control_addr;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| PullError::BadAddress { addr: addr.clone(), detail: e.to_string() })?
+        .connect_timeout(Duration::from_secs(2));
+    if window > 0 {
+        endpoint = endpoint
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window.saturating_mul(2));
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| PullError::Unreachable { addr: addr.clone(), detail: e.to_string() })?;
+    Ok(NodeControlClient::new(channel))
+}
+
+/// Where a pull (re)starts, and the hot keys to ask for: once, at the
+/// range's start; a resumed pull goes on in hash order.
+fn resume_point(mv: &IncomingMove) -> (u64, u32) {
+    let from = mv.cursor.load(Ordering::Acquire);
+    let hot_keys = if from == mv.range.first { mv.hot_keys.swap(0, Ordering::AcqRel) } else { 0 };
+    (from, hot_keys)
+}
+
+/// One connection of the TCP transfer: the source's port from its control
+/// service, a hello, then batches against credits until the last.
+async fn pull_once_tcp(
+    handler: &Handler,
+    mv: &Arc<IncomingMove>,
+    limiter: &mut RateLimiter,
+) -> Result<(), PullError> {
+    let mut control = control_client(mv, 0).await?;
+    let port = control
+        .transfer_endpoint(TransferEndpointRequest {})
+        .await
+        .map_err(PullError::refused)?
+        .into_inner()
+        .port;
+    let addr = transfer_addr(&mv.source_control_addr, port).ok_or_else(|| PullError::BadAddress {
+        addr: mv.source_control_addr.clone(),
+        detail: "no port".into(),
+    })?;
+    let unreachable = |detail: String| PullError::Unreachable { addr: addr.clone(), detail };
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| unreachable("no connection within 2 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let (from, hot_keys) = resume_point(mv);
+    let min_version = mv.min_version.load(Ordering::Acquire);
+    let limited = mv.rate_limit.load(Ordering::Acquire) > 0;
+    let hello = Hello {
+        destination: handler.node_id,
+        source: mv.source,
+        range: mv.range,
+        from,
+        min_version,
+        hot_keys,
+        batch_bytes: handler.migration_batch_bytes,
+        window: if limited { WINDOW_LIMITED } else { WINDOW_UNLIMITED },
+    };
+    let broken = |e: std::io::Error| PullError::StreamBroken(e.to_string());
+    stream.write_all(&hello.encode()).await.map_err(broken)?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), HelloReply::read(&mut stream))
+        .await
+        .map_err(|_| PullError::StreamBroken("no answer to the hello within 5 s".into()))?
+        .map_err(PullError::transfer)?;
+    if let Some(why) = reply.refusal {
+        return Err(PullError::Refused(why));
+    }
+    if reply.node != mv.source {
+        let wrong = transfer::TransferError::WrongPeer { expected: mv.source, found: reply.node };
+        return Err(PullError::transfer(wrong));
+    }
+    let mut check = StreamCheck::new(mv.range, from, min_version);
+    loop {
+        let batch = tokio::select! {
+            () = mv.cancel.cancelled() => return Err(PullError::Cancelled),
+            batch = check.read_batch(&mut stream) => batch.map_err(PullError::transfer)?,
+        };
+        if handler.traps.cursor_before_apply && batch.kind == BatchKind::Scan {
+            mv.publish_cursor(batch.next_cursor);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let bytes = apply_records(handler, mv, batch.records, batch.kind, batch.next_cursor).await;
+        match batch.kind {
+            BatchKind::Last => return Ok(()),
+            BatchKind::Hot => {}
+            BatchKind::Scan => limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await,
+        }
+        transfer::write_credit(&mut stream, 1).await.map_err(PullError::transfer)?;
+    }
+}
+
+/// The transfer address of a node whose control service is at `control_addr`
+/// (`host:port`, IPv6 hosts in brackets): the same host, `port`.
+fn transfer_addr(control_addr: &str, port: u32) -> Option<String> {
+    let (host, _) = control_addr.rsplit_once(':')?;
+    Some(format!("{host}:{port}"))
+}
+
+/// One gRPC `PullRange` stream.
+async fn pull_once_grpc(
+    handler: &Handler,
+    mv: &Arc<IncomingMove>,
+    limiter: &mut RateLimiter,
+) -> Result<(), PullError> {
+    // Small HTTP/2 windows: the source sends only as fast as this node
+    // applies, so the rate limit holds on the wire too and a batch in flight
+    // is all a lost source can take with it beyond what was applied.
+    let window = (handler.migration_batch_bytes.saturating_mul(2)).max(65_535);
+    let mut client = control_client(mv, window).await?;
+    let (from, hot_keys) = resume_point(mv);
+    let request = PullRangeRequest {
+        range: Some(mv.range.into()),
+        from_hash: from,
+        batch_bytes: handler.migration_batch_bytes,
+        min_version: mv.min_version.load(Ordering::Acquire),
+        hot_keys,
+    };
+    let mut stream = client.pull_range(request).await.map_err(PullError::refused)?.into_inner();
+    loop {
+        let batch = tokio::select! {
+            () = mv.cancel.cancelled() => return Err(PullError::Cancelled),
+            batch = stream.message() => batch.map_err(|s| PullError::StreamBroken(s.message().to_string()))?,
+        };
+        let Some(batch) = batch else { return Err(PullError::Truncated) };
+        if handler.traps.cursor_before_apply && !batch.hot {
+            mv.publish_cursor(batch.next_cursor);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let bytes = apply_batch(handler, mv, &batch).await;
+        if batch.last && !batch.hot {
+            return Ok(());
+        }
+        if !batch.hot {
+            limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await;
+        }
+    }
+}
+
+/// What a gRPC batch carries, as the transfer stream names it. A hot batch
+/// never ends a pull, whatever its last flag says.
+fn kind_of(batch: &RangeBatch) -> BatchKind {
+    match (batch.hot, batch.last) {
+        (true, _) => BatchKind::Hot,
+        (false, true) => BatchKind::Last,
+        (false, false) => BatchKind::Scan,
+    }
+}
+
+/// Applies one gRPC batch of the range (pulled, or pushed by a relaying
+/// coordinator) and then publishes its cursor, or marks the move done after
+/// the last batch. Returns the bytes applied.
+pub async fn apply_batch(handler: &Handler, mv: &Arc<IncomingMove>, batch: &RangeBatch) -> u64 {
+    let records = batch
+        .objects
+        .iter()
+        .map(|o| TransferRecord {
+            hash: o.hash,
+            version: o.version,
+            key: o.key.clone(),
+            value: (!o.tombstone).then(|| o.value.clone()),
+        })
+        .collect();
+    apply_records(handler, mv, records, kind_of(batch), batch.next_cursor).await
+}
+
+/// Applies `records` a stripe slice at a time (one lock each), yielding to
+/// the data path between slices, then publishes the cursor: only after the
+/// batch is applied (trap 1 avoided). Hot keys arrive out of order: they are
+/// held here, but cover nothing. Returns the bytes applied.
+async fn apply_records(
+    handler: &Handler,
+    mv: &Arc<IncomingMove>,
+    mut records: Vec<TransferRecord>,
+    kind: BatchKind,
+    next_cursor: u64,
+) -> u64 {
+    if kind == BatchKind::Hot {
+        // In hash order, so keys of one stripe share a lock.
+        records.sort_unstable_by_key(|r| r.hash);
+    }
+    let bytes: u64 =
+        records.iter().map(|r| (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64).sum();
+    for (i, slice) in records.chunks(APPLY_SLICE).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        handler.apply_migrated_records(mv, slice);
+    }
+    let count = records.len() as u64;
+    mv.objects_applied.fetch_add(count, Ordering::AcqRel);
+    let applied = mv.bytes_applied.fetch_add(bytes, Ordering::AcqRel) + bytes;
+    let strategy = mv.strategy.name();
+    handler.metrics.migrated_bytes.with_label_values(&[strategy]).inc_by(bytes);
+    handler.metrics.migrated_objects.with_label_values(&[strategy]).inc_by(count);
+    let total = mv.bytes_total.load(Ordering::Acquire);
+    if total > 0 {
+        handler
+            .metrics
+            .migration_progress
+            .with_label_values(&[&crate::metrics::range_label(mv.range)])
+            .set((applied as f64 / total as f64).min(1.0));
+    }
+    match kind {
+        BatchKind::Hot => {}
+        BatchKind::Last => {
+            mv.publish_cursor(mv.range.last);
+            mv.done.store(true, Ordering::Release);
+            mv.finished.lock().get_or_insert_with(Instant::now);
+        }
+        BatchKind::Scan => mv.publish_cursor(next_cursor),
+    }
+    bytes
+}
+
+/// The cursor of a move (every hash below it is applied).
+pub fn cursor_of(mv: &IncomingMove) -> u64 {
+    mv.cursor.load(Ordering::Acquire)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transfer_port_goes_with_the_control_host() {
+        assert_eq!(transfer_addr("10.0.0.7:7101", 7102).as_deref(), Some("10.0.0.7:7102"));
+        assert_eq!(transfer_addr("[::1]:7200", 7400).as_deref(), Some("[::1]:7400"));
+        assert_eq!(transfer_addr("kv-0.kv:7101", 9).as_deref(), Some("kv-0.kv:9"));
+        assert_eq!(transfer_addr("nohost", 9), None);
+    }
+
+    #[test]
+    fn a_grpc_batch_maps_to_a_transfer_kind() {
+        let batch = |hot, last| RangeBatch { hot, last, ..RangeBatch::default() };
+        assert_eq!(kind_of(&batch(false, false)), BatchKind::Scan);
+        assert_eq!(kind_of(&batch(false, true)), BatchKind::Last);
+        assert_eq!(kind_of(&batch(true, true)), BatchKind::Hot, "a hot batch never ends a pull");
+    }
+}
