@@ -1,7 +1,7 @@
 //! Live moves on a local cluster while clients read and write.
 
 use fulva_coordinator::{CoordinatorError, MoveOptions};
-use fulva_kvnode::NodeConfig;
+use fulva_kvnode::{MigrationTransfer, NodeConfig};
 use fulva_local::{LocalCluster, LocalClusterConfig};
 use fulva_proto::{HashRange, ShardState, Strategy};
 use std::collections::HashMap;
@@ -12,6 +12,11 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_moves_with_fulva_while_clients_read_and_write() {
     move_under_load(Strategy::Fulva, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_moves_with_fulva_over_the_grpc_transfer_too() {
+    move_under_load_over(Strategy::Fulva, None, MigrationTransfer::Grpc).await.0.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,12 +66,25 @@ async fn move_under_load_seen(
     strategy: Strategy,
     abort_after: Option<Duration>,
 ) -> (Result<fulva_coordinator::MoveReport, CoordinatorError>, Vec<(u32, ShardState)>) {
+    move_under_load_over(strategy, abort_after, MigrationTransfer::Tcp).await
+}
+
+/// [`move_under_load_seen`] with the destination pulling over `transfer`.
+async fn move_under_load_over(
+    strategy: Strategy,
+    abort_after: Option<Duration>,
+    transfer: MigrationTransfer,
+) -> (Result<fulva_coordinator::MoveReport, CoordinatorError>, Vec<(u32, ShardState)>) {
     fulva_local::telemetry::init_for_tests();
     let cluster = LocalCluster::start(LocalClusterConfig {
         nodes: 2,
         shards: 2,
         // Several batches per move, so the bandwidth limit paces it.
-        node: NodeConfig { migration_batch_bytes: 2048, ..NodeConfig::loopback(0) },
+        node: NodeConfig {
+            migration_batch_bytes: 2048,
+            migration_transfer: transfer,
+            ..NodeConfig::loopback(0)
+        },
         ..Default::default()
     })
     .await

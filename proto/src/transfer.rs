@@ -303,6 +303,8 @@ pub struct TransferBatch {
     pub records: Vec<TransferRecord>,
     /// Bytes of keys and values.
     pub bytes: u64,
+    /// Bytes the batch took on the wire, header included.
+    pub wire_bytes: u64,
 }
 
 /// Encodes batches into one reusable buffer.
@@ -492,7 +494,8 @@ impl StreamCheck {
             }
             BatchKind::Hot => {}
         }
-        Ok(TransferBatch { kind, next_cursor, records, bytes })
+        let wire_bytes = (BATCH_HEADER_LEN + p.len()) as u64;
+        Ok(TransferBatch { kind, next_cursor, records, bytes, wire_bytes })
     }
 
     /// Reads, checks and decodes the next batch from `r`.
@@ -708,5 +711,48 @@ mod tests {
         }
         let short = [1u8, 0];
         assert_eq!(rt.block_on(read_credit(&mut &short[..])), Err(TransferError::Truncated));
+    }
+
+    /// Decodes `bytes` as one batch (header and payload) of a pull of
+    /// `RANGE` from its start; if it decodes, re-encodes it.
+    fn decode_and_reencode(bytes: &[u8]) -> Option<Vec<u8>> {
+        let header: [u8; BATCH_HEADER_LEN] = bytes.get(..BATCH_HEADER_LEN)?.try_into().ok()?;
+        let mut check = StreamCheck::new(RANGE, 0, 0);
+        let (len, count, next, kind) = check.header(&header).ok()?;
+        let payload = &bytes[BATCH_HEADER_LEN..];
+        if payload.len() != len {
+            return None;
+        }
+        let batch = check.decode(kind, count, next, Bytes::copy_from_slice(payload)).ok()?;
+        let mut e = BatchEncoder::new();
+        e.begin();
+        for r in &batch.records {
+            e.push(r.hash, r.version, &r.key, r.value.as_deref());
+        }
+        Some(e.finish(kind, next).to_vec())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_decoder_never_panics_and_what_decodes_reencodes_the_same(
+            n in 0usize..12,
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+            cut in proptest::prelude::any::<usize>(),
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let _ = decode_and_reencode(&random);
+            let keys = keys(12);
+            let next = keys.get(n).map_or(RANGE.last, |k| k.0);
+            let kind = if n == 12 { BatchKind::Last } else { BatchKind::Scan };
+            let mut bytes = encode(kind, next, &keys[..n]);
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            if let Some(again) = decode_and_reencode(&bytes) {
+                proptest::prop_assert_eq!(again, bytes);
+            }
+        }
     }
 }

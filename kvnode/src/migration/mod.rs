@@ -29,7 +29,7 @@ mod rate;
 mod source;
 
 pub use fetch::serve_fetches;
-pub use pull::{apply_batch, cursor_of, pull};
+pub use pull::{apply_batch, cursor_of, pull, pull_from};
 pub use source::{range_batches, serve_transfers};
 
 use bytes::Bytes;

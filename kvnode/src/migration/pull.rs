@@ -103,7 +103,7 @@ fn resume_point(mv: &IncomingMove) -> (u64, u32) {
 }
 
 /// One connection of the TCP transfer: the source's port from its control
-/// service, a hello, then batches against credits until the last.
+/// service, then [`pull_from`] that port.
 async fn pull_once_tcp(
     handler: &Handler,
     mv: &Arc<IncomingMove>,
@@ -120,8 +120,24 @@ async fn pull_once_tcp(
         addr: mv.source_control_addr.clone(),
         detail: "no port".into(),
     })?;
-    let unreachable = |detail: String| PullError::Unreachable { addr: addr.clone(), detail };
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr))
+    pull_transfer(handler, mv, &addr, limiter).await
+}
+
+/// One connection of the TCP transfer to the source at `addr`: a hello,
+/// then batches against credits until the last. Public so tests can put a
+/// misbehaving source there.
+pub async fn pull_from(handler: &Handler, mv: &Arc<IncomingMove>, addr: &str) -> Result<(), PullError> {
+    pull_transfer(handler, mv, addr, &mut RateLimiter::new()).await
+}
+
+async fn pull_transfer(
+    handler: &Handler,
+    mv: &Arc<IncomingMove>,
+    addr: &str,
+    limiter: &mut RateLimiter,
+) -> Result<(), PullError> {
+    let unreachable = |detail: String| PullError::Unreachable { addr: addr.to_string(), detail };
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| unreachable("no connection within 2 s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
@@ -162,11 +178,13 @@ async fn pull_once_tcp(
             mv.publish_cursor(batch.next_cursor);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let bytes = apply_records(handler, mv, batch.records, batch.kind, batch.next_cursor).await;
-        match batch.kind {
+        let (kind, wire_bytes) = (batch.kind, batch.wire_bytes);
+        apply_records(handler, mv, batch.records, kind, batch.next_cursor).await;
+        match kind {
             BatchKind::Last => return Ok(()),
             BatchKind::Hot => {}
-            BatchKind::Scan => limiter.pace(bytes, mv.rate_limit.load(Ordering::Acquire)).await,
+            // Paced by what crossed the wire, so the limit holds there.
+            BatchKind::Scan => limiter.pace(wire_bytes, mv.rate_limit.load(Ordering::Acquire)).await,
         }
         transfer::write_credit(&mut stream, 1).await.map_err(PullError::transfer)?;
     }
