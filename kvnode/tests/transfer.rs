@@ -317,3 +317,25 @@ async fn a_source_that_breaks_the_protocol_is_refused_and_changes_nothing() {
         destination.shutdown().await;
     }
 }
+
+/// The transfer alone, no client load: `cargo test --release -p fulva-kvnode
+/// --test transfer -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn transfer_speed_alone() {
+    let range = low_half();
+    let source = source_with(range, 500_000, 100).await;
+    for config in [
+        NodeConfig::loopback(DESTINATION),
+        NodeConfig { migration_batch_bytes: 256 * 1024, ..NodeConfig::loopback(DESTINATION) },
+    ] {
+        let batch = config.migration_batch_bytes;
+        let (destination, mv) = destination_of(range, config, PassStart::default()).await;
+        let started = Instant::now();
+        pull_from(&destination.handler, &mv, &source.transfer_addr.to_string()).await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let mb = mv.status().bytes_applied as f64 / 1e6;
+        println!("batch {batch}: {mb:.1} MB in {secs:.3} s: {:.1} MB/s", mb / secs);
+        destination.shutdown().await;
+    }
+}

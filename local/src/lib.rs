@@ -10,6 +10,8 @@
 //! - [`workload`]: YCSB mixes, zipfian keys, the closed-loop runner
 //!   ([`workload::run_closed_loop`], with a per-sample hook) and the latency recorder.
 //! - [`sessions`]: one client's view of the store under load, for Fulva and Redis.
+//! - [`hiccup`]: a thread that notes when the machine itself did not run it (for telling
+//!   a system's stalls from the machine's).
 //! - [`check`]: the linearizability checker over a recorded history.
 //! - [`stress`]: randomized live moves under load, checked for linearizability.
 //! - [`process`]: child processes killed by PID on drop, a node in its own
@@ -18,6 +20,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod hiccup;
 pub mod process;
 pub mod sessions;
 pub mod stress;

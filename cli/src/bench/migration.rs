@@ -12,6 +12,7 @@ use super::report::{
 use fulva_client::{Client, ClientConfig, ClientStats};
 use fulva_coordinator::rebalance_job::{AdaptiveLoop, AdaptiveRate, AdaptiveSettings};
 use fulva_coordinator::MoveOptions;
+use fulva_kvnode::MigrationTransfer;
 use fulva_local::process::{cpu_seconds, NodeProcess};
 use fulva_local::sessions::FulvaSession;
 use fulva_local::workload::{run_closed_loop_with, Mix, WorkloadSpec};
@@ -72,10 +73,14 @@ pub struct MigrationBenchArgs {
     /// default: on 2 cores its priority pulls cost more than they save).
     #[arg(long)]
     pub fetch_on_miss: bool,
+    /// How the destination pulls: `tcp` (the transfer stream) or `grpc`.
+    #[arg(long, value_enum, default_value_t = MigrationTransfer::Tcp)]
+    pub migration_transfer: MigrationTransfer,
     /// Measure what each lever of the fulva engine is worth: every fulva run
-    /// is followed by the same run with fetches on a miss (`fulva+fetch`),
-    /// without hot keys first (`fulva-hot`), and without hot keys and learned
-    /// keys (`fulva-hot-learned`, the engine before the levers).
+    /// is followed by the same run over the gRPC transfer (`fulva+grpc`),
+    /// with fetches on a miss (`fulva+fetch`), without hot keys first
+    /// (`fulva-hot`), and without hot keys and learned keys
+    /// (`fulva-hot-learned`).
     #[arg(long)]
     pub levers: bool,
     /// Width of a time bin in milliseconds.
@@ -123,6 +128,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     if args.fetch_on_miss {
         node_args.push("--migration-fetch-on-miss".into());
     }
+    if args.migration_transfer == MigrationTransfer::Grpc {
+        node_args.push("--migration-transfer=grpc".into());
+    }
     let mut nodes = Vec::new();
     for id in 0..2u32 {
         let data_addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
@@ -153,6 +161,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let errors = Arc::new(AtomicU64::new(0));
     let recent = Arc::new(RecentLatency::default());
     let t0 = Instant::now();
+    let hiccups = fulva_local::hiccup::HiccupMeter::start(t0);
     let stop = CancellationToken::new();
     let sessions = vec![FulvaSession { client: client.clone() }; args.load.clients];
     let samplers = (0..args.load.clients)
@@ -224,6 +233,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     stop.cancel();
     let samplers = load.await?;
     let end = t0.elapsed();
+    let hiccups = hiccups.finish();
     drop(client);
     for node in nodes {
         node.stop().await;
@@ -242,6 +252,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         errors: errors.load(Ordering::Relaxed),
         dual_reads: dual_reads.await?,
         server_cpu_during_move: Some(cpu_during_move),
+        hiccups,
     };
     let mut result = summarize(strategy.name(), args.bin_ms, run);
     result.adaptive = adaptive_trace;
@@ -253,7 +264,7 @@ const MATCHED: &str = "fulva@redis-rate";
 
 fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
     println!(
-        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6}",
+        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8} {:>6}",
         "strategy",
         "steady/s",
         "during/s",
@@ -261,8 +272,10 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
         "p99.9 st",
         "p99.9 mv",
         "ratio",
+        "stall st",
         "stall ms",
         "stall mv",
+        "hiccup",
         "MB/s",
         "lost/MB",
         "CPU ms/MB",
@@ -273,7 +286,7 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
         let dual = r.dual_read_share_after_200ms.map_or("-".to_string(), |d| format!("{:.0}%", d * 100.0));
         let cpu = r.server_cpu_ms_per_mb.map_or("-".to_string(), |c| format!("{c:.1}"));
         println!(
-            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>9.1} {:>9.1} {:>8.1} {:>8.0} {:>9} {:>8.0} {:>6}",
+            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>8.1} {:>8.0} {:>9} {:>8.0} {:>6}",
             r.strategy,
             r.steady.ops_per_sec,
             r.during.ops_per_sec,
@@ -281,8 +294,10 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
             r.steady.p999_us,
             r.during.p999_us,
             f64::from(r.during.p999_us) / f64::from(r.steady.p999_us.max(1)),
+            r.steady.longest_stall_ms,
             r.during.longest_stall_ms,
             r.during_moving.longest_stall_ms,
+            r.during.hiccup_in_stall_ms,
             r.migrated_mb_per_sec,
             r.ops_lost_per_mb,
             cpu,
@@ -326,20 +341,18 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         }
         results.push(result);
         if args.levers && strategy == Strategy::Fulva {
+            let one = MigrationBenchArgs { adaptive_p99_us: None, ..args.clone() };
             let variants = [
-                ("fulva+fetch", true, args.hot_keys, args.learned_keys),
-                ("fulva-hot", args.fetch_on_miss, 0, args.learned_keys),
-                ("fulva-hot-learned", args.fetch_on_miss, 0, 0),
+                (
+                    "fulva+grpc",
+                    MigrationBenchArgs { migration_transfer: MigrationTransfer::Grpc, ..one.clone() },
+                ),
+                ("fulva+fetch", MigrationBenchArgs { fetch_on_miss: true, ..one.clone() }),
+                ("fulva-hot", MigrationBenchArgs { hot_keys: 0, ..one.clone() }),
+                ("fulva-hot-learned", MigrationBenchArgs { hot_keys: 0, learned_keys: 0, ..one.clone() }),
             ];
-            for (name, fetch_on_miss, hot_keys, learned_keys) in variants {
+            for (name, without) in variants {
                 eprintln!("fulva bench migration: {name} (one lever changed)");
-                let without = MigrationBenchArgs {
-                    fetch_on_miss,
-                    hot_keys,
-                    learned_keys,
-                    adaptive_p99_us: None,
-                    ..args.clone()
-                };
                 let mut result = run_strategy(&without, strategy).await?;
                 result.strategy = name.to_string();
                 results.push(result);
@@ -357,8 +370,10 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     }
     print_table(results.iter());
     println!(
-        "(ratio = during the move / steady before it; stall = longest stretch with no completed operation, \
-         all keys / moving keys; lost/MB = (steady - during ops/s) x move seconds / MB moved; \
+        "(ratio = during the move / steady before it; stall = longest stretch with no completed operation: \
+         steady, during the move for all keys and for moving keys; hiccup = how long, within the longest stall \
+         during the move, a bench thread that asks to wake every millisecond was held off the CPU (the \
+         machine's share of that stall); lost/MB = (steady - during ops/s) x move seconds / MB moved; \
          CPU ms/MB = CPU of the server processes during the move (fulva: both nodes, each its own process; \
          redis: both redis-servers and redis-cli) per MB moved, client traffic included; \
          dual = share of reads sent to both nodes from 200 ms after the start)"

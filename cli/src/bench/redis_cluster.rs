@@ -140,6 +140,7 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
     let owner: Arc<RwLock<Vec<u8>>> = Arc::new(RwLock::new(vec![0; SLOTS]));
     let errors = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
+    let hiccups = fulva_local::hiccup::HiccupMeter::start(t0);
     let stop = CancellationToken::new();
     let mut sessions = Vec::new();
     for _ in 0..args.load.clients {
@@ -188,6 +189,7 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
     stop.cancel();
     let samplers = load.await?;
     let end = t0.elapsed();
+    let hiccups = hiccups.finish();
     // Which slots moved: the second node's own line in CLUSTER NODES.
     let nodes = cluster_command(addrs[1], &[b"CLUSTER", b"NODES"]).await?;
     let mut moved = vec![false; SLOTS];
@@ -221,6 +223,7 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
         errors: errors.load(Ordering::Relaxed),
         dual_reads: Vec::new(),
         server_cpu_during_move: Some(cpu_during_move),
+        hiccups,
     };
     Ok(summarize("redis-cluster", args.bin_ms, run))
 }

@@ -4,6 +4,7 @@
 //! that the table, the JSON file and the plot are made from.
 
 use crate::bench::LoadArgs;
+use fulva_local::hiccup::{self, Hiccup};
 use fulva_local::workload::{Mix, OpSample, SampleHook};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +69,13 @@ pub struct Period {
     pub p999_us: u32,
     /// Longest stretch without a completed operation, ms.
     pub longest_stall_ms: f64,
+    /// When that stretch began, ms since the load began.
+    pub longest_stall_at_ms: f64,
+    /// Longest time the bench's hiccup meter did not run, ms: how long the
+    /// machine itself held a runnable thread off the CPU in the period.
+    pub longest_hiccup_ms: f64,
+    /// Longest hiccup overlapping the longest stall, ms.
+    pub hiccup_in_stall_ms: f64,
     /// Loopback bytes (both directions) per operation.
     pub wire_bytes_per_op: f64,
 }
@@ -162,6 +170,8 @@ pub struct RunRecord {
     /// CPU seconds the server processes (and the mover, where it is its own
     /// process) used during the move, from /proc; `None` when not measured.
     pub server_cpu_during_move: Option<f64>,
+    /// What the hiccup meter noted during the run.
+    pub hiccups: Vec<Hiccup>,
 }
 
 /// Bytes through the loopback interface so far, both directions.
@@ -194,7 +204,13 @@ fn stats(latencies: &mut [u32]) -> BinStats {
 }
 
 /// `samples` must be in completion order.
-fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_bytes: u64) -> Period {
+fn period(
+    samples: &[Sample],
+    hiccups: &[Hiccup],
+    (from_us, to_us): (u64, u64),
+    only_moving: bool,
+    wire_bytes: u64,
+) -> Period {
     let mut lat: Vec<u32> = Vec::new();
     let mut times: Vec<u64> = Vec::new();
     let first = samples.partition_point(|s| s.done_us < from_us);
@@ -204,10 +220,12 @@ fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_
         times.push(s.done_us);
     }
     times.sort_unstable();
-    let mut stall = 0u64;
+    let (mut stall, mut stall_at) = (0u64, from_us);
     let mut previous = from_us;
     for &t in times.iter().chain(std::iter::once(&to_us)) {
-        stall = stall.max(t.saturating_sub(previous));
+        if t.saturating_sub(previous) > stall {
+            (stall, stall_at) = (t - previous, previous);
+        }
         previous = t;
     }
     let st = stats(&mut lat);
@@ -218,6 +236,9 @@ fn period(samples: &[Sample], from_us: u64, to_us: u64, only_moving: bool, wire_
         p99_us: st.p99_us,
         p999_us: st.p999_us,
         longest_stall_ms: stall as f64 / 1e3,
+        longest_stall_at_ms: stall_at as f64 / 1e3,
+        longest_hiccup_ms: hiccup::longest_between(hiccups, from_us, to_us),
+        hiccup_in_stall_ms: hiccup::longest_between(hiccups, stall_at, stall_at + stall),
         wire_bytes_per_op: wire_bytes as f64 / (st.ops.max(1)) as f64,
     }
 }
@@ -271,8 +292,9 @@ pub fn summarize(name: &str, bin_ms: u64, mut run: RunRecord) -> StrategyResult 
         });
         start += bin_us;
     }
-    let steady = period(samples, steady_from, ms, false, steady_wire);
-    let during = period(samples, ms, me, false, run.wire.1);
+    let hiccups = &run.hiccups;
+    let steady = period(samples, hiccups, (steady_from, ms), false, steady_wire);
+    let during = period(samples, hiccups, (ms, me), false, run.wire.1);
     let moved_mb = run.moved_bytes as f64 / 1e6;
     let move_secs = (me.saturating_sub(ms)) as f64 / 1e6;
     StrategyResult {
@@ -285,7 +307,7 @@ pub fn summarize(name: &str, bin_ms: u64, mut run: RunRecord) -> StrategyResult 
         ops_lost_per_mb: (steady.ops_per_sec - during.ops_per_sec).max(0.0) * move_secs / moved_mb.max(1e-9),
         server_cpu_ms_per_mb: run.server_cpu_during_move.map(|cpu| cpu * 1e3 / moved_mb.max(1e-9)),
         dual_read_share_after_200ms: share((ms + 200_000).min(me), me),
-        during_moving: period(samples, ms, me, true, run.wire.1),
+        during_moving: period(samples, hiccups, (ms, me), true, run.wire.1),
         steady,
         during,
         errors: run.errors,
@@ -408,6 +430,8 @@ mod tests {
             errors: 0,
             dual_reads,
             server_cpu_during_move: None,
+            // The machine held the bench off the CPU for 30 ms in the move.
+            hiccups: vec![Hiccup { woke_us: 4_030_000, late_us: 30_000 }],
         };
         let r = summarize("fulva", 100, run);
         assert!((r.steady.ops_per_sec - 1000.0).abs() < 1.0, "{}", r.steady.ops_per_sec);
@@ -422,6 +446,8 @@ mod tests {
         assert!((bin(3000) - 0.8).abs() < 0.05, "{}", bin(3000));
         assert!((bin(4000) - 0.1).abs() < 0.05, "{}", bin(4000));
         assert_eq!(bin(1000), 0.0, "no dual reads before the move");
+        assert_eq!(r.during.longest_hiccup_ms, 30.0);
+        assert_eq!(r.steady.longest_hiccup_ms, 0.0);
     }
 
     #[test]
@@ -438,6 +464,7 @@ mod tests {
             errors: 0,
             dual_reads: Vec::new(),
             server_cpu_during_move: None,
+            hiccups: Vec::new(),
         };
         let r = summarize("redis-cluster", 10, run);
         assert_eq!(r.dual_read_share_after_200ms, None);
