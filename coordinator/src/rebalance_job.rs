@@ -287,6 +287,125 @@ pub struct AdaptiveSettings {
     pub min_bytes_per_sec: u64,
     /// Highest rate, bytes/s.
     pub max_bytes_per_sec: u64,
+    /// Which control law sets the rate.
+    pub law: AdaptiveLaw,
+}
+
+/// The control law of an adaptive rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdaptiveLaw {
+    /// [`AdaptiveRate`]: the rate itself follows the clients' p99.
+    #[default]
+    P99,
+    /// [`CpuBudgetRate`]: a CPU budget follows the clients' p99 and the
+    /// rate is the budget over the move's measured CPU cost per byte.
+    CpuBudget,
+}
+
+/// What the moves of a job have cost so far, summed over their
+/// destinations: CPU seconds their pulls used and bytes they applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MoveTotals {
+    /// CPU seconds.
+    pub cpu_seconds: f64,
+    /// Bytes applied.
+    pub bytes: u64,
+}
+
+/// The CPU-budget law (after elastic CPU limiters such as CockroachDB's):
+/// the move may use a share of a core at the destination; the share rises
+/// by a step while the clients' p99 stays under 80% of the target, halves
+/// when it goes over, and holds in between. The rate is the share over the
+/// move's CPU cost per byte, measured each step from the destinations'
+/// meters (smoothed), so a cheaper byte moves faster at the same budget and
+/// the law acts on what the move takes from the clients, the CPU, rather
+/// than on bytes.
+#[derive(Clone, Debug)]
+pub struct CpuBudgetRate {
+    settings: AdaptiveSettings,
+    share: f64,
+    cost: f64,
+    measured: bool,
+    last: Option<MoveTotals>,
+    rate: u64,
+}
+
+impl CpuBudgetRate {
+    /// The first budget, in cores.
+    pub const START_SHARE: f64 = 0.05;
+    /// Added to the budget per step while latency holds, in cores.
+    pub const STEP: f64 = 0.05;
+    /// Smallest budget, in cores.
+    pub const MIN_SHARE: f64 = 0.005;
+    /// Largest budget, in cores.
+    pub const MAX_SHARE: f64 = 1.0;
+    /// CPU seconds per byte assumed before the first measurement (10 ms/MB).
+    pub const START_COST: f64 = 10e-9;
+    /// Bytes a step must move for its cost to count.
+    const MEASURED_BYTES: u64 = 64 * 1024;
+
+    /// The law at its first budget.
+    pub fn new(settings: AdaptiveSettings) -> CpuBudgetRate {
+        let mut law = CpuBudgetRate {
+            settings,
+            share: Self::START_SHARE,
+            cost: Self::START_COST,
+            measured: false,
+            last: None,
+            rate: 0,
+        };
+        law.rate = law.rate_for_budget();
+        law
+    }
+
+    fn rate_for_budget(&self) -> u64 {
+        let s = self.settings;
+        ((self.share / self.cost).round() as u64).clamp(s.min_bytes_per_sec, s.max_bytes_per_sec)
+    }
+
+    /// The rate in force, bytes/s.
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// The budget in force, in cores.
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// The cost per byte in use, CPU seconds.
+    pub fn cost_per_byte(&self) -> f64 {
+        self.cost
+    }
+
+    /// Takes the p99 since the last step and the moves' totals now, and
+    /// returns the new rate.
+    pub fn step(&mut self, p99: Option<Duration>, totals: Option<MoveTotals>) -> u64 {
+        if let Some(now) = totals {
+            match self.last {
+                // Totals that went down: a move ended or another began; start over from here.
+                Some(before) if now.bytes >= before.bytes && now.cpu_seconds >= before.cpu_seconds => {
+                    let bytes = now.bytes - before.bytes;
+                    let cpu = now.cpu_seconds - before.cpu_seconds;
+                    if bytes >= Self::MEASURED_BYTES && cpu > 0.0 {
+                        let observed = cpu / bytes as f64;
+                        self.cost = if self.measured { 0.5 * self.cost + 0.5 * observed } else { observed };
+                        self.measured = true;
+                    }
+                }
+                _ => {}
+            }
+            self.last = Some(now);
+        }
+        let target = self.settings.target_p99;
+        self.share = match p99 {
+            Some(p) if p > target => (self.share / 2.0).max(Self::MIN_SHARE),
+            Some(p) if p * 5 > target * 4 => self.share,
+            _ => (self.share + Self::STEP).min(Self::MAX_SHARE),
+        };
+        self.rate = self.rate_for_budget();
+        self.rate
+    }
 }
 
 /// The adaptive rate's control law: raise by an eighth while client p99
@@ -336,6 +455,10 @@ pub fn rate_control(spec: &RebalanceRequest, policy: &RebalancePolicy) -> RateCo
             target_p99: Duration::from_micros(a.target_p99_micros),
             min_bytes_per_sec: bytes(a.min_mb_per_sec).max(1),
             max_bytes_per_sec: bytes(a.max_mb_per_sec).max(bytes(a.min_mb_per_sec).max(1)),
+            law: match a.law {
+                crate::request::AdaptiveLawSpec::P99 => AdaptiveLaw::P99,
+                crate::request::AdaptiveLawSpec::CpuBudget => AdaptiveLaw::CpuBudget,
+            },
         }),
         None => RateControl::Fixed(
             spec.bandwidth_limit_mb_per_sec.map_or(policy.rate_limit_bytes_per_sec(), bytes),
@@ -502,8 +625,13 @@ pub struct AdaptiveStep {
 /// The adaptive control loop, one step a second: the operator's rebalance
 /// jobs and `fulva bench migration --adaptive-p99-us` both run it.
 pub struct AdaptiveLoop {
-    law: Option<AdaptiveRate>,
+    law: Option<(AdaptiveSettings, Law)>,
     tick: tokio::time::Interval,
+}
+
+enum Law {
+    P99(AdaptiveRate),
+    CpuBudget(CpuBudgetRate),
 }
 
 impl AdaptiveLoop {
@@ -517,15 +645,20 @@ impl AdaptiveLoop {
 
     /// Waits for the next second, reads the clients' p99 from `signal` and
     /// steps the law with the settings `settings()` returns then (None: the
-    /// rate is not adaptive now; changed settings restart the law). Returns
-    /// None once `finished` is cancelled, else the step, if one was taken;
-    /// the caller sets the rate on its moves.
-    pub async fn next(
+    /// rate is not adaptive now; changed settings restart the law); the
+    /// CPU-budget law also awaits `totals`, the moves' CPU and bytes so far.
+    /// Returns None once `finished` is cancelled, else the step, if one was
+    /// taken; the caller sets the rate on its moves.
+    pub async fn next<T>(
         &mut self,
         signal: &dyn LatencySignal,
         finished: &CancellationToken,
         settings: impl FnOnce() -> Option<AdaptiveSettings>,
-    ) -> Option<Option<AdaptiveStep>> {
+        totals: impl FnOnce() -> T,
+    ) -> Option<Option<AdaptiveStep>>
+    where
+        T: std::future::Future<Output = Option<MoveTotals>>,
+    {
         tokio::select! {
             () = finished.cancelled() => return None,
             _ = self.tick.tick() => {}
@@ -536,10 +669,28 @@ impl AdaptiveLoop {
             return Some(None);
         };
         let law = match &mut self.law {
-            Some(l) if l.settings == settings => l,
-            _ => self.law.insert(AdaptiveRate::new(settings)),
+            Some((s, law)) if *s == settings => law,
+            _ => {
+                let law = match settings.law {
+                    AdaptiveLaw::P99 => Law::P99(AdaptiveRate::new(settings)),
+                    AdaptiveLaw::CpuBudget => Law::CpuBudget(CpuBudgetRate::new(settings)),
+                };
+                &mut self.law.insert((settings, law)).1
+            }
         };
-        Some(Some(AdaptiveStep { p99, rate: law.step(p99) }))
+        let rate = match law {
+            Law::P99(law) => law.step(p99),
+            Law::CpuBudget(law) => law.step(p99, totals().await),
+        };
+        Some(Some(AdaptiveStep { p99, rate }))
+    }
+}
+
+/// The first rate of an adaptive move under `settings`.
+pub fn first_rate(settings: AdaptiveSettings) -> u64 {
+    match settings.law {
+        AdaptiveLaw::P99 => AdaptiveRate::new(settings).rate(),
+        AdaptiveLaw::CpuBudget => CpuBudgetRate::new(settings).rate(),
     }
 }
 
@@ -550,7 +701,19 @@ async fn adapt(shared: Arc<Shared>, signal: Arc<dyn LatencySignal>, finished: Ca
         RateControl::Adaptive(settings) => Some(*settings),
         RateControl::Fixed(_) => None,
     };
-    while let Some(step) = control.next(&*signal, &finished, settings).await {
+    let totals = || async {
+        let moves = shared.report.lock().in_flight.clone();
+        let mut totals = MoveTotals::default();
+        for (range, _, to) in moves {
+            let Ok(mut client) = shared.coordinator.node_client(to).await else { return None };
+            let status =
+                client.migration_status(MigrationStatusRequest { range: Some(range.into()) }).await.ok()?;
+            totals.cpu_seconds += status.cpu_seconds;
+            totals.bytes += status.bytes_applied;
+        }
+        Some(totals)
+    };
+    while let Some(step) = control.next(&*signal, &finished, settings, totals).await {
         let Some(step) = step else { continue };
         if step.rate != shared.rate.load(Ordering::Acquire) {
             tracing::debug!(p99 = ?step.p99, rate = step.rate, "adaptive migration rate");
@@ -637,7 +800,62 @@ mod tests {
             target_p99: Duration::from_millis(2),
             min_bytes_per_sec: 1_000_000,
             max_bytes_per_sec: 17_000_000,
+            law: AdaptiveLaw::P99,
         }
+    }
+
+    #[test]
+    fn the_cpu_budget_grows_while_latency_holds_and_the_rate_follows_the_cost() {
+        let settings = AdaptiveSettings {
+            law: AdaptiveLaw::CpuBudget,
+            min_bytes_per_sec: 100_000,
+            max_bytes_per_sec: 1_000_000_000,
+            ..settings()
+        };
+        let mut law = CpuBudgetRate::new(settings);
+        // 5% of a core at the assumed 10 ms/MB: 5 MB/s.
+        assert_eq!(law.rate(), 5_000_000);
+        let low = Some(Duration::from_micros(500));
+        // First totals set the baseline; the budget rises by a step.
+        law.step(low, Some(MoveTotals { cpu_seconds: 1.0, bytes: 100_000_000 }));
+        assert!((law.share() - 0.10).abs() < 1e-9);
+        assert_eq!(law.rate(), 10_000_000);
+        // The move measured 20 ms/MB over the step (0.1 s for 5 MB): the
+        // first measurement replaces the guess; 15% of a core buys 7.5 MB/s.
+        let rate = law.step(low, Some(MoveTotals { cpu_seconds: 1.1, bytes: 105_000_000 }));
+        assert!((law.cost_per_byte() - 20e-9).abs() < 1e-12, "{}", law.cost_per_byte());
+        assert_eq!(rate, 7_500_000);
+        // A cheaper byte (5 ms/MB) moves faster at the same budget once
+        // smoothed in: (20 + 5) / 2 = 12.5 ms/MB, 20% of a core -> 16 MB/s.
+        let rate = law.step(low, Some(MoveTotals { cpu_seconds: 1.11, bytes: 107_000_000 }));
+        assert_eq!(rate, 16_000_000);
+        // Over target: the budget halves; the cost stays (nothing moved).
+        let rate = law
+            .step(Some(Duration::from_millis(3)), Some(MoveTotals { cpu_seconds: 1.11, bytes: 107_000_000 }));
+        assert!((law.share() - 0.10).abs() < 1e-9);
+        assert_eq!(rate, 8_000_000);
+        // Between 80% and 100% of the target: hold.
+        assert_eq!(law.step(Some(Duration::from_micros(1_900)), None), 8_000_000);
+        // Totals that go down (a move ended) restart the baseline, no bogus cost.
+        law.step(low, Some(MoveTotals { cpu_seconds: 0.01, bytes: 1_000 }));
+        assert!((law.cost_per_byte() - 12.5e-9).abs() < 1e-12);
+        // The budget and the rate stay in their bounds.
+        for _ in 0..100 {
+            law.step(low, None);
+        }
+        assert!((law.share() - CpuBudgetRate::MAX_SHARE).abs() < 1e-9);
+        assert_eq!(law.rate(), 80_000_000);
+        for _ in 0..100 {
+            law.step(Some(Duration::from_secs(1)), None);
+        }
+        assert!((law.share() - CpuBudgetRate::MIN_SHARE).abs() < 1e-9);
+        assert_eq!(law.rate(), 400_000, "the smallest budget at 12.5 ms/MB");
+        let costly = AdaptiveSettings { min_bytes_per_sec: 1_000_000, ..settings };
+        let mut law = CpuBudgetRate::new(costly);
+        for _ in 0..100 {
+            law.step(Some(Duration::from_secs(1)), None);
+        }
+        assert_eq!(law.rate(), 1_000_000, "floored at the minimum rate");
     }
 
     #[test]

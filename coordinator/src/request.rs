@@ -77,6 +77,22 @@ pub struct AdaptiveRateSpec {
     #[serde(default = "default_max_rate")]
     #[schemars(range(min = 0.01))]
     pub max_mb_per_sec: f64,
+    /// The control law: `p99` moves the rate itself with the clients' p99;
+    /// `cpuBudget` moves a CPU budget with it and sets the rate to the
+    /// budget over the move's measured CPU cost per byte.
+    #[serde(default)]
+    pub law: AdaptiveLawSpec,
+}
+
+/// The control law of an adaptive rate, as a request names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AdaptiveLawSpec {
+    /// The rate follows the clients' p99.
+    #[default]
+    P99,
+    /// A CPU budget follows the clients' p99; the rate is budget / cost per byte.
+    CpuBudget,
 }
 
 fn default_min_rate() -> f64 {

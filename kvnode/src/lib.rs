@@ -44,7 +44,7 @@ pub use config::{
 };
 pub use handler::{Handler, Limits};
 pub use heat::{HeatSketch, HEAT_SLOTS, SAMPLE_EVERY};
-pub use metrics::{NodeMetrics, RangeMetrics};
+pub use metrics::{NodeMetrics, RangeMetrics, Side as MigrationSide};
 pub use migration::{pull_from, IncomingMove, PassStart, PullError, TrapSwitches};
 pub use ownership::{OwnedRange, Ownership, OwnershipError, RangeRole};
 pub use store::{Object, SizeDelta, Store, WriteResult};

@@ -65,6 +65,16 @@ pub struct NodeMetrics {
     pub migrated_objects: IntCounterVec,
     /// Share of an incoming move's bytes applied (0 to 1), by range.
     pub migration_progress: prometheus::GaugeVec,
+    migration_cpu: prometheus::CounterVec,
+}
+
+/// Which end of a move spent CPU on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Sending the range (the transfer stream's batches).
+    Source,
+    /// Pulling and applying it.
+    Destination,
 }
 
 /// Metric handles of one served range.
@@ -131,6 +141,14 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 impl NodeMetrics {
+    /// CPU time moves' tasks used on this node, on `side`.
+    pub fn migration_cpu(&self, side: Side) -> prometheus::Counter {
+        self.migration_cpu.with_label_values(&[match side {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        }])
+    }
+
     /// Creates and registers every family.
     pub fn new() -> NodeMetrics {
         let registry = Registry::new();
@@ -254,7 +272,19 @@ impl NodeMetrics {
             )
             .expect("valid metric"),
         );
+        let migration_cpu = register(
+            &registry,
+            prometheus::CounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_migration_cpu_seconds_total",
+                    "CPU time moves' tasks used on this node (pulling and applying, or sending)",
+                ),
+                &["side"],
+            )
+            .expect("valid metric"),
+        );
         NodeMetrics {
+            migration_cpu,
             incoming_moves,
             migrated_bytes,
             migrated_objects,

@@ -126,6 +126,9 @@ async fn a_pull_over_the_transfer_stream_copies_the_range_exactly() {
     assert_eq!(moved.len(), 3_001);
     assert_eq!(moved, snapshot(&source, range), "every object, version and tombstone");
     assert_eq!(mv.status().objects_applied, 3_001);
+    assert!(mv.status().cpu_seconds > 0.0, "the pull's CPU is metered");
+    let sent = source.handler.metrics.migration_cpu(fulva_kvnode::MigrationSide::Source).get();
+    assert!(sent > 0.0, "the sending's CPU is metered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +338,12 @@ async fn transfer_speed_alone() {
         pull_from(&destination.handler, &mv, &source.transfer_addr.to_string()).await.unwrap();
         let secs = started.elapsed().as_secs_f64();
         let mb = mv.status().bytes_applied as f64 / 1e6;
-        println!("batch {batch}: {mb:.1} MB in {secs:.3} s: {:.1} MB/s", mb / secs);
+        let pulled = mv.status().cpu_seconds * 1e3 / mb;
+        let sent = source.handler.metrics.migration_cpu(fulva_kvnode::MigrationSide::Source).get() * 1e3 / mb;
+        println!(
+            "batch {batch}: {mb:.1} MB in {secs:.3} s: {:.1} MB/s; CPU per MB: pull {pulled:.2} ms, send {sent:.2} ms (cumulative)",
+            mb / secs
+        );
         destination.shutdown().await;
     }
 }

@@ -72,6 +72,8 @@ pub struct NodeProcess {
     pub data_addr: SocketAddr,
     /// gRPC control address.
     pub control_addr: SocketAddr,
+    /// HTTP address of its /metrics.
+    pub metrics_addr: SocketAddr,
     log: PathBuf,
 }
 
@@ -106,7 +108,7 @@ impl NodeProcess {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {} node: {e}", binary.display()))?;
-        let mut node = NodeProcess { child, data_addr, control_addr, log };
+        let mut node = NodeProcess { child, data_addr, control_addr, metrics_addr, log };
         let started = Instant::now();
         loop {
             if tokio::net::TcpStream::connect(control_addr).await.is_ok() {
@@ -137,5 +139,48 @@ impl NodeProcess {
     /// Stops the node (by its pid) and waits for it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// The sum of every sample of metric `name` (all label sets) a node's
+/// /metrics endpoint at `addr` serves; 0 when absent or unreachable.
+pub async fn scrape_sum(addr: SocketAddr, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: node\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let Ok(Some(body)) = tokio::time::timeout(Duration::from_secs(2), fetch).await else { return 0.0 };
+    metric_sum(&body, name)
+}
+
+/// The sum of every sample of metric `name` in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            l.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_is_summed_over_its_label_sets_and_nothing_else() {
+        let text = "# HELP m_total help\n# TYPE m_total counter\nm_total{side=\"source\"} 1.5\n\
+                    m_total{side=\"destination\"} 2.25\nm_total_other 100\nm_totalx{a=\"b\"} 7\n";
+        assert_eq!(metric_sum(text, "m_total"), 3.75);
+        assert_eq!(metric_sum(text, "m_total_other"), 100.0);
+        assert_eq!(metric_sum(text, "absent"), 0.0);
     }
 }

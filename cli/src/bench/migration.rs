@@ -10,13 +10,14 @@ use super::report::{
     Sampler, StrategyResult,
 };
 use fulva_client::{Client, ClientConfig, ClientStats};
-use fulva_coordinator::rebalance_job::{AdaptiveLoop, AdaptiveRate, AdaptiveSettings};
+use fulva_coordinator::rebalance_job::{first_rate, AdaptiveLaw, AdaptiveLoop, AdaptiveSettings, MoveTotals};
 use fulva_coordinator::MoveOptions;
 use fulva_kvnode::MigrationTransfer;
-use fulva_local::process::{cpu_seconds, NodeProcess};
+use fulva_local::process::{cpu_seconds, scrape_sum, NodeProcess};
 use fulva_local::sessions::FulvaSession;
 use fulva_local::workload::{run_closed_loop_with, Mix, WorkloadSpec};
 use fulva_local::ControlPlane;
+use fulva_proto::grpc::MigrationStatusRequest;
 use fulva_proto::{key_hash, HashRange, NodeInfo, Strategy};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,11 @@ pub struct MigrationBenchArgs {
     /// step a second, the operator's control law).
     #[arg(long)]
     pub adaptive_p99_us: Option<u64>,
+    /// Adaptive rate: the control law, `p99` (the rate follows the
+    /// clients' p99), `cpu-budget` (a CPU budget follows it; the rate is the
+    /// budget over the move's measured CPU per byte) or `both`, side by side.
+    #[arg(long, value_enum, default_value_t = LawArg::P99)]
+    pub adaptive_law: LawArg,
     /// Adaptive rate: lowest rate, MB/s.
     #[arg(long, default_value_t = 1.0)]
     pub adaptive_min_mb: f64,
@@ -103,6 +109,27 @@ pub struct MigrationBenchArgs {
     /// Draw throughput and p99.9 over time per strategy into this PNG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// The adaptive rate's control law(s) a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LawArg {
+    /// The rate follows the clients' p99.
+    P99,
+    /// A CPU budget follows the clients' p99.
+    CpuBudget,
+    /// Both, one after the other.
+    Both,
+}
+
+impl LawArg {
+    fn laws(self) -> Vec<AdaptiveLaw> {
+        match self {
+            LawArg::P99 => vec![AdaptiveLaw::P99],
+            LawArg::CpuBudget => vec![AdaptiveLaw::CpuBudget],
+            LawArg::Both => vec![AdaptiveLaw::P99, AdaptiveLaw::CpuBudget],
+        }
+    }
 }
 
 impl MigrationBenchArgs {
@@ -186,12 +213,13 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         target_p99: Duration::from_micros(target),
         min_bytes_per_sec: (args.adaptive_min_mb * 1e6).max(1.0) as u64,
         max_bytes_per_sec: (args.adaptive_max_mb.max(args.adaptive_min_mb) * 1e6).max(1.0) as u64,
+        law: args.adaptive_law.laws()[0],
     });
     let options = MoveOptions {
         strategy,
         hot_keys: args.hot_keys,
         rate_limit_bytes_per_sec: match adaptive {
-            Some(settings) => AdaptiveRate::new(settings).rate(),
+            Some(settings) => first_rate(settings),
             None => (args.rate_limit_mb * 1e6) as u64,
         },
         ..MoveOptions::default()
@@ -206,7 +234,16 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
                 ..AdaptiveTrace::default()
             };
             let mut control = AdaptiveLoop::start(&*recent).await;
-            while let Some(step) = control.next(&*recent, &moved, || Some(settings)).await {
+            // The CPU-budget law's input: the destination's pull CPU and bytes so far.
+            let totals = || async {
+                let mut node = coordinator.node_client(1).await.ok()?;
+                let status = node
+                    .migration_status(MigrationStatusRequest { range: Some(moving.into()) })
+                    .await
+                    .ok()?;
+                Some(MoveTotals { cpu_seconds: status.cpu_seconds, bytes: status.bytes_applied })
+            };
+            while let Some(step) = control.next(&*recent, &moved, || Some(settings), totals).await {
                 let Some(step) = step else { continue };
                 let _ = coordinator.set_move_rate(moving, step.rate).await;
                 let p99_us = step.p99.map_or(0, |p| p.as_micros() as u64);
@@ -219,9 +256,18 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
             trace
         })
     });
+    let move_cpu = || async {
+        let mut total = 0.0;
+        for node in &nodes {
+            total += scrape_sum(node.metrics_addr, "fulva_kvnode_migration_cpu_seconds_total").await;
+        }
+        total
+    };
+    let move_cpu_start = move_cpu().await;
     let cpu_start = node_cpu();
     let report = control.coordinator.migrate(moving, 1, options, |_| {}).await?;
     let cpu_during_move = node_cpu() - cpu_start;
+    let move_cpu_used = move_cpu().await - move_cpu_start;
     moved.cancel();
     let adaptive_trace = match controller {
         Some(task) => Some(task.await?),
@@ -252,6 +298,7 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
         errors: errors.load(Ordering::Relaxed),
         dual_reads: dual_reads.await?,
         server_cpu_during_move: Some(cpu_during_move),
+        move_cpu: Some(move_cpu_used),
         hiccups,
     };
     let mut result = summarize(strategy.name(), args.bin_ms, run);
@@ -264,7 +311,7 @@ const MATCHED: &str = "fulva@redis-rate";
 
 fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
     println!(
-        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8} {:>6}",
+        "\n{:<17} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>10} {:>8} {:>6}",
         "strategy",
         "steady/s",
         "during/s",
@@ -279,14 +326,16 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
         "MB/s",
         "lost/MB",
         "CPU ms/MB",
+        "move ms/MB",
         "B/op mv",
         "dual"
     );
     for r in results {
         let dual = r.dual_read_share_after_200ms.map_or("-".to_string(), |d| format!("{:.0}%", d * 100.0));
         let cpu = r.server_cpu_ms_per_mb.map_or("-".to_string(), |c| format!("{c:.1}"));
+        let move_cpu = r.move_cpu_ms_per_mb.map_or("-".to_string(), |c| format!("{c:.1}"));
         println!(
-            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>8.1} {:>8.0} {:>9} {:>8.0} {:>6}",
+            "{:<17} {:>10.0} {:>10.0} {:>7.2} {:>9} {:>9} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>8.1} {:>8.0} {:>9} {:>10} {:>8.0} {:>6}",
             r.strategy,
             r.steady.ops_per_sec,
             r.during.ops_per_sec,
@@ -301,6 +350,7 @@ fn print_table<'a>(results: impl Iterator<Item = &'a StrategyResult>) {
             r.migrated_mb_per_sec,
             r.ops_lost_per_mb,
             cpu,
+            move_cpu,
             r.during.wire_bytes_per_op,
             dual,
         );
@@ -335,11 +385,19 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
             results.push(run_strategy(&fixed, strategy).await?);
             eprintln!("fulva bench migration: {} with the adaptive rate", strategy.name());
         }
-        let mut result = run_strategy(&args, strategy).await?;
-        if result.adaptive.is_some() {
-            result.strategy.push_str("+adaptive");
+        if args.adaptive_p99_us.is_some() {
+            for law in args.adaptive_law.laws() {
+                let one = MigrationBenchArgs {
+                    adaptive_law: if law == AdaptiveLaw::P99 { LawArg::P99 } else { LawArg::CpuBudget },
+                    ..args.clone()
+                };
+                let mut result = run_strategy(&one, strategy).await?;
+                result.strategy.push_str(if law == AdaptiveLaw::P99 { "+adaptive" } else { "+cpu-budget" });
+                results.push(result);
+            }
+        } else {
+            results.push(run_strategy(&args, strategy).await?);
         }
-        results.push(result);
         if args.levers && strategy == Strategy::Fulva {
             let one = MigrationBenchArgs { adaptive_p99_us: None, ..args.clone() };
             let variants = [
@@ -376,6 +434,7 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
          machine's share of that stall); lost/MB = (steady - during ops/s) x move seconds / MB moved; \
          CPU ms/MB = CPU of the server processes during the move (fulva: both nodes, each its own process; \
          redis: both redis-servers and redis-cli) per MB moved, client traffic included; \
+         move ms/MB = CPU the move's own tasks used on both nodes (metered around each poll) per MB moved; \
          dual = share of reads sent to both nodes from 200 ms after the start)"
     );
     if results.iter().any(|r| r.strategy == MATCHED) {

@@ -223,6 +223,7 @@ pub async fn run(args: &Experiment, redis_server: &str) -> anyhow::Result<Strate
         errors: errors.load(Ordering::Relaxed),
         dual_reads: Vec::new(),
         server_cpu_during_move: Some(cpu_during_move),
+        move_cpu: None,
         hiccups,
     };
     Ok(summarize("redis-cluster", args.bin_ms, run))

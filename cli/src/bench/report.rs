@@ -100,6 +100,9 @@ pub struct StrategyResult {
     /// Server CPU milliseconds per MB moved (every server process, from /proc,
     /// during the move, client traffic included).
     pub server_cpu_ms_per_mb: Option<f64>,
+    /// CPU the move's own tasks used on both nodes per MB moved, ms (None:
+    /// not metered, as for Redis).
+    pub move_cpu_ms_per_mb: Option<f64>,
     /// Share of reads sent to both ends of the move from 200 ms after its
     /// start to its end (None: the system has no dual reads).
     pub dual_read_share_after_200ms: Option<f64>,
@@ -170,6 +173,9 @@ pub struct RunRecord {
     /// CPU seconds the server processes (and the mover, where it is its own
     /// process) used during the move, from /proc; `None` when not measured.
     pub server_cpu_during_move: Option<f64>,
+    /// CPU seconds the move's own tasks used on both nodes (fulva's
+    /// migration CPU meter); `None` when not measured.
+    pub move_cpu: Option<f64>,
     /// What the hiccup meter noted during the run.
     pub hiccups: Vec<Hiccup>,
 }
@@ -306,6 +312,7 @@ pub fn summarize(name: &str, bin_ms: u64, mut run: RunRecord) -> StrategyResult 
         lock_window_ms: run.lock_window.map(|d| d.as_secs_f64() * 1e3),
         ops_lost_per_mb: (steady.ops_per_sec - during.ops_per_sec).max(0.0) * move_secs / moved_mb.max(1e-9),
         server_cpu_ms_per_mb: run.server_cpu_during_move.map(|cpu| cpu * 1e3 / moved_mb.max(1e-9)),
+        move_cpu_ms_per_mb: run.move_cpu.map(|cpu| cpu * 1e3 / moved_mb.max(1e-9)),
         dual_read_share_after_200ms: share((ms + 200_000).min(me), me),
         during_moving: period(samples, hiccups, (ms, me), true, run.wire.1),
         steady,
@@ -430,6 +437,7 @@ mod tests {
             errors: 0,
             dual_reads,
             server_cpu_during_move: None,
+            move_cpu: None,
             // The machine held the bench off the CPU for 30 ms in the move.
             hiccups: vec![Hiccup { woke_us: 4_030_000, late_us: 30_000 }],
         };
@@ -464,6 +472,7 @@ mod tests {
             errors: 0,
             dual_reads: Vec::new(),
             server_cpu_during_move: None,
+            move_cpu: None,
             hiccups: Vec::new(),
         };
         let r = summarize("redis-cluster", 10, run);

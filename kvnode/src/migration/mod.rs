@@ -22,7 +22,9 @@
 //!   then hash order) and the TCP transfer listener.
 //! - `fetch`: on-demand pulls of single keys (rocksteady; fulva's fetch on miss).
 //! - `rate`: the pacer that holds a move to its rate limit.
+//! - `cpu`: what a move costs in CPU, metered around each poll of its tasks.
 
+mod cpu;
 mod fetch;
 mod pull;
 mod rate;
@@ -39,6 +41,7 @@ use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +76,8 @@ pub struct IncomingMove {
     objects_total: AtomicU64,
     bytes_total: AtomicU64,
     rate_limit: AtomicU64,
+    /// CPU time the pull's task used here, ns.
+    cpu_ns: Arc<AtomicU64>,
     started: Mutex<Option<Instant>>,
     finished: Mutex<Option<Instant>>,
     error: Mutex<Option<PullError>>,
@@ -121,6 +126,7 @@ impl IncomingMove {
             objects_total: AtomicU64::new(0),
             bytes_total: AtomicU64::new(0),
             rate_limit: AtomicU64::new(0),
+            cpu_ns: Arc::new(AtomicU64::new(0)),
             started: Mutex::new(None),
             finished: Mutex::new(None),
             error: Mutex::new(None),
@@ -207,6 +213,7 @@ impl IncomingMove {
             eta_seconds: eta,
             error: error.as_ref().map(ToString::to_string).unwrap_or_default(),
             failure: error.as_ref().map_or(PullFailure::None, PullError::failure) as i32,
+            cpu_seconds: self.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
             rate_limit_bytes_per_sec: self.rate_limit.load(Ordering::Acquire),
         }
     }

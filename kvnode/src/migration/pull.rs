@@ -5,10 +5,12 @@
 //! (`fulva_proto::transfer`, the default) and gRPC's `PullRange` (set with
 //! `--migration-transfer grpc`, and the coordinator's relay).
 
+use super::cpu::{CpuSink, Metered};
 use super::rate::RateLimiter;
 use super::{IncomingMove, PullError};
 use crate::config::MigrationTransfer;
 use crate::handler::Handler;
+use crate::metrics::Side;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
 use fulva_proto::grpc::{PullRangeRequest, RangeBatch, TransferEndpointRequest};
 use fulva_proto::transfer::{self, BatchKind, Hello, HelloReply, StreamCheck, TransferRecord};
@@ -34,7 +36,9 @@ pub async fn pull(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
     let strategy = mv.strategy.name();
     let incoming = handler.metrics.incoming_moves.with_label_values(&[strategy]);
     incoming.inc();
-    pull_until_done(&handler, &mv).await;
+    let sinks: Vec<Arc<dyn CpuSink>> =
+        vec![mv.cpu_ns.clone(), Arc::new(handler.metrics.migration_cpu(Side::Destination))];
+    Metered::new(pull_until_done(&handler, &mv), sinks).await;
     incoming.dec();
     let _ = handler.metrics.migration_progress.remove_label_values(&[&crate::metrics::range_label(mv.range)]);
 }

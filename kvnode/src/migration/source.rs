@@ -2,7 +2,9 @@
 //! keys first when asked, then the range in hash order), over gRPC or the
 //! TCP transfer stream.
 
+use super::cpu::{CpuSink, Metered};
 use crate::handler::Handler;
+use crate::metrics::Side;
 use crate::store::Object;
 use bytes::Bytes;
 use fulva_proto::grpc::{MigratedObject, RangeBatch};
@@ -74,9 +76,10 @@ pub fn range_batches(
     request: &Hello,
 ) -> tokio::sync::mpsc::Receiver<Result<RangeBatch, tonic::Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let cpu: Arc<dyn CpuSink> = Arc::new(handler.metrics.migration_cpu(Side::Source));
     let mut pass = SourcePass::new(handler, request);
     let from = request.from;
-    tokio::spawn(async move {
+    let send = async move {
         while let Some((objects, kind, next)) = pass.next_batch() {
             let batch = RangeBatch {
                 objects: objects.into_iter().map(migrated_object).collect(),
@@ -89,7 +92,8 @@ pub fn range_batches(
             }
             tokio::task::yield_now().await;
         }
-    });
+    };
+    tokio::spawn(Metered::new(send, vec![cpu]));
     rx
 }
 
@@ -148,7 +152,7 @@ pub async fn serve_transfers(listener: TcpListener, handler: Arc<Handler>, shutd
         tokio::spawn(async move {
             tokio::select! {
                 () = token.cancelled() => {}
-                sent = send_range(stream, handler) => match sent {
+                sent = Metered::new(send_range(stream, handler.clone()), vec![Arc::new(handler.metrics.migration_cpu(Side::Source)) as Arc<dyn CpuSink>]) => match sent {
                     Ok(range) => tracing::debug!(%peer, %range, "range sent"),
                     Err(err) if err.is_connection() => tracing::info!(%peer, error = %err, "transfer cut"),
                     Err(err) => tracing::warn!(%peer, error = %err, "transfer refused"),
