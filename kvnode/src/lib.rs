@@ -45,7 +45,7 @@ pub use config::{
 pub use handler::{Handler, Limits};
 pub use heat::{HeatSketch, HEAT_SLOTS, SAMPLE_EVERY};
 pub use metrics::{NodeMetrics, RangeMetrics, Side as MigrationSide};
-pub use migration::{pull_from, IncomingMove, PassStart, PullError, TrapSwitches};
+pub use migration::{pull_from, IncomingMove, MoveEvent, MovePhase, PassStart, PullError, TrapSwitches};
 pub use ownership::{OwnedRange, Ownership, OwnershipError, RangeRole};
 pub use store::{Object, SizeDelta, Store, WriteResult};
 

@@ -184,7 +184,9 @@ async fn a_cut_connection_resumes_from_the_cursor() {
         destination_of(range, NodeConfig::loopback(DESTINATION + 1), PassStart::default()).await;
     pull_from(&again.handler, &mv2, &full.addr).await.unwrap();
     let whole = full.from_target.load(Ordering::Acquire);
-    assert!(resumed + 500_000 < whole, "resumed at the cursor: {resumed} bytes, the whole range {whole}");
+    // 600 kB had crossed when the link was cut; at most the batches in flight
+    // (8 of about 16 kB) had not been applied.
+    assert!(resumed + 300_000 < whole, "resumed at the cursor: {resumed} bytes, the whole range {whole}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

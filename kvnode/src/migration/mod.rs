@@ -22,15 +22,19 @@
 //!   then hash order) and the TCP transfer listener.
 //! - `fetch`: on-demand pulls of single keys (rocksteady; fulva's fetch on miss).
 //! - `rate`: the pacer that holds a move to its rate limit.
+//! - `phase`: the move's phase ([`MovePhase`]) and the only ways it changes.
 //! - `cpu`: what a move costs in CPU, metered around each poll of its tasks.
 
 mod cpu;
 mod fetch;
+mod phase;
 mod pull;
 mod rate;
 mod source;
 
 pub use fetch::serve_fetches;
+use phase::SharedPhase;
+pub use phase::{MoveEvent, MovePhase};
 pub use pull::{apply_batch, cursor_of, pull, pull_from};
 pub use source::{range_batches, serve_transfers};
 
@@ -40,7 +44,7 @@ use fulva_proto::transfer::TransferError;
 use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -68,9 +72,11 @@ pub struct IncomingMove {
     pub source_control_addr: String,
     /// How it moves.
     pub strategy: Strategy,
-    active: AtomicBool,
+    phase: SharedPhase,
+    /// Held while a pass starts, so its settings are in place before the
+    /// phase that publishes them.
+    starting: Mutex<()>,
     cursor: AtomicU64,
-    done: AtomicBool,
     objects_applied: AtomicU64,
     bytes_applied: AtomicU64,
     objects_total: AtomicU64,
@@ -85,8 +91,6 @@ pub struct IncomingMove {
     /// Pull only objects above this version (a source-driven final pass, or
     /// taking back an aborted move: older objects never left this node).
     min_version: AtomicU64,
-    /// Which passes have started: 1 copy (source-driven), 2 final/serving pass.
-    phase: AtomicU64,
     /// Hottest keys to ask the source for before the hash-order pass.
     hot_keys: AtomicU32,
     /// Rocksteady: keys pulled on demand (present at the source or not).
@@ -108,7 +112,6 @@ impl IncomingMove {
         let (fetch_tx, fetch_rx) = tokio::sync::mpsc::unbounded_channel();
         IncomingMove {
             min_version: AtomicU64::new(0),
-            phase: AtomicU64::new(0),
             hot_keys: AtomicU32::new(0),
             fetched: Mutex::new(HashSet::new()),
             requested: Mutex::new(HashSet::new()),
@@ -118,9 +121,9 @@ impl IncomingMove {
             source,
             source_control_addr,
             strategy,
-            active: AtomicBool::new(false),
+            phase: SharedPhase::new(),
+            starting: Mutex::new(()),
             cursor: AtomicU64::new(range.first),
-            done: AtomicBool::new(false),
             objects_applied: AtomicU64::new(0),
             bytes_applied: AtomicU64::new(0),
             objects_total: AtomicU64::new(0),
@@ -137,13 +140,13 @@ impl IncomingMove {
     /// Whether the destination takes requests for the range yet.
     #[inline]
     pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
+        self.phase.get().serves()
     }
 
     /// Whether every object of the range has been applied.
     #[inline]
     pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.phase.get().complete()
     }
 
     /// Progress as carried in replies.
@@ -218,12 +221,23 @@ impl IncomingMove {
         }
     }
 
-    /// Starts a pass of the pull; false if that pass already started.
+    /// The move's phase.
+    pub fn phase(&self) -> MovePhase {
+        self.phase.get()
+    }
+
+    /// Starts a pass of the pull; false if that pass cannot start now (it
+    /// already started, or the pass before it has not ended).
     pub fn begin_pass(&self, pass: PassStart) -> bool {
         let PassStart { objects_total, bytes_total, rate_limit, serve, final_pass, min_version, hot_keys } =
             pass;
-        let phase = if serve || final_pass { 2 } else { 1 };
-        if self.phase.fetch_max(phase, Ordering::AcqRel) >= phase {
+        let event = match (serve, final_pass) {
+            (true, _) => MoveEvent::BeginServing,
+            (false, true) => MoveEvent::BeginFinal,
+            (false, false) => MoveEvent::BeginCopy,
+        };
+        let _starting = self.starting.lock();
+        if self.phase.get().after(event).is_none() {
             return false;
         }
         if objects_total > 0 || bytes_total > 0 {
@@ -234,16 +248,20 @@ impl IncomingMove {
         self.started.lock().get_or_insert_with(Instant::now);
         self.min_version.store(min_version, Ordering::Release);
         self.hot_keys.store(hot_keys, Ordering::Release);
-        if final_pass {
+        if event == MoveEvent::BeginFinal {
             // The final pass starts over at the range's beginning.
             self.cursor.store(self.range.first, Ordering::Release);
-            self.done.store(false, Ordering::Release);
             *self.finished.lock() = None;
         }
-        if serve {
-            self.active.store(true, Ordering::Release);
+        // Published last: the data path sees the new phase with its settings.
+        self.phase.apply(event).is_some()
+    }
+
+    /// Marks the pass in force complete (its last batch applied).
+    fn complete_pass(&self) {
+        if self.phase.apply(MoveEvent::LastBatchApplied).is_some() {
+            self.finished.lock().get_or_insert_with(Instant::now);
         }
-        true
     }
 
     /// Rocksteady: whether `key` was pulled on demand.

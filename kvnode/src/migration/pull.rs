@@ -16,7 +16,7 @@ use fulva_proto::grpc::{PullRangeRequest, RangeBatch, TransferEndpointRequest};
 use fulva_proto::transfer::{self, BatchKind, Hello, HelloReply, StreamCheck, TransferRecord};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Attempts to resume a pull after the stream from the source fails.
@@ -131,7 +131,15 @@ async fn pull_once_tcp(
 /// then batches against credits until the last. Public so tests can put a
 /// misbehaving source there.
 pub async fn pull_from(handler: &Handler, mv: &Arc<IncomingMove>, addr: &str) -> Result<(), PullError> {
-    pull_transfer(handler, mv, addr, &mut RateLimiter::new()).await
+    let mut limiter = RateLimiter::new();
+    metered(handler, mv, pull_transfer(handler, mv, addr, &mut limiter)).await
+}
+
+/// Runs `pull`, charging its CPU to the move and the node's destination meter.
+async fn metered<T>(handler: &Handler, mv: &IncomingMove, pull: impl std::future::Future<Output = T>) -> T {
+    let sinks: Vec<Arc<dyn CpuSink>> =
+        vec![mv.cpu_ns.clone(), Arc::new(handler.metrics.migration_cpu(Side::Destination))];
+    Metered::new(pull, sinks).await
 }
 
 async fn pull_transfer(
@@ -309,8 +317,7 @@ async fn apply_records(
         BatchKind::Hot => {}
         BatchKind::Last => {
             mv.publish_cursor(mv.range.last);
-            mv.done.store(true, Ordering::Release);
-            mv.finished.lock().get_or_insert_with(Instant::now);
+            mv.complete_pass();
         }
         BatchKind::Scan => mv.publish_cursor(next_cursor),
     }
