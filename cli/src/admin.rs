@@ -67,6 +67,11 @@ pub struct MigrateArgs {
     /// Bandwidth limit of the transfer in MB/s (0 = none).
     #[arg(long, default_value_t = 0.0)]
     rate_limit_mb: f64,
+    /// Fulva and rocksteady: how many of the range's hottest keys (by the
+    /// source's sampled reads) are shipped before the hash-order pass, so
+    /// reads of them stop going to both nodes at once (0 = none).
+    #[arg(long, default_value_t = fulva_coordinator::DEFAULT_HOT_KEYS)]
+    hot_keys: u32,
 }
 
 /// Options of `fulva abort`.
@@ -191,6 +196,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
         destination: args.to,
         strategy: fulva_proto::grpc::Strategy::from(Strategy::from(args.strategy)) as i32,
         rate_limit_bytes_per_sec: (args.rate_limit_mb * 1e6) as u64,
+        hot_keys: Some(args.hot_keys),
     };
     let mut stream =
         client.migrate(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();

@@ -163,6 +163,9 @@ fn migrate_moves_a_range_of_a_running_cluster() {
     let line = after.lines().find(|l| l.starts_with(&range)).expect(&after);
     assert_eq!(line.split_whitespace().nth(1), Some("1"), "{after}");
     assert!(line.ends_with("normal"), "{line}");
+    // And back, hash order only (no hot keys shipped first).
+    let back = run(&["migrate", "--range", &range, "--to", "0", "--hot-keys", "0"]);
+    assert!(back.contains("from node 1 to node 0"), "{back}");
     // A bad request is refused with a clear message.
     let out =
         fulva().args(["migrate", "--range", &range, "--to", "9", "--endpoint", &endpoint]).output().unwrap();

@@ -73,6 +73,7 @@ impl CoordinatorAdmin for AdminService {
         let options = MoveOptions {
             strategy: strategy.into(),
             rate_limit_bytes_per_sec: req.rate_limit_bytes_per_sec,
+            hot_keys: req.hot_keys.unwrap_or(crate::DEFAULT_HOT_KEYS),
             ..MoveOptions::default()
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -75,6 +75,19 @@ async fn the_checker_catches_learned_keys_kept_across_moves() {
     assert!(caught, "learned keys kept across moves went unnoticed in three runs");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_hot_batch_that_moves_the_cursor() {
+    // One hot key shipped ahead: the cursor jumps past it, so the cold keys
+    // below it are read from the destination alone before they arrive.
+    let caught = caught_in_three_runs(|config| {
+        config.node.trap_hot_batch_moves_cursor = true;
+        config.hot_keys = 1;
+        config.moves = 25;
+    })
+    .await;
+    assert!(caught, "a hot batch moving the cursor went unnoticed in three runs");
+}
+
 /// Not in the default suite: the window this trap opens is often closed by a
 /// client's write reaching the destination first, so a single run misses it
 /// about one time in five. Run with `cargo test -- --ignored`.

@@ -135,6 +135,10 @@ pub struct NodeConfig {
     /// Test only: re-create trap 3 (deletes leave no tombstone during a move).
     #[arg(long, hide = true)]
     pub trap_no_tombstones: bool,
+    /// Test only: a batch of hot keys moves the cursor past its highest hash
+    /// (the cold keys below it have not arrived).
+    #[arg(long, hide = true)]
+    pub trap_hot_batch_moves_cursor: bool,
 }
 
 impl NodeConfig {
@@ -162,6 +166,7 @@ impl NodeConfig {
             pod_name: None,
             trap_cursor_before_apply: false,
             trap_no_tombstones: false,
+            trap_hot_batch_moves_cursor: false,
         }
     }
 

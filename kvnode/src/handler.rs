@@ -74,6 +74,7 @@ impl Handler {
             traps: TrapSwitches {
                 cursor_before_apply: config.trap_cursor_before_apply,
                 no_tombstones: config.trap_no_tombstones,
+                hot_batch_moves_cursor: config.trap_hot_batch_moves_cursor,
             },
             migration_batch_bytes: config.migration_batch_bytes,
             migration_transfer: config.migration_transfer,

@@ -37,6 +37,8 @@ pub struct StressConfig {
     pub max_shards: usize,
     /// Bandwidth limit of each move (bytes/s), so moves overlap many operations.
     pub move_rate_limit: u64,
+    /// Hottest keys a fulva or rocksteady move ships first.
+    pub hot_keys: u32,
     /// Faults injected on every data-path socket.
     pub faults: FaultConfig,
     /// Strategies moves pick from at random.
@@ -67,6 +69,7 @@ impl StressConfig {
             max_duration: Duration::from_secs(25),
             max_shards: 24,
             move_rate_limit: 2_000_000,
+            hot_keys: fulva_coordinator::DEFAULT_HOT_KEYS,
             faults: FaultConfig {
                 loss: 0.02,
                 duplicate: 0.02,
@@ -188,6 +191,7 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
         let options = MoveOptions {
             strategy,
             rate_limit_bytes_per_sec: config.move_rate_limit,
+            hot_keys: config.hot_keys,
             ..MoveOptions::default()
         };
         let migrate = cluster.coordinator.migrate(shard.range, destination, options, |_| {});

@@ -60,6 +60,9 @@ pub struct TrapSwitches {
     pub cursor_before_apply: bool,
     /// Trap 3: deletes at a move's destination leave no tombstone.
     pub no_tombstones: bool,
+    /// A batch of hot keys (shipped out of hash order) moves the cursor past
+    /// its highest hash, as if every key below it had arrived.
+    pub hot_batch_moves_cursor: bool,
 }
 
 /// State of a range moving into this node.

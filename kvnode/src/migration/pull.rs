@@ -314,6 +314,11 @@ async fn apply_records(
             .set((applied as f64 / total as f64).min(1.0));
     }
     match kind {
+        BatchKind::Hot if handler.traps.hot_batch_moves_cursor => {
+            if let Some(highest) = records.last() {
+                mv.publish_cursor(highest.hash.saturating_add(1));
+            }
+        }
         BatchKind::Hot => {}
         BatchKind::Last => {
             mv.publish_cursor(mv.range.last);
