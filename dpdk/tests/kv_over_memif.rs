@@ -79,6 +79,11 @@ async fn a_node_serves_a_client_over_memif() {
     assert!(events.len() >= 400, "every operation was recorded");
     let report = fulva_local::check::check_events(&events).unwrap();
     assert!(report.is_linearizable(), "{report:?}");
+    // The client's side goes first, then the node's: with the node's side
+    // stopped first the test crashed once at exit (SIGSEGV) under the full
+    // suite's load; the cause inside DPDK's memif teardown is not confirmed.
+    drop(recorder);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     stop.cancel();
     node.shutdown().await;
     let _ = std::fs::remove_file(&socket);
