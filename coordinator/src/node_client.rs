@@ -163,6 +163,12 @@ impl NodeError {
     pub fn is_not_found(&self) -> bool {
         self.kind == NodeErrorKind::NotFound
     }
+
+    /// Whether the node refused the call because it has seen a newer map
+    /// epoch than the call carried (kvnode's `OwnershipError::StaleEpoch`).
+    pub fn is_stale_epoch(&self) -> bool {
+        self.kind == NodeErrorKind::Refused && self.message.contains("is older than the node's epoch")
+    }
 }
 
 /// A connection to one node's control service.
@@ -366,6 +372,22 @@ unary_calls! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_for_a_stale_epoch_is_told_apart_by_the_nodes_own_words() {
+        let refused = |message: String| NodeError {
+            node: 2,
+            addr: "127.0.0.1:7201".into(),
+            call: NodeCall::FinishMigration,
+            kind: NodeErrorKind::Refused,
+            message,
+        };
+        let stale = fulva_kvnode::OwnershipError::StaleEpoch { given: 8, current: 10 };
+        assert!(refused(stale.to_string()).is_stale_epoch());
+        assert!(!refused("range is not coming in".into()).is_stale_epoch());
+        let unreachable = NodeError { kind: NodeErrorKind::Unreachable, ..refused(stale.to_string()) };
+        assert!(!unreachable.is_stale_epoch());
+    }
 
     #[test]
     fn the_serving_sides_codes_decode_to_kinds() {

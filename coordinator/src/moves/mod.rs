@@ -420,16 +420,20 @@ impl Coordinator {
         let finished = self.set_shard(range, destination, ShardState::Normal).await?;
         // The source drops its copy before the destination drops its
         // tombstones: a dual read must never see an old copy beside a purged delete.
+        // Moves running at once raise the nodes' epochs: each call goes as
+        // of the newest map (it contains this change), again if a newer one
+        // overtook it on the way.
         let mut src = self.node_client(source).await?;
-        match src
-            .drop_range(DropRangeRequest {
-                range: r,
-                epoch: finished.epoch,
-                new_owner: destination,
-                has_new_owner: true,
-            })
-            .await
-        {
+        let mut attempts = 0;
+        let dropped = loop {
+            let epoch = self.map().epoch.max(finished.epoch);
+            let drop = DropRangeRequest { range: r, epoch, new_owner: destination, has_new_owner: true };
+            match src.drop_range(drop).await {
+                Err(err) if err.is_stale_epoch() && attempts < 5 => attempts += 1,
+                result => break result,
+            }
+        };
+        match dropped {
             // Already dropped (a recovering coordinator finishing a commit).
             Ok(_) => {}
             Err(err) if err.is_not_found() => {}
@@ -442,12 +446,20 @@ impl Coordinator {
             Err(err) => return Err(err.into()),
         }
         let mut dest = self.node_client(destination).await?;
-        dest.finish_migration(FinishMigrationRequest {
-            range: r,
-            epoch: finished.epoch,
-            abandon_source: false,
-        })
-        .await?;
+        let mut attempts = 0;
+        loop {
+            let epoch = self.map().epoch.max(finished.epoch);
+            match dest
+                .finish_migration(FinishMigrationRequest { range: r, epoch, abandon_source: false })
+                .await
+            {
+                Err(err) if err.is_stale_epoch() && attempts < 5 => attempts += 1,
+                result => {
+                    result?;
+                    break;
+                }
+            }
+        }
         self.broadcast_epoch(&finished).await;
         Ok(finished)
     }
