@@ -194,7 +194,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     let samplers = (0..args.load.clients)
         .map(|_| {
             let tag = move |key: &[u8]| u32::from(moving.contains(key_hash(key)));
-            Sampler::new(t0, tag, errors.clone(), Some(recent.clone()))
+            // Only an adaptive run's control loop reads recent latencies.
+            let recent = args.adaptive_p99_us.is_some().then(|| recent.clone());
+            Sampler::new(t0, tag, errors.clone(), recent)
         })
         .collect();
     let clients = args.load.clients as u64;

@@ -323,13 +323,35 @@ pub fn summarize(name: &str, bin_ms: u64, mut run: RunRecord) -> StrategyResult 
     }
 }
 
-/// Client latencies (µs) since the adaptive control loop last looked.
-#[derive(Default)]
+/// Most latencies [`RecentLatency`] keeps between two looks (about two
+/// seconds of a saturated run); later ones wait for the next look.
+const RECENT_CAP: usize = 1 << 18;
+
+/// Client latencies (µs) since the adaptive control loop last looked. Its
+/// buffer is allocated once and bounded: a buffer that doubled as it filled
+/// (with nobody taking from it in a fixed-rate run) held the samplers on
+/// its lock through each copy, a benchmark-made stall of every client that
+/// doubled in time (3.4 s, 6.8 s, ...) and grew to 14-25 ms.
 pub struct RecentLatency(Mutex<Vec<u64>>);
+
+impl Default for RecentLatency {
+    fn default() -> RecentLatency {
+        RecentLatency(Mutex::new(Vec::with_capacity(RECENT_CAP)))
+    }
+}
+
+impl RecentLatency {
+    fn extend(&self, latencies: impl Iterator<Item = u64>) {
+        let mut recent = self.0.lock();
+        let room = RECENT_CAP - recent.len();
+        recent.extend(latencies.take(room));
+    }
+}
 
 impl fulva_coordinator::rebalance_job::LatencySignal for RecentLatency {
     fn take_p99(&self) -> Option<Duration> {
-        fulva_coordinator::probe::p99_of(std::mem::take(&mut *self.0.lock()))
+        let taken: Vec<u64> = self.0.lock().drain(..).collect();
+        fulva_coordinator::probe::p99_of(taken)
     }
 }
 
@@ -353,7 +375,9 @@ impl<F: Fn(&[u8]) -> u32 + Send + 'static> Sampler<F> {
         errors: Arc<AtomicU64>,
         recent: Option<Arc<RecentLatency>>,
     ) -> Sampler<F> {
-        Sampler { t0, tag, taken: Vec::with_capacity(1 << 16), errors, recent }
+        // Room for a few minutes of a saturated run: a vector that doubles
+        // stops its client for the copy.
+        Sampler { t0, tag, taken: Vec::with_capacity(1 << 20), errors, recent }
     }
 }
 
@@ -367,7 +391,7 @@ impl<F: Fn(&[u8]) -> u32 + Send + 'static> SampleHook for Sampler<F> {
         if let Some(recent) = &self.recent {
             if self.taken.len().is_multiple_of(32) {
                 let tail = &self.taken[self.taken.len() - 32..];
-                recent.0.lock().extend(tail.iter().map(|s| u64::from(s.1)));
+                recent.extend(tail.iter().map(|s| u64::from(s.1)));
             }
         }
     }
