@@ -155,7 +155,9 @@ pub async fn serve_transfers(listener: TcpListener, handler: Arc<Handler>, shutd
                 sent = Metered::new(send_range(stream, handler.clone()), vec![Arc::new(handler.metrics.migration_cpu(Side::Source)) as Arc<dyn CpuSink>]) => match sent {
                     Ok(range) => tracing::debug!(%peer, %range, "range sent"),
                     Err(err) if err.is_connection() => tracing::info!(%peer, error = %err, "transfer cut"),
-                    Err(err) => tracing::warn!(%peer, error = %err, "transfer refused"),
+                    // A pull racing an abort or a finished move: the puller is told why.
+                    Err(err @ TransferError::Refused(_)) => tracing::info!(%peer, error = %err, "transfer refused"),
+                    Err(err) => tracing::warn!(%peer, error = %err, "transfer stream broke the protocol"),
                 },
             }
         });
