@@ -8,5 +8,5 @@ RUN cargo build --release --locked -p fulva-kvnode --bin fulva-kvnode
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/fulva-kvnode /usr/local/bin/fulva-kvnode
 USER 65532:65532
-EXPOSE 7100/udp 7101 9100
+EXPOSE 7100/udp 7101 7102 9100
 ENTRYPOINT ["/usr/local/bin/fulva-kvnode"]
