@@ -4,7 +4,7 @@ use crate::config::NodeConfig;
 use crate::heat::HeatSketch;
 use crate::metrics::{DropReason, NodeMetrics};
 use crate::migration::{IncomingMove, TrapSwitches};
-use crate::ownership::{Ownership, Placement, RangeRole};
+use crate::ownership::{Ownership, Placement, RangeRole, ReadRule, WriteRule};
 use crate::records::{Admission, Completion, CompletionTable};
 use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
@@ -174,39 +174,27 @@ impl Handler {
                 // At a fulva destination, objects above this version were
                 // pulled or written during the move: they are the newest.
                 let mut held_above = None;
-                match (&range.role, dual) {
-                    (RangeRole::Serving | RangeRole::Copying { .. }, None) => {}
-                    // The lock window of a source-driven move: downtime.
-                    (RangeRole::Frozen { locked: true, .. }, _) => return Outcome::status(Status::Retry),
-                    // A frozen source answers only a client reading both ends of
-                    // this very move; others learn of the move from the redirect.
-                    (RangeRole::Frozen { destination, .. }, Some(to)) if *destination == to => {}
-                    (RangeRole::Frozen { destination, .. }, _) => return redirect(Some(*destination)),
-                    // A dual read sent here believes in a move this node is not
-                    // the frozen source of: no answer from here is one it wants.
-                    (_, Some(_)) => return redirect(None),
-                    (RangeRole::Incoming(mv), None) if !mv.is_active() => {
-                        return Outcome::status(Status::Retry)
+                let mut fulva_move = None;
+                match range.role.read_rule(dual) {
+                    ReadRule::Answer => {}
+                    ReadRule::Retry => return Outcome::status(Status::Retry),
+                    ReadRule::Redirect(to) => return redirect(to),
+                    ReadRule::AnswerForMove(mv) => {
+                        *progress = Some(mv.progress());
+                        held_above = Some(mv.authority_floor());
+                        fulva_move = Some(mv);
                     }
-                    (RangeRole::Incoming(mv), None) => match mv.strategy {
-                        Strategy::Fulva => {
-                            *progress = Some(mv.progress());
-                            held_above = Some(mv.authority_floor());
-                        }
-                        // Rocksteady: a key not here yet is pulled from the
-                        // source first (a priority pull); the client retries.
-                        // A key held here (a hot key shipped first, or one
-                        // written here) is already the newest: no pull.
-                        Strategy::Rocksteady
-                            if !mv.covers(hash)
-                                && !mv.is_fetched(key)
-                                && !self.holds(hash, key, mv.authority_floor()) =>
+                    // A key not here yet is pulled from the source first; the
+                    // client retries. A key held here is already the newest.
+                    ReadRule::AnswerOrPullFirst(mv) => {
+                        if !mv.covers(hash)
+                            && !mv.is_fetched(key)
+                            && !self.holds(hash, key, mv.authority_floor())
                         {
                             mv.request_fetch(key);
                             return Outcome::status(Status::Retry);
                         }
-                        Strategy::Rocksteady | Strategy::SourceDriven => {}
-                    },
+                    }
                 }
                 range.metrics.count_op(op, hash);
                 match self.store.get(hash, key) {
@@ -221,7 +209,7 @@ impl Handler {
                         // A fulva destination missing a key its cursor has
                         // not passed pulls it now, so the next read of it
                         // needs only this node.
-                        if let (Some(_), RangeRole::Incoming(mv)) = (held_above, &range.role) {
+                        if let Some(mv) = fulva_move {
                             if self.fetch_on_miss && !mv.covers(hash) {
                                 mv.request_fetch(key);
                             }
@@ -262,23 +250,18 @@ impl Handler {
                 Placement::Elsewhere { redirect: to } => return replay_or_redirect(to),
                 Placement::Served(range) => range,
             };
-            let keep_tombstone = match &range.role {
-                RangeRole::Serving => false,
-                // The final pass of a source-driven move must ship deletes too.
-                RangeRole::Copying { .. } => true,
-                RangeRole::Frozen { locked: true, .. } => {
-                    return Some(replayed().unwrap_or(Outcome::status(Status::Retry)))
-                }
-                RangeRole::Frozen { destination, .. } => return replay_or_redirect(Some(*destination)),
-                RangeRole::Incoming(mv) if !mv.is_active() => return Some(Outcome::status(Status::Retry)),
-                RangeRole::Incoming(mv) => {
-                    if mv.strategy == Strategy::Fulva {
+            let keep_tombstone = match range.role.write_rule() {
+                WriteRule::Apply { keep_tombstone, incoming } => {
+                    if let Some(mv) = incoming.filter(|mv| mv.strategy == Strategy::Fulva) {
                         *progress = Some(mv.progress());
                     }
-                    // Until the move completes, a delete must outrank the old
-                    // copy still on its way from the source (trap 3).
-                    !self.traps.no_tombstones
+                    keep_tombstone && !(incoming.is_some() && self.traps.no_tombstones)
                 }
+                WriteRule::ReplayOrRetry => {
+                    return Some(replayed().unwrap_or(Outcome::status(Status::Retry)))
+                }
+                WriteRule::ReplayOrRedirect(to) => return replay_or_redirect(Some(to)),
+                WriteRule::Retry => return Some(Outcome::status(Status::Retry)),
             };
             if tracked {
                 match self.records.admit(header.client_id, header.seq, header.ack) {

@@ -31,6 +31,83 @@ pub enum RangeRole {
     Incoming(Arc<IncomingMove>),
 }
 
+/// What a range's role lets a read do on this node.
+pub enum ReadRule<'a> {
+    /// Answer from the store.
+    Answer,
+    /// A fulva destination: answer from the store; the reply carries the
+    /// move's progress and marks objects that arrived during the move held.
+    AnswerForMove(&'a Arc<IncomingMove>),
+    /// A rocksteady destination: answer if the key is here (pulled, shipped
+    /// hot or written here); otherwise pull it from the source first.
+    AnswerOrPullFirst(&'a Arc<IncomingMove>),
+    /// Not now: the client retries.
+    Retry,
+    /// Send the client to the node named, or to its map when `None`.
+    Redirect(Option<NodeId>),
+}
+
+/// What a range's role lets a write do on this node.
+pub enum WriteRule<'a> {
+    /// Apply it. Deletes leave a tombstone when `keep_tombstone`; `incoming`
+    /// is the move the range is coming in by, if any.
+    Apply {
+        /// Whether a delete leaves a versioned tombstone.
+        keep_tombstone: bool,
+        /// The move bringing the range in.
+        incoming: Option<&'a Arc<IncomingMove>>,
+    },
+    /// A retry of a write applied here is answered from its record; any
+    /// other write retries.
+    ReplayOrRetry,
+    /// A retry of a write applied here is answered from its record; any
+    /// other write goes to the node named.
+    ReplayOrRedirect(NodeId),
+    /// Not now: the client retries.
+    Retry,
+}
+
+impl RangeRole {
+    /// The rule for a read of a key in the range. `dual` is the destination
+    /// a dual read names (it reads both ends of that move).
+    pub fn read_rule(&self, dual: Option<NodeId>) -> ReadRule<'_> {
+        use fulva_proto::Strategy;
+        match (self, dual) {
+            (RangeRole::Serving | RangeRole::Copying { .. }, None) => ReadRule::Answer,
+            // The lock window of a source-driven move: downtime.
+            (RangeRole::Frozen { locked: true, .. }, _) => ReadRule::Retry,
+            // A frozen source answers only a client reading both ends of
+            // this very move; others learn of the move from the redirect.
+            (RangeRole::Frozen { destination, .. }, Some(to)) if *destination == to => ReadRule::Answer,
+            (RangeRole::Frozen { destination, .. }, _) => ReadRule::Redirect(Some(*destination)),
+            // A dual read sent here believes in a move this node is not the
+            // frozen source of: no answer from here is one it wants.
+            (_, Some(_)) => ReadRule::Redirect(None),
+            (RangeRole::Incoming(mv), None) if !mv.is_active() => ReadRule::Retry,
+            (RangeRole::Incoming(mv), None) => match mv.strategy {
+                Strategy::Fulva => ReadRule::AnswerForMove(mv),
+                Strategy::Rocksteady => ReadRule::AnswerOrPullFirst(mv),
+                Strategy::SourceDriven => ReadRule::Answer,
+            },
+        }
+    }
+
+    /// The rule for a write of a key in the range.
+    pub fn write_rule(&self) -> WriteRule<'_> {
+        match self {
+            RangeRole::Serving => WriteRule::Apply { keep_tombstone: false, incoming: None },
+            // The final pass of a source-driven move must ship deletes too.
+            RangeRole::Copying { .. } => WriteRule::Apply { keep_tombstone: true, incoming: None },
+            RangeRole::Frozen { locked: true, .. } => WriteRule::ReplayOrRetry,
+            RangeRole::Frozen { destination, .. } => WriteRule::ReplayOrRedirect(*destination),
+            RangeRole::Incoming(mv) if !mv.is_active() => WriteRule::Retry,
+            // Until the move completes, a delete must outrank the old copy
+            // still on its way from the source (trap 3).
+            RangeRole::Incoming(mv) => WriteRule::Apply { keep_tombstone: true, incoming: Some(mv) },
+        }
+    }
+}
+
 /// A range this node holds, with its role and metric handles.
 pub struct OwnedRange {
     /// Hashes covered.
@@ -456,6 +533,84 @@ impl Ownership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn incoming(strategy: fulva_proto::Strategy, active: bool) -> RangeRole {
+        let mv = Arc::new(IncomingMove::new(HashRange::FULL, 0, "127.0.0.1:1".into(), strategy));
+        if active {
+            assert!(mv.begin_pass(crate::migration::PassStart { serve: true, ..Default::default() }));
+        }
+        RangeRole::Incoming(mv)
+    }
+
+    /// A read rule as a word, for tables.
+    fn read(role: &RangeRole, dual: Option<NodeId>) -> String {
+        match role.read_rule(dual) {
+            ReadRule::Answer => "answer".into(),
+            ReadRule::AnswerForMove(_) => "answer+progress".into(),
+            ReadRule::AnswerOrPullFirst(_) => "answer-or-pull".into(),
+            ReadRule::Retry => "retry".into(),
+            ReadRule::Redirect(to) => format!("redirect {to:?}"),
+        }
+    }
+
+    fn write(role: &RangeRole) -> String {
+        match role.write_rule() {
+            WriteRule::Apply { keep_tombstone, incoming } => {
+                format!("apply tombstone={keep_tombstone} incoming={}", incoming.is_some())
+            }
+            WriteRule::ReplayOrRetry => "replay-or-retry".into(),
+            WriteRule::ReplayOrRedirect(to) => format!("replay-or-redirect {to}"),
+            WriteRule::Retry => "retry".into(),
+        }
+    }
+
+    #[test]
+    fn each_role_reads_and_writes_by_its_rule() {
+        use fulva_proto::Strategy::*;
+        let frozen = RangeRole::Frozen { destination: 4, locked: false };
+        let locked = RangeRole::Frozen { destination: 4, locked: true };
+        let cases: Vec<(&str, RangeRole, [&str; 3], &str)> = vec![
+            // role, reads (plain, dual naming node 4, dual naming node 5), write
+            (
+                "serving",
+                RangeRole::Serving,
+                ["answer", "redirect None", "redirect None"],
+                "apply tombstone=false incoming=false",
+            ),
+            (
+                "copying",
+                RangeRole::Copying { destination: 4 },
+                ["answer", "redirect None", "redirect None"],
+                "apply tombstone=true incoming=false",
+            ),
+            ("frozen", frozen, ["redirect Some(4)", "answer", "redirect Some(4)"], "replay-or-redirect 4"),
+            ("locked", locked, ["retry", "retry", "retry"], "replay-or-retry"),
+            (
+                "incoming, not active",
+                incoming(Fulva, false),
+                ["retry", "redirect None", "redirect None"],
+                "retry",
+            ),
+            (
+                "fulva destination",
+                incoming(Fulva, true),
+                ["answer+progress", "redirect None", "redirect None"],
+                "apply tombstone=true incoming=true",
+            ),
+            (
+                "rocksteady destination",
+                incoming(Rocksteady, true),
+                ["answer-or-pull", "redirect None", "redirect None"],
+                "apply tombstone=true incoming=true",
+            ),
+        ];
+        for (name, role, reads, writes) in cases {
+            assert_eq!(read(&role, None), reads[0], "{name}, plain read");
+            assert_eq!(read(&role, Some(4)), reads[1], "{name}, dual read of the move to 4");
+            assert_eq!(read(&role, Some(5)), reads[2], "{name}, dual read of another move");
+            assert_eq!(write(&role), writes, "{name}, write");
+        }
+    }
 
     fn placed(o: &Ownership, hash: u64) -> Result<HashRange, Option<NodeId>> {
         o.with_placement(hash, |p| match p {
