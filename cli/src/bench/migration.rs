@@ -79,6 +79,10 @@ pub struct MigrationBenchArgs {
     /// default: on 2 cores its priority pulls cost more than they save).
     #[arg(long)]
     pub fetch_on_miss: bool,
+    /// Target bytes of keys and values in one batch of the move (the nodes'
+    /// `--migration-batch-bytes`).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub batch_bytes: u32,
     /// How the destination pulls: `tcp` (the transfer stream) or `grpc`.
     #[arg(long, value_enum, default_value_t = MigrationTransfer::Tcp)]
     pub migration_transfer: MigrationTransfer,
@@ -151,7 +155,10 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     // is its own and a stall of the load generator is not a stall of a node.
     let dir = tempfile::tempdir()?;
     let binary = std::env::current_exe()?;
-    let mut node_args = vec![format!("--workers={}", args.workers.max(1))];
+    let mut node_args = vec![
+        format!("--workers={}", args.workers.max(1)),
+        format!("--migration-batch-bytes={}", args.batch_bytes),
+    ];
     if args.fetch_on_miss {
         node_args.push("--migration-fetch-on-miss".into());
     }
