@@ -8,7 +8,7 @@ use fulva_proto::grpc::node_control_server::NodeControl;
 use fulva_proto::grpc::{
     self, AssignRangeRequest, AssignRangeResponse, BeginCopyRequest, BeginCopyResponse, ClientAck,
     CompletionRecord, DropRangeRequest, DropRangeResponse, FinishMigrationRequest, FinishMigrationResponse,
-    FreezeRangeRequest, FreezeRangeResponse, GetStatsRequest, MigratedObject, MigrationStatusRequest,
+    FreezeRangeRequest, FreezeRangeResponse, GetStatsRequest, MigrationStatusRequest,
     MigrationStatusResponse, NodeStats, PrepareMigrationRequest, PrepareMigrationResponse, PullKeysRequest,
     PullKeysResponse, PullRangeRequest, PushBatchRequest, PushBatchResponse, RangeBatch, RangeStats,
     SetEpochRequest, SetEpochResponse, SetMigrationRateRequest, SetMigrationRateResponse, SplitRangeRequest,
@@ -309,13 +309,7 @@ impl NodeControl for ControlService {
             .filter_map(|key| {
                 let hash = fulva_proto::key_hash(key);
                 let object = range.contains(hash).then(|| store.get(hash, key)).flatten()?;
-                Some(MigratedObject {
-                    key: bytes::Bytes::copy_from_slice(key),
-                    hash,
-                    version: object.version,
-                    tombstone: object.value.is_none(),
-                    value: object.value.unwrap_or_default(),
-                })
+                Some(crate::migration::migrated_object((hash, bytes::Bytes::copy_from_slice(key), object)))
             })
             .collect();
         Ok(Response::new(PullKeysResponse { objects }))

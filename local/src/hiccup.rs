@@ -93,7 +93,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_held_off_the_cpu_is_noted_and_found_by_its_window() {
+    fn the_meter_runs_and_each_window_finds_the_hiccups_that_overlap_it() {
         let t0 = Instant::now();
         let meter = HiccupMeter::start(t0);
         std::thread::sleep(Duration::from_millis(30));

@@ -36,7 +36,7 @@ pub use fetch::serve_fetches;
 use phase::SharedPhase;
 pub use phase::{MoveEvent, MovePhase};
 pub use pull::{apply_batch, cursor_of, pull, pull_from};
-pub use source::{range_batches, serve_transfers};
+pub use source::{migrated_object, range_batches, serve_transfers};
 
 use bytes::Bytes;
 use fulva_proto::grpc::{MigrationStatusResponse, PullFailure};

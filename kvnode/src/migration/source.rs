@@ -97,7 +97,8 @@ pub fn range_batches(
     rx
 }
 
-fn migrated_object((hash, key, object): (u64, Bytes, Object)) -> MigratedObject {
+/// An object as the gRPC calls carry it.
+pub fn migrated_object((hash, key, object): (u64, Bytes, Object)) -> MigratedObject {
     MigratedObject {
         key,
         hash,
