@@ -9,6 +9,7 @@ use crate::records::{Admission, Completion, CompletionTable};
 use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
 use fulva_proto::frame::{dual_read_destination, RequestHeader};
+use fulva_proto::transfer::TransferRecord;
 use fulva_proto::{
     key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status, Strategy,
 };
@@ -312,27 +313,20 @@ impl Handler {
         key: &[u8],
         object: Object,
     ) -> bool {
-        self.ownership.with_placement(hash, |placement| match placement {
-            Placement::Served(range) if matches!(&range.role, RangeRole::Incoming(m) if Arc::ptr_eq(m, incoming)) => {
-                let (applied, delta) = self.store.apply_if_newer(hash, key, object);
-                if applied {
-                    apply_delta(&range.metrics, delta);
-                }
-                true
-            }
-            _ => false,
-        })
+        let record = TransferRecord {
+            hash,
+            version: object.version,
+            key: Bytes::copy_from_slice(key),
+            value: object.value,
+        };
+        self.apply_migrated_records(incoming, &[record])
     }
 
     /// Applies pulled records of `incoming`'s range (in hash order for
     /// fewest locks), each with "higher version wins": a stripe slice at a
     /// time, with one ownership check and one stripe lock per slice. Stops
     /// and returns false if the range is no longer this move's here.
-    pub fn apply_migrated_records(
-        &self,
-        incoming: &Arc<IncomingMove>,
-        records: &[fulva_proto::transfer::TransferRecord],
-    ) -> bool {
+    pub fn apply_migrated_records(&self, incoming: &Arc<IncomingMove>, records: &[TransferRecord]) -> bool {
         let mut rest = records;
         while let Some(first) = rest.first() {
             let stripe = self.store.stripe_index(first.hash);

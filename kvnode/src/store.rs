@@ -159,23 +159,9 @@ impl Store {
     /// Stores `object` unless the key already holds an equal or newer version
     /// ("higher version wins"). Returns the size change and whether it applied.
     pub fn apply_if_newer(&self, hash: u64, key: &[u8], object: Object) -> (bool, SizeDelta) {
-        let mut stripe = self.stripe(hash).lock();
-        let th = table_hash(hash);
         self.next_version.fetch_max(object.version.saturating_add(1), Ordering::AcqRel);
-        match stripe.find_mut(th, |e| e.hash == hash && e.key == key) {
-            Some(entry) if entry.object.version >= object.version => (false, SizeDelta::default()),
-            Some(entry) => {
-                let before = entry.bytes() as i64;
-                entry.object = object;
-                (true, SizeDelta { objects: 0, bytes: entry.bytes() as i64 - before })
-            }
-            None => {
-                let entry = Entry { hash, key: Bytes::copy_from_slice(key), object };
-                let bytes = entry.bytes() as i64;
-                stripe.insert_unique(th, entry, |e| table_hash(e.hash));
-                (true, SizeDelta { objects: 1, bytes })
-            }
-        }
+        let applied = put_if_newer(&mut self.stripe(hash).lock(), hash, key, object);
+        (applied.is_some(), applied.unwrap_or_default())
     }
 
     /// Which stripe (lock) holds `hash`.
@@ -196,22 +182,10 @@ impl Store {
         let mut stripe = self.stripes[stripe_idx].lock();
         for r in records {
             assert_eq!(self.stripe_index(r.hash), stripe_idx, "records of one stripe");
-            let th = table_hash(r.hash);
             let object = Object { version: r.version, value: r.value.clone() };
-            match stripe.find_mut(th, |e| e.hash == r.hash && e.key == r.key) {
-                Some(entry) if entry.object.version >= object.version => {}
-                Some(entry) => {
-                    let before = entry.bytes() as i64;
-                    entry.object = object;
-                    delta.bytes += entry.bytes() as i64 - before;
-                }
-                None => {
-                    // The key's own copy: a slice would pin the whole batch.
-                    let entry = Entry { hash: r.hash, key: Bytes::copy_from_slice(&r.key), object };
-                    delta.objects += 1;
-                    delta.bytes += entry.bytes() as i64;
-                    stripe.insert_unique(th, entry, |e| table_hash(e.hash));
-                }
+            if let Some(d) = put_if_newer(&mut stripe, r.hash, &r.key, object) {
+                delta.objects += d.objects;
+                delta.bytes += d.bytes;
             }
         }
         delta
@@ -334,6 +308,27 @@ impl Store {
             for (hash, key, object) in &batch {
                 visit(*hash, key, object);
             }
+        }
+    }
+}
+
+/// Stores `object` in `stripe` unless the key holds an equal or newer
+/// version; the size change if it did. A new key gets its own copy (a slice
+/// of a batch would pin the whole batch).
+fn put_if_newer(stripe: &mut HashTable<Entry>, hash: u64, key: &[u8], object: Object) -> Option<SizeDelta> {
+    let th = table_hash(hash);
+    match stripe.find_mut(th, |e| e.hash == hash && e.key == key) {
+        Some(entry) if entry.object.version >= object.version => None,
+        Some(entry) => {
+            let before = entry.bytes() as i64;
+            entry.object = object;
+            Some(SizeDelta { objects: 0, bytes: entry.bytes() as i64 - before })
+        }
+        None => {
+            let entry = Entry { hash, key: Bytes::copy_from_slice(key), object };
+            let bytes = entry.bytes() as i64;
+            stripe.insert_unique(th, entry, |e| table_hash(e.hash));
+            Some(SizeDelta { objects: 1, bytes })
         }
     }
 }

@@ -3,9 +3,9 @@
 
 use super::IncomingMove;
 use crate::handler::Handler;
-use crate::store::Object;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
 use fulva_proto::grpc::PullKeysRequest;
+use fulva_proto::transfer::TransferRecord;
 use fulva_proto::Strategy;
 use std::sync::Arc;
 
@@ -39,15 +39,20 @@ pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
             PullKeysRequest { range: Some(mv.range.into()), keys: keys.iter().map(|k| k.to_vec()).collect() };
         match c.pull_keys(request).await {
             Ok(reply) => {
-                for object in reply.into_inner().objects {
-                    let value = (!object.tombstone).then_some(object.value);
-                    handler.apply_migrated(
-                        &mv,
-                        object.hash,
-                        &object.key,
-                        Object { version: object.version, value },
-                    );
-                }
+                let mut records: Vec<TransferRecord> = reply
+                    .into_inner()
+                    .objects
+                    .into_iter()
+                    .map(|o| TransferRecord {
+                        hash: o.hash,
+                        version: o.version,
+                        key: o.key,
+                        value: (!o.tombstone).then_some(o.value),
+                    })
+                    .collect();
+                // In hash order, so keys of one stripe share a lock.
+                records.sort_unstable_by_key(|r| r.hash);
+                handler.apply_migrated_records(&mv, &records);
                 // Fulva needs no record: a fetched key present at the
                 // source is held here now, an absent one stays absent.
                 let remember = mv.strategy == Strategy::Rocksteady;
