@@ -45,3 +45,34 @@ pub use moves::{KnownMove, MoveRoute, MoveTracker, DEFAULT_LEARNED_KEYS_PER_MOVE
 pub use routing::{Route, Routes};
 pub use stats::ClientStats;
 pub use transport::{DataTransport, TransportChoice};
+
+/// Shard maps for the crate's unit tests.
+#[cfg(test)]
+mod test_maps {
+    use fulva_proto::{HashRange, NodeId, NodeInfo, Shard, ShardMap, ShardState, Strategy};
+
+    /// `shards` equal shards over nodes `0..nodes` (shard i owned by
+    /// `owner(i)`); shard 0 moves from `source` to `destination` with fulva.
+    pub fn with_a_move(
+        epoch: u64,
+        shards: u64,
+        nodes: u32,
+        owner: impl Fn(usize) -> NodeId,
+        (source, destination): (NodeId, NodeId),
+    ) -> ShardMap {
+        let node = |id: u32| NodeInfo {
+            id,
+            data_addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
+            control_addr: format!("127.0.0.1:{}", 7200 + id).parse().unwrap(),
+        };
+        let mut shards: Vec<Shard> = HashRange::FULL
+            .divide(shards)
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| Shard { range, owner: owner(i), state: ShardState::Normal })
+            .collect();
+        shards[0].owner = destination;
+        shards[0].state = ShardState::Migrating { source, strategy: Strategy::Fulva };
+        ShardMap { epoch, nodes: (0..nodes).map(node).collect(), shards }
+    }
+}

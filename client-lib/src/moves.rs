@@ -192,23 +192,10 @@ impl MoveTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulva_proto::{NodeInfo, Shard};
 
     /// 4 shards over 3 nodes; shard 0 moves from `source` to `destination` with fulva.
     fn map(epoch: u64, source: NodeId, destination: NodeId) -> ShardMap {
-        let node = |id: u32| NodeInfo {
-            id,
-            data_addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
-            control_addr: format!("127.0.0.1:{}", 7200 + id).parse().unwrap(),
-        };
-        let mut shards: Vec<Shard> = HashRange::FULL
-            .divide(4)
-            .into_iter()
-            .map(|range| Shard { range, owner: 2, state: ShardState::Normal })
-            .collect();
-        shards[0].owner = destination;
-        shards[0].state = ShardState::Migrating { source, strategy: Strategy::Fulva };
-        ShardMap { epoch, nodes: vec![node(0), node(1), node(2)], shards }
+        crate::test_maps::with_a_move(epoch, 4, 3, |_| 2, (source, destination))
     }
 
     fn progress(map: &ShardMap, cursor: u64, source: NodeId) -> MigrationProgress {

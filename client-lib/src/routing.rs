@@ -94,24 +94,11 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulva_proto::{NodeInfo, Shard, ShardState, Strategy};
+    use fulva_proto::{ShardState, Strategy};
 
     /// 16 shards over 2 nodes; shard 0 moves from node 0 to node 1 with fulva.
     fn map_with_a_move() -> ShardMap {
-        let node = |id: u32| NodeInfo {
-            id,
-            data_addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
-            control_addr: format!("127.0.0.1:{}", 7200 + id).parse().unwrap(),
-        };
-        let mut shards: Vec<Shard> = HashRange::FULL
-            .divide(16)
-            .into_iter()
-            .enumerate()
-            .map(|(i, range)| Shard { range, owner: i as u32 % 2, state: ShardState::Normal })
-            .collect();
-        shards[0].owner = 1;
-        shards[0].state = ShardState::Migrating { source: 0, strategy: Strategy::Fulva };
-        ShardMap { epoch: 5, nodes: vec![node(0), node(1)], shards }
+        crate::test_maps::with_a_move(5, 16, 2, |i| i as u32 % 2, (0, 1))
     }
 
     #[test]

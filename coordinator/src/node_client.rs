@@ -14,11 +14,10 @@ use fulva_proto::grpc::{
     UnfreezeRangeResponse,
 };
 use fulva_proto::grpc::{MigratedObject, TransferEndpointRequest};
-use fulva_proto::transfer::{self, BatchKind, Hello, HelloReply, StreamCheck, TransferError};
+use fulva_proto::transfer::{self, BatchKind, Hello, StreamCheck, TransferError};
 use fulva_proto::{HashRange, NodeId};
 use std::fmt;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
 /// A call the coordinator makes to a node (named in errors and logs).
@@ -242,19 +241,7 @@ impl NodeClient {
             Ok(response) => response.into_inner().port,
             Err(status) => return Err(self.error(NodeCall::Transfer, status)),
         };
-        let host = self.addr.rsplit_once(':').map_or(self.addr.as_str(), |(host, _)| host);
-        let addr = format!("{host}:{port}");
-        let failed = |kind, message: String| NodeError {
-            node: self.node,
-            addr: addr.clone(),
-            call: NodeCall::Transfer,
-            kind,
-            message,
-        };
-        let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|_| failed(NodeErrorKind::Unreachable, "no connection within 2 s".into()))?
-            .map_err(|e| failed(NodeErrorKind::Unreachable, e.to_string()))?;
+        let addr = transfer::transfer_addr(&self.addr, port).unwrap_or_else(|| self.addr.clone());
         let hello = Hello {
             destination: transfer::RELAY,
             source: self.node,
@@ -265,19 +252,13 @@ impl NodeClient {
             batch_bytes: 64 * 1024,
             window: 2,
         };
-        stream
-            .write_all(&hello.encode())
-            .await
-            .map_err(|e| failed(NodeErrorKind::Unreachable, e.to_string()))?;
-        let reply =
-            HelloReply::read(&mut stream).await.map_err(|e| failed(transfer_kind(&e), e.to_string()))?;
-        if let Some(why) = reply.refusal {
-            return Err(failed(NodeErrorKind::Refused, why));
-        }
-        if reply.node != self.node {
-            let wrong = TransferError::WrongPeer { expected: self.node, found: reply.node };
-            return Err(failed(NodeErrorKind::Invalid, wrong.to_string()));
-        }
+        let stream = transfer::open(&addr, &hello).await.map_err(|err| NodeError {
+            node: self.node,
+            addr: addr.clone(),
+            call: NodeCall::Transfer,
+            kind: transfer_kind(&err),
+            message: err.to_string(),
+        })?;
         Ok(TransferPull {
             node: self.node,
             addr,
@@ -288,10 +269,10 @@ impl NodeClient {
 }
 
 fn transfer_kind(err: &TransferError) -> NodeErrorKind {
-    if err.is_connection() {
-        NodeErrorKind::Unreachable
-    } else {
-        NodeErrorKind::Invalid
+    match err {
+        err if err.is_connection() => NodeErrorKind::Unreachable,
+        TransferError::Refused(_) => NodeErrorKind::Refused,
+        _ => NodeErrorKind::Invalid,
     }
 }
 

@@ -117,6 +117,9 @@ pub enum TransferError {
     /// A credit of zero or more than [`MAX_WINDOW`].
     #[error("a credit of {0} batches")]
     BadCredit(u32),
+    /// The source's transfer port could not be reached.
+    #[error("cannot reach the transfer port: {0}")]
+    Unreachable(String),
     /// The connection closed mid-message.
     #[error("the stream ended mid-message")]
     Truncated,
@@ -129,7 +132,7 @@ impl TransferError {
     /// Whether the connection failed (rather than the peer breaking the
     /// protocol): worth resuming over a new connection.
     pub fn is_connection(&self) -> bool {
-        matches!(self, TransferError::Truncated | TransferError::Io(_))
+        matches!(self, TransferError::Truncated | TransferError::Io(_) | TransferError::Unreachable(_))
     }
 }
 
@@ -512,6 +515,36 @@ impl StreamCheck {
     }
 }
 
+/// The address of a node's transfer stream: the host of its control
+/// address (`host:port`, IPv6 hosts in brackets) and `port`.
+pub fn transfer_addr(control_addr: &str, port: u32) -> Option<String> {
+    let (host, _) = control_addr.rsplit_once(':')?;
+    Some(format!("{host}:{port}"))
+}
+
+/// Opens a pull: connects to the transfer stream at `addr` (within 2 s),
+/// says `hello` and reads the answer (within 5 s). The stream is returned
+/// only if `hello.source` answered and accepted.
+pub async fn open(addr: &str, hello: &Hello) -> Result<tokio::net::TcpStream, TransferError> {
+    use std::time::Duration;
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| TransferError::Unreachable("no connection within 2 s".into()))?
+        .map_err(|e| TransferError::Unreachable(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    stream.write_all(&hello.encode()).await.map_err(io_error)?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), HelloReply::read(&mut stream))
+        .await
+        .map_err(|_| TransferError::Io("no answer to the hello within 5 s".into()))??;
+    if let Some(why) = reply.refusal {
+        return Err(TransferError::Refused(why));
+    }
+    if reply.node != hello.source {
+        return Err(TransferError::WrongPeer { expected: hello.source, found: reply.node });
+    }
+    Ok(stream)
+}
+
 /// Reads the hello a destination opens with.
 pub async fn read_hello<R: AsyncRead + Unpin>(r: &mut R) -> Result<Hello, TransferError> {
     let mut b = [0u8; HELLO_LEN];
@@ -700,6 +733,14 @@ mod tests {
             assert!(result.is_err(), "{what}: accepted");
             assert_eq!(check, before, "{what}: a refused batch moves nothing");
         }
+    }
+
+    #[test]
+    fn the_transfer_port_goes_with_the_control_host() {
+        assert_eq!(transfer_addr("10.0.0.7:7101", 7102).as_deref(), Some("10.0.0.7:7102"));
+        assert_eq!(transfer_addr("[::1]:7200", 7400).as_deref(), Some("[::1]:7400"));
+        assert_eq!(transfer_addr("kv-0.kv:7101", 9).as_deref(), Some("kv-0.kv:9"));
+        assert_eq!(transfer_addr("nohost", 9), None);
     }
 
     #[test]

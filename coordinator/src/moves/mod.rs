@@ -30,6 +30,7 @@ mod rollback;
 mod source_driven;
 
 use crate::coordinator::{AbortReason, Coordinator, CoordinatorError, RunningMove};
+use crate::NodeError;
 use fulva_proto::grpc::{
     DropRangeRequest, FinishMigrationRequest, MigrationStatusResponse, PrepareMigrationRequest,
     SetMigrationRateRequest, SplitRangeRequest,
@@ -423,16 +424,14 @@ impl Coordinator {
         // Moves running at once raise the nodes' epochs: each call goes as
         // of the newest map (it contains this change), again if a newer one
         // overtook it on the way.
-        let mut src = self.node_client(source).await?;
-        let mut attempts = 0;
-        let dropped = loop {
-            let epoch = self.map().epoch.max(finished.epoch);
-            let drop = DropRangeRequest { range: r, epoch, new_owner: destination, has_new_owner: true };
-            match src.drop_range(drop).await {
-                Err(err) if err.is_stale_epoch() && attempts < 5 => attempts += 1,
-                result => break result,
-            }
-        };
+        let src = self.node_client(source).await?;
+        let dropped = self
+            .as_of_newest_map(finished.epoch, |epoch| {
+                let mut src = src.clone();
+                let drop = DropRangeRequest { range: r, epoch, new_owner: destination, has_new_owner: true };
+                async move { src.drop_range(drop).await }
+            })
+            .await;
         match dropped {
             // Already dropped (a recovering coordinator finishing a commit).
             Ok(_) => {}
@@ -445,22 +444,31 @@ impl Coordinator {
             }
             Err(err) => return Err(err.into()),
         }
-        let mut dest = self.node_client(destination).await?;
-        let mut attempts = 0;
-        loop {
-            let epoch = self.map().epoch.max(finished.epoch);
-            match dest
-                .finish_migration(FinishMigrationRequest { range: r, epoch, abandon_source: false })
-                .await
-            {
-                Err(err) if err.is_stale_epoch() && attempts < 5 => attempts += 1,
-                result => {
-                    result?;
-                    break;
-                }
+        let dest = self.node_client(destination).await?;
+        self.as_of_newest_map(finished.epoch, |epoch| {
+            let mut dest = dest.clone();
+            async move {
+                dest.finish_migration(FinishMigrationRequest { range: r, epoch, abandon_source: false }).await
             }
-        }
+        })
+        .await?;
         self.broadcast_epoch(&finished).await;
         Ok(finished)
+    }
+
+    /// Makes `call` as of the newest map epoch (at least `floor`), again with
+    /// a newer one if the node has seen a newer map meanwhile (a few times).
+    async fn as_of_newest_map<T, F, Fut>(&self, floor: u64, mut call: F) -> Result<T, NodeError>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, NodeError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            match call(self.map().epoch.max(floor)).await {
+                Err(err) if err.is_stale_epoch() && attempts < 5 => attempts += 1,
+                result => return result,
+            }
+        }
     }
 }

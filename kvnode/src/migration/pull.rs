@@ -13,11 +13,10 @@ use crate::handler::Handler;
 use crate::metrics::Side;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
 use fulva_proto::grpc::{PullRangeRequest, RangeBatch, TransferEndpointRequest};
-use fulva_proto::transfer::{self, BatchKind, Hello, HelloReply, StreamCheck, TransferRecord};
+use fulva_proto::transfer::{self, BatchKind, Hello, StreamCheck, TransferError, TransferRecord};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// Attempts to resume a pull after the stream from the source fails.
 const PULL_ATTEMPTS: u32 = 20;
@@ -120,9 +119,8 @@ async fn pull_once_tcp(
         .map_err(PullError::refused)?
         .into_inner()
         .port;
-    let addr = transfer_addr(&mv.source_control_addr, port).ok_or_else(|| PullError::BadAddress {
-        addr: mv.source_control_addr.clone(),
-        detail: "no port".into(),
+    let addr = transfer::transfer_addr(&mv.source_control_addr, port).ok_or_else(|| {
+        PullError::BadAddress { addr: mv.source_control_addr.clone(), detail: "no port".into() }
     })?;
     pull_transfer(handler, mv, &addr, limiter).await
 }
@@ -148,12 +146,6 @@ async fn pull_transfer(
     addr: &str,
     limiter: &mut RateLimiter,
 ) -> Result<(), PullError> {
-    let unreachable = |detail: String| PullError::Unreachable { addr: addr.to_string(), detail };
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| unreachable("no connection within 2 s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
     let (from, hot_keys) = resume_point(mv);
     let min_version = mv.min_version.load(Ordering::Acquire);
     let limited = mv.rate_limit.load(Ordering::Acquire) > 0;
@@ -167,19 +159,10 @@ async fn pull_transfer(
         batch_bytes: handler.migration_batch_bytes,
         window: if limited { WINDOW_LIMITED } else { WINDOW_UNLIMITED },
     };
-    let broken = |e: std::io::Error| PullError::StreamBroken(e.to_string());
-    stream.write_all(&hello.encode()).await.map_err(broken)?;
-    let reply = tokio::time::timeout(Duration::from_secs(5), HelloReply::read(&mut stream))
-        .await
-        .map_err(|_| PullError::StreamBroken("no answer to the hello within 5 s".into()))?
-        .map_err(PullError::transfer)?;
-    if let Some(why) = reply.refusal {
-        return Err(PullError::Refused(why));
-    }
-    if reply.node != mv.source {
-        let wrong = transfer::TransferError::WrongPeer { expected: mv.source, found: reply.node };
-        return Err(PullError::transfer(wrong));
-    }
+    let mut stream = transfer::open(addr, &hello).await.map_err(|err| match err {
+        TransferError::Unreachable(detail) => PullError::Unreachable { addr: addr.to_string(), detail },
+        err => PullError::transfer(err),
+    })?;
     let mut check = StreamCheck::new(mv.range, from, min_version);
     loop {
         let batch = tokio::select! {
@@ -200,13 +183,6 @@ async fn pull_transfer(
         }
         transfer::write_credit(&mut stream, 1).await.map_err(PullError::transfer)?;
     }
-}
-
-/// The transfer address of a node whose control service is at `control_addr`
-/// (`host:port`, IPv6 hosts in brackets): the same host, `port`.
-fn transfer_addr(control_addr: &str, port: u32) -> Option<String> {
-    let (host, _) = control_addr.rsplit_once(':')?;
-    Some(format!("{host}:{port}"))
 }
 
 /// One gRPC `PullRange` stream.
@@ -337,14 +313,6 @@ pub fn cursor_of(mv: &IncomingMove) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_transfer_port_goes_with_the_control_host() {
-        assert_eq!(transfer_addr("10.0.0.7:7101", 7102).as_deref(), Some("10.0.0.7:7102"));
-        assert_eq!(transfer_addr("[::1]:7200", 7400).as_deref(), Some("[::1]:7400"));
-        assert_eq!(transfer_addr("kv-0.kv:7101", 9).as_deref(), Some("kv-0.kv:9"));
-        assert_eq!(transfer_addr("nohost", 9), None);
-    }
 
     #[test]
     fn a_grpc_batch_maps_to_a_transfer_kind() {
