@@ -25,6 +25,9 @@ pub struct SoakArgs {
     /// Hot keys.
     #[arg(long, default_value_t = 8)]
     pub keys: u32,
+    /// Share of client operations that are reads (the rest: writes and deletes, 7 to 3).
+    #[arg(long, default_value_t = 0.5)]
+    pub read_share: f64,
     /// Loss, duplication and reordering probability on every datagram.
     #[arg(long, default_value_t = 0.02)]
     pub faults: f64,
@@ -50,6 +53,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     config.nodes = args.nodes.max(2);
     config.clients = args.clients.max(1);
     config.keys = args.keys.max(1);
+    config.read_share = args.read_share.clamp(0.0, 1.0);
     config.faults = FaultConfig {
         loss: args.faults,
         duplicate: args.faults,

@@ -27,6 +27,9 @@ pub struct StressConfig {
     pub clients: u32,
     /// Hot keys the clients use.
     pub keys: u32,
+    /// Share of the clients' operations that are reads; the rest are writes
+    /// and deletes, 7 to 3.
+    pub read_share: f64,
     /// Filler keys loaded so that moves carry data and take several batches.
     pub filler_keys: u32,
     /// Stop after this many moves ...
@@ -64,6 +67,7 @@ impl StressConfig {
             nodes: 3,
             clients: 6,
             keys: 8,
+            read_share: 0.5,
             filler_keys: 4_000,
             moves: 40,
             max_duration: Duration::from_secs(25),
@@ -145,15 +149,15 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
         let mut recorder = RecordingClient::new(client, history.clone());
         let (stop, operations, errors, hot) = (stop.clone(), operations.clone(), errors.clone(), hot.clone());
         let seed = config.seed.wrapping_mul(7919).wrapping_add(u64::from(p));
+        let read_share = config.read_share.clamp(0.0, 1.0);
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
                 let key = hot[rng.random_range(0..hot.len())].as_bytes();
-                let roll = rng.random_range(0..100);
-                let ok = if roll < 50 {
+                let ok = if rng.random_bool(read_share) {
                     recorder.get(key).await.is_ok()
-                } else if roll < 85 {
+                } else if rng.random_bool(0.7) {
                     let value = format!("p{p}-{n}");
                     recorder.put(key, value.as_bytes()).await.is_ok()
                 } else {
