@@ -1,7 +1,7 @@
 //! The node's gRPC control service (called by the coordinator/operator).
 
 use crate::handler::Handler;
-use crate::migration::IncomingMove;
+use crate::ownership::IncomingMove;
 use crate::ownership::{OwnershipError, RangeRole};
 use crate::records::{Completion, MovedRecord};
 use fulva_proto::grpc::node_control_server::NodeControl;
@@ -236,7 +236,7 @@ impl NodeControl for ControlService {
         );
         h.store.raise_version_floor(req.version_floor);
         h.ownership.observe_epoch(req.epoch);
-        if mv.begin_pass(crate::migration::PassStart {
+        if mv.begin_pass(crate::ownership::PassStart {
             objects_total: req.objects_total,
             bytes_total: req.bytes_total,
             rate_limit: req.rate_limit_bytes_per_sec,

@@ -3,7 +3,7 @@
 use crate::config::NodeConfig;
 use crate::heat::HeatSketch;
 use crate::metrics::{DropReason, NodeMetrics};
-use crate::migration::{IncomingMove, TrapSwitches};
+use crate::ownership::{IncomingMove, TrapSwitches};
 use crate::ownership::{Ownership, Placement, RangeRole, ReadRule, WriteRule};
 use crate::records::{Admission, Completion, CompletionTable};
 use crate::store::{Object, SizeDelta, Store};

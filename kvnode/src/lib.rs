@@ -13,7 +13,9 @@
 //! # Layout (private modules)
 //! - `config`: settings (flags and `FULVA_*` environment variables).
 //! - `store`: the striped, versioned object store.
-//! - `ownership`: served ranges (`RangeRole`), redirects and the shard-map epoch.
+//! - `ownership/`: served ranges (`RangeRole` and its read and write rules),
+//!   redirects, the shard-map epoch, and the state of a move coming in
+//!   (`IncomingMove`, `MovePhase`).
 //! - `records`: at-most-once completion records.
 //! - `handler`: executes one request against the above.
 //! - `server`: the data-path loop over a transport.
@@ -23,6 +25,10 @@
 //!   first, the rate limiter, on-demand fetches).
 //! - `heat`: the sampled read-heat sketch that names a range's hottest keys.
 //! - `metrics`, `http`: Prometheus metrics and the HTTP endpoint.
+//!
+//! Modules depend downwards only: `store`, `metrics` ← `ownership` ←
+//! `handler` ← `migration` ← `control`, `server` (checked by
+//! `tests/layering.rs`).
 
 #![warn(missing_docs)]
 
@@ -45,7 +51,8 @@ pub use config::{
 pub use handler::{Handler, Limits};
 pub use heat::{HeatSketch, HEAT_SLOTS, SAMPLE_EVERY};
 pub use metrics::{NodeMetrics, RangeMetrics, Side as MigrationSide};
-pub use migration::{pull_from, IncomingMove, MoveEvent, MovePhase, PassStart, PullError, TrapSwitches};
+pub use migration::pull_from;
+pub use ownership::{IncomingMove, MoveEvent, MovePhase, PassStart, PullError, TrapSwitches};
 pub use ownership::{OwnedRange, Ownership, OwnershipError, RangeRole};
 pub use store::{Object, SizeDelta, Store, WriteResult};
 

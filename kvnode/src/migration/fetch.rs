@@ -1,8 +1,8 @@
 //! On-demand pulls of single keys: a rocksteady destination's reads, and a
 //! fulva destination's fetch on miss.
 
-use super::IncomingMove;
 use crate::handler::Handler;
+use crate::ownership::IncomingMove;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
 use fulva_proto::grpc::PullKeysRequest;
 use fulva_proto::transfer::TransferRecord;

@@ -7,10 +7,10 @@
 
 use super::cpu::{CpuSink, Metered};
 use super::rate::RateLimiter;
-use super::{IncomingMove, PullError};
 use crate::config::MigrationTransfer;
 use crate::handler::Handler;
 use crate::metrics::Side;
+use crate::ownership::{IncomingMove, PullError};
 use fulva_proto::grpc::node_control_client::NodeControlClient;
 use fulva_proto::grpc::{PullRangeRequest, RangeBatch, TransferEndpointRequest};
 use fulva_proto::transfer::{self, BatchKind, Hello, StreamCheck, TransferError, TransferRecord};

@@ -1,7 +1,14 @@
-//! Which hash ranges this node serves, and where the ones it gave away went.
+//! Which hash ranges this node serves, and where the ones it gave away went;
+//! the read and write rules of each role; and the state of a move coming in
+//! (`incoming`, with its `phase`). Below the data path (`crate::handler`) and
+//! the migration engine (`crate::migration`): it depends on neither.
+
+pub mod incoming;
+mod phase;
+
+pub use incoming::{IncomingMove, MoveEvent, MovePhase, PassStart, PullError, TrapSwitches};
 
 use crate::metrics::{NodeMetrics, RangeMetrics};
-use crate::migration::IncomingMove;
 use fulva_proto::{Epoch, HashRange, NodeId};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -537,7 +544,7 @@ mod tests {
     fn incoming(strategy: fulva_proto::Strategy, active: bool) -> RangeRole {
         let mv = Arc::new(IncomingMove::new(HashRange::FULL, 0, "127.0.0.1:1".into(), strategy));
         if active {
-            assert!(mv.begin_pass(crate::migration::PassStart { serve: true, ..Default::default() }));
+            assert!(mv.begin_pass(crate::ownership::PassStart { serve: true, ..Default::default() }));
         }
         RangeRole::Incoming(mv)
     }
