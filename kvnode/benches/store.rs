@@ -1,9 +1,10 @@
 //! The node's object store: every data-path request takes one stripe lock
-//! for a get or a write, and a move reads its range with `scan_batch`.
+//! for a get or a write, and a move reads its range with `scan_batch`; a
+//! move's source picks its hot set from the read-heat sketch.
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fulva_kvnode::Store;
+use fulva_kvnode::{HeatSketch, Store};
 use fulva_proto::{key_hash, HashRange};
 use std::hint::black_box;
 
@@ -65,5 +66,24 @@ fn scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, get_and_put, scan);
+fn hot_set(c: &mut Criterion) {
+    // A full sketch (every slot taken), as on a node that has served
+    // zipfian reads for a while; a move asks for the default 4,096 keys.
+    let sketch = HeatSketch::default();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..2_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        sketch.record(key_hash(&key(x % KEYS)));
+    }
+    let range = HashRange { first: 0, last: u64::MAX / 10 * 9 };
+    let mut group = c.benchmark_group("heat");
+    group.bench_function("hottest 4096 in 90% of the hash space", |b| {
+        b.iter(|| black_box(sketch.hottest(range, 4096).len()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, get_and_put, scan, hot_set);
 criterion_main!(benches);

@@ -81,8 +81,16 @@ impl HeatSketch {
                 (count > 0 && range.contains(hash)).then_some((count, hash))
             })
             .collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        // Selecting the top n first sorts n entries, not every slot's: a
+        // move asks for thousands out of tens of thousands, at its start.
+        if hot.len() > n {
+            hot.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+            hot.truncate(n);
+        }
         hot.sort_unstable_by(|a, b| b.cmp(a));
-        hot.truncate(n);
         hot.into_iter().map(|(_, hash)| hash).collect()
     }
 }
@@ -110,6 +118,22 @@ mod tests {
         let (low, _) = HashRange::FULL.split_at(1 << 63).unwrap();
         assert!(sketch.hottest(low, 100).iter().all(|h| low.contains(*h)));
         assert_eq!(sketch.hottest(low, 3).len(), 3);
+    }
+
+    #[test]
+    fn hottest_returns_the_n_highest_counts_hottest_first() {
+        let sketch = HeatSketch::new(1024);
+        // Hash i (in its own slot) read i times.
+        for i in 1..=300u64 {
+            for _ in 0..i {
+                sketch.record(i);
+            }
+        }
+        assert_eq!(sketch.hottest(HashRange::FULL, 5), vec![300, 299, 298, 297, 296]);
+        assert_eq!(sketch.hottest(HashRange::FULL, 1000).len(), 300, "fewer than asked: all of them");
+        assert!(sketch.hottest(HashRange::FULL, 0).is_empty());
+        let low = HashRange { first: 0, last: 100 };
+        assert_eq!(sketch.hottest(low, 2), vec![100, 99]);
     }
 
     #[test]

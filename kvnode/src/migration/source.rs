@@ -32,6 +32,11 @@ struct SourcePass {
 }
 
 impl SourcePass {
+    /// The pass `request` asks for, with its hot set: the heat sketch's top
+    /// keys in the range, each looked up. Built inline (2-3 ms for 4,096
+    /// keys of 200,000 on an idle core): on a blocking thread, under load,
+    /// the hot set reached the destination 40-60 ms later and dual reads
+    /// lasted that much longer.
     fn new(handler: Arc<Handler>, request: &Hello) -> SourcePass {
         let range = request.range;
         let batch_bytes = (request.batch_bytes as usize).clamp(1024, 4 * 1024 * 1024);
@@ -150,10 +155,11 @@ pub async fn serve_transfers(listener: TcpListener, handler: Arc<Handler>, shutd
             },
         };
         let (handler, token) = (handler.clone(), shutdown.clone());
+        let cpu: Arc<dyn CpuSink> = Arc::new(handler.metrics.migration_cpu(Side::Source));
         tokio::spawn(async move {
             tokio::select! {
                 () = token.cancelled() => {}
-                sent = Metered::new(send_range(stream, handler.clone()), vec![Arc::new(handler.metrics.migration_cpu(Side::Source)) as Arc<dyn CpuSink>]) => match sent {
+                sent = Metered::new(send_range(stream, handler.clone()), vec![cpu]) => match sent {
                     Ok(range) => tracing::debug!(%peer, %range, "range sent"),
                     Err(err) if err.is_connection() => tracing::info!(%peer, error = %err, "transfer cut"),
                     // A pull racing an abort or a finished move: the puller is told why.
