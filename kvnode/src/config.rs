@@ -110,6 +110,15 @@ pub struct NodeConfig {
     /// stream) or `grpc` (protobuf batches on the control service).
     #[arg(long, env = "FULVA_MIGRATION_TRANSFER", value_enum, default_value_t = MigrationTransfer::Tcp)]
     pub migration_transfer: MigrationTransfer,
+    /// Let the kernel back this process's memory with transparent huge
+    /// pages. Off by default (the node asks the kernel to disable them for
+    /// the process): a move grows the destination's heap fast, and each
+    /// first touch of a 2 MiB huge page zeroes it inside the page fault of
+    /// whichever thread touched it, data-path threads included. Measured on
+    /// 2 cores, unthrottled moves with them lost 2x the operations per MB
+    /// and stalled clients 3-6x longer (docs/benchmarks.md).
+    #[arg(long, env = "FULVA_TRANSPARENT_HUGE_PAGES")]
+    pub transparent_huge_pages: bool,
     /// Network stack of the data path: `kernel` (UDP sockets) or `dpdk`.
     #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportKind::Kernel)]
     pub transport: TransportKind,
@@ -158,6 +167,7 @@ impl NodeConfig {
             client_record_ttl_secs: 600,
             migration_batch_bytes: 64 * 1024,
             migration_fetch_on_miss: false,
+            transparent_huge_pages: false,
             migration_transfer: MigrationTransfer::Tcp,
             transport: TransportKind::Kernel,
             sriov_resource: None,

@@ -201,6 +201,11 @@ async fn start_services(
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
     let bind = |what, addr| move |source| NodeError::Bind { what, addr, source };
+    if !config.transparent_huge_pages {
+        if let Err(err) = disable_transparent_huge_pages() {
+            tracing::warn!(error = %err, "could not turn transparent huge pages off for this process");
+        }
+    }
 
     let transfer = tokio::net::TcpListener::bind(config.transfer_addr)
         .await
@@ -260,6 +265,32 @@ async fn start_services(
         tasks,
         data_path,
     })
+}
+
+/// Asks the kernel not to back this process's memory with transparent huge
+/// pages (`PR_SET_THP_DISABLE`; the allocator asks for them with
+/// `MADV_HUGEPAGE`, and the flag overrides that for every later fault). It
+/// holds for the whole process and its children, not only the node.
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes one integer argument and the unused
+    // ones must be zero; it touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`).
+pub fn transparent_huge_pages_disabled() -> std::io::Result<bool> {
+    // SAFETY: PR_GET_THP_DISABLE takes no argument and returns the flag.
+    let rc = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc == 1)
+    }
 }
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully.

@@ -86,11 +86,15 @@ pub struct MigrationBenchArgs {
     /// How the destination pulls: `tcp` (the transfer stream) or `grpc`.
     #[arg(long, value_enum, default_value_t = MigrationTransfer::Tcp)]
     pub migration_transfer: MigrationTransfer,
+    /// Let the nodes' memory use transparent huge pages (the nodes turn them
+    /// off by default; Redis does the same).
+    #[arg(long)]
+    pub transparent_huge_pages: bool,
     /// Measure what each lever of the fulva engine is worth: every fulva run
     /// is followed by the same run over the gRPC transfer (`fulva+grpc`),
     /// with fetches on a miss (`fulva+fetch`), without hot keys first
-    /// (`fulva-hot`), and without hot keys and learned keys
-    /// (`fulva-hot-learned`).
+    /// (`fulva-hot`), without hot keys and learned keys
+    /// (`fulva-hot-learned`), and with transparent huge pages (`fulva+thp`).
     #[arg(long)]
     pub levers: bool,
     /// Width of a time bin in milliseconds.
@@ -164,6 +168,9 @@ async fn run_strategy(args: &MigrationBenchArgs, strategy: Strategy) -> anyhow::
     }
     if args.migration_transfer == MigrationTransfer::Grpc {
         node_args.push("--migration-transfer=grpc".into());
+    }
+    if args.transparent_huge_pages {
+        node_args.push("--transparent-huge-pages".into());
     }
     let mut nodes = Vec::new();
     for id in 0..2u32 {
@@ -417,6 +424,7 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
                 ("fulva+fetch", MigrationBenchArgs { fetch_on_miss: true, ..one.clone() }),
                 ("fulva-hot", MigrationBenchArgs { hot_keys: 0, ..one.clone() }),
                 ("fulva-hot-learned", MigrationBenchArgs { hot_keys: 0, learned_keys: 0, ..one.clone() }),
+                ("fulva+thp", MigrationBenchArgs { transparent_huge_pages: true, ..one.clone() }),
             ];
             for (name, without) in variants {
                 eprintln!("fulva bench migration: {name} (one lever changed)");
