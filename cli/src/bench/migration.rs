@@ -436,8 +436,14 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
     }
     if let Some(redis) = redis {
         let rate = redis.migrated_mb_per_sec;
-        eprintln!("fulva bench migration: fulva at the rate Redis reached ({rate:.2} MB/s)");
-        let matched = MigrationBenchArgs { rate_limit_mb: rate, adaptive_p99_us: None, ..args.clone() };
+        // Both MB/s columns count keys and values; Fulva's limit holds on
+        // the wire, where each record also carries its header.
+        let limit = wire_rate(rate, fulva_local::workload::key(0).len(), args.load.value_size);
+        eprintln!(
+            "fulva bench migration: fulva at the rate Redis reached ({rate:.2} MB/s of keys and values, \
+             {limit:.2} MB/s on the wire)"
+        );
+        let matched = MigrationBenchArgs { rate_limit_mb: limit, adaptive_p99_us: None, ..args.clone() };
         let mut result = run_strategy(&matched, Strategy::Fulva).await?;
         result.strategy = MATCHED.to_string();
         results.push(redis);
@@ -490,4 +496,24 @@ pub async fn run(args: MigrationBenchArgs) -> anyhow::Result<()> {
         eprintln!("results written to {}", path.display());
     }
     Ok(())
+}
+
+/// The wire rate limit (MB/s) at which a Fulva move carries `payload_mb`
+/// MB/s of keys and values, for records of `key_len`-byte keys and
+/// `value_size`-byte values (each record also carries its header).
+fn wire_rate(payload_mb: f64, key_len: usize, value_size: usize) -> f64 {
+    let payload = (key_len + value_size) as f64;
+    payload_mb * (payload + fulva_proto::transfer::RECORD_HEADER_LEN as f64) / payload.max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matched_rate_adds_the_record_header_to_keys_and_values() {
+        // 16-byte keys, 100-byte values: 116 bytes of payload, 139 on the wire.
+        assert!((wire_rate(1.0, 16, 100) - 139.0 / 116.0).abs() < 1e-9);
+        assert_eq!(wire_rate(0.0, 16, 100), 0.0);
+    }
 }
