@@ -100,7 +100,7 @@ async fn control_client(
 /// Where a pull (re)starts, and the hot keys to ask for: once, at the
 /// range's start; a resumed pull goes on in hash order.
 fn resume_point(mv: &IncomingMove) -> (u64, u32) {
-    let from = mv.cursor.load(Ordering::Acquire);
+    let from = mv.cursor();
     let hot_keys = if from == mv.range.first { mv.hot_keys.swap(0, Ordering::AcqRel) } else { 0 };
     (from, hot_keys)
 }
@@ -307,7 +307,7 @@ async fn apply_records(
 
 /// The cursor of a move (every hash below it is applied).
 pub fn cursor_of(mv: &IncomingMove) -> u64 {
-    mv.cursor.load(Ordering::Acquire)
+    mv.cursor()
 }
 
 #[cfg(test)]

@@ -46,10 +46,10 @@ pub struct IncomingMove {
     /// Held while a pass starts, so its settings are in place before the
     /// phase that publishes them.
     starting: Mutex<()>,
-    pub(crate) cursor: AtomicU64,
+    cursor: AtomicU64,
     pub(crate) objects_applied: AtomicU64,
     pub(crate) bytes_applied: AtomicU64,
-    pub(crate) objects_total: AtomicU64,
+    objects_total: AtomicU64,
     pub(crate) bytes_total: AtomicU64,
     pub(crate) rate_limit: AtomicU64,
     /// CPU time the pull's task used here, ns.
@@ -253,6 +253,13 @@ impl IncomingMove {
         let _ = self.fetch_tx.send(key);
     }
 
+    /// The cursor: every hash below it is applied here.
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// Moves the cursor to `cursor` once everything below it is applied
+    /// (it only grows within a pass).
     pub(crate) fn publish_cursor(&self, cursor: u64) {
         self.cursor.fetch_max(cursor, Ordering::AcqRel);
     }
