@@ -310,6 +310,31 @@ pub fn cursor_of(mv: &IncomingMove) -> u64 {
     mv.cursor()
 }
 
+/// Why a pull failed, from what the source's transfer said.
+impl PullError {
+    /// A gRPC error of the source: a lost source is a broken stream, any
+    /// other answer a refusal.
+    fn refused(status: tonic::Status) -> PullError {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                PullError::StreamBroken(status.message().to_string())
+            }
+            _ => PullError::Refused(status.message().to_string()),
+        }
+    }
+
+    /// An error of the TCP transfer stream: a cut connection is a broken
+    /// stream, a protocol breach a bad stream.
+    fn transfer(err: TransferError) -> PullError {
+        match err {
+            TransferError::Truncated => PullError::Truncated,
+            TransferError::Io(detail) => PullError::StreamBroken(detail),
+            TransferError::Refused(why) => PullError::Refused(why),
+            other => PullError::BadStream(other.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +345,23 @@ mod tests {
         assert_eq!(kind_of(&batch(false, false)), BatchKind::Scan);
         assert_eq!(kind_of(&batch(false, true)), BatchKind::Last);
         assert_eq!(kind_of(&batch(true, true)), BatchKind::Hot, "a hot batch never ends a pull");
+    }
+
+    #[test]
+    fn a_failed_transfer_maps_to_the_failure_the_status_call_reports() {
+        use fulva_proto::grpc::PullFailure;
+        // A refused pull whose status says the source is gone counts as a broken stream.
+        let gone = PullError::refused(tonic::Status::unavailable("connection reset"));
+        assert_eq!(gone.failure(), PullFailure::StreamBroken);
+        assert_eq!(PullError::refused(tonic::Status::not_found("no range")).failure(), PullFailure::Refused);
+        // A transfer stream that breaks the protocol is a bad stream; a cut connection is not.
+        let wrong = PullError::transfer(TransferError::WrongPeer { expected: 1, found: 2 });
+        assert_eq!(wrong.failure(), PullFailure::BadStream);
+        assert!(wrong.to_string().contains("node 2"), "{wrong}");
+        assert_eq!(PullError::transfer(TransferError::Truncated).failure(), PullFailure::Truncated);
+        assert_eq!(
+            PullError::transfer(TransferError::Io("reset".into())).failure(),
+            PullFailure::StreamBroken
+        );
     }
 }

@@ -7,7 +7,6 @@ use super::phase::SharedPhase;
 pub use super::phase::{MoveEvent, MovePhase};
 use bytes::Bytes;
 use fulva_proto::grpc::{MigrationStatusResponse, PullFailure};
-use fulva_proto::transfer::TransferError;
 use fulva_proto::{HashRange, MigrationProgress, NodeId, Strategy};
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -324,15 +323,6 @@ pub enum PullError {
 }
 
 impl PullError {
-    pub(crate) fn refused(status: tonic::Status) -> PullError {
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                PullError::StreamBroken(status.message().to_string())
-            }
-            _ => PullError::Refused(status.message().to_string()),
-        }
-    }
-
     /// The reason as the status call reports it.
     pub fn failure(&self) -> PullFailure {
         match self {
@@ -342,15 +332,6 @@ impl PullError {
             PullError::StreamBroken(_) | PullError::Cancelled => PullFailure::StreamBroken,
             PullError::Truncated => PullFailure::Truncated,
             PullError::BadStream(_) => PullFailure::BadStream,
-        }
-    }
-
-    pub(crate) fn transfer(err: TransferError) -> PullError {
-        match err {
-            TransferError::Truncated => PullError::Truncated,
-            TransferError::Io(detail) => PullError::StreamBroken(detail),
-            TransferError::Refused(why) => PullError::Refused(why),
-            other => PullError::BadStream(other.to_string()),
         }
     }
 }
@@ -379,18 +360,5 @@ mod tests {
             assert_eq!(status.failure(), failure, "{error}");
             assert_eq!(status.error, error.to_string());
         }
-        // A refused pull whose status says the source is gone counts as a broken stream.
-        let gone = PullError::refused(tonic::Status::unavailable("connection reset"));
-        assert_eq!(gone.failure(), PullFailure::StreamBroken);
-        assert_eq!(PullError::refused(tonic::Status::not_found("no range")).failure(), PullFailure::Refused);
-        // A transfer stream that breaks the protocol is a bad stream; a cut connection is not.
-        let wrong = PullError::transfer(TransferError::WrongPeer { expected: 1, found: 2 });
-        assert_eq!(wrong.failure(), PullFailure::BadStream);
-        assert!(wrong.to_string().contains("node 2"), "{wrong}");
-        assert_eq!(PullError::transfer(TransferError::Truncated).failure(), PullFailure::Truncated);
-        assert_eq!(
-            PullError::transfer(TransferError::Io("reset".into())).failure(),
-            PullFailure::StreamBroken
-        );
     }
 }
