@@ -1,11 +1,11 @@
-//! `fulva map`, `fulva migrate`, `fulva abort`, `fulva throttle` and
-//! `fulva split`: look at and change a running cluster's shard map through
-//! its control endpoint.
+//! `fulva map`, `fulva migrate`, `fulva abort`, `fulva throttle`,
+//! `fulva split` and `fulva drain`: look at and change a running cluster's
+//! shard map through its control endpoint.
 
 use fulva_proto::grpc::coordinator_admin_client::CoordinatorAdminClient;
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{
-    AbortMoveRequest, GetShardMapRequest, MigrateRequest, SetMoveRateRequest, SplitRequest,
+    AbortMoveRequest, DrainRequest, GetShardMapRequest, MigrateRequest, SetMoveRateRequest, SplitRequest,
 };
 use fulva_proto::{HashRange, ShardMap, ShardState, Strategy};
 use std::io::{IsTerminal, Write};
@@ -72,6 +72,84 @@ pub struct MigrateArgs {
     /// reads of them stop going to both nodes at once (0 = none).
     #[arg(long, default_value_t = fulva_coordinator::DEFAULT_HOT_KEYS)]
     hot_keys: u32,
+}
+
+/// Options of `fulva drain`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// The node to empty.
+    node: u32,
+    /// How the ranges move.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Fulva)]
+    strategy: StrategyArg,
+    /// Bandwidth limit of each move in MB/s (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    rate_limit_mb: f64,
+    /// Moves running at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Refuse the drain if it would put more than this many bytes of keys
+    /// and values on any other node (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    max_node_bytes: u64,
+    /// A node that must receive nothing (repeat for more).
+    #[arg(long = "exclude")]
+    excluded: Vec<u32>,
+}
+
+/// Runs `fulva drain`: every range of the node moves to the others; exit
+/// code 0 once it owns nothing (it may then be stopped without loss).
+pub async fn drain(args: DrainArgs) -> anyhow::Result<bool> {
+    let mut client = admin_client(&args.endpoint).await?;
+    let request = DrainRequest {
+        node: args.node,
+        strategy: fulva_proto::grpc::Strategy::from(Strategy::from(args.strategy)) as i32,
+        rate_limit_bytes_per_sec: (args.rate_limit_mb * 1e6) as u64,
+        concurrency: args.concurrency,
+        max_node_bytes: args.max_node_bytes,
+        excluded: args.excluded.clone(),
+    };
+    let mut stream = client
+        .drain(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot drain node {}: {}", args.node, s.message()))?
+        .into_inner();
+    eprintln!("draining node {} ({})", args.node, Strategy::from(args.strategy).name());
+    loop {
+        let progress = match stream.message().await {
+            Ok(Some(p)) => p,
+            Ok(None) => anyhow::bail!("the coordinator ended the drain without a result"),
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                // A move failed and was rolled back: the node still holds data.
+                println!("drain of node {} stopped: {}", args.node, status.message());
+                println!("node {} still owns ranges: do not stop it", args.node);
+                return Ok(false);
+            }
+            Err(status) => anyhow::bail!("drain of node {} failed: {}", args.node, status.message()),
+        };
+        if progress.finished {
+            println!(
+                "node {} drained: {} ranges, {:.1} MB moved in {:.1} s; it owns nothing and may be stopped",
+                progress.node,
+                progress.moved,
+                progress.bytes as f64 / 1e6,
+                progress.seconds
+            );
+            return Ok(true);
+        }
+        let range = progress.last_range.and_then(|r| HashRange::try_from(Some(r)).ok());
+        eprintln!(
+            "  [{}/{}] moved {} to node {} ({:.1} MB so far, {:.1} s)",
+            progress.moved,
+            progress.total,
+            range.map_or_else(|| "?".to_string(), |r| r.to_string()),
+            progress.last_destination,
+            progress.bytes as f64 / 1e6,
+            progress.seconds
+        );
+    }
 }
 
 /// Options of `fulva abort`.

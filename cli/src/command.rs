@@ -27,6 +27,9 @@ pub enum Command {
     Throttle(crate::admin::ThrottleArgs),
     /// Split the shard holding a hash so that a shard starts there.
     Split(crate::admin::SplitArgs),
+    /// Move every range off a node with live moves, so it can be stopped
+    /// (an upgrade, maintenance) without losing anything.
+    Drain(crate::admin::DrainArgs),
     /// Read and write keys of a running cluster.
     Kv(kv::KvArgs),
     /// Run a benchmark.

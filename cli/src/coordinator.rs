@@ -1,13 +1,17 @@
 //! `fulva coordinator`: the coordinator as its own process, over storage
 //! nodes started elsewhere (`fulva node`), without Kubernetes. It keeps the
 //! shard map in a file; started again on the same file it recovers the moves
-//! a previous run left half-done (`Coordinator::recover`).
+//! a previous run left half-done (`Coordinator::recover`). It checks its
+//! nodes every second: the ranges of a node that restarted (empty) or stayed
+//! gone are declared lost and served again, empty (`fulva_coordinator::liveness`).
 
-use fulva_coordinator::{spawn_control_endpoint, Coordinator, FileMapStore, MapStore};
+use fulva_coordinator::liveness::watch_nodes;
+use fulva_coordinator::{spawn_control_endpoint, Coordinator, FileMapStore, LivenessOptions, MapStore};
 use fulva_proto::NodeInfo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Options of `fulva coordinator`.
@@ -25,6 +29,25 @@ pub struct CoordinatorArgs {
     /// Shards of a new map, spread over the nodes.
     #[arg(long, default_value_t = 16)]
     pub shards: u32,
+    /// Milliseconds between two checks of every node (a restarted node's
+    /// ranges are declared lost and served again, empty, at the next check).
+    #[arg(long, default_value_t = 1000)]
+    pub node_check_interval_ms: u64,
+    /// Seconds a node may not answer before its ranges are declared lost and
+    /// given to the other nodes, empty.
+    #[arg(long, default_value_t = 30)]
+    pub node_gone_after_secs: u64,
+}
+
+impl CoordinatorArgs {
+    /// How the coordinator watches its nodes.
+    pub fn liveness(&self) -> LivenessOptions {
+        LivenessOptions {
+            interval: Duration::from_millis(self.node_check_interval_ms.max(10)),
+            gone_after: Duration::from_secs(self.node_gone_after_secs),
+            ..LivenessOptions::default()
+        }
+    }
 }
 
 fn parse_node(text: &str) -> Result<NodeInfo, String> {
@@ -64,10 +87,13 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", args.listen))?;
     let stop = CancellationToken::new();
-    let task = spawn_control_endpoint(listener, Arc::new(coordinator), stop.clone());
+    let coordinator = Arc::new(coordinator);
+    let watch = tokio::spawn(watch_nodes(coordinator.clone(), args.liveness(), None, stop.clone()));
+    let task = spawn_control_endpoint(listener, coordinator, stop.clone());
     println!("READY {}", args.listen);
     shutdown.await;
     stop.cancel();
     let _ = task.await;
+    let _ = watch.await;
     Ok(())
 }

@@ -22,6 +22,7 @@ async fn main() -> std::process::ExitCode {
         Command::Abort(args) => fulva_cli::admin::abort(args).await,
         Command::Throttle(args) => fulva_cli::admin::throttle(args).await,
         Command::Split(args) => fulva_cli::admin::split(args).await,
+        Command::Drain(args) => fulva_cli::admin::drain(args).await,
         Command::Bench { which: BenchCommand::Kv(args) } => bench::kv::run(args).await.map(|()| true),
         Command::Bench { which: BenchCommand::Migration(args) } => {
             bench::migration::run(args).await.map(|()| true)
@@ -33,12 +34,9 @@ async fn main() -> std::process::ExitCode {
         })
         .await
         .map(|()| true),
-        Command::Node { node } => fulva_kvnode::run(node, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map(|()| true)
-        .map_err(anyhow::Error::from),
+        Command::Node { node } => {
+            fulva_kvnode::run(node, shutdown_signal).await.map(|()| true).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -47,5 +45,15 @@ async fn main() -> std::process::ExitCode {
             eprintln!("fulva: error: {err:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
     }
 }

@@ -1,7 +1,8 @@
-//! The `CoordinatorAdmin` gRPC service: moves and splits on request
-//! (`fulva migrate`), next to the shard-map service.
+//! The `CoordinatorAdmin` gRPC service: moves, splits and drains on request
+//! (`fulva migrate`, `fulva split`, `fulva drain`), next to the shard-map service.
 
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::drain::{DrainError, DrainOptions, DrainProgress};
 use crate::moves::MoveOptions;
 use fulva_proto::grpc::coordinator_admin_server::CoordinatorAdmin;
 use fulva_proto::grpc::{
@@ -57,10 +58,81 @@ impl From<CoordinatorError> for Status {
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<MigrateProgress, Status>> + Send>>;
+type DrainStream = Pin<Box<dyn Stream<Item = Result<grpc::DrainProgress, Status>> + Send>>;
+
+impl From<DrainError> for Status {
+    fn from(err: DrainError) -> Status {
+        match err {
+            DrainError::Coordinator(err) => Status::from(err),
+            DrainError::UnknownNode { .. } => Status::not_found(err.to_string()),
+            DrainError::MoveFailed { .. } => Status::aborted(err.to_string()),
+            DrainError::NoReceiver { .. }
+            | DrainError::NoCapacity { .. }
+            | DrainError::NotConverging { .. } => Status::failed_precondition(err.to_string()),
+        }
+    }
+}
+
+fn drain_progress(p: &DrainProgress, started: Instant) -> grpc::DrainProgress {
+    grpc::DrainProgress {
+        node: p.node,
+        moved: p.moved as u32,
+        total: p.total as u32,
+        bytes: p.bytes,
+        last_range: p.last.map(|(r, _)| r.into()),
+        last_destination: p.last.map_or(0, |(_, to)| to),
+        finished: false,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
 
 #[tonic::async_trait]
 impl CoordinatorAdmin for AdminService {
     type MigrateStream = ProgressStream;
+    type DrainStream = DrainStream;
+
+    async fn drain(
+        &self,
+        request: Request<grpc::DrainRequest>,
+    ) -> Result<Response<Self::DrainStream>, Status> {
+        let req = request.into_inner();
+        let strategy = grpc::Strategy::try_from(req.strategy)
+            .map_err(|_| Status::invalid_argument("unknown strategy"))?;
+        let options = DrainOptions {
+            moves: MoveOptions {
+                strategy: strategy.into(),
+                rate_limit_bytes_per_sec: req.rate_limit_bytes_per_sec,
+                ..MoveOptions::default()
+            },
+            concurrency: req.concurrency.max(1) as usize,
+            max_node_bytes: req.max_node_bytes,
+            excluded: req.excluded,
+        };
+        // Refused up front (unknown node, no room) as the call's own error.
+        self.coordinator.check_drain_capacity(req.node, &options).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let coordinator = self.coordinator.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let progress_tx = tx.clone();
+            let result = coordinator
+                .drain(req.node, &options, |p| {
+                    let _ = progress_tx.try_send(Ok(drain_progress(p, started)));
+                })
+                .await;
+            let last = result.map_err(Status::from).map(|report| grpc::DrainProgress {
+                node: report.node,
+                moved: report.moves.len() as u32,
+                total: report.moves.len() as u32,
+                bytes: report.bytes,
+                finished: true,
+                seconds: report.duration.as_secs_f64(),
+                ..Default::default()
+            });
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
 
     async fn migrate(
         &self,

@@ -1,6 +1,7 @@
 //! The coordinator: holds the shard map, changes it with compare-and-set on
 //! the epoch, and pushes ownership to the nodes.
 
+use crate::liveness::{LossCause, RangeLoss, LOSSES_KEPT};
 use crate::map_store::{MapStore, MapStoreError};
 use crate::node_client::{NodeClient, NodeError};
 use fulva_proto::grpc::{AssignRangeRequest, PullFailure, SetEpochRequest};
@@ -196,24 +197,6 @@ pub enum RecoveryError {
     /// Repairs kept finding more to do.
     #[error("recovery did not converge")]
     NotConverged,
-    /// The map's owner of a Normal range does not hold it.
-    #[error("node {node} lost range {range} (the map says it serves it)")]
-    LostRange {
-        /// The owner.
-        node: NodeId,
-        /// The range.
-        range: HashRange,
-    },
-    /// The destination of a Migrating range does not hold it.
-    #[error("node {node} lost range {range} while it moved in from {source_node}")]
-    LostIncoming {
-        /// The destination.
-        node: NodeId,
-        /// The range.
-        range: HashRange,
-        /// The move's source.
-        source_node: NodeId,
-    },
     /// The owner holds the range as a move that never started, and its peer does not serve it.
     #[error(
         "node {node} holds {range} as a move from node {peer} that never started, \
@@ -259,6 +242,8 @@ pub struct Coordinator {
     published: watch::Sender<Arc<ShardMap>>,
     clients: Mutex<HashMap<NodeId, NodeClient>>,
     pub(crate) running: parking_lot::Mutex<HashMap<HashRange, RunningMove>>,
+    losses: parking_lot::Mutex<std::collections::VecDeque<RangeLoss>>,
+    loss_seq: std::sync::atomic::AtomicU64,
 }
 
 /// A move in progress, as the coordinator tracks it.
@@ -325,6 +310,8 @@ impl Coordinator {
             published,
             clients: Mutex::new(HashMap::new()),
             running: parking_lot::Mutex::new(HashMap::new()),
+            losses: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+            loss_seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -469,6 +456,60 @@ impl Coordinator {
         }
         self.clients.lock().await.remove(&node);
         self.update(|m| m.nodes.retain(|n| n.id != node)).await
+    }
+
+    /// Serves each `(range, node)` of `given` from `node`, empty, and gives
+    /// it to that node in the map (Normal), if the map is still at
+    /// `expected`; `None` when it moved on (nothing was changed then). The
+    /// map is held meanwhile, so no other change slips between the nodes'
+    /// assignment and the map's.
+    pub(crate) async fn reassign_empty(
+        &self,
+        expected: Epoch,
+        given: &[(HashRange, NodeId)],
+    ) -> Result<Option<Arc<ShardMap>>, CoordinatorError> {
+        let mut current = self.current.lock().await;
+        if current.epoch != expected {
+            return Ok(None);
+        }
+        for &(range, node) in given {
+            self.assign(node, range, expected + 1, 0).await?;
+        }
+        let next = self
+            .apply(&mut current, |m| {
+                for &(range, node) in given {
+                    if let Some(s) = m.shards.iter_mut().find(|s| s.range == range) {
+                        s.owner = node;
+                        s.state = ShardState::Normal;
+                    }
+                }
+            })
+            .await?;
+        Ok(Some(next))
+    }
+
+    /// Records ranges of `node` declared lost (kept for display, newest last).
+    pub(crate) fn record_loss(
+        &self,
+        node: NodeId,
+        cause: LossCause,
+        ranges: Vec<(HashRange, NodeId)>,
+        epoch: Epoch,
+    ) -> RangeLoss {
+        let id = self.loss_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let loss = RangeLoss { id, node, cause, ranges, epoch, at: std::time::SystemTime::now() };
+        let mut losses = self.losses.lock();
+        if losses.len() == LOSSES_KEPT {
+            losses.pop_front();
+        }
+        losses.push_back(loss.clone());
+        loss
+    }
+
+    /// Ranges declared lost on this coordinator, oldest first (the last
+    /// [`LOSSES_KEPT`]); see [`crate::liveness`].
+    pub fn losses(&self) -> Vec<RangeLoss> {
+        self.losses.lock().iter().cloned().collect()
     }
 
     /// The control client of `node` (connections are cached per node).

@@ -14,6 +14,8 @@
 //! - [`coordinator`]: [`Coordinator`], map changes and node assignment.
 //! - [`node_client`]: [`NodeClient`], the gRPC calls to a node, each failure decoded once into a [`NodeError`].
 //! - [`moves`]: moving and splitting ranges live (all three strategies).
+//! - [`drain`]: moving every range off a node before it stops (upgrades, maintenance).
+//! - [`liveness`]: nodes that restart or vanish: their ranges declared lost and served again, empty.
 //! - [`recovery`]: after a restart, finishing or undoing the moves a previous coordinator left.
 //! - [`service`]: the gRPC `ShardMapService` (the control endpoint).
 //! - [`admin`]: the `CoordinatorAdmin` gRPC service (moves and splits on request).
@@ -28,6 +30,8 @@
 
 pub mod admin;
 pub mod coordinator;
+pub mod drain;
+pub mod liveness;
 pub mod load;
 pub mod map_store;
 pub mod metrics;
@@ -44,6 +48,8 @@ pub mod service;
 
 pub use admin::AdminService;
 pub use coordinator::{AbortReason, BootstrapError, Coordinator, CoordinatorError, RecoveryError};
+pub use drain::{DrainError, DrainOptions, DrainProgress, DrainReport};
+pub use liveness::{LivenessOptions, LossCause, RangeLoss};
 pub use map_store::{FileMapStore, MapStore, MapStoreError, MemoryMapStore};
 pub use moves::{MoveOptions, MoveReport, DEFAULT_HOT_KEYS};
 pub use node_client::{NodeClient, NodeError, NodeErrorKind};

@@ -23,6 +23,8 @@ pub struct OperatorMetrics {
     pub moved_bytes: IntCounter,
     /// Reconciles by result (ok, error).
     pub reconciles: IntCounterVec,
+    /// Ranges declared lost (their objects gone), by cause (restarted, not-held, gone).
+    pub ranges_lost: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -69,6 +71,17 @@ impl OperatorMetrics {
             &["result"],
         )
         .expect("valid metric");
+        let ranges_lost = IntCounterVec::new(
+            Opts::new(
+                "fulva_ranges_lost_total",
+                "Ranges declared lost (a node restarted empty or stayed gone), by cause",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        for cause in ["restarted", "not-held", "gone"] {
+            ranges_lost.with_label_values(&[cause]);
+        }
         // Every label value exists from the start (at zero), so dashboards and
         // alerts see a series before the first event.
         for result in ["ok", "error"] {
@@ -91,6 +104,7 @@ impl OperatorMetrics {
             Box::new(moves_in_flight.clone()),
             Box::new(moved_bytes.clone()),
             Box::new(reconciles.clone()),
+            Box::new(ranges_lost.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -104,6 +118,7 @@ impl OperatorMetrics {
             moves_in_flight,
             moved_bytes,
             reconciles,
+            ranges_lost,
         }
     }
 

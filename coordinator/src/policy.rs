@@ -103,6 +103,10 @@ pub struct RebalancePolicy {
     pub bandwidth_limit_mb_per_sec: f64,
     /// Migration strategy of the moves.
     pub strategy: StrategyName,
+    /// Most bytes of keys and values a node may hold (0 = no cap). A drain
+    /// (upgrade, node maintenance) fills the other nodes up to it and no
+    /// further, and is refused up front when they have no room.
+    pub max_node_bytes: u64,
     /// Nodes that never receive a range.
     pub excluded_nodes: Vec<NodeId>,
     /// Ranges that never move (or must live on a given node).
@@ -125,6 +129,7 @@ impl Default for RebalancePolicy {
             max_moves_per_node: 1,
             bandwidth_limit_mb_per_sec: 0.0,
             strategy: StrategyName::Fulva,
+            max_node_bytes: 0,
             excluded_nodes: Vec::new(),
             pinned_ranges: Vec::new(),
             split_hot_ranges: true,

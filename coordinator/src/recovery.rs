@@ -5,12 +5,16 @@
 //!
 //! The rules, per map shard R owned by O:
 //! - O serves R: consistent.
+//! - O holds nothing of R (it restarted while no coordinator watched): R is
+//!   declared lost and O serves it again, empty ([`crate::liveness`]).
 //! - O holds R incoming from X (the map switched, or a reclaim started): the
 //!   move is rolled forward — the map says Migrating{X}, the pull finishes,
 //!   X drops its copy.
 //! - O holds R frozen or copying toward D: a move that never reached the map.
 //!   If D serves R (it may hold writes), the move rolls forward; otherwise O
 //!   serves R again and D forgets it.
+//! - R is Migrating{S} on D and D holds nothing of it (it restarted): S,
+//!   still frozen, serves R again; if S holds nothing either, R is lost.
 //! - R is Migrating{S} on D: the pull finishes and the move commits; a pull
 //!   that failed for good is undone by moving R back to S.
 //! - Any other node holding R: a copy left by a finished move (dropped) or a
@@ -20,6 +24,7 @@
 //! the map split to match; a node coarser than the map is split.
 
 use crate::coordinator::{Coordinator, CoordinatorError, RecoveryError};
+use crate::liveness::LossCause;
 use crate::moves::{Ends, MoveOptions};
 use fulva_proto::grpc::{
     self, DropRangeRequest, GetStatsRequest, MigrationStatusRequest, SplitRangeRequest, UnfreezeRangeRequest,
@@ -38,6 +43,9 @@ pub struct RecoveryReport {
     pub dropped: Vec<(NodeId, HashRange)>,
     /// Shards split in the map to match a node, or on a node to match the map.
     pub splits: usize,
+    /// Ranges whose owner no longer held them (it restarted): declared lost
+    /// and served again, empty ([`crate::liveness`]).
+    pub lost: Vec<HashRange>,
 }
 
 impl RecoveryReport {
@@ -70,6 +78,8 @@ enum Repair {
     Unfreeze { ends: Ends },
     MoveBack { ends: Ends },
     Drop { node: NodeId, range: HashRange, new_owner: Option<NodeId> },
+    DeclareLost { node: NodeId, range: HashRange },
+    ReclaimWithoutDestination { ends: Ends },
 }
 
 impl Coordinator {
@@ -147,7 +157,9 @@ impl Coordinator {
                         if held.iter().any(|h| h.node == owner && h.range.overlaps(&range)) {
                             continue; // a shape repair comes first
                         }
-                        return Err(RecoveryError::LostRange { node: owner, range }.into());
+                        // The owner answers without the range: it restarted
+                        // (empty) while no coordinator watched. Declared lost.
+                        return Ok(Some(Repair::DeclareLost { node: owner, range }));
                     };
                     match h.role {
                         grpc::RangeRole::Serving => {}
@@ -187,9 +199,14 @@ impl Coordinator {
                 ShardState::Migrating { source, .. } => {
                     let ends = Ends { range, source, destination: owner };
                     let Some(d) = find(owner, range) else {
-                        return Err(
-                            RecoveryError::LostIncoming { node: owner, range, source_node: source }.into()
-                        );
+                        // The destination restarted mid-move. The source kept
+                        // its copy frozen: it serves the range again (the
+                        // writes the destination alone took are gone, as when
+                        // a running move loses its destination).
+                        if find(source, range).is_some_and(|s| s.role == grpc::RangeRole::Frozen) {
+                            return Ok(Some(Repair::ReclaimWithoutDestination { ends }));
+                        }
+                        return Ok(Some(Repair::DeclareLost { node: owner, range }));
                     };
                     let reverse = Ends { range, source: owner, destination: source };
                     return Ok(Some(match (d.role, find(source, range)) {
@@ -329,6 +346,22 @@ impl Coordinator {
             Repair::MoveBack { ends } => {
                 tracing::info!(range = %ends.range, source = ends.source, destination = ends.destination, "recovery: moving a failed move back");
                 self.move_back(ends, 0).await?;
+                report.rolled_back.push(ends.range);
+            }
+            Repair::DeclareLost { node, range } => {
+                let map = self.map();
+                let declared = self.declare_lost(&map, &[(node, range, LossCause::NotHeld)], &[node]).await?;
+                report.lost.extend(declared.iter().flat_map(|l| l.ranges.iter().map(|&(r, _)| r)));
+            }
+            Repair::ReclaimWithoutDestination { ends } => {
+                tracing::error!(
+                    range = %ends.range,
+                    source = ends.source,
+                    destination = ends.destination,
+                    "recovery: the destination of a move restarted; the source serves the range again \
+                     (the writes the destination alone took since the freeze are lost)"
+                );
+                self.reclaim_without_destination(ends).await?;
                 report.rolled_back.push(ends.range);
             }
             Repair::Drop { node, range, new_owner } => {

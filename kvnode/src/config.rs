@@ -119,6 +119,13 @@ pub struct NodeConfig {
     /// and stalled clients 3-6x longer (docs/benchmarks.md).
     #[arg(long, env = "FULVA_TRANSPARENT_HUGE_PAGES")]
     pub transparent_huge_pages: bool,
+    /// Seconds a node that still holds ranges keeps serving after SIGTERM or
+    /// Ctrl-C: it reports not ready (/readyz) and exits as soon as its ranges
+    /// have been moved away, or when this runs out (a second signal exits at
+    /// once). Its objects are lost if it exits holding them. On Kubernetes,
+    /// keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "FULVA_SHUTDOWN_WAIT_SECS", default_value_t = 30)]
+    pub shutdown_wait_secs: u64,
     /// Network stack of the data path: `kernel` (UDP sockets) or `dpdk`.
     #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportKind::Kernel)]
     pub transport: TransportKind,
@@ -168,6 +175,7 @@ impl NodeConfig {
             migration_batch_bytes: 64 * 1024,
             migration_fetch_on_miss: false,
             transparent_huge_pages: false,
+            shutdown_wait_secs: 30,
             migration_transfer: MigrationTransfer::Tcp,
             transport: TransportKind::Kernel,
             sriov_resource: None,

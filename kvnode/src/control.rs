@@ -406,6 +406,7 @@ impl NodeControl for ControlService {
         let h = &self.handler;
         let mut stats = NodeStats {
             node_id: h.node_id,
+            incarnation: h.incarnation,
             epoch: h.ownership.epoch(),
             dropped_frames: h.metrics.dropped_total(),
             ..NodeStats::default()

@@ -29,6 +29,9 @@ pub struct Limits {
 pub struct Handler {
     /// This node's id.
     pub node_id: u32,
+    /// A random id chosen at start (never 0): a node that restarted reports a
+    /// new one, so the coordinator knows it holds nothing it held before.
+    pub incarnation: u64,
     /// The node's objects, striped by key hash.
     pub store: Store,
     /// Served ranges and epoch.
@@ -45,9 +48,26 @@ pub struct Handler {
     pub migration_transfer: crate::config::MigrationTransfer,
     /// Sampled read heat, for shipping a moving range's hottest keys first.
     pub heat: HeatSketch,
+    /// Set once the node was told to stop: it reports not ready while it
+    /// serves what it still holds.
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Whether a fulva destination pulls the keys its reads miss.
     fetch_on_miss: bool,
     limits: Limits,
+}
+
+/// A random, non-zero id for this start of the node (from the kernel's
+/// random pool; the clock if that fails).
+fn new_incarnation() -> u64 {
+    let mut id = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into the u64 it is given.
+    let n = unsafe { libc::getrandom((&mut id as *mut u64).cast(), 8, 0) };
+    if n != 8 {
+        id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    id.max(1)
 }
 
 fn redirect(to: Option<u32>) -> Outcome {
@@ -68,6 +88,7 @@ impl Handler {
     pub fn new(config: &NodeConfig) -> Handler {
         Handler {
             node_id: config.node_id,
+            incarnation: new_incarnation(),
             store: Store::new(config.stripe_bits),
             ownership: Ownership::default(),
             records: CompletionTable::new(config.client_record_ttl()),
@@ -80,6 +101,7 @@ impl Handler {
             migration_batch_bytes: config.migration_batch_bytes,
             migration_transfer: config.migration_transfer,
             heat: HeatSketch::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             fetch_on_miss: config.migration_fetch_on_miss,
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }

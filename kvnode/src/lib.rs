@@ -253,7 +253,7 @@ async fn start_services(
         }
     });
 
-    tracing::info!(node = config.node_id, %data_addr, %control_addr, %metrics_addr, %transfer_addr, workers = config.workers, "node started");
+    tracing::info!(node = config.node_id, %data_addr, %control_addr, %metrics_addr, %transfer_addr, workers = config.workers, incarnation = format!("{:016x}", handler.incarnation), "node started");
     Ok(NodeHandle {
         node_id: config.node_id,
         data_addr,
@@ -293,29 +293,90 @@ pub fn transparent_huge_pages_disabled() -> std::io::Result<bool> {
     }
 }
 
-/// Runs a node until `shutdown` resolves, then stops it gracefully.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+/// Runs a node until `signal()` resolves, then stops it when it holds
+/// nothing ([`NodeHandle::stop_when_empty`], for at most
+/// `config.shutdown_wait_secs`; a second `signal()` stops it at once).
+pub async fn run<S, F>(config: NodeConfig, mut signal: S) -> Result<(), NodeError>
+where
+    S: FnMut() -> F,
+    F: Future<Output = ()>,
+{
+    let wait = Duration::from_secs(config.shutdown_wait_secs);
     if config.transport == config::TransportKind::Dpdk {
         let args =
             config::eal_args(config.sriov_resource.as_deref(), &config.eal_args, |v| std::env::var(v).ok())
                 .map_err(NodeError::Config)?;
-        return run_dpdk(config, args, shutdown).await;
+        return run_dpdk(config, args, wait, signal).await;
     }
     let node = start(config).await?;
-    shutdown.await;
-    tracing::info!(node = node.node_id, "shutting down");
-    node.shutdown().await;
+    signal().await;
+    node.stop_when_empty(wait, signal()).await;
     Ok(())
+}
+
+impl NodeHandle {
+    /// The end of a node told to stop (SIGTERM, Ctrl-C): while it holds
+    /// ranges it reports not ready and keeps serving them, and it stops once
+    /// they have been moved away, after `wait`, or at `now` (a second
+    /// signal), whichever comes first. What it still held is logged: it is
+    /// lost with the process.
+    pub async fn stop_when_empty(self, wait: Duration, now: impl Future<Output = ()>) {
+        let handler = self.handler.clone();
+        handler.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let held = || handler.ownership.ranges();
+        if !held().is_empty() && !wait.is_zero() {
+            tracing::warn!(
+                node = self.node_id,
+                ranges = held().len(),
+                wait_secs = wait.as_secs(),
+                "told to stop while holding ranges: not ready, serving them until they are moved away \
+                 (a second signal stops at once)"
+            );
+            let empty = async {
+                while !held().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                () = empty => tracing::info!(node = self.node_id, "every range moved away"),
+                () = tokio::time::sleep(wait) => {}
+                () = now => {}
+            }
+        }
+        let left = held();
+        if left.is_empty() {
+            tracing::info!(node = self.node_id, "shutting down, holding nothing");
+        } else {
+            let objects: i64 = {
+                let mut n = 0;
+                handler.ownership.for_each(|r| n += r.metrics.objects.get().max(0));
+                n
+            };
+            let ranges: Vec<String> = left.iter().map(ToString::to_string).collect();
+            tracing::error!(
+                node = self.node_id,
+                objects,
+                ranges = %ranges.join(" "),
+                "shutting down while holding ranges: their objects are lost"
+            );
+        }
+        self.shutdown().await;
+    }
 }
 
 /// Runs the node with its data path on DPDK (the control plane and bulk
 /// migration stay on the kernel's TCP).
 #[cfg(feature = "dpdk")]
-async fn run_dpdk(
+async fn run_dpdk<S, F>(
     config: NodeConfig,
     eal_args: Vec<String>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
+    wait: Duration,
+    mut signal: S,
+) -> Result<(), NodeError>
+where
+    S: FnMut() -> F,
+    F: Future<Output = ()>,
+{
     let port = config
         .dpdk_port
         .clone()
@@ -327,18 +388,22 @@ async fn run_dpdk(
     tracing::info!(%port, %local, eal = %eal_args.join(" "), "starting the DPDK data path");
     let dpdk = fulva_dpdk::DpdkConfig::new(eal_args, port, local);
     let node = start_dpdk(config, dpdk, CancellationToken::new()).await?;
-    shutdown.await;
-    tracing::info!(node = node.node_id, "shutting down");
-    node.shutdown().await;
+    signal().await;
+    node.stop_when_empty(wait, signal()).await;
     Ok(())
 }
 
 #[cfg(not(feature = "dpdk"))]
-async fn run_dpdk(
+async fn run_dpdk<S, F>(
     _config: NodeConfig,
     eal_args: Vec<String>,
-    _shutdown: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
+    _wait: Duration,
+    _signal: S,
+) -> Result<(), NodeError>
+where
+    S: FnMut() -> F,
+    F: Future<Output = ()>,
+{
     Err(NodeError::Config(format!(
         "this kvnode was built without the `dpdk` feature (cargo build -p fulva-kvnode --features dpdk); \
          EAL arguments would be: {}",

@@ -57,6 +57,16 @@ pub struct FulvaClusterSpec {
     /// When and how the cluster rebalances itself.
     #[serde(default)]
     pub rebalance: RebalancePolicy,
+    /// Seconds a kvnode may not answer before its ranges are declared lost
+    /// and given to the other nodes, empty (a pod that restarted is noticed
+    /// within a second, whatever this says).
+    #[serde(default = "default_node_gone_after")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub node_gone_after_seconds: u32,
+}
+
+fn default_node_gone_after() -> u32 {
+    30
 }
 
 fn default_image() -> String {
@@ -176,6 +186,14 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
 }
 
 impl FulvaClusterSpec {
+    /// How the operator's coordinator watches the kvnodes.
+    pub fn liveness(&self) -> fulva_coordinator::LivenessOptions {
+        fulva_coordinator::LivenessOptions {
+            gone_after: std::time::Duration::from_secs(self.node_gone_after_seconds.into()),
+            ..fulva_coordinator::LivenessOptions::default()
+        }
+    }
+
     /// Checks what the schema cannot; a bad spec changes nothing.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.nodes == 0 || self.nodes > 256 {
@@ -205,6 +223,9 @@ impl FulvaClusterSpec {
             if self.data_path.hugepages.as_deref().is_none_or(str::is_empty) {
                 return Err(invalid("dataPath.hugepages", "is required in dpdk mode (e.g. 1Gi)"));
             }
+        }
+        if !(5..=86400).contains(&self.node_gone_after_seconds) {
+            return Err(invalid("nodeGoneAfterSeconds", "must be between 5 and 86400"));
         }
         self.rebalance.validate()?;
         if self.rebalance.excluded_nodes.iter().filter(|&&n| n < self.nodes).count() as u32 >= self.nodes {

@@ -18,7 +18,7 @@ impl Coordinator {
     /// The destination of a move was lost after it served the range: the
     /// source, which kept its copy (frozen at the freeze), serves it again.
     /// The destination is told to drop the range if it ever answers again.
-    pub(super) async fn reclaim_without_destination(
+    pub(crate) async fn reclaim_without_destination(
         &self,
         ends: Ends,
     ) -> Result<Arc<ShardMap>, CoordinatorError> {
@@ -51,7 +51,7 @@ impl Coordinator {
 
     /// Keeps telling a lost node, for a while, to drop `range` (a node that
     /// was only cut off must not serve it again with an old map).
-    pub(super) fn fence(&self, node: NodeId, range: HashRange, epoch: u64) {
+    pub(crate) fn fence(&self, node: NodeId, range: HashRange, epoch: u64) {
         let Some(info) = self.map().node(node).cloned() else { return };
         tokio::spawn(async move {
             for _ in 0..300 {

@@ -1,4 +1,5 @@
-//! `fulva-kvnode`: runs one storage node until SIGINT or SIGTERM.
+//! `fulva-kvnode`: runs one storage node until SIGINT or SIGTERM (then until
+//! the ranges it holds are moved away, `--shutdown-wait-secs`, or a second signal).
 
 use clap::Parser;
 
@@ -28,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let explicit_id = matches.value_source("node_id") == Some(clap::parser::ValueSource::CommandLine)
         || matches.value_source("node_id") == Some(clap::parser::ValueSource::EnvVariable);
     cli.node.resolve_pod_identity(explicit_id).map_err(anyhow::Error::msg)?;
-    fulva_kvnode::run(cli.node, shutdown_signal()).await?;
+    fulva_kvnode::run(cli.node, shutdown_signal).await?;
     Ok(())
 }
 

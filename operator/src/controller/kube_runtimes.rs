@@ -4,11 +4,14 @@
 //! by pod IP; a node's id is its StatefulSet ordinal.
 
 use super::resources::{self, DATA_PORT, NODE_CONTROL_PORT};
-use super::runtime::{ClusterKey, JobStatus, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes};
+use super::runtime::{
+    ClusterKey, JobStatus, LossSummary, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes,
+};
 use crate::crd::{FulvaCluster, MoveStatus};
 use crate::k8s_store::ConfigMapMapStore;
 use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
 use fulva_coordinator::coordinator::Coordinator;
+use fulva_coordinator::liveness::watch_nodes;
 use fulva_coordinator::metrics::OperatorMetrics;
 use fulva_coordinator::probe::ProbeLatency;
 use fulva_coordinator::rebalance_job::{
@@ -39,6 +42,10 @@ struct ClusterRuntime {
     task: JoinHandle<()>,
     /// Move records already turned into Events: (range, started, ended?).
     reported: HashSet<(String, Instant, bool)>,
+    /// The node watch (restarted or gone nodes: their ranges declared lost).
+    watch: JoinHandle<()>,
+    /// The last loss already turned into an Event.
+    reported_loss: u64,
 }
 
 /// Coordinators and rebalancers of every cluster this operator drives.
@@ -130,6 +137,12 @@ impl KubeRuntimes {
             Rebalancer::new(coordinator.clone(), fc.spec.rebalance.clone(), self.metrics.clone());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(rebalancer.clone().run(shutdown.clone()));
+        let watch = tokio::spawn(watch_nodes(
+            coordinator.clone(),
+            fc.spec.liveness(),
+            Some(self.metrics.clone()),
+            shutdown.clone(),
+        ));
         self.directory.insert(cluster.to_string(), coordinator.clone());
         tracing::info!(%cluster, epoch = coordinator.map().epoch, "cluster runtime started");
         Ok(ClusterRuntime {
@@ -140,6 +153,8 @@ impl KubeRuntimes {
             shutdown,
             task,
             reported: HashSet::new(),
+            watch,
+            reported_loss: 0,
         })
     }
 }
@@ -234,6 +249,13 @@ impl Runtimes for KubeRuntimes {
                 }
             }
         }
+        let losses = coordinator.losses();
+        let reported = runtime.reported_loss;
+        for loss in losses.iter().filter(|l| l.id > reported) {
+            events.push(RuntimeEvent { warning: true, reason: "RangesLost".into(), note: loss.to_string() });
+        }
+        runtime.reported_loss = losses.last().map_or(reported, |l| l.id);
+        let last_loss = losses.last().map(|loss| LossSummary { at: loss.at, text: loss.to_string() });
         let last_rebalance = status.last_rebalance.map(|at| SystemTime::now() - at.elapsed());
         Ok(RuntimeReport {
             serving: true,
@@ -246,6 +268,7 @@ impl Runtimes for KubeRuntimes {
             events,
             proposal_pending: runtime.policy.mode == fulva_coordinator::policy::RebalanceMode::Proposal
                 && status.last_plan.as_ref().is_some_and(|p| p.moves() > 0),
+            last_loss,
         })
     }
 
@@ -345,6 +368,7 @@ impl Runtimes for KubeRuntimes {
         self.directory.remove(&cluster.to_string());
         runtime.shutdown.cancel();
         let _ = runtime.task.await;
+        let _ = runtime.watch.await;
         tracing::info!(%cluster, "cluster runtime stopped");
     }
 }

@@ -35,7 +35,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-pub use runtime::{ClusterKey, JobStatus, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes};
+pub use runtime::{ClusterKey, JobStatus, LossSummary, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,6 +313,7 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
         "no move in flight".to_string()
     };
     let degraded = runtime_error.is_some() || (existing_was_ready(&previous) && !all_ready);
+    let data_loss = data_loss_condition(&previous, report.last_loss.as_ref(), generation);
     let mut status = FulvaClusterStatus {
         observed_generation: generation,
         conditions: vec![
@@ -331,6 +332,7 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
                 runtime_error.clone().unwrap_or_else(|| format!("{ready_nodes} of {desired} nodes ready")),
                 generation,
             ),
+            data_loss,
         ],
         ready_nodes,
         shards: report.shards,
@@ -360,6 +362,24 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     } else {
         Action::requeue(Duration::from_secs(30))
     })
+}
+
+/// The DataLoss condition: True from the first time ranges were declared
+/// lost (a kvnode restarted empty or stayed gone), naming the latest loss and
+/// when it happened; kept across operator restarts from the previous status.
+fn data_loss_condition(
+    previous: &FulvaClusterStatus,
+    loss: Option<&LossSummary>,
+    generation: Option<i64>,
+) -> Condition {
+    if let Some(loss) = loss {
+        let at = k8s_openapi::jiff::Timestamp::try_from(loss.at).map(|t| t.to_string()).unwrap_or_default();
+        return condition("DataLoss", true, "RangesLost", format!("{} at {at}", loss.text), generation);
+    }
+    match previous.conditions.iter().find(|c| c.type_ == "DataLoss" && c.status == "True") {
+        Some(kept) => Condition { observed_generation: generation, ..kept.clone() },
+        None => condition("DataLoss", false, "NoneLost", "no range was ever declared lost", generation),
+    }
 }
 
 /// In proposal mode: makes sure an open FulvaRebalance carries the

@@ -85,6 +85,18 @@ pub struct RuntimeReport {
     /// In proposal mode: the rebalancer has a plan waiting (the reconciler
     /// turns it into a FulvaRebalance).
     pub proposal_pending: bool,
+    /// The latest ranges declared lost (a node restarted empty or stayed
+    /// gone), for the DataLoss condition; `None` when this runtime declared none.
+    pub last_loss: Option<LossSummary>,
+}
+
+/// Ranges declared lost, as the DataLoss condition names them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossSummary {
+    /// When.
+    pub at: SystemTime,
+    /// What, for people: the node, the cause, the ranges and where they are served now.
+    pub text: String,
 }
 
 /// A one-shot rebalance as its runtime reports it.
