@@ -63,6 +63,45 @@ pub struct FulvaClusterSpec {
     #[serde(default = "default_node_gone_after")]
     #[schemars(range(min = 5, max = 86400))]
     pub node_gone_after_seconds: u32,
+    /// How kvnode pods are replaced (rolling updates, node maintenance).
+    #[serde(default)]
+    pub update: UpdateSpec,
+}
+
+/// How the operator replaces kvnode pods: every pod whose template is out of
+/// date, or whose Kubernetes Node is cordoned or carries a maintenance taint,
+/// is emptied by live moves first and deleted only when it holds nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UpdateSpec {
+    /// Pods drained and replaced at once.
+    #[schemars(range(min = 1, max = 256))]
+    pub max_unavailable: u32,
+    /// The kvnode pods' terminationGracePeriodSeconds: how long a pod told to
+    /// stop while it still holds ranges keeps serving them while the
+    /// operator moves them away. Size it for a drain: a node's bytes over the
+    /// policy's bandwidth limit (docs/operations.md).
+    #[schemars(range(min = 10, max = 86400))]
+    pub termination_grace_period_seconds: u32,
+    /// Node taints (by key) that mark a Node for maintenance: kvnode pods on
+    /// it are drained and moved off. A cordoned Node (spec.unschedulable)
+    /// always counts.
+    pub maintenance_taints: Vec<String>,
+}
+
+/// The taint `kubectl cordon` and `kubectl drain` put on a Node.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+/// The taint an administrator sets to have Fulva move off a Node.
+pub const MAINTENANCE_TAINT: &str = "fulva.io/maintenance";
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            max_unavailable: 1,
+            termination_grace_period_seconds: 300,
+            maintenance_taints: vec![UNSCHEDULABLE_TAINT.to_string(), MAINTENANCE_TAINT.to_string()],
+        }
+    }
 }
 
 fn default_node_gone_after() -> u32 {
@@ -147,6 +186,50 @@ pub struct FulvaClusterStatus {
     /// Where clients fetch the shard map (host:port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_endpoint: Option<String>,
+    /// The rolling replacement of kvnode pods (template changes, node
+    /// maintenance), while one runs or after it paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateStatus>,
+}
+
+/// A rolling replacement of kvnode pods as it stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStatus {
+    /// The StatefulSet revision pods are brought to.
+    pub revision: String,
+    /// Draining, WaitingForPod, Paused or Done.
+    pub phase: String,
+    /// Pods replaced in this update.
+    pub pods_done: u32,
+    /// Pods this update replaces in all (done + in progress + waiting).
+    pub pods_total: u32,
+    /// The pods being replaced now.
+    #[serde(default)]
+    pub in_progress: Vec<PodInProgress>,
+    /// Why the update paused (a failed move, no room on the other nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it paused (RFC 3339); it tries again a minute later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
+}
+
+/// One pod being replaced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInProgress {
+    /// Pod name.
+    pub pod: String,
+    /// Its node id (the StatefulSet ordinal).
+    pub node: u32,
+    /// The uid of the pod being replaced (a new pod of the same name has another).
+    pub uid: String,
+    /// Why: Outdated (template changed), Maintenance (its Node is cordoned or
+    /// tainted) or Terminating (deleted by someone else while holding ranges).
+    pub reason: String,
+    /// Draining, Deleted (waiting for the new pod) or Paused.
+    pub step: String,
 }
 
 /// One move in flight.
@@ -223,6 +306,12 @@ impl FulvaClusterSpec {
             if self.data_path.hugepages.as_deref().is_none_or(str::is_empty) {
                 return Err(invalid("dataPath.hugepages", "is required in dpdk mode (e.g. 1Gi)"));
             }
+        }
+        if !(1..=256).contains(&self.update.max_unavailable) {
+            return Err(invalid("update.maxUnavailable", "must be between 1 and 256"));
+        }
+        if !(10..=86400).contains(&self.update.termination_grace_period_seconds) {
+            return Err(invalid("update.terminationGracePeriodSeconds", "must be between 10 and 86400"));
         }
         if !(5..=86400).contains(&self.node_gone_after_seconds) {
             return Err(invalid("nodeGoneAfterSeconds", "must be between 5 and 86400"));

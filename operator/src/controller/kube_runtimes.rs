@@ -7,10 +7,12 @@ use super::resources::{self, DATA_PORT, NODE_CONTROL_PORT};
 use super::runtime::{
     ClusterKey, JobStatus, LossSummary, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes,
 };
+use super::update::DrainState;
 use crate::crd::{FulvaCluster, MoveStatus};
 use crate::k8s_store::ConfigMapMapStore;
 use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
 use fulva_coordinator::coordinator::Coordinator;
+use fulva_coordinator::drain::DrainOptions;
 use fulva_coordinator::liveness::watch_nodes;
 use fulva_coordinator::metrics::OperatorMetrics;
 use fulva_coordinator::probe::ProbeLatency;
@@ -46,6 +48,14 @@ struct ClusterRuntime {
     watch: JoinHandle<()>,
     /// The last loss already turned into an Event.
     reported_loss: u64,
+    /// Drains of nodes whose pods are being replaced.
+    drains: HashMap<u32, NodeDrain>,
+}
+
+/// A drain running (or ended) in a cluster's runtime.
+struct NodeDrain {
+    state: Arc<parking_lot::Mutex<DrainState>>,
+    task: JoinHandle<()>,
 }
 
 /// Coordinators and rebalancers of every cluster this operator drives.
@@ -155,6 +165,7 @@ impl KubeRuntimes {
             reported: HashSet::new(),
             watch,
             reported_loss: 0,
+            drains: HashMap::new(),
         })
     }
 }
@@ -188,7 +199,11 @@ impl Runtimes for KubeRuntimes {
         }
         runtime.policy = fc.spec.rebalance.clone();
         // Automatic rebalancing waits while a one-shot rebalance runs.
-        runtime.rebalancer.set_held(runtime.jobs.values().any(|j| j.report().phase == JobPhase::Running));
+        // So does it while pods are being replaced (the drains move ranges themselves).
+        runtime.rebalancer.set_held(
+            runtime.jobs.values().any(|j| j.report().phase == JobPhase::Running)
+                || !runtime.drains.is_empty(),
+        );
         // Nodes above the StatefulSet's size are leaving too: nothing may move onto them.
         let leaving =
             coordinator.map().nodes.iter().map(|n| n.id).filter(|&id| id >= replicas).collect::<Vec<_>>();
@@ -363,8 +378,56 @@ impl Runtimes for KubeRuntimes {
         }
     }
 
+    async fn drain_node(&self, cluster: &ClusterKey, node: u32, retry: bool) -> DrainState {
+        let mut clusters = self.clusters.lock().await;
+        let Some(runtime) = clusters.get_mut(cluster) else {
+            return DrainState::Refused("the cluster's coordinator is not running yet".into());
+        };
+        if let Some(drain) = runtime.drains.get(&node) {
+            let state = drain.state.lock().clone();
+            let again = retry && matches!(state, DrainState::Failed(_) | DrainState::Refused(_));
+            if !again {
+                return state;
+            }
+        }
+        let mut options = DrainOptions::from_policy(&runtime.policy);
+        options.excluded.extend(runtime.drains.keys().copied().filter(|&n| n != node));
+        if let Err(err) = runtime.coordinator.check_drain_capacity(node, &options).await {
+            return DrainState::Refused(err.to_string());
+        }
+        runtime.rebalancer.set_held(true);
+        let state = Arc::new(parking_lot::Mutex::new(DrainState::Running { moved: 0, total: 0 }));
+        let (coordinator, shared) = (runtime.coordinator.clone(), state.clone());
+        let task = tokio::spawn(async move {
+            let result = coordinator
+                .drain(node, &options, |p| {
+                    *shared.lock() = DrainState::Running { moved: p.moved, total: p.total };
+                })
+                .await;
+            *shared.lock() = match result {
+                Ok(_) => DrainState::Done,
+                Err(err) => DrainState::Failed(err.to_string()),
+            };
+        });
+        if let Some(old) = runtime.drains.insert(node, NodeDrain { state, task }) {
+            old.task.abort();
+        }
+        tracing::info!(%cluster, node, "draining a node before its pod is replaced");
+        DrainState::Running { moved: 0, total: 0 }
+    }
+
+    async fn release_node(&self, cluster: &ClusterKey, node: u32) {
+        let mut clusters = self.clusters.lock().await;
+        if let Some(drain) = clusters.get_mut(cluster).and_then(|r| r.drains.remove(&node)) {
+            drain.task.abort();
+        }
+    }
+
     async fn stop(&self, cluster: &ClusterKey) {
         let Some(runtime) = self.clusters.lock().await.remove(cluster) else { return };
+        for drain in runtime.drains.values() {
+            drain.task.abort();
+        }
         self.directory.remove(&cluster.to_string());
         runtime.shutdown.cancel();
         let _ = runtime.task.await;

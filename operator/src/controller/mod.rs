@@ -20,6 +20,7 @@ pub mod kube_runtimes;
 pub mod rebalance;
 pub mod resources;
 pub mod runtime;
+pub mod update;
 
 use crate::crd::{FulvaCluster, FulvaClusterStatus};
 use crate::k8s;
@@ -27,13 +28,15 @@ use crate::rebalance_crd::{FulvaRebalance, FulvaRebalanceSpec, RebalanceGoal, CL
 use fulva_coordinator::metrics::OperatorMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 pub use runtime::{ClusterKey, JobStatus, LossSummary, RuntimeError, RuntimeEvent, RuntimeReport, Runtimes};
 use std::sync::Arc;
@@ -112,8 +115,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let clusters = Api::<FulvaCluster>::all(ctx.client.clone());
     let statefulsets = Api::<StatefulSet>::all(ctx.client.clone());
     let rebalances = Api::<FulvaRebalance>::all(ctx.client.clone());
+    let pods = Api::<Pod>::all(ctx.client.clone());
+    let kvnodes = watcher::Config::default().labels("app.kubernetes.io/component=kvnode").any_semantic();
     let cluster_controller = Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(statefulsets, watcher::Config::default().any_semantic())
+        // A kvnode pod that starts, stops or is deleted moves a replacement on.
+        .watches(pods, kvnodes, |pod: Pod| {
+            let cluster = pod.labels().get("app.kubernetes.io/instance").cloned();
+            cluster.map(|name| ObjectRef::new(&name).within(&pod.namespace().unwrap_or_default()))
+        })
+        // A Node cordoned or (un)tainted: every cluster looks at its pods.
+        .reconcile_all_on(node_maintenance_changes(ctx.client.clone()))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -130,6 +142,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         });
     futures::join!(cluster_controller, rebalance_controller);
+}
+
+/// Fires when a Node's cordon or taints change (not on its status heartbeats).
+fn node_maintenance_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let nodes = Api::<Node>::all(client);
+    let mut seen: std::collections::HashMap<String, (bool, Vec<String>)> = std::collections::HashMap::new();
+    watcher(nodes, watcher::Config::default().any_semantic())
+        .applied_objects()
+        .filter_map(move |node| {
+            let changed = node.ok().is_some_and(|node| {
+                let spec = node.spec.clone().unwrap_or_default();
+                let mut taints: Vec<String> = spec.taints.unwrap_or_default().into_iter().map(|t| t.key).collect();
+                taints.sort();
+                let now = (spec.unschedulable.unwrap_or(false), taints);
+                seen.insert(node.name_any(), now.clone()).is_some_and(|before| before != now)
+            });
+            futures::future::ready(changed.then_some(()))
+        })
 }
 
 /// Retries a failed reconcile after a short pause.
@@ -234,6 +264,9 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     k8s::apply(&services, &resources::nodes_service_name(fc), FIELD_MANAGER, &nodes_service).await?;
     let control_service = resources::control_service(fc, &ctx.operator_service_host);
     k8s::apply(&services, &resources::control_service_name(fc), FIELD_MANAGER, &control_service).await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    let budget = resources::disruption_budget(fc);
+    k8s::apply(&budgets, &resources::disruption_budget_name(fc), FIELD_MANAGER, &budget).await?;
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = crate::k8s::get_if_exists(&statefulsets, &resources::statefulset_name(fc)).await?;
@@ -285,6 +318,42 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
         .or_else(|| existing.and_then(|s| s.status?.ready_replicas));
     let ready_nodes = ready_nodes.unwrap_or(0).max(0) as u32;
 
+    // Pods to replace (template changed, Node under maintenance, deleted
+    // while holding ranges): one step of the rolling replacement.
+    let revision = applied.status.as_ref().and_then(|s| s.update_revision.clone());
+    let pods = update::list_pods(&ctx.client, namespace, fc).await?;
+    let kube_nodes = update::list_nodes(&ctx.client, &pods).await?;
+    let wanted = update::wanted(&pods, &kube_nodes, revision.as_deref(), replicas, &fc.spec.update);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let paused_for = previous
+        .update
+        .as_ref()
+        .and_then(|u| u.paused_at.as_deref())
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .and_then(|t| Duration::try_from(now.duration_since(t)).ok());
+    let drains = update::ClusterDrains { runtimes: ctx.runtimes.as_ref(), cluster: &key };
+    let step = update::step(
+        previous.update.as_ref(),
+        &pods,
+        &wanted,
+        revision.as_deref(),
+        &fc.spec.update,
+        &drains,
+        paused_for,
+        &now.to_string(),
+    )
+    .await;
+    for (pod, uid) in &step.delete {
+        update::delete_pod(&ctx.client, namespace, pod, uid).await?;
+    }
+    for node in &step.released {
+        ctx.runtimes.release_node(&key, *node).await;
+    }
+    for (warning, reason, note) in &step.events {
+        publish(ctx, fc, *warning, reason, note.clone(), "Update").await;
+    }
+    let (updating, updating_reason, updating_message) = update::condition_text(step.status.as_ref());
+
     for event in &report.events {
         publish(ctx, fc, event.warning, &event.reason, event.note.clone(), "Rebalance").await;
     }
@@ -333,6 +402,7 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
                 generation,
             ),
             data_loss,
+            condition("Updating", updating, &updating_reason, updating_message, generation),
         ],
         ready_nodes,
         shards: report.shards,
@@ -351,13 +421,14 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
             resources::control_service_name(fc),
             ctx.control_port
         )),
+        update: step.status.clone(),
     };
     carry_transitions(&previous.conditions, &mut status.conditions);
     patch_status(&clusters, &name, &status).await?;
     if report.proposal_pending {
         ensure_proposal(ctx, fc, namespace, report.map_epoch).await?;
     }
-    Ok(if rebalancing || !ready {
+    Ok(if rebalancing || !ready || updating {
         Action::requeue(Duration::from_secs(5))
     } else {
         Action::requeue(Duration::from_secs(30))
@@ -450,3 +521,5 @@ async fn cleanup(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Ac
 mod rebalance_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;

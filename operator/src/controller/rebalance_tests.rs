@@ -4,8 +4,8 @@
 
 use super::rebalance::reconcile as reconcile_rebalance;
 use super::tests::{
-    cluster, condition_of, context, expect_services, serving, statefulset, stored, FakeRuntimes, CLUSTERS,
-    EVENTS, NS, STS,
+    cluster, condition_of, context, expect_pods, expect_services, serving, statefulset, stored, FakeRuntimes,
+    CLUSTERS, EVENTS, NS, STS,
 };
 use super::*;
 use crate::fixtures::MockApi;
@@ -386,6 +386,7 @@ async fn a_cluster_in_proposal_mode_creates_one_open_rebalance_for_its_plan() {
         expect_services(&mut api).await;
         api.expect("GET", STS, 200, statefulset(3, 3)).await;
         api.expect("PATCH", STS, 200, statefulset(3, 3)).await;
+        expect_pods(&mut api, json!([])).await;
         api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await;
         let list = api.expect("GET", REBALANCES, 200, json!({"apiVersion": "fulva.io/v1alpha1", "kind": "FulvaRebalanceList", "metadata": {}, "items": []})).await;
         assert!(
@@ -405,6 +406,7 @@ async fn a_cluster_in_proposal_mode_creates_one_open_rebalance_for_its_plan() {
         expect_services(&mut api).await;
         api.expect("GET", STS, 200, statefulset(3, 3)).await;
         api.expect("PATCH", STS, 200, statefulset(3, 3)).await;
+        expect_pods(&mut api, json!([])).await;
         api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await;
         let open = json!({"apiVersion": "fulva.io/v1alpha1", "kind": "FulvaRebalanceList", "metadata": {},
             "items": [{"apiVersion": "fulva.io/v1alpha1", "kind": "FulvaRebalance",

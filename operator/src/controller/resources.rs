@@ -1,12 +1,13 @@
 //! The Kubernetes objects a FulvaCluster owns, built from its spec.
 
 use crate::crd::{DataPathMode, FulvaCluster};
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -73,6 +74,32 @@ fn port(name: &str, port: i32, protocol: &str) -> ServicePort {
     }
 }
 
+/// The PodDisruptionBudget of the kvnode pods.
+pub fn disruption_budget_name(fc: &FulvaCluster) -> String {
+    format!("{}-kvnodes", fc.name_any())
+}
+
+/// How long a kvnode told to stop keeps serving the ranges it holds: the
+/// grace period less ten seconds (to log and exit before the SIGKILL).
+pub fn shutdown_wait_secs(grace: u32) -> u32 {
+    grace.saturating_sub(10).max(1)
+}
+
+/// No eviction of a kvnode pod is allowed (maxUnavailable 0): an evicted pod
+/// would take its objects with it. `kubectl drain` waits while the operator,
+/// seeing the Node cordoned, moves the pod's ranges away and deletes it.
+pub fn disruption_budget(fc: &FulvaCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(fc, disruption_budget_name(fc)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(0)),
+            selector: Some(LabelSelector { match_labels: Some(labels(fc)), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
 /// The headless Service of the kvnode pods (stable DNS per pod, ready or not:
 /// the operator decides when a node serves).
 pub fn nodes_service(fc: &FulvaCluster) -> Service {
@@ -126,6 +153,12 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
         env_var("FULVA_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env_var("FULVA_TRANSFER_ADDR", format!("0.0.0.0:{TRANSFER_PORT}")),
         env_var("FULVA_WORKERS", spec.workers.to_string()),
+        // Told to stop while holding ranges, a node serves them until the
+        // operator has moved them away, ending a little before the kubelet's SIGKILL.
+        env_var(
+            "FULVA_SHUTDOWN_WAIT_SECS",
+            shutdown_wait_secs(spec.update.termination_grace_period_seconds).to_string(),
+        ),
         EnvVar {
             name: "FULVA_POD_NAME".to_string(),
             value_from: Some(EnvVarSource {
@@ -234,6 +267,12 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
             service_name: Some(nodes_service_name(fc)),
             // Nodes start together; data lives in memory, so no volumes to wait for.
             pod_management_policy: Some("Parallel".to_string()),
+            // The operator replaces pods itself, each after its ranges moved away
+            // (a rolling update by the StatefulSet would lose every object).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
             selector: LabelSelector { match_labels: Some(labels(fc)), ..LabelSelector::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -243,6 +282,9 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    termination_grace_period_seconds: Some(
+                        spec.update.termination_grace_period_seconds.into(),
+                    ),
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     security_context: (!dpdk).then(|| PodSecurityContext {
                         run_as_non_root: Some(true),
@@ -273,6 +315,24 @@ mod tests {
 
     fn pod(sts: &StatefulSet) -> PodSpec {
         sts.spec.as_ref().unwrap().template.spec.clone().unwrap()
+    }
+
+    #[test]
+    fn pods_are_replaced_by_the_operator_and_no_eviction_is_allowed() {
+        let fc = cluster(json!({"nodes": 3, "update": {"terminationGracePeriodSeconds": 120}}));
+        let sts = statefulset(&fc, 3);
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.update_strategy.as_ref().unwrap().type_.as_deref(), Some("OnDelete"));
+        let pod = pod(&sts);
+        assert_eq!(pod.termination_grace_period_seconds, Some(120));
+        let env = pod.containers[0].env.clone().unwrap();
+        let wait = env.iter().find(|e| e.name == "FULVA_SHUTDOWN_WAIT_SECS").unwrap();
+        assert_eq!(wait.value.as_deref(), Some("110"), "the node stops serving before the SIGKILL");
+        let pdb = disruption_budget(&fc);
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(spec.selector.unwrap().match_labels, Some(labels(&fc)));
+        assert_eq!(pdb.metadata.owner_references.unwrap()[0].uid, "u1");
     }
 
     #[test]

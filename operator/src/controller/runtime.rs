@@ -1,6 +1,7 @@
 //! What the reconciler needs from the clusters' running parts (coordinator,
 //! rebalancer): bring one up to date with its pods and report on it.
 
+use super::update::DrainState;
 use crate::crd::{FulvaCluster, MoveStatus};
 use crate::rebalance_crd::{FulvaRebalanceSpec, Proposal};
 use fulva_coordinator::probe::ProbeError;
@@ -126,6 +127,14 @@ pub trait Runtimes: Send + Sync + 'static {
 
     /// Stops the runtime of a deleted cluster (moves in flight roll back).
     async fn stop(&self, cluster: &ClusterKey);
+
+    /// Where the drain of `node` (before its pod is replaced) stands; starts
+    /// it when none runs, or again after a failure when `retry` is set.
+    /// Automatic rebalancing holds while any drain runs.
+    async fn drain_node(&self, cluster: &ClusterKey, node: u32, retry: bool) -> DrainState;
+
+    /// The pod of `node` was replaced: it may receive ranges again.
+    async fn release_node(&self, cluster: &ClusterKey, node: u32);
 
     /// Plans the one-shot rebalance `spec` of `cluster` from its current load.
     async fn propose(

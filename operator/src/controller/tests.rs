@@ -10,6 +10,8 @@ pub(super) const NS: &str = "default";
 pub(super) const CLUSTERS: &str = "/apis/fulva.io/v1alpha1/namespaces/default/fulvaclusters/demo";
 pub(super) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 pub(super) const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/demo";
+pub(super) const PDB: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo-kvnodes";
+pub(super) const PODS: &str = "/api/v1/namespaces/default/pods";
 
 /// A runtime that reports what the test tells it to and records calls.
 #[derive(Default)]
@@ -28,6 +30,12 @@ pub(super) struct FakeRuntimes {
     pub(super) rates: Mutex<Vec<(Option<f64>, Option<u64>)>>,
     /// Rebalances stopped.
     pub(super) stops: Mutex<Vec<String>>,
+    /// What `drain_node` answers per node (absent: running).
+    pub(super) drain_states: Mutex<std::collections::HashMap<u32, update::DrainState>>,
+    /// Drains asked for: (node, retry).
+    pub(super) drains_asked: Mutex<Vec<(u32, bool)>>,
+    /// Nodes released after their pods were replaced.
+    pub(super) released: Mutex<Vec<u32>>,
 }
 
 #[tonic::async_trait]
@@ -45,6 +53,19 @@ impl Runtimes for FakeRuntimes {
 
     async fn stop(&self, cluster: &ClusterKey) {
         self.stopped.lock().push(cluster.clone());
+    }
+
+    async fn drain_node(&self, _cluster: &ClusterKey, node: u32, retry: bool) -> update::DrainState {
+        self.drains_asked.lock().push((node, retry));
+        self.drain_states
+            .lock()
+            .get(&node)
+            .cloned()
+            .unwrap_or(update::DrainState::Running { moved: 0, total: 1 })
+    }
+
+    async fn release_node(&self, _cluster: &ClusterKey, node: u32) {
+        self.released.lock().push(node);
     }
 
     async fn propose(
@@ -147,6 +168,21 @@ pub(super) async fn expect_services(api: &mut MockApi) {
         api.expect("PATCH", "/api/v1/namespaces/default/services/demo-control", 200, Value::Null).await;
     assert_eq!(control.body["spec"]["type"], "ExternalName");
     assert_eq!(control.body["spec"]["externalName"], "fulva-operator.fulva-system.svc");
+    let budget = api.expect("PATCH", PDB, 200, Value::Null).await;
+    assert_eq!(budget.body["spec"]["maxUnavailable"], 0, "no kvnode pod may be evicted");
+}
+
+/// The kvnode pods listed by their labels (and, when any is scheduled, the Nodes).
+pub(super) async fn expect_pods(api: &mut MockApi, pods: Value) {
+    let list = api
+        .expect(
+            "GET",
+            PODS,
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+        )
+        .await;
+    assert!(list.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Ddemo"), "{}", list.query);
 }
 
 #[tokio::test]
@@ -181,6 +217,7 @@ async fn a_new_cluster_gets_its_services_statefulset_and_status() {
         expect_services(&mut api).await;
         api.refuse("GET", STS, 404, "NotFound").await;
         let sts = api.expect("PATCH", STS, 200, statefulset(3, 3)).await;
+        expect_pods(&mut api, json!([])).await;
         assert_eq!(sts.body["spec"]["replicas"], 3);
         assert_eq!(sts.body["spec"]["serviceName"], "demo-nodes");
         let container = &sts.body["spec"]["template"]["spec"]["containers"][0];
@@ -243,6 +280,7 @@ async fn scaling_out_grows_the_statefulset_at_once() {
         let event = api.expect("POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event.body["reason"], "ScaledOut");
         let sts = api.expect("PATCH", STS, 200, statefulset(5, 3)).await;
+        expect_pods(&mut api, json!([])).await;
         assert_eq!(sts.body["spec"]["replicas"], 5);
         let status =
             api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
@@ -279,6 +317,7 @@ async fn scaling_in_drains_the_nodes_before_the_statefulset_shrinks() {
         let event = api.expect("POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event.body["reason"], "Draining");
         let sts = api.expect("PATCH", STS, 200, statefulset(3, 3)).await;
+        expect_pods(&mut api, json!([])).await;
         assert_eq!(sts.body["spec"]["replicas"], 3, "node 2 still owns ranges: no shrink yet");
         let status =
             api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
@@ -302,6 +341,7 @@ async fn scaling_in_drains_the_nodes_before_the_statefulset_shrinks() {
         let event = api.expect("POST", EVENTS, 201, Value::Null).await;
         assert_eq!(event.body["reason"], "ScaledIn");
         let sts = api.expect("PATCH", STS, 200, statefulset(2, 2)).await;
+        expect_pods(&mut api, json!([])).await;
         assert_eq!(sts.body["spec"]["replicas"], 2);
         let status =
             api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
@@ -332,6 +372,7 @@ async fn moves_become_events() {
         expect_services(&mut api).await;
         api.expect("GET", STS, 200, statefulset(3, 3)).await;
         api.expect("PATCH", STS, 200, statefulset(3, 3)).await;
+        expect_pods(&mut api, json!([])).await;
         let finished = api.expect("POST", EVENTS, 201, Value::Null).await;
         assert_eq!(
             (finished.body["type"].as_str(), finished.body["reason"].as_str()),
