@@ -283,10 +283,16 @@ impl Coordinator {
         let mut ranges: Vec<(HashRange, u64)> =
             owned.iter().map(|r| (*r, holdings.range_bytes.get(r).copied().unwrap_or(0))).collect();
         ranges.sort_by_key(|&(r, bytes)| (std::cmp::Reverse(bytes), r.first));
+        // Ties (empty ranges) go round: the fewest ranges given so far, then the lowest id.
+        let mut given: HashMap<NodeId, usize> = HashMap::new();
         let mut plan = Vec::new();
         for (range, bytes) in ranges {
-            let (&to, _) = load.iter().min_by_key(|(&n, &b)| (b, n)).expect("receivers exist");
+            let to = *load
+                .keys()
+                .min_by_key(|&&n| (load[&n], given.get(&n).copied().unwrap_or(0), n))
+                .expect("receivers exist");
             *load.get_mut(&to).expect("a receiver") += bytes;
+            *given.entry(to).or_default() += 1;
             plan.push((range, to));
         }
         let total = report.moves.len() + plan.len();

@@ -1,11 +1,20 @@
 """End-to-end run of the real `fulva-operator` binary against kmock's
 KubernetesEmulator (an in-memory Kubernetes API over HTTP on loopback).
 
-A FulvaCluster is stored in the emulator; the operator must take the leader
-Lease, add its finalizer, create the StatefulSet and the Services, and write
-status. Exit code 0 when all of that happened, 1 with the reason otherwise.
+1. A FulvaCluster is stored in the emulator; the operator must take the
+   leader Lease, add its finalizer, create the StatefulSet and the Services,
+   and write status.
+2. A rolling update: three kvnode pods are stored with loopback IPs
+   (127.0.0.21-23) and three real `fulva-kvnode` processes listen on those
+   addresses (the ports the operator expects). The StatefulSet's status names
+   a new revision the pods do not have. The operator must bootstrap the shard
+   map over the real nodes, drain the highest-ordinal pod with live moves and
+   delete it only once the map gives its node nothing. kmock runs no pods:
+   nothing recreates the deleted pod, so the update stops there.
 
-    python3 tests/e2e/kmock_operator.py target/debug/fulva-operator
+Exit code 0 when all of that happened, 1 with the reason otherwise.
+
+    python3 tests/e2e/kmock_operator.py target/debug/fulva-operator [target/debug/fulva-kvnode]
 """
 
 import asyncio
@@ -108,5 +117,95 @@ async def main(binary: str) -> int:
         return 1
 
 
+PODS = kmock.resource("", "v1", "pods")
+CONFIGMAPS = kmock.resource("", "v1", "configmaps")
+
+
+async def rolling_update(binary: str, kvnode: str) -> int:
+    """Part 2 (see the module text)."""
+    nodes = []
+    async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
+        for resource in ["fulva.io/v1alpha1/fulvaclusters", "fulva.io/v1alpha1/fulvarebalances", "apps/v1/statefulsets",
+                         "v1/services", "v1/pods", "v1/nodes", "v1/configmaps", "policy/v1/poddisruptionbudgets",
+                         "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
+            k.resources[resource] = {}
+        k.objects[CLUSTERS, "default", "demo"] = {
+            "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaCluster",
+            "metadata": {"name": "demo", "namespace": "default", "uid": "e2e-uid", "generation": 1,
+                         "resourceVersion": "1", "finalizers": ["e2e.example/keep"]},
+            "spec": {"nodes": 3, "initialShards": 6, "rebalance": {"mode": "off"}},
+        }
+        for i in range(3):
+            ip = f"127.0.0.{21 + i}"
+            nodes.append(await asyncio.create_subprocess_exec(
+                kvnode, f"--node-id={i}", f"--data-addr={ip}:7100", f"--control-addr={ip}:7101",
+                f"--transfer-addr={ip}:7102", f"--metrics-addr={ip}:9100",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+            k.objects[PODS, "default", f"demo-{i}"] = {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"demo-{i}", "namespace": "default", "uid": f"pod-{i}",
+                             "labels": {"app.kubernetes.io/name": "fulva", "app.kubernetes.io/instance": "demo",
+                                        "app.kubernetes.io/component": "kvnode",
+                                        "controller-revision-hash": "demo-old"}},
+                "spec": {"containers": [{"name": "kvnode"}]},
+                "status": {"phase": "Running", "podIP": ip},
+            }
+        with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False) as f:
+            f.write(kubeconfig(str(server.url).rstrip("/")))
+        env = dict(os.environ, KUBECONFIG=f.name, POD_NAMESPACE="default", POD_NAME="e2e-operator",
+                   RUST_LOG=os.environ.get("RUST_LOG", "info"),
+                   FULVA_OPERATOR_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+                   FULVA_OPERATOR_CONTROL_ADDR=f"127.0.0.1:{free_port()}")
+        proc = await asyncio.create_subprocess_exec(binary, env=env)
+        checks = {"statefulset updateStrategy OnDelete": False, "shard map over the real nodes": False,
+                  "Updating condition names the pod": False, "pod deleted only once its node owned nothing": False}
+        owned_at_delete = None
+        try:
+            for _ in range(600):  # 60 s at most
+                await asyncio.sleep(0.1)
+                sts = get(k, STATEFULSETS, "demo")
+                if sts is not None:
+                    checks["statefulset updateStrategy OnDelete"] = \
+                        sts.get("spec", {}).get("updateStrategy", {}).get("type") == "OnDelete"
+                    if sts.get("status", {}).get("updateRevision") != "demo-new":
+                        # What the StatefulSet controller would report after a template change.
+                        sts.setdefault("status", {})["updateRevision"] = "demo-new"
+                        k.objects[STATEFULSETS, "default", "demo"] = sts
+                cm = get(k, CONFIGMAPS, "demo-shard-map")
+                owners = None
+                if cm is not None:
+                    shard_map = json.loads(next(iter(cm.get("data", {}).values()), "{}") or "{}")
+                    owners = [s.get("owner", 0) for s in shard_map.get("shards", [])]
+                    checks["shard map over the real nodes"] = len(owners) >= 6 and 2 in owners or checks["shard map over the real nodes"]
+                conditions = (get(k, CLUSTERS, "demo") or {}).get("status", {}).get("conditions", [])
+                if any(c.get("type") == "Updating" and c.get("status") == "True" and "demo-2" in c.get("message", "")
+                       for c in conditions):
+                    checks["Updating condition names the pod"] = True
+                if get(k, PODS, "demo-2") is None and owned_at_delete is None:
+                    owned_at_delete = owners
+                    checks["pod deleted only once its node owned nothing"] = owners is not None and 2 not in owners
+                if all(checks.values()) or proc.returncode is not None:
+                    break
+        finally:
+            # The kvnodes still hold ranges: SIGTERM would have them wait for a
+            # drain; these are killed.
+            for p, stop in [(proc, proc.terminate), *[(n, n.kill) for n in nodes]]:
+                if p.returncode is None:
+                    stop()
+                    await p.wait()
+            os.unlink(f.name)
+        for name, ok in checks.items():
+            print(f"{'ok  ' if ok else 'FAIL'} {name}")
+        if not all(checks.values()):
+            fc = get(k, CLUSTERS, "demo") or {}
+            print("status:", json.dumps(fc.get("status"), indent=1)[:2000])
+            print("owners when the pod went:", owned_at_delete)
+            return 1
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1])))
+    code = asyncio.run(main(sys.argv[1]))
+    if code == 0 and len(sys.argv) > 2:
+        code = asyncio.run(rolling_update(sys.argv[1], sys.argv[2]))
+    sys.exit(code)

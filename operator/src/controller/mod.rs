@@ -148,18 +148,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 fn node_maintenance_changes(client: Client) -> impl futures::Stream<Item = ()> + Send + 'static {
     let nodes = Api::<Node>::all(client);
     let mut seen: std::collections::HashMap<String, (bool, Vec<String>)> = std::collections::HashMap::new();
-    watcher(nodes, watcher::Config::default().any_semantic())
-        .applied_objects()
-        .filter_map(move |node| {
-            let changed = node.ok().is_some_and(|node| {
-                let spec = node.spec.clone().unwrap_or_default();
-                let mut taints: Vec<String> = spec.taints.unwrap_or_default().into_iter().map(|t| t.key).collect();
-                taints.sort();
-                let now = (spec.unschedulable.unwrap_or(false), taints);
-                seen.insert(node.name_any(), now.clone()).is_some_and(|before| before != now)
-            });
-            futures::future::ready(changed.then_some(()))
-        })
+    watcher(nodes, watcher::Config::default().any_semantic()).applied_objects().filter_map(move |node| {
+        let changed = node.ok().is_some_and(|node| {
+            let spec = node.spec.clone().unwrap_or_default();
+            let mut taints: Vec<String> =
+                spec.taints.unwrap_or_default().into_iter().map(|t| t.key).collect();
+            taints.sort();
+            let now = (spec.unschedulable.unwrap_or(false), taints);
+            seen.insert(node.name_any(), now.clone()).is_some_and(|before| before != now)
+        });
+        futures::future::ready(changed.then_some(()))
+    })
 }
 
 /// Retries a failed reconcile after a short pause.
