@@ -94,7 +94,7 @@ pub struct DrainArgs {
     /// and values on any other node (0 = no cap).
     #[arg(long, default_value_t = 0)]
     max_node_bytes: u64,
-    /// A node that must receive nothing (repeat for more).
+    /// A node that must receive nothing.
     #[arg(long = "exclude")]
     excluded: Vec<u32>,
 }

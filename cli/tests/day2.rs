@@ -314,3 +314,96 @@ async fn a_node_told_to_stop_while_holding_ranges_serves_until_a_drain_empties_i
         assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(format!("value{i}").as_bytes()), "{key}");
     }
 }
+
+/// Measurement, not a check (`cargo test --release -p fulva-cli --test day2 --
+/// --ignored --nocapture`): a rolling restart of a 3-node cluster holding 1M
+/// keys of 100 bytes, at the default policy (fulva, unthrottled, one move at a
+/// time), under 8 closed-loop clients; prints how long the roll took and the
+/// longest stretch in which no client operation completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes, release build"]
+async fn measure_a_rolling_restart_of_a_million_keys() {
+    let mut c = cluster(16).await;
+    let keys = 1_000_000u64;
+    let loader = Client::connect(client_config(&c.endpoint)).await.unwrap();
+    let loaded = Instant::now();
+    let mut tasks = Vec::new();
+    for part in 0..16u64 {
+        let client = loader.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (part..keys).step_by(16) {
+                client.put(format!("key{i:08}"), [b'v'; 100]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("loaded {keys} keys in {:.1} s", loaded.elapsed().as_secs_f64());
+    let origin = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let longest = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let client = Client::connect(client_config(&c.endpoint)).await.unwrap();
+        let (last, longest, done, failed) = (last.clone(), longest.clone(), done.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(w);
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed)
+                && n < 50_000_000
+                && origin.elapsed() < Duration::from_secs(1800)
+            {
+                let key = format!("key{:08}", rng.random_range(0..keys));
+                let ok = if rng.random_range(0..10) < 9 {
+                    client.get(&key).await.is_ok()
+                } else {
+                    client.put(&key, [b'w'; 100]).await.is_ok()
+                };
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                let now = origin.elapsed().as_nanos() as u64;
+                let before = last.swap(now, Ordering::Relaxed);
+                if before > 0 {
+                    longest.fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let steady_stall = longest.swap(0, Ordering::Relaxed);
+    let rolled = Instant::now();
+    for id in 0..3u32 {
+        let drain = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_fulva"))
+            .args(["drain", &id.to_string(), "--endpoint", &c.endpoint])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("node {id}: {}", String::from_utf8_lossy(&out.stdout).trim());
+        let mut node = c.nodes[id as usize].take().unwrap();
+        assert!(terminate(&mut node, Duration::from_secs(5)));
+        c.nodes[id as usize] = Some(start_node(id, c.addrs[id as usize]).await);
+        eprintln!("node {id} drained and restarted in {:.1} s", drain.elapsed().as_secs_f64());
+    }
+    let roll = rolled.elapsed();
+    let roll_stall = longest.load(Ordering::Relaxed);
+    done.store(true, Ordering::Relaxed);
+    let mut ops = 0;
+    for w in workers {
+        ops += w.await.unwrap();
+    }
+    eprintln!(
+        "rolled 3 nodes holding {keys} keys in {:.1} s; longest stall during the roll {:.1} ms \
+         (steady, before it: {:.1} ms); {ops} operations, {} failed",
+        roll.as_secs_f64(),
+        roll_stall as f64 / 1e6,
+        steady_stall as f64 / 1e6,
+        failed.load(Ordering::Relaxed)
+    );
+}
