@@ -30,6 +30,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
+/// A range and the node that serves it from now on.
+type Given = (HashRange, NodeId);
+
 /// Losses kept for display (the operator's condition and Events).
 pub const LOSSES_KEPT: usize = 64;
 
@@ -258,7 +261,7 @@ impl Coordinator {
             return Ok(Vec::new());
         };
         self.broadcast_epoch(&next).await;
-        let mut by_node: Vec<(NodeId, LossCause, Vec<(HashRange, NodeId)>)> = Vec::new();
+        let mut by_node: Vec<(NodeId, LossCause, Vec<Given>)> = Vec::new();
         for (node, range, cause, new_owner) in assignments {
             if new_owner != node {
                 self.fence(node, range, next.epoch);

@@ -331,17 +331,17 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
         .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
         .and_then(|t| Duration::try_from(now.duration_since(t)).ok());
     let drains = update::ClusterDrains { runtimes: ctx.runtimes.as_ref(), cluster: &key };
-    let step = update::step(
-        previous.update.as_ref(),
-        &pods,
-        &wanted,
-        revision.as_deref(),
-        &fc.spec.update,
-        &drains,
+    let now = now.to_string();
+    let observed = update::Observed {
+        previous: previous.update.as_ref(),
+        pods: &pods,
+        wanted: &wanted,
+        revision: revision.as_deref(),
+        spec: &fc.spec.update,
         paused_for,
-        &now.to_string(),
-    )
-    .await;
+        now: &now,
+    };
+    let step = update::step(observed, &drains).await;
     for (pod, uid) in &step.delete {
         update::delete_pod(&ctx.client, namespace, pod, uid).await?;
     }

@@ -152,18 +152,27 @@ pub trait Drains: Send + Sync {
 /// Pauses last this long before the update tries again.
 pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One step of the update (see the module documentation). `now` and
-/// `paused_for` (how long ago the update paused) make it testable.
-pub async fn step(
-    previous: Option<&UpdateStatus>,
-    pods: &[PodView],
-    wanted: &[(PodView, Reason)],
-    revision: Option<&str>,
-    spec: &UpdateSpec,
-    drains: &dyn Drains,
-    paused_for: Option<std::time::Duration>,
-    now: &str,
-) -> Step {
+/// What one step of the update starts from.
+pub struct Observed<'a> {
+    /// The update as the status last recorded it.
+    pub previous: Option<&'a UpdateStatus>,
+    /// The kvnode pods.
+    pub pods: &'a [PodView],
+    /// Pods to replace, most urgent first ([`wanted`]).
+    pub wanted: &'a [(PodView, Reason)],
+    /// The StatefulSet's update revision.
+    pub revision: Option<&'a str>,
+    /// The spec's update settings.
+    pub spec: &'a UpdateSpec,
+    /// How long ago the update paused, if it did.
+    pub paused_for: Option<std::time::Duration>,
+    /// Now (RFC 3339), recorded when the update pauses.
+    pub now: &'a str,
+}
+
+/// One step of the update (see the module documentation).
+pub async fn step(observed: Observed<'_>, drains: &dyn Drains) -> Step {
+    let Observed { previous, pods, wanted, revision, spec, paused_for, now } = observed;
     let mut out = Step::default();
     let mut status = previous.cloned().unwrap_or_default();
     let target = revision.unwrap_or_default().to_string();
@@ -503,17 +512,16 @@ mod tests {
     ) -> Step {
         let spec = UpdateSpec::default();
         let wanted = wanted(pods, &[], Some("new"), 3, &spec);
-        step(
+        let observed = Observed {
             previous,
             pods,
-            &wanted,
-            Some("new"),
-            &spec,
-            drains,
-            paused_for.map(std::time::Duration::from_secs),
-            "T",
-        )
-        .await
+            wanted: &wanted,
+            revision: Some("new"),
+            spec: &spec,
+            paused_for: paused_for.map(std::time::Duration::from_secs),
+            now: "T",
+        };
+        step(observed, drains).await
     }
 
     #[tokio::test]
