@@ -155,6 +155,10 @@ pub struct NodeConfig {
     /// (the cold keys below it have not arrived).
     #[arg(long, hide = true)]
     pub trap_hot_batch_moves_cursor: bool,
+    /// Test only: completion records keyed by (client, seq) alone, so a write
+    /// with another key or op is answered from the record of the first.
+    #[arg(long, hide = true)]
+    pub trap_records_ignore_key: bool,
 }
 
 impl NodeConfig {
@@ -185,6 +189,7 @@ impl NodeConfig {
             trap_cursor_before_apply: false,
             trap_no_tombstones: false,
             trap_hot_batch_moves_cursor: false,
+            trap_records_ignore_key: false,
         }
     }
 

@@ -46,6 +46,7 @@ fn moved_records(records: &[CompletionRecord]) -> Vec<MovedRecord> {
                 version: r.version,
             },
             hash: r.hash,
+            delete: r.delete,
         })
         .collect()
 }
@@ -211,6 +212,7 @@ impl NodeControl for ControlService {
                     status: r.completion.status as u32,
                     version: r.completion.version,
                     hash: r.hash,
+                    delete: r.delete,
                 })
                 .collect(),
             acks: acks.into_iter().map(|(client_id, ack)| ClientAck { client_id, ack }).collect(),

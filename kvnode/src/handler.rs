@@ -5,7 +5,7 @@ use crate::heat::HeatSketch;
 use crate::metrics::{DropReason, NodeMetrics};
 use crate::ownership::{IncomingMove, TrapSwitches};
 use crate::ownership::{Ownership, Placement, RangeRole, ReadRule, WriteRule};
-use crate::records::{Admission, Completion, CompletionTable};
+use crate::records::{Admission, Completion, CompletionTable, WriteKind};
 use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
 use fulva_proto::frame::{dual_read_destination, RequestHeader};
@@ -91,7 +91,7 @@ impl Handler {
             incarnation: new_incarnation(),
             store: Store::new(config.stripe_bits),
             ownership: Ownership::default(),
-            records: CompletionTable::new(config.client_record_ttl()),
+            records: CompletionTable::with_trap(config.client_record_ttl(), config.trap_records_ignore_key),
             metrics: NodeMetrics::new(),
             traps: TrapSwitches {
                 cursor_before_apply: config.trap_cursor_before_apply,
@@ -260,10 +260,11 @@ impl Handler {
         }
         let hash = key_hash(key);
         let tracked = header.seq != 0;
+        let kind = WriteKind { hash, delete: value.is_none() };
         // A retry of a write applied here before the range left (or froze) is
         // answered from its record; only a never-applied write is redirected.
         let replayed = || {
-            let done = tracked.then(|| self.records.lookup(header.client_id, header.seq)).flatten()?;
+            let done = tracked.then(|| self.records.lookup(header.client_id, header.seq, kind)).flatten()?;
             self.metrics.write_replays.inc();
             Some(Outcome::written(done.status, done.version))
         };
@@ -287,13 +288,14 @@ impl Handler {
                 WriteRule::Retry => return Some(Outcome::status(Status::Retry)),
             };
             if tracked {
-                match self.records.admit(header.client_id, header.seq, header.ack) {
+                match self.records.admit(header.client_id, header.seq, header.ack, kind) {
                     Admission::Apply => {}
                     Admission::Replay(done) => {
                         self.metrics.write_replays.inc();
                         return Some(Outcome::written(done.status, done.version));
                     }
                     Admission::Stale => return Some(Outcome::status(Status::Stale)),
+                    Admission::BadAck => return Some(Outcome::status(Status::Malformed)),
                     Admission::InProgress => {
                         self.metrics.count_drop(DropReason::InProgress);
                         return None;
@@ -309,8 +311,8 @@ impl Handler {
                 self.records.finish(
                     header.client_id,
                     header.seq,
+                    kind,
                     Completion { status, version: result.version },
-                    hash,
                 );
             }
             Some(Outcome::written(status, result.version))

@@ -8,6 +8,14 @@
 //! old write can never overwrite a newer one. Records of a client unheard of
 //! for `ttl` are dropped; a duplicate delayed longer than that is the one case
 //! not covered (the default TTL is far beyond any retry schedule).
+//!
+//! A record is kept per (seq, key hash, operation), not per seq alone: a
+//! frame carrying another client's id and seq for a different key or
+//! operation (a spoofed datagram, a buggy client) is a different write, and
+//! is never answered from the record of the genuine one, so it cannot make
+//! that write come back `ok` unapplied. A frame whose ack is above its own
+//! seq is refused: a client's ack is its oldest unfinished write, which the
+//! write it sends is at most.
 
 use fulva_proto::Status;
 use parking_lot::Mutex;
@@ -34,13 +42,25 @@ pub enum Admission {
     InProgress,
     /// Below the client's ack floor: never apply.
     Stale,
+    /// The frame's ack is above its own seq: no client sends that.
+    BadAck,
+}
+
+/// Which write a record is for, beyond its seq: the key's hash and whether
+/// it deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WriteKind {
+    /// Hash of the written key.
+    pub hash: u64,
+    /// A delete (else a put).
+    pub delete: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Record {
     InProgress,
-    /// Completed write and the hash of its key (records move with their range).
-    Done(Completion, u64),
+    /// Completed write.
+    Done(Completion),
 }
 
 /// A record as handed from a move's source to its destination.
@@ -54,11 +74,13 @@ pub struct MovedRecord {
     pub completion: Completion,
     /// Hash of the written key.
     pub hash: u64,
+    /// Whether the write was a delete.
+    pub delete: bool,
 }
 
 struct ClientRecords {
     ack: u64,
-    records: HashMap<u64, Record>,
+    records: HashMap<(u64, WriteKind), Record>,
     last_seen: Instant,
 }
 
@@ -68,20 +90,41 @@ const SHARDS: usize = 64;
 pub struct CompletionTable {
     shards: Box<[Mutex<HashMap<u64, ClientRecords>>]>,
     ttl: Duration,
+    /// Trap: records keyed by seq alone (what a write was is not checked).
+    key_blind: bool,
 }
 
 impl CompletionTable {
     /// A table that forgets clients idle for `ttl`.
     pub fn new(ttl: Duration) -> CompletionTable {
-        CompletionTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), ttl }
+        CompletionTable::with_trap(ttl, false)
+    }
+
+    /// A table that, with `key_blind`, keys records by seq alone (the trap
+    /// `trap_records_ignore_key`: a write is answered from the record of any
+    /// write with the same client and seq).
+    pub fn with_trap(ttl: Duration, key_blind: bool) -> CompletionTable {
+        CompletionTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), ttl, key_blind }
+    }
+
+    fn slot(&self, seq: u64, kind: WriteKind) -> (u64, WriteKind) {
+        if self.key_blind {
+            (seq, WriteKind { hash: 0, delete: false })
+        } else {
+            (seq, kind)
+        }
     }
 
     fn shard(&self, client: u64) -> &Mutex<HashMap<u64, ClientRecords>> {
         &self.shards[(client.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS]
     }
 
-    /// Decides what to do with write `seq` of `client`, given the client's `ack`.
-    pub fn admit(&self, client: u64, seq: u64, ack: u64) -> Admission {
+    /// Decides what to do with write `seq` (a `kind` write) of `client`, given the client's `ack`.
+    pub fn admit(&self, client: u64, seq: u64, ack: u64, kind: WriteKind) -> Admission {
+        if ack > seq && !self.key_blind {
+            return Admission::BadAck;
+        }
+        let slot = self.slot(seq, kind);
         let mut shard = self.shard(client).lock();
         let entry = shard.entry(client).or_insert_with(|| ClientRecords {
             ack: 0,
@@ -91,36 +134,37 @@ impl CompletionTable {
         entry.last_seen = Instant::now();
         if ack > entry.ack {
             entry.ack = ack;
-            entry.records.retain(|s, _| *s >= ack);
+            entry.records.retain(|(s, _), _| *s >= ack);
         }
         if seq < entry.ack {
             return Admission::Stale;
         }
-        match entry.records.get(&seq) {
-            Some(Record::Done(c, _)) => Admission::Replay(*c),
+        match entry.records.get(&slot) {
+            Some(Record::Done(c)) => Admission::Replay(*c),
             Some(Record::InProgress) => Admission::InProgress,
             None => {
-                entry.records.insert(seq, Record::InProgress);
+                entry.records.insert(slot, Record::InProgress);
                 Admission::Apply
             }
         }
     }
 
-    /// The recorded outcome of write `seq` of `client`, if it completed here.
-    pub fn lookup(&self, client: u64, seq: u64) -> Option<Completion> {
+    /// The recorded outcome of write `seq` (a `kind` write) of `client`, if it completed here.
+    pub fn lookup(&self, client: u64, seq: u64, kind: WriteKind) -> Option<Completion> {
         let shard = self.shard(client).lock();
-        match shard.get(&client)?.records.get(&seq)? {
-            Record::Done(c, _) => Some(*c),
+        match shard.get(&client)?.records.get(&self.slot(seq, kind))? {
+            Record::Done(c) => Some(*c),
             Record::InProgress => None,
         }
     }
 
     /// Records the outcome of a write admitted with [`Admission::Apply`].
-    pub fn finish(&self, client: u64, seq: u64, completion: Completion, hash: u64) {
+    pub fn finish(&self, client: u64, seq: u64, kind: WriteKind, completion: Completion) {
+        let slot = self.slot(seq, kind);
         let mut shard = self.shard(client).lock();
         if let Some(entry) = shard.get_mut(&client) {
             if seq >= entry.ack {
-                entry.records.insert(seq, Record::Done(completion, hash));
+                entry.records.insert(slot, Record::Done(completion));
             }
         }
     }
@@ -132,14 +176,15 @@ impl CompletionTable {
         for shard in self.shards.iter() {
             for (client, entry) in shard.lock().iter() {
                 acks.push((*client, entry.ack));
-                for (seq, record) in &entry.records {
-                    if let Record::Done(completion, hash) = record {
-                        if range.contains(*hash) {
+                for ((seq, kind), record) in &entry.records {
+                    if let Record::Done(completion) = record {
+                        if range.contains(kind.hash) {
                             records.push(MovedRecord {
                                 client: *client,
                                 seq: *seq,
                                 completion: *completion,
-                                hash: *hash,
+                                hash: kind.hash,
+                                delete: kind.delete,
                             });
                         }
                     }
@@ -158,14 +203,15 @@ impl CompletionTable {
             let entry = shard.entry(client).or_insert_with(fresh);
             if ack > entry.ack {
                 entry.ack = ack;
-                entry.records.retain(|s, _| *s >= ack);
+                entry.records.retain(|(s, _), _| *s >= ack);
             }
         }
         for r in records {
+            let slot = self.slot(r.seq, WriteKind { hash: r.hash, delete: r.delete });
             let mut shard = self.shard(r.client).lock();
             let entry = shard.entry(r.client).or_insert_with(fresh);
             if r.seq >= entry.ack {
-                entry.records.entry(r.seq).or_insert(Record::Done(r.completion, r.hash));
+                entry.records.entry(slot).or_insert(Record::Done(r.completion));
             }
         }
     }
@@ -189,25 +235,66 @@ mod tests {
     use super::*;
 
     const DONE: Completion = Completion { status: Status::Ok, version: 9 };
+    const K1: WriteKind = WriteKind { hash: 11, delete: false };
+    const K2: WriteKind = WriteKind { hash: 22, delete: false };
 
     #[test]
     fn retries_replay_and_old_duplicates_are_stale() {
         let t = CompletionTable::new(Duration::from_secs(60));
-        assert_eq!(t.admit(1, 1, 1), Admission::Apply);
-        assert_eq!(t.admit(1, 1, 1), Admission::InProgress);
-        t.finish(1, 1, DONE, 0);
-        assert_eq!(t.admit(1, 1, 1), Admission::Replay(DONE));
+        assert_eq!(t.admit(1, 1, 1, K1), Admission::Apply);
+        assert_eq!(t.admit(1, 1, 1, K1), Admission::InProgress);
+        t.finish(1, 1, K1, DONE);
+        assert_eq!(t.admit(1, 1, 1, K1), Admission::Replay(DONE));
         // The client acknowledged seq 1 (ack = 2): its record goes, and a late copy is stale.
-        assert_eq!(t.admit(1, 2, 2), Admission::Apply);
-        assert_eq!(t.admit(1, 1, 1), Admission::Stale);
+        assert_eq!(t.admit(1, 2, 2, K1), Admission::Apply);
+        assert_eq!(t.admit(1, 1, 1, K1), Admission::Stale);
         // Other clients are independent.
-        assert_eq!(t.admit(2, 1, 1), Admission::Apply);
+        assert_eq!(t.admit(2, 1, 1, K1), Admission::Apply);
+    }
+
+    #[test]
+    fn a_write_with_another_key_or_op_is_never_answered_from_the_record() {
+        let t = CompletionTable::new(Duration::from_secs(60));
+        // A forged PUT k2 with the client's (id, seq) comes first ...
+        assert_eq!(t.admit(1, 7, 7, K2), Admission::Apply);
+        t.finish(1, 7, K2, DONE);
+        // ... the client's own PUT k1 with that (id, seq) is applied, not replayed;
+        assert_eq!(t.admit(1, 7, 7, K1), Admission::Apply);
+        t.finish(1, 7, K1, Completion { status: Status::Ok, version: 10 });
+        // and its retry replays its own record.
+        assert_eq!(t.lookup(1, 7, K1), Some(Completion { status: Status::Ok, version: 10 }));
+        // A delete of k1 with that (id, seq) is another write too.
+        assert_eq!(t.admit(1, 7, 7, WriteKind { delete: true, ..K1 }), Admission::Apply);
+        // An ack above the frame's own seq is refused and moves nothing.
+        assert_eq!(t.admit(1, 8, 1 << 62, K1), Admission::BadAck);
+        assert_eq!(t.admit(1, 8, 8, K1), Admission::Apply);
+    }
+
+    #[test]
+    fn the_trap_answers_a_different_write_from_the_record() {
+        let t = CompletionTable::with_trap(Duration::from_secs(60), true);
+        assert_eq!(t.admit(1, 7, 7, K2), Admission::Apply);
+        t.finish(1, 7, K2, DONE);
+        assert_eq!(t.admit(1, 7, 7, K1), Admission::Replay(DONE));
+    }
+
+    #[test]
+    fn records_move_with_their_kind() {
+        let from = CompletionTable::new(Duration::from_secs(60));
+        from.admit(1, 7, 7, K1);
+        from.finish(1, 7, K1, DONE);
+        let (records, acks) = from.export(fulva_proto::HashRange::FULL);
+        assert_eq!(records[0].delete, false);
+        let to = CompletionTable::new(Duration::from_secs(60));
+        to.import(&records, &acks);
+        assert_eq!(to.admit(1, 7, 7, K1), Admission::Replay(DONE));
+        assert_eq!(to.admit(1, 7, 7, K2), Admission::Apply);
     }
 
     #[test]
     fn idle_clients_expire() {
         let t = CompletionTable::new(Duration::ZERO);
-        t.admit(5, 1, 1);
+        t.admit(5, 1, 1, K1);
         assert_eq!(t.expire(), 0);
     }
 }

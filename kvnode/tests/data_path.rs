@@ -387,3 +387,46 @@ async fn a_rocksteady_destination_answers_a_held_key_without_a_priority_pull() {
     assert_eq!(read(b"cold"), Status::Retry);
     node.shutdown().await;
 }
+
+/// A spoofed datagram with the victim's (client id, seq) for another key
+/// arrives first; the victim's own write then arrives. Returns the victim's
+/// reply and what the victim's key reads afterwards.
+async fn forged_write_first(config: NodeConfig) -> (Reply, Option<Vec<u8>>) {
+    let node = node_serving(&[HashRange::FULL], config).await;
+    let mut attacker = Peer::new(&node).await;
+    let forged = attacker.frame(7, 7, RequestBody::Put { key: b"k2", value: b"forged" });
+    assert_eq!(attacker.exchange(&forged).await.status, Status::Ok);
+    let mut victim = Peer::new(&node).await;
+    let own = victim.frame(7, 7, RequestBody::Put { key: b"k1", value: b"mine" });
+    let reply = victim.exchange(&own).await;
+    let read = victim.get(b"k1").await.outcomes[0].value.as_ref().map(|v| v.to_vec());
+    node.shutdown().await;
+    (reply, read)
+}
+
+#[tokio::test]
+async fn a_spoofed_write_with_the_victims_seq_cannot_erase_the_victims_write() {
+    let (reply, read) = forged_write_first(NodeConfig::loopback(0)).await;
+    assert_eq!(reply.status, Status::Ok);
+    assert_eq!(read.as_deref(), Some(b"mine".as_slice()), "the victim's write landed");
+
+    // The trap re-creates the bug: records keyed by (client, seq) alone answer
+    // the victim from the forged write's record, and k1 was never written.
+    let trapped = NodeConfig { trap_records_ignore_key: true, ..NodeConfig::loopback(0) };
+    let (reply, read) = forged_write_first(trapped).await;
+    assert_eq!(reply.status, Status::Ok, "acknowledged ...");
+    assert_eq!(read, None, "... and lost: this test catches the trap");
+}
+
+#[tokio::test]
+async fn an_ack_above_the_frames_own_seq_is_refused_and_moves_no_floor() {
+    let node = node_serving(&[HashRange::FULL], NodeConfig::loopback(0)).await;
+    let mut attacker = Peer::new(&node).await;
+    let forged = attacker.frame(3, 1 << 62, RequestBody::Put { key: b"k", value: b"x" });
+    assert_eq!(attacker.exchange(&forged).await.status, Status::Malformed);
+    // The client's next write (same client id in this test) is not stale.
+    let mut victim = Peer::new(&node).await;
+    assert_eq!(victim.put(b"k", b"v", 8).await.status, Status::Ok);
+    assert_eq!(victim.get(b"k").await.outcomes[0].value.as_deref(), Some(b"v".as_slice()));
+    node.shutdown().await;
+}
