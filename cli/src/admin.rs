@@ -123,14 +123,14 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<bool> {
             Ok(None) => anyhow::bail!("the coordinator ended the drain without a result"),
             Err(status) if status.code() == tonic::Code::Aborted => {
                 // A move failed and was rolled back: the node still holds data.
-                println!("drain of node {} stopped: {}", args.node, status.message());
-                println!("node {} still owns ranges: do not stop it", args.node);
+                crate::out!("drain of node {} stopped: {}", args.node, status.message());
+                crate::out!("node {} still owns ranges: do not stop it", args.node);
                 return Ok(false);
             }
             Err(status) => anyhow::bail!("drain of node {} failed: {}", args.node, status.message()),
         };
         if progress.finished {
-            println!(
+            crate::out!(
                 "node {} drained: {} ranges, {:.1} MB moved in {:.1} s; it owns nothing and may be stopped",
                 progress.node,
                 progress.moved,
@@ -194,11 +194,11 @@ fn parse_hash(text: &str) -> Result<u64, String> {
 }
 
 fn print_map(map: &ShardMap) {
-    println!("epoch {}", map.epoch);
+    crate::out!("epoch {}", map.epoch);
     for n in &map.nodes {
-        println!("node {}: data {} control {}", n.id, n.data_addr, n.control_addr);
+        crate::out!("node {}: data {} control {}", n.id, n.data_addr, n.control_addr);
     }
-    println!("{:<42} {:>5}  state", "range", "owner");
+    crate::out!("{:<42} {:>5}  state", "range", "owner");
     for s in &map.shards {
         let state = match s.state {
             ShardState::Normal => "normal".to_string(),
@@ -206,7 +206,7 @@ fn print_map(map: &ShardMap) {
                 format!("migrating from {source} ({})", strategy.name())
             }
         };
-        println!("{:<42} {:>5}  {state}", s.range.to_string(), s.owner);
+        crate::out!("{:<42} {:>5}  {state}", s.range.to_string(), s.owner);
     }
 }
 
@@ -244,7 +244,7 @@ pub async fn abort(args: AbortArgs) -> anyhow::Result<bool> {
         .abort_move(AbortMoveRequest { range: Some(args.range.into()) })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    println!("abort of the move of {} requested; the range goes back to its source", args.range);
+    crate::out!("abort of the move of {} requested; the range goes back to its source", args.range);
     Ok(true)
 }
 
@@ -259,9 +259,9 @@ pub async fn throttle(args: ThrottleArgs) -> anyhow::Result<bool> {
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     if args.rate_limit_mb > 0.0 {
-        println!("move of {} limited to {} MB/s", args.range, args.rate_limit_mb);
+        crate::out!("move of {} limited to {} MB/s", args.range, args.rate_limit_mb);
     } else {
-        println!("move of {} unlimited", args.range);
+        crate::out!("move of {} unlimited", args.range);
     }
     Ok(true)
 }
@@ -290,7 +290,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
                 }
                 if status.code() == tonic::Code::Aborted {
                     // Rolled back cleanly: not an error of this command.
-                    println!("{}", status.message());
+                    crate::out!("{}", status.message());
                     return Ok(false);
                 }
                 anyhow::bail!("move failed: {}", status.message());
@@ -301,7 +301,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<bool> {
             if tty {
                 eprintln!();
             }
-            println!(
+            crate::out!(
                 "moved {} from node {} to node {}: {} objects, {:.1} MB in {:.2} s ({:.1} MB/s); map epoch {}",
                 args.range,
                 progress.source,

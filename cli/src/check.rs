@@ -8,13 +8,13 @@ use std::path::Path;
 pub fn run(path: &Path) -> anyhow::Result<bool> {
     let events = read_history(path)?;
     let report = check_events(&events)?;
-    println!("{} events, {} keys, {} operations", events.len(), report.keys, report.operations);
+    crate::out!("{} events, {} keys, {} operations", events.len(), report.keys, report.operations);
     for (key, result) in &report.violations {
         if let KeyResult::Violation { window, stuck } = result {
-            println!("NOT linearizable: key {key:?}: no order of these operations explains the history:");
+            crate::out!("NOT linearizable: key {key:?}: no order of these operations explains the history:");
             for op in window {
                 let mark = if op == stuck { "  <- cannot be placed" } else { "" };
-                println!(
+                crate::out!(
                     "  process {:>4} {:<6} {:<24} call {:>14} ns  return {:>14}{mark}",
                     op.process,
                     format!("{:?}", op.f).to_lowercase(),
@@ -26,10 +26,10 @@ pub fn run(path: &Path) -> anyhow::Result<bool> {
         }
     }
     for key in &report.unknown {
-        println!("UNKNOWN: key {key:?}: the search exceeded its budget");
+        crate::out!("UNKNOWN: key {key:?}: the search exceeded its budget");
     }
     if report.is_linearizable() {
-        println!("linearizable");
+        crate::out!("linearizable");
     }
     Ok(report.is_linearizable())
 }

@@ -62,9 +62,9 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
             let read = client.get_versioned(&key).await?;
             match read.value {
                 Some(value) if version => {
-                    println!("{} (version {})", String::from_utf8_lossy(&value), read.version)
+                    crate::out!("{} (version {})", String::from_utf8_lossy(&value), read.version)
                 }
-                Some(value) => println!("{}", String::from_utf8_lossy(&value)),
+                Some(value) => crate::out!("{}", String::from_utf8_lossy(&value)),
                 None => {
                     eprintln!("{key}: not found");
                     return Ok(false);
@@ -73,20 +73,20 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
         }
         KvCommand::Put { key, value } => {
             let version = client.put(&key, &value).await?;
-            println!("OK (version {version})");
+            crate::out!("OK (version {version})");
         }
         KvCommand::Del { key } => {
             if !client.delete(&key).await? {
                 eprintln!("{key}: not found");
                 return Ok(false);
             }
-            println!("deleted");
+            crate::out!("deleted");
         }
         KvCommand::Mget { keys } => {
             for (key, value) in keys.iter().zip(client.multi_get(&keys).await?) {
                 match value {
-                    Some(v) => println!("{key}\t{}", String::from_utf8_lossy(&v)),
-                    None => println!("{key}\t(not found)"),
+                    Some(v) => crate::out!("{key}\t{}", String::from_utf8_lossy(&v)),
+                    None => crate::out!("{key}\t(not found)"),
                 }
             }
         }

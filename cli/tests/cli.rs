@@ -89,6 +89,21 @@ fn kv_commands_work_against_a_running_cluster() {
     kv(&["del", "greeting"], 0);
     kv(&["del", "greeting"], 1);
     kv(&["get", "greeting"], 1);
+
+    // `fulva map | head -0`: stdout is a pipe nobody reads any more. The
+    // command ends quietly instead of panicking on the closed pipe.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors; the read end is closed at
+    // once and the write end is handed to the child (and owned by it).
+    let write_end = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1])
+    };
+    let out = fulva().args(["map", "--endpoint", &endpoint]).stdout(write_end).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

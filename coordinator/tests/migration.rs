@@ -276,3 +276,25 @@ async fn a_fulva_move_ships_the_hottest_keys_first_and_reads_of_them_need_only_t
     let _ = mover.await.unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_move_leaves_the_map_and_its_epoch_unchanged() {
+    let cluster = LocalCluster::start(LocalClusterConfig { nodes: 2, shards: 2, ..LocalClusterConfig::default() })
+        .await
+        .unwrap();
+    let coordinator = cluster.coordinator.clone();
+    let before = coordinator.map();
+    let shard = before.shards[0];
+    // A piece of a shard, which a real move would split out first.
+    let piece = HashRange { first: shard.range.first + 16, last: shard.range.first + 1023 };
+    let options = MoveOptions::default();
+    let to_owner = coordinator.migrate(piece, shard.owner, options, |_| {}).await;
+    assert!(matches!(to_owner, Err(CoordinatorError::AlreadyThere { .. })), "{to_owner:?}");
+    let to_nobody = coordinator.migrate(piece, 9, options, |_| {}).await;
+    assert!(matches!(to_nobody, Err(CoordinatorError::UnknownDestination { node: 9 })), "{to_nobody:?}");
+    let across = HashRange { first: shard.range.last - 10, last: shard.range.last + 10 };
+    let other = before.shards[1].owner;
+    let spanning = coordinator.migrate(across, other, options, |_| {}).await;
+    assert!(matches!(spanning, Err(CoordinatorError::NotAShard { .. })), "{spanning:?}");
+    assert_eq!(*coordinator.map(), *before, "no split, no new epoch");
+}

@@ -215,6 +215,24 @@ impl Coordinator {
         mut progress: impl FnMut(&MigrationStatusResponse),
     ) -> Result<MoveReport, CoordinatorError> {
         let started = Instant::now();
+        // Refusals come before the splits: a move that cannot happen leaves
+        // the map (and its epoch) as it was.
+        {
+            let map = self.map();
+            if map.node(destination).is_none() {
+                return Err(CoordinatorError::UnknownDestination { node: destination });
+            }
+            let around = map.shard_of(range.first).ok_or(CoordinatorError::NoShard { hash: range.first })?;
+            if !around.range.covers(&range) {
+                return Err(CoordinatorError::NotAShard { range });
+            }
+            if around.state != ShardState::Normal {
+                return Err(CoordinatorError::Moving { range: around.range });
+            }
+            if around.owner == destination {
+                return Err(CoordinatorError::AlreadyThere { range, node: destination });
+            }
+        }
         self.split(range.first).await?;
         if let Some(next) = range.last.checked_add(1) {
             self.split(next).await?;
