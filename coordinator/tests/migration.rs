@@ -279,9 +279,10 @@ async fn a_fulva_move_ships_the_hottest_keys_first_and_reads_of_them_need_only_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_move_leaves_the_map_and_its_epoch_unchanged() {
-    let cluster = LocalCluster::start(LocalClusterConfig { nodes: 2, shards: 2, ..LocalClusterConfig::default() })
-        .await
-        .unwrap();
+    let cluster =
+        LocalCluster::start(LocalClusterConfig { nodes: 2, shards: 2, ..LocalClusterConfig::default() })
+            .await
+            .unwrap();
     let coordinator = cluster.coordinator.clone();
     let before = coordinator.map();
     let shard = before.shards[0];

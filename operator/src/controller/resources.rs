@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdate
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -197,10 +197,14 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
             mount_path: "/dev/hugepages".to_string(),
             ..VolumeMount::default()
         });
+        // DPDK runs as root (the image's default user) holding only what it
+        // needs: IPC_LOCK to pin hugepage memory, NET_RAW for the VF's raw
+        // packets. Every other capability is dropped and nothing escalates.
         SecurityContext {
+            allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
                 add: Some(vec!["IPC_LOCK".to_string(), "NET_RAW".to_string()]),
-                ..Capabilities::default()
             }),
             ..SecurityContext::default()
         }
@@ -286,9 +290,15 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
                         spec.update.termination_grace_period_seconds.into(),
                     ),
                     volumes: (!volumes.is_empty()).then_some(volumes),
-                    security_context: (!dpdk).then(|| PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
+                    // kvnodes call no Kubernetes API: no token is mounted.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: (!dpdk).then_some(true),
+                        run_as_user: (!dpdk).then_some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..SeccompProfile::default()
+                        }),
                         ..PodSecurityContext::default()
                     }),
                     ..PodSpec::default()
@@ -345,6 +355,10 @@ mod tests {
         assert_eq!(security.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
         assert!(pod.volumes.is_none());
         assert_eq!(sts.metadata.owner_references.unwrap()[0].uid, "u1");
+        assert_eq!(pod.automount_service_account_token, Some(false), "a kvnode calls no Kubernetes API");
+        let pod_security = pod.security_context.unwrap();
+        assert_eq!(pod_security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod_security.run_as_user, Some(65532));
     }
 
     #[test]
@@ -361,8 +375,13 @@ mod tests {
         let requests = container.resources.clone().unwrap().requests.unwrap();
         assert_eq!(requests["intel.com/sriov_netdevice"], Quantity("1".into()));
         assert_eq!(requests["hugepages-2Mi"], Quantity("2Gi".into()));
-        let add = container.security_context.clone().unwrap().capabilities.unwrap().add.unwrap();
-        assert_eq!(add, vec!["IPC_LOCK".to_string(), "NET_RAW".to_string()]);
+        let security = container.security_context.clone().unwrap();
+        let capabilities = security.capabilities.unwrap();
+        assert_eq!(capabilities.drop, Some(vec!["ALL".to_string()]), "everything else is dropped");
+        assert_eq!(capabilities.add.unwrap(), vec!["IPC_LOCK".to_string(), "NET_RAW".to_string()]);
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.security_context.clone().unwrap().seccomp_profile.unwrap().type_, "RuntimeDefault");
         let volume = &pod.volumes.unwrap()[0];
         assert_eq!(volume.empty_dir.clone().unwrap().medium.as_deref(), Some("HugePages"));
         let env: Vec<_> = container.env.clone().unwrap().into_iter().map(|e| e.name).collect();
