@@ -409,6 +409,14 @@ impl<T: Transport> Client<T> {
             let batch_keys: Vec<&[u8]> = batch.iter().map(|&i| keys[i].as_ref()).collect();
             let hash = key_hash(batch_keys[0]);
             let reply = self.call(RequestBody::MultiGet { keys: batch_keys }, hash, 0, None, 0).await?;
+            if reply.status == Status::TooLarge {
+                // The values do not fit one reply datagram: one read each.
+                let mut results = Vec::with_capacity(batch.len());
+                for &i in &batch {
+                    results.push((i, self.get(keys[i].as_ref()).await?));
+                }
+                return Ok(results);
+            }
             if reply.outcomes.len() != batch.len() {
                 return Err(ClientError::Rejected(Status::Malformed));
             }

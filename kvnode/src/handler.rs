@@ -8,7 +8,7 @@ use crate::ownership::{Ownership, Placement, RangeRole, ReadRule, WriteRule};
 use crate::records::{Admission, Completion, CompletionTable, WriteKind};
 use crate::store::{Object, SizeDelta, Store};
 use bytes::Bytes;
-use fulva_proto::frame::{dual_read_destination, RequestHeader};
+use fulva_proto::frame::{dual_read_destination, RequestHeader, MAX_DATAGRAM};
 use fulva_proto::transfer::TransferRecord;
 use fulva_proto::{
     key_hash, FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status, Strategy,
@@ -115,7 +115,13 @@ impl Handler {
             Err(err) => self.reject(&err),
         };
         match reply {
-            Some(reply) => {
+            Some(mut reply) => {
+                // A reply must fit one datagram: a multi-get whose values do
+                // not is refused with TooLarge (the client asks for the keys
+                // one by one), never encoded into a buffer it would not fit.
+                if reply.encoded_len() > MAX_DATAGRAM {
+                    reply = Reply::error(reply.op, reply.request_id, reply.epoch, Status::TooLarge);
+                }
                 self.metrics.count_reply(reply.status);
                 reply.encode(out);
                 true

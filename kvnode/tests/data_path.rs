@@ -430,3 +430,27 @@ async fn an_ack_above_the_frames_own_seq_is_refused_and_moves_no_floor() {
     assert_eq!(victim.get(b"k").await.outcomes[0].value.as_deref(), Some(b"v".as_slice()));
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_multi_get_reply_larger_than_a_datagram_is_refused_not_dropped() {
+    let node = node_serving(&[HashRange::FULL], NodeConfig::loopback(0)).await;
+    let mut peer = Peer::new(&node).await;
+    assert_eq!(peer.put(b"k", &vec![7u8; 40_000], 1).await.status, Status::Ok);
+    // One 40 kB value asked for 512 times: a 20 MB reply.
+    let keys: Vec<&[u8]> = vec![b"k"; 512];
+    let frame = peer.frame(0, 0, RequestBody::MultiGet { keys });
+    let reply = peer.exchange(&frame).await;
+    assert_eq!(reply.status, Status::TooLarge, "a clear refusal");
+    assert!(reply.outcomes.is_empty());
+    let metrics = http_get(node.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("fulva_kvnode_replies_total")
+            && l.contains("too_large")
+            && l.ends_with(" 1")),
+        "the refusal is counted as what was sent:\n{metrics}"
+    );
+    // One of them fits.
+    let frame = peer.frame(0, 0, RequestBody::MultiGet { keys: vec![b"k"; 1] });
+    assert_eq!(peer.exchange(&frame).await.status, Status::Ok);
+    node.shutdown().await;
+}
