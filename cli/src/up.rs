@@ -85,6 +85,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         None => RebalancePolicy::from_yaml(DEFAULT_POLICY_YAML)?,
     };
+    policy.check_nodes(&(0..args.nodes).collect::<Vec<_>>())?;
     anyhow::ensure!((0.0..=1.0).contains(&args.hotspot), "--hotspot is a share between 0 and 1");
     let cluster = LocalCluster::start(config).await?;
     eprintln!(

@@ -168,6 +168,23 @@ impl RebalancePolicy {
         Ok(policy)
     }
 
+    /// Checks that every node the policy names for a pinned range is one of
+    /// `nodes` (a pin to a node that does not exist could never be honoured).
+    pub fn check_nodes(&self, nodes: &[NodeId]) -> Result<(), PolicyError> {
+        for pin in &self.pinned_ranges {
+            if let Some(node) = pin.node.filter(|n| !nodes.contains(n)) {
+                return Err(invalid(
+                    "pinnedRanges",
+                    format!(
+                        "{} is pinned to node {node}, which is not in the cluster (nodes {nodes:?})",
+                        pin.range
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every field; a policy that fails changes nothing.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let t = &self.triggers;

@@ -317,6 +317,8 @@ impl FulvaClusterSpec {
             return Err(invalid("nodeGoneAfterSeconds", "must be between 5 and 86400"));
         }
         self.rebalance.validate()?;
+        // Node ids are the StatefulSet's ordinals: checked again whenever spec.nodes changes.
+        self.rebalance.check_nodes(&(0..self.nodes).collect::<Vec<_>>())?;
         if self.rebalance.excluded_nodes.iter().filter(|&&n| n < self.nodes).count() as u32 >= self.nodes {
             return Err(invalid("rebalance.excludedNodes", "excludes every node"));
         }
@@ -351,10 +353,19 @@ mod tests {
             ("nodes: 2\nrebalance: {excludedNodes: [0, 1]}", "excludedNodes"),
             ("nodes: 2\nrebalance: {maxConcurrentMoves: 0}", "maxConcurrentMoves"),
             ("nodes: 2\nimagePullPolicy: Sometimes", "imagePullPolicy"),
+            ("nodes: 2\nrebalance: {pinnedRanges: [{range: '0x0..=0xff', node: 2}]}", "not in the cluster"),
+            ("nodes: 3\nupdate: {maxUnavailable: 0}", "update.maxUnavailable"),
+            ("nodes: 3\nupdate: {terminationGracePeriodSeconds: 5}", "terminationGracePeriodSeconds"),
+            ("nodes: 3\nnodeGoneAfterSeconds: 1", "nodeGoneAfterSeconds"),
         ];
         for (yaml, field) in cases {
             let err = spec(yaml).validate().unwrap_err();
             assert!(err.to_string().contains(field), "{yaml}: {err}");
         }
+        // The same pin is fine once the node exists (scaling out re-validates).
+        assert_eq!(
+            spec("nodes: 3\nrebalance: {pinnedRanges: [{range: '0x0..=0xff', node: 2}]}").validate(),
+            Ok(())
+        );
     }
 }
