@@ -7,6 +7,8 @@ use std::time::Duration;
 pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
 /// Largest value a node accepts by default, in bytes (one datagram must hold a reply).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 60_000;
+/// Clients a node keeps at-most-once records of unless told otherwise.
+pub const DEFAULT_MAX_CLIENTS: usize = 65_536;
 
 /// Network stack of the data path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +99,11 @@ pub struct NodeConfig {
     /// Seconds after which the at-most-once records of a silent client are dropped.
     #[arg(long, env = "FULVA_CLIENT_RECORD_TTL_SECS", default_value_t = 600)]
     pub client_record_ttl_secs: u64,
+    /// Clients whose at-most-once records the node keeps; past it a new
+    /// client displaces the least recently heard one (counted in
+    /// fulva_kvnode_client_records_shed_total).
+    #[arg(long, env = "FULVA_MAX_CLIENTS", default_value_t = DEFAULT_MAX_CLIENTS)]
+    pub max_clients: usize,
     /// Target size of one batch a move's destination pulls from the source, in bytes.
     #[arg(long, env = "FULVA_MIGRATION_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub migration_batch_bytes: u32,
@@ -176,6 +183,7 @@ impl NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             stripe_bits: 12,
             client_record_ttl_secs: 600,
+            max_clients: DEFAULT_MAX_CLIENTS,
             migration_batch_bytes: 64 * 1024,
             migration_fetch_on_miss: false,
             transparent_huge_pages: false,

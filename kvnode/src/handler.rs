@@ -91,7 +91,8 @@ impl Handler {
             incarnation: new_incarnation(),
             store: Store::new(config.stripe_bits),
             ownership: Ownership::default(),
-            records: CompletionTable::with_trap(config.client_record_ttl(), config.trap_records_ignore_key),
+            records: CompletionTable::with_trap(config.client_record_ttl(), config.trap_records_ignore_key)
+                .with_max_clients(config.max_clients),
             metrics: NodeMetrics::new(),
             traps: TrapSwitches {
                 cursor_before_apply: config.trap_cursor_before_apply,

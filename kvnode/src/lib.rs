@@ -45,8 +45,8 @@ mod server;
 mod store;
 
 pub use config::{
-    eal_args, pci_device_env, MigrationTransfer, NodeConfig, TransportKind, DEFAULT_MAX_KEY_BYTES,
-    DEFAULT_MAX_VALUE_BYTES,
+    eal_args, pci_device_env, MigrationTransfer, NodeConfig, TransportKind, DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
 pub use handler::{Handler, Limits};
 pub use heat::{HeatSketch, HEAT_SLOTS, SAMPLE_EVERY};
@@ -248,7 +248,12 @@ async fn start_services(
         loop {
             tokio::select! {
                 () = token.cancelled() => break,
-                _ = tick.tick() => h.metrics.client_records.set(h.records.expire() as i64),
+                _ = tick.tick() => {
+                    h.metrics.client_records.set(h.records.expire() as i64);
+                    let (clients, records) = h.records.take_shed();
+                    h.metrics.client_records_shed.with_label_values(&["clients"]).inc_by(clients);
+                    h.metrics.client_records_shed.with_label_values(&["records"]).inc_by(records);
+                }
             }
         }
     });

@@ -55,6 +55,8 @@ pub struct NodeMetrics {
     pub epoch: IntGauge,
     /// Clients with completion records.
     pub client_records: IntGauge,
+    /// Clients and records dropped to keep the records table bounded, by what.
+    pub client_records_shed: IntCounterVec,
     /// Retried writes answered from a completion record instead of applied again.
     pub write_replays: IntCounter,
     /// Moves coming into this node, by strategy.
@@ -229,6 +231,20 @@ impl NodeMetrics {
             IntGauge::new("fulva_kvnode_client_records", "Clients with at-most-once completion records")
                 .expect("valid metric"),
         );
+        let client_records_shed = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_client_records_shed_total",
+                    "At-most-once records dropped to keep the table bounded: least recently heard clients past --max-clients, a client's oldest records past 4096",
+                ),
+                &["what"],
+            )
+            .expect("valid metric"),
+        );
+        for what in ["clients", "records"] {
+            client_records_shed.with_label_values(&[what]);
+        }
         let write_replays = register(
             &registry,
             IntCounter::new(
@@ -301,6 +317,7 @@ impl NodeMetrics {
             range_stored_bytes,
             epoch,
             client_records,
+            client_records_shed,
         }
     }
 

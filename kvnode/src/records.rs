@@ -20,6 +20,7 @@
 use fulva_proto::Status;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Outcome of a completed write, replayed to retries.
@@ -86,12 +87,22 @@ struct ClientRecords {
 
 const SHARDS: usize = 64;
 
+/// Records one client may hold above its ack floor (a client has at most
+/// this many writes unfinished; the oldest records go beyond it).
+pub const MAX_RECORDS_PER_CLIENT: usize = 4096;
+
 /// Completion records of every client, sharded by client id.
 pub struct CompletionTable {
     shards: Box<[Mutex<HashMap<u64, ClientRecords>>]>,
     ttl: Duration,
     /// Trap: records keyed by seq alone (what a write was is not checked).
     key_blind: bool,
+    /// Most clients per shard; beyond it the least recently heard is dropped.
+    clients_per_shard: usize,
+    /// Clients dropped to stay within the bound.
+    shed_clients: AtomicU64,
+    /// Records dropped because one client held too many.
+    shed_records: AtomicU64,
 }
 
 impl CompletionTable {
@@ -104,7 +115,30 @@ impl CompletionTable {
     /// `trap_records_ignore_key`: a write is answered from the record of any
     /// write with the same client and seq).
     pub fn with_trap(ttl: Duration, key_blind: bool) -> CompletionTable {
-        CompletionTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), ttl, key_blind }
+        CompletionTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ttl,
+            key_blind,
+            clients_per_shard: usize::MAX,
+            shed_clients: AtomicU64::new(0),
+            shed_records: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps the records of at most about `max_clients` clients (unbounded
+    /// unless set; a node sets `--max-clients`): past it,
+    /// a new client displaces the least recently heard one (counted in
+    /// [`CompletionTable::take_shed`]). Its records and ack floor go, so a
+    /// duplicate of one of its old writes delayed past that could apply; the
+    /// bound keeps memory and the freeze's handover bounded.
+    pub fn with_max_clients(mut self, max_clients: usize) -> CompletionTable {
+        self.clients_per_shard = max_clients.div_ceil(SHARDS).max(1);
+        self
+    }
+
+    /// Clients and records dropped to stay within the bounds since the last call.
+    pub fn take_shed(&self) -> (u64, u64) {
+        (self.shed_clients.swap(0, Ordering::Relaxed), self.shed_records.swap(0, Ordering::Relaxed))
     }
 
     fn slot(&self, seq: u64, kind: WriteKind) -> (u64, WriteKind) {
@@ -126,6 +160,13 @@ impl CompletionTable {
         }
         let slot = self.slot(seq, kind);
         let mut shard = self.shard(client).lock();
+        if !shard.contains_key(&client) && shard.len() >= self.clients_per_shard {
+            let oldest = shard.iter().min_by_key(|(_, c)| c.last_seen).map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                shard.remove(&oldest);
+                self.shed_clients.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let entry = shard.entry(client).or_insert_with(|| ClientRecords {
             ack: 0,
             records: HashMap::new(),
@@ -143,6 +184,13 @@ impl CompletionTable {
             Some(Record::Done(c)) => Admission::Replay(*c),
             Some(Record::InProgress) => Admission::InProgress,
             None => {
+                if entry.records.len() >= MAX_RECORDS_PER_CLIENT {
+                    let oldest = entry.records.keys().min_by_key(|(s, _)| *s).copied();
+                    if let Some(oldest) = oldest {
+                        entry.records.remove(&oldest);
+                        self.shed_records.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 entry.records.insert(slot, Record::InProgress);
                 Admission::Apply
             }
@@ -289,6 +337,26 @@ mod tests {
         to.import(&records, &acks);
         assert_eq!(to.admit(1, 7, 7, K1), Admission::Replay(DONE));
         assert_eq!(to.admit(1, 7, 7, K2), Admission::Apply);
+    }
+
+    #[test]
+    fn a_node_keeps_a_bounded_number_of_clients_and_records() {
+        let t = CompletionTable::new(Duration::from_secs(60)).with_max_clients(640);
+        for client in 0..200_000u64 {
+            t.admit(client, 1, 1, K1);
+        }
+        let kept = t.expire();
+        assert!(kept <= 640, "{kept} clients kept");
+        let (clients, _) = t.take_shed();
+        assert_eq!(clients, 200_000 - kept as u64, "every dropped client is counted");
+        // The handover of a range carries only what is kept.
+        let (_, acks) = t.export(fulva_proto::HashRange::FULL);
+        assert_eq!(acks.len(), kept);
+        // One client with writes that never finish keeps at most the bound.
+        for seq in 1..=(MAX_RECORDS_PER_CLIENT as u64 + 10) {
+            t.admit(7_000_000, seq, 1, K1);
+        }
+        assert_eq!(t.take_shed(), (1, 10));
     }
 
     #[test]

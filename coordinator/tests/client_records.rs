@@ -1,0 +1,76 @@
+//! 200,000 short-lived clients (each a fresh client id with one write) cost a
+//! node bounded memory, and a move of the range they wrote still succeeds
+//! (before the bound, the freeze's handover of every client's ack floor grew
+//! past gRPC's 4 MB message limit and every move off the node failed).
+
+use fulva_coordinator::MoveOptions;
+use fulva_local::{LocalCluster, LocalClusterConfig};
+use fulva_proto::frame::RequestHeader;
+use fulva_proto::{Reply, Request, RequestBody, Status};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_thousand_client_ids_cost_bounded_memory_and_a_move_still_succeeds() {
+    let cluster =
+        LocalCluster::start(LocalClusterConfig { nodes: 2, shards: 2, ..LocalClusterConfig::default() })
+            .await
+            .unwrap();
+    let map = cluster.coordinator.map();
+    let shard = map.shards[0];
+    let node = &cluster.nodes[shard.owner as usize];
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| shard.range.contains(fulva_proto::key_hash(k.as_bytes())))
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const CLIENTS: u64 = 200_000;
+    const WINDOW: u64 = 64;
+    let mut buf = vec![0u8; 70_000];
+    let (mut sent, mut ok) = (0u64, 0u64);
+    while sent < CLIENTS {
+        let burst = WINDOW.min(CLIENTS - sent);
+        for i in 0..burst {
+            let client = 1_000_000 + sent + i;
+            let header = RequestHeader {
+                op: 0,
+                flags: 0,
+                request_id: client,
+                client_id: client,
+                seq: 1,
+                ack: 1,
+                epoch: map.epoch,
+            };
+            let body = RequestBody::Put { key: key.as_bytes(), value: b"v" };
+            let header = RequestHeader { op: body.op() as u8, ..header };
+            let mut frame = Vec::new();
+            Request { header, body }.encode(&mut frame);
+            socket.send_to(&frame, node.data_addr).await.unwrap();
+        }
+        for _ in 0..burst {
+            let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            let reply = Reply::decode(&bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+            if reply.status == Status::Ok {
+                ok += 1;
+            }
+        }
+        sent += burst;
+    }
+    assert!(ok > CLIENTS * 9 / 10, "the node took the writes ({ok} of {CLIENTS})");
+    let kept = node.handler.records.expire();
+    assert!(kept <= fulva_kvnode::DEFAULT_MAX_CLIENTS, "{kept} clients' records kept");
+    // Dropped clients are counted (the node moves the count to its metric every 10 s).
+    let shed = node.handler.records.take_shed().0
+        + node.handler.metrics.client_records_shed.with_label_values(&["clients"]).get();
+    assert!(shed >= ok - kept as u64, "{shed} clients dropped, counted ({kept} kept, {ok} written)");
+    // The move of the range they wrote hands over bounded records and succeeds.
+    let to = map.shards[1].owner;
+    let report = cluster.coordinator.migrate(shard.range, to, MoveOptions::default(), |_| {}).await.unwrap();
+    assert_eq!(report.destination, to);
+    let client = cluster.client().await.unwrap();
+    assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
+}
