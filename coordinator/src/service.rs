@@ -32,10 +32,10 @@ impl ClusterDirectory {
         if cluster.is_empty() && clusters.len() == 1 {
             return Ok(clusters.values().next().expect("one cluster").clone());
         }
+        // The refusal names no other cluster: a caller learns only about the one it asked for.
         clusters.get(cluster).cloned().ok_or_else(|| {
-            let known: Vec<&String> = clusters.keys().collect();
             Status::not_found(format!(
-                "no cluster {cluster:?} here (serving {known:?}); set the client's cluster"
+                "no cluster {cluster:?} here; set the client's cluster to its FulvaCluster's namespace/name"
             ))
         })
     }
@@ -162,4 +162,39 @@ pub fn spawn_control_endpoint(
             tracing::error!(error = %err, "control endpoint failed");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MapStore, MemoryMapStore};
+    use fulva_proto::{HashRange, NodeInfo, Shard, ShardMap, ShardState};
+
+    async fn coordinator() -> Arc<Coordinator> {
+        let store = Arc::new(MemoryMapStore::default());
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let map = ShardMap {
+            epoch: 1,
+            nodes: vec![NodeInfo { id: 0, data_addr: addr, control_addr: addr }],
+            shards: vec![Shard { range: HashRange::FULL, owner: 0, state: ShardState::Normal }],
+        };
+        store.compare_and_set(None, &map).await.unwrap();
+        Arc::new(Coordinator::open(store).await.unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn asking_for_an_unknown_cluster_reveals_no_other_clusters_name() {
+        let directory = ClusterDirectory::default();
+        directory.insert("payments/orders".into(), coordinator().await);
+        directory.insert("team-b/sessions".into(), coordinator().await);
+        assert!(directory.find("payments/orders").is_ok());
+        let refused = directory.find("guess").err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert!(refused.message().contains("\"guess\""), "{}", refused.message());
+        assert!(
+            !refused.message().contains("orders") && !refused.message().contains("sessions"),
+            "{}",
+            refused.message()
+        );
+    }
 }

@@ -332,7 +332,7 @@ mod tests {
         from.admit(1, 7, 7, K1);
         from.finish(1, 7, K1, DONE);
         let (records, acks) = from.export(fulva_proto::HashRange::FULL);
-        assert_eq!(records[0].delete, false);
+        assert!(!records[0].delete);
         let to = CompletionTable::new(Duration::from_secs(60));
         to.import(&records, &acks);
         assert_eq!(to.admit(1, 7, 7, K1), Admission::Replay(DONE));
