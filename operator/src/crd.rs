@@ -66,6 +66,30 @@ pub struct FulvaClusterSpec {
     /// How kvnode pods are replaced (rolling updates, node maintenance).
     #[serde(default)]
     pub update: UpdateSpec,
+    /// Who may reach the kvnodes' ports.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The NetworkPolicy the operator gives the kvnodes (`NAME-kvnodes`): the
+/// data port from client namespaces, the control port from the operator
+/// only, the transfer port from the cluster's kvnodes and the operator (its
+/// relay), the metrics and health port from anywhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NetworkPolicySpec {
+    /// Apply the policy (turning it off later leaves an applied one in place).
+    pub enabled: bool,
+    /// Namespaces (by label) whose pods may use the data port, besides the
+    /// cluster's own namespace. Unset: the cluster's namespace only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec { enabled: true, client_namespace_selector: None }
+    }
 }
 
 /// How the operator replaces kvnode pods: every pod whose template is out of

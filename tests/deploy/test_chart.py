@@ -249,3 +249,13 @@ def test_values_schema_covers_every_value():
     jsonschema.validate(deep_merge(DEFAULT_VALUES, DPDK_VALUES), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(deep_merge(DEFAULT_VALUES, {"cluster": {"dataPath": {"mode": "rdma"}}}), schema)
+
+
+def test_the_control_endpoint_admits_only_the_release_namespace_unless_told_otherwise():
+    policy = by_kind(asyncio.run(install({})))["NetworkPolicy"][0]
+    control = policy["spec"]["ingress"][0]
+    namespaces = control["from"][0]["namespaceSelector"]
+    assert namespaces == {"matchLabels": {"kubernetes.io/metadata.name": policy["metadata"]["namespace"]}}, namespaces
+    chosen = {"matchLabels": {"fulva-client": "true"}}
+    policy = by_kind(asyncio.run(install({"networkPolicy": {"clientNamespaceSelector": chosen}})))["NetworkPolicy"][0]
+    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"] == chosen

@@ -29,6 +29,7 @@ use fulva_coordinator::metrics::OperatorMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -79,6 +80,9 @@ pub struct Context {
     pub operator_service_host: String,
     /// Port of that control endpoint.
     pub control_port: u16,
+    /// Namespace of the operator's pods: the second label of
+    /// `operator_service_host` (`NAME.NAMESPACE.svc`), "default" without one.
+    pub operator_namespace: String,
 }
 
 impl Context {
@@ -97,6 +101,7 @@ impl Context {
             client,
             metrics,
             runtimes,
+            operator_namespace: operator_service_host.split('.').nth(1).unwrap_or("default").to_string(),
             operator_service_host,
             control_port,
         }
@@ -266,6 +271,11 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
     let budget = resources::disruption_budget(fc);
     k8s::apply(&budgets, &resources::disruption_budget_name(fc), FIELD_MANAGER, &budget).await?;
+    if fc.spec.network_policy.enabled {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+        let policy = resources::network_policy(fc, &ctx.operator_namespace);
+        k8s::apply(&policies, &resources::network_policy_name(fc), FIELD_MANAGER, &policy).await?;
+    }
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = crate::k8s::get_if_exists(&statefulsets, &resources::statefulset_name(fc)).await?;

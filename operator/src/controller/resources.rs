@@ -7,6 +7,9 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -77,6 +80,74 @@ fn port(name: &str, port: i32, protocol: &str) -> ServicePort {
 /// The PodDisruptionBudget of the kvnode pods.
 pub fn disruption_budget_name(fc: &FulvaCluster) -> String {
     format!("{}-kvnodes", fc.name_any())
+}
+
+/// The NetworkPolicy of the kvnode pods.
+pub fn network_policy_name(fc: &FulvaCluster) -> String {
+    format!("{}-kvnodes", fc.name_any())
+}
+
+/// Labels of the operator's pods (as the chart sets them).
+pub fn operator_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "fulva".to_string()),
+        ("app.kubernetes.io/component".to_string(), "operator".to_string()),
+    ])
+}
+
+/// Who may reach the kvnodes (see [`crate::crd::NetworkPolicySpec`]); the
+/// operator's pods are those with [`operator_labels`] in `operator_namespace`.
+pub fn network_policy(fc: &FulvaCluster, operator_namespace: &str) -> NetworkPolicy {
+    let port = |port: i32, protocol: &str| NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some(protocol.to_string()),
+        ..NetworkPolicyPort::default()
+    };
+    let selector = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(selector(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            operator_namespace.to_string(),
+        )]))),
+        pod_selector: Some(selector(operator_labels())),
+        ..NetworkPolicyPeer::default()
+    };
+    let mut clients = vec![NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    }];
+    if let Some(namespaces) = &fc.spec.network_policy.client_namespace_selector {
+        clients.push(NetworkPolicyPeer {
+            namespace_selector: Some(namespaces.clone()),
+            ..NetworkPolicyPeer::default()
+        });
+    }
+    let kvnodes =
+        NetworkPolicyPeer { pod_selector: Some(selector(labels(fc))), ..NetworkPolicyPeer::default() };
+    NetworkPolicy {
+        metadata: metadata(fc, network_policy_name(fc)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(labels(fc))),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { ports: Some(vec![port(DATA_PORT, "UDP")]), from: Some(clients) },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(NODE_CONTROL_PORT, "TCP")]),
+                    from: Some(vec![operator.clone()]),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(TRANSFER_PORT, "TCP")]),
+                    from: Some(vec![kvnodes, operator]),
+                },
+                // Metrics scrapes and the kubelet's probes.
+                NetworkPolicyIngressRule { ports: Some(vec![port(METRICS_PORT, "TCP")]), from: None },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 /// How long a kvnode told to stop keeps serving the ranges it holds: the
@@ -343,6 +414,39 @@ mod tests {
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(0)));
         assert_eq!(spec.selector.unwrap().match_labels, Some(labels(&fc)));
         assert_eq!(pdb.metadata.owner_references.unwrap()[0].uid, "u1");
+    }
+
+    #[test]
+    fn the_kvnodes_take_control_calls_from_the_operator_only_and_data_from_client_namespaces() {
+        let fc = cluster(
+            json!({"nodes": 3, "networkPolicy": {"clientNamespaceSelector": {"matchLabels": {"fulva-client": "yes"}}}}),
+        );
+        let policy = serde_json::to_value(network_policy(&fc, "fulva-system")).unwrap();
+        assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "u1");
+        assert_eq!(policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "kvnode");
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        let rule_for = |port: i32| rules.iter().find(|r| r["ports"][0]["port"] == port).unwrap().clone();
+        let data = rule_for(DATA_PORT);
+        assert_eq!(data["ports"][0]["protocol"], "UDP");
+        assert_eq!(data["from"][0], json!({"podSelector": {}}), "the cluster's own namespace");
+        assert_eq!(data["from"][1]["namespaceSelector"]["matchLabels"]["fulva-client"], "yes");
+        let control = rule_for(NODE_CONTROL_PORT);
+        assert_eq!(control["from"].as_array().unwrap().len(), 1, "the operator only");
+        assert_eq!(
+            control["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "fulva-system"
+        );
+        assert_eq!(
+            control["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "operator"
+        );
+        let transfer = rule_for(TRANSFER_PORT);
+        assert_eq!(transfer["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "demo");
+        assert!(rule_for(METRICS_PORT).get("from").is_none(), "metrics and probes from anywhere");
+        // Without a client selector: the cluster's namespace only.
+        let plain = serde_json::to_value(network_policy(&cluster(json!({"nodes": 3})), "ops")).unwrap();
+        let rules = plain["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules[0]["from"].as_array().unwrap().len(), 1);
     }
 
     #[test]

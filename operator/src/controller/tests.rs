@@ -170,6 +170,19 @@ pub(super) async fn expect_services(api: &mut MockApi) {
     assert_eq!(control.body["spec"]["externalName"], "fulva-operator.fulva-system.svc");
     let budget = api.expect("PATCH", PDB, 200, Value::Null).await;
     assert_eq!(budget.body["spec"]["maxUnavailable"], 0, "no kvnode pod may be evicted");
+    let policy = api
+        .expect(
+            "PATCH",
+            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-kvnodes",
+            200,
+            Value::Null,
+        )
+        .await;
+    let control = &policy.body["spec"]["ingress"][1]["from"][0];
+    assert_eq!(
+        control["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "fulva-system",
+        "control calls from the operator's namespace only"
+    );
 }
 
 /// The kvnode pods listed by their labels (and, when any is scheduled, the Nodes).
