@@ -199,7 +199,15 @@ impl Runtimes for KubeRuntimes {
         }
         runtime.policy = fc.spec.rebalance.clone();
         // Automatic rebalancing waits while a one-shot rebalance runs.
-        // So does it while pods are being replaced (the drains move ranges themselves).
+        // So does it while pods are being replaced (the drains move ranges
+        // themselves). A node gone from the StatefulSet is replaced by nobody.
+        runtime.drains.retain(|&node, drain| {
+            let kept = node < replicas;
+            if !kept {
+                drain.task.abort();
+            }
+            kept
+        });
         runtime.rebalancer.set_held(
             runtime.jobs.values().any(|j| j.report().phase == JobPhase::Running)
                 || !runtime.drains.is_empty(),
