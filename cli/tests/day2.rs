@@ -343,12 +343,15 @@ async fn measure_a_rolling_restart_of_a_million_keys() {
     let origin = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let longest = Arc::new(AtomicU64::new(0));
+    // When the longest gap so far ended (ns since `origin`).
+    let longest_at = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for w in 0..8u64 {
         let client = Client::connect(client_config(&c.endpoint)).await.unwrap();
         let (last, longest, done, failed) = (last.clone(), longest.clone(), done.clone(), failed.clone());
+        let longest_at = longest_at.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::SmallRng::seed_from_u64(w);
             let mut n = 0u64;
@@ -368,7 +371,10 @@ async fn measure_a_rolling_restart_of_a_million_keys() {
                 let now = origin.elapsed().as_nanos() as u64;
                 let before = last.swap(now, Ordering::Relaxed);
                 if before > 0 {
-                    longest.fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+                    let gap = now.saturating_sub(before);
+                    if longest.fetch_max(gap, Ordering::Relaxed) < gap {
+                        longest_at.store(now, Ordering::Relaxed);
+                    }
                 }
                 n += 1;
             }
@@ -378,21 +384,31 @@ async fn measure_a_rolling_restart_of_a_million_keys() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let steady_stall = longest.swap(0, Ordering::Relaxed);
     let rolled = Instant::now();
+    let at = |i: Instant| i.duration_since(origin).as_secs_f64() * 1e3;
     for id in 0..3u32 {
         let drain = Instant::now();
+        eprintln!("{:>9.1} ms: drain of node {id} starts", at(drain));
         let out = Command::new(env!("CARGO_BIN_EXE_fulva"))
             .args(["drain", &id.to_string(), "--endpoint", &c.endpoint])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         eprintln!("node {id}: {}", String::from_utf8_lossy(&out.stdout).trim());
+        eprintln!("{:>9.1} ms: node {id} drained", at(Instant::now()));
         let mut node = c.nodes[id as usize].take().unwrap();
         assert!(terminate(&mut node, Duration::from_secs(5)));
+        eprintln!("{:>9.1} ms: node {id} exited", at(Instant::now()));
         c.nodes[id as usize] = Some(start_node(id, c.addrs[id as usize]).await);
+        eprintln!("{:>9.1} ms: node {id} listens again", at(Instant::now()));
         eprintln!("node {id} drained and restarted in {:.1} s", drain.elapsed().as_secs_f64());
     }
     let roll = rolled.elapsed();
     let roll_stall = longest.load(Ordering::Relaxed);
+    let stall_end = longest_at.load(Ordering::Relaxed) as f64 / 1e6;
+    eprintln!(
+        "the longest stall ran from {:.1} ms to {stall_end:.1} ms",
+        stall_end - roll_stall as f64 / 1e6
+    );
     done.store(true, Ordering::Relaxed);
     let mut ops = 0;
     for w in workers {

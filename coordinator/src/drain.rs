@@ -163,12 +163,16 @@ impl Coordinator {
         let mut node_bytes = HashMap::new();
         let mut range_bytes = HashMap::new();
         for info in &map.nodes {
-            let Ok(mut client) = self.node_client(info.id).await else { continue };
-            let Ok(stats) = client.get_stats(GetStatsRequest {}).await else {
-                if info.id == node {
-                    return Err(CoordinatorError::NodeLost { node, seconds: 0.0 });
-                }
-                continue;
+            // The drained node must answer (its bytes decide the plan); a
+            // silent other node simply receives nothing.
+            let stats = match self.node_client(info.id).await {
+                Ok(mut client) => client.get_stats(GetStatsRequest {}).await.map_err(CoordinatorError::from),
+                Err(err) => Err(err),
+            };
+            let stats = match stats {
+                Ok(stats) => stats,
+                Err(err) if info.id == node => return Err(err),
+                Err(_) => continue,
             };
             node_bytes.insert(info.id, stats.bytes);
             if info.id == node {
