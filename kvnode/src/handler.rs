@@ -120,7 +120,9 @@ impl Handler {
                 // A reply must fit one datagram: a multi-get whose values do
                 // not is refused with TooLarge (the client asks for the keys
                 // one by one), never encoded into a buffer it would not fit.
-                if reply.encoded_len() > MAX_DATAGRAM {
+                // Only a multi-get can be too large (one value is bounded by
+                // --max-value-bytes), so no other reply is sized twice.
+                if reply.op == Op::MultiGet as u8 && reply.encoded_len() > MAX_DATAGRAM {
                     reply = Reply::error(reply.op, reply.request_id, reply.epoch, Status::TooLarge);
                 }
                 self.metrics.count_reply(reply.status);

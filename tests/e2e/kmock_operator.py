@@ -48,6 +48,29 @@ def kubeconfig(url: str) -> str:
     })
 
 
+def fulva_cluster(spec: dict) -> dict:
+    """The stored FulvaCluster `demo`. kmock applies a JSON-patch `test`
+    strictly (a missing member is not null), which the finalizer's first add
+    relies on; with a finalizer already there, the add takes the other path."""
+    return {
+        "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaCluster",
+        "metadata": {"name": "demo", "namespace": "default", "uid": "e2e-uid", "generation": 1,
+                     "resourceVersion": "1", "finalizers": ["e2e.example/keep"]},
+        "spec": spec,
+    }
+
+
+async def start_operator(binary: str, server):
+    """Starts the operator against `server`; returns it and its kubeconfig's path."""
+    with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False) as f:
+        f.write(kubeconfig(str(server.url).rstrip("/")))
+    env = dict(os.environ, KUBECONFIG=f.name, POD_NAMESPACE="default", POD_NAME="e2e-operator",
+               RUST_LOG=os.environ.get("RUST_LOG", "info"),
+               FULVA_OPERATOR_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+               FULVA_OPERATOR_CONTROL_ADDR=f"127.0.0.1:{free_port()}")
+    return await asyncio.create_subprocess_exec(binary, env=env), f.name
+
+
 def get(k, resource, name, namespace="default"):
     for (res, ns, n), obj in list(k.objects.items()):
         if res == resource and ns == namespace and n == name and not obj.deleted:
@@ -61,28 +84,14 @@ async def main(binary: str) -> int:
         for resource in ["fulva.io/v1alpha1/fulvaclusters", "fulva.io/v1alpha1/fulvarebalances", "apps/v1/statefulsets", "v1/services", "v1/pods",
                          "v1/configmaps", "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
             k.resources[resource] = {}
-        k.objects[CLUSTERS, "default", "demo"] = {
-            "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaCluster",
-            # kmock applies a JSON-patch `test` strictly (a missing member is not
-            # null), which the finalizer's first add relies on; with a finalizer
-            # already there, the add takes the other path.
-            "metadata": {"name": "demo", "namespace": "default", "uid": "e2e-uid", "generation": 1,
-                         "resourceVersion": "1", "finalizers": ["e2e.example/keep"]},
-            "spec": {"nodes": 3, "initialShards": 6},
-        }
+        k.objects[CLUSTERS, "default", "demo"] = fulva_cluster({"nodes": 3, "initialShards": 6})
         k.objects[REBALANCES, "default", "spread"] = {
             "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaRebalance",
             "metadata": {"name": "spread", "namespace": "default", "uid": "e2e-rb", "generation": 1,
                          "resourceVersion": "1"},
             "spec": {"cluster": "demo", "goal": "full"},
         }
-        with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False) as f:
-            f.write(kubeconfig(str(server.url).rstrip("/")))
-        env = dict(os.environ, KUBECONFIG=f.name, POD_NAMESPACE="default", POD_NAME="e2e-operator",
-                   RUST_LOG=os.environ.get("RUST_LOG", "info"),
-                   FULVA_OPERATOR_HTTP_ADDR=f"127.0.0.1:{free_port()}",
-                   FULVA_OPERATOR_CONTROL_ADDR=f"127.0.0.1:{free_port()}")
-        proc = await asyncio.create_subprocess_exec(binary, env=env)
+        proc, config = await start_operator(binary, server)
         checks = {}
         try:
             for _ in range(150):  # 15 s at most
@@ -107,7 +116,7 @@ async def main(binary: str) -> int:
             if proc.returncode is None:
                 proc.terminate()
                 await proc.wait()
-            os.unlink(f.name)
+            os.unlink(config)
         for name, ok in checks.items():
             print(f"{'ok  ' if ok else 'FAIL'} {name}")
         if all(checks.values()):
@@ -129,12 +138,8 @@ async def rolling_update(binary: str, kvnode: str) -> int:
                          "v1/services", "v1/pods", "v1/nodes", "v1/configmaps", "policy/v1/poddisruptionbudgets",
                          "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
             k.resources[resource] = {}
-        k.objects[CLUSTERS, "default", "demo"] = {
-            "apiVersion": "fulva.io/v1alpha1", "kind": "FulvaCluster",
-            "metadata": {"name": "demo", "namespace": "default", "uid": "e2e-uid", "generation": 1,
-                         "resourceVersion": "1", "finalizers": ["e2e.example/keep"]},
-            "spec": {"nodes": 3, "initialShards": 6, "rebalance": {"mode": "off"}},
-        }
+        k.objects[CLUSTERS, "default", "demo"] = fulva_cluster(
+            {"nodes": 3, "initialShards": 6, "rebalance": {"mode": "off"}})
         for i in range(3):
             ip = f"127.0.0.{21 + i}"
             nodes.append(await asyncio.create_subprocess_exec(
@@ -150,13 +155,7 @@ async def rolling_update(binary: str, kvnode: str) -> int:
                 "spec": {"containers": [{"name": "kvnode"}]},
                 "status": {"phase": "Running", "podIP": ip},
             }
-        with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False) as f:
-            f.write(kubeconfig(str(server.url).rstrip("/")))
-        env = dict(os.environ, KUBECONFIG=f.name, POD_NAMESPACE="default", POD_NAME="e2e-operator",
-                   RUST_LOG=os.environ.get("RUST_LOG", "info"),
-                   FULVA_OPERATOR_HTTP_ADDR=f"127.0.0.1:{free_port()}",
-                   FULVA_OPERATOR_CONTROL_ADDR=f"127.0.0.1:{free_port()}")
-        proc = await asyncio.create_subprocess_exec(binary, env=env)
+        proc, config = await start_operator(binary, server)
         checks = {"statefulset updateStrategy OnDelete": False, "shard map over the real nodes": False,
                   "Updating condition names the pod": False, "pod deleted only once its node owned nothing": False}
         owned_at_delete = None
@@ -193,7 +192,7 @@ async def rolling_update(binary: str, kvnode: str) -> int:
                 if p.returncode is None:
                     stop()
                     await p.wait()
-            os.unlink(f.name)
+            os.unlink(config)
         for name, ok in checks.items():
             print(f"{'ok  ' if ok else 'FAIL'} {name}")
         if not all(checks.values()):

@@ -30,6 +30,24 @@ fn pod(ordinal: u32, uid: &str, revision: &str, node: &str) -> Value {
     })
 }
 
+/// Pods demo-0..2 (uids u0..u2) at `revision`, on Nodes k0..k2.
+fn three_pods(revision: &str) -> Value {
+    json!([pod(0, "u0", revision, "k0"), pod(1, "u1", revision, "k1"), pod(2, "u2", revision, "k2")])
+}
+
+/// The next request is an Event of this type and reason; returns its note.
+async fn expect_event(api: &mut crate::fixtures::MockApi, warning: bool, reason: &str) -> String {
+    let event = api.expect("POST", EVENTS, 201, Value::Null).await;
+    let type_ = if warning { "Warning" } else { "Normal" };
+    assert_eq!((event.body["type"].as_str(), event.body["reason"].as_str()), (Some(type_), Some(reason)));
+    event.body["note"].as_str().unwrap_or_default().to_string()
+}
+
+/// The next request is the status patch; returns the status written.
+async fn expect_status(api: &mut crate::fixtures::MockApi) -> Value {
+    api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone()
+}
+
 fn kube_nodes(cordoned: &[&str]) -> Value {
     let items: Vec<Value> = ["k0", "k1", "k2"]
         .iter()
@@ -62,14 +80,12 @@ async fn a_template_change_drains_one_pod_then_deletes_it_by_uid() {
     *runtimes.report.lock() = serving(16);
     let (ctx, mut api) = context(runtimes.clone());
     let fc = cluster(json!({"nodes": 3}), true, false);
-    let pods = json!([pod(0, "u0", "old", "k0"), pod(1, "u1", "old", "k1"), pod(2, "u2", "old", "k2")]);
+    let pods = three_pods("old");
     let server = tokio::spawn(async move {
         expect_until_nodes(&mut api, statefulset_at("new"), pods, &[]).await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(event.body["reason"], "PodDraining");
-        assert!(event.body["note"].as_str().unwrap().contains("demo-2"), "{}", event.body);
-        let status =
-            api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
+        let note = expect_event(&mut api, false, "PodDraining").await;
+        assert!(note.contains("demo-2"), "{note}");
+        let status = expect_status(&mut api).await;
         assert_eq!(status["update"]["phase"], "Draining");
         assert_eq!(status["update"]["podsTotal"], 3);
         assert_eq!(status["update"]["inProgress"][0]["pod"], "demo-2");
@@ -89,7 +105,7 @@ async fn a_template_change_drains_one_pod_then_deletes_it_by_uid() {
     let (ctx, mut api) = context(runtimes.clone());
     let fc = with_status(json!({"revision": "new", "phase": "Draining", "podsDone": 0, "podsTotal": 3,
         "inProgress": [{"pod": "demo-2", "node": 2, "uid": "u2", "reason": "Outdated", "step": "Draining"}]}));
-    let pods = json!([pod(0, "u0", "old", "k0"), pod(1, "u1", "old", "k1"), pod(2, "u2", "old", "k2")]);
+    let pods = three_pods("old");
     let server = tokio::spawn(async move {
         expect_until_nodes(&mut api, statefulset_at("new"), pods, &[]).await;
         let deleted = api
@@ -101,9 +117,8 @@ async fn a_template_change_drains_one_pod_then_deletes_it_by_uid() {
             )
             .await;
         assert_eq!(deleted.body["preconditions"]["uid"], "u2");
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "PodDrained");
-        let status =
-            api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
+        expect_event(&mut api, false, "PodDrained").await;
+        let status = expect_status(&mut api).await;
         assert_eq!(status["update"]["phase"], "WaitingForPod");
     });
     reconcile(Arc::new(fc), ctx).await.unwrap();
@@ -116,10 +131,9 @@ async fn a_template_change_drains_one_pod_then_deletes_it_by_uid() {
     let pods = json!([pod(0, "u0", "old", "k0"), pod(1, "u1", "old", "k1"), pod(2, "u2b", "new", "k2")]);
     let server = tokio::spawn(async move {
         expect_until_nodes(&mut api, statefulset_at("new"), pods, &[]).await;
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "PodReplaced");
-        assert_eq!(api.expect("POST", EVENTS, 201, Value::Null).await.body["reason"], "PodDraining");
-        let status =
-            api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
+        expect_event(&mut api, false, "PodReplaced").await;
+        expect_event(&mut api, false, "PodDraining").await;
+        let status = expect_status(&mut api).await;
         assert_eq!(status["update"]["podsDone"], 1);
         assert_eq!(status["update"]["inProgress"][0]["pod"], "demo-1");
     });
@@ -134,17 +148,12 @@ async fn a_cordoned_node_has_its_kvnode_drained_even_without_a_template_change()
     *runtimes.report.lock() = serving(16);
     let (ctx, mut api) = context(runtimes.clone());
     let fc = cluster(json!({"nodes": 3}), true, false);
-    let pods = json!([pod(0, "u0", "r", "k0"), pod(1, "u1", "r", "k1"), pod(2, "u2", "r", "k2")]);
+    let pods = three_pods("r");
     let server = tokio::spawn(async move {
         expect_until_nodes(&mut api, statefulset_at("r"), pods, &["k0"]).await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
-        assert!(
-            event.body["note"].as_str().unwrap().contains("demo-0 (node 0): Maintenance"),
-            "{}",
-            event.body
-        );
-        let status =
-            api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
+        let note = expect_event(&mut api, false, "PodDraining").await;
+        assert!(note.contains("demo-0 (node 0): Maintenance"), "{note}");
+        let status = expect_status(&mut api).await;
         assert_eq!(status["update"]["inProgress"][0]["reason"], "Maintenance");
     });
     reconcile(Arc::new(fc), ctx).await.unwrap();
@@ -162,16 +171,11 @@ async fn a_drain_without_room_pauses_the_update_with_the_reason_and_deletes_noth
     );
     let (ctx, mut api) = context(runtimes.clone());
     let fc = cluster(json!({"nodes": 3}), true, false);
-    let pods = json!([pod(0, "u0", "old", "k0"), pod(1, "u1", "old", "k1"), pod(2, "u2", "old", "k2")]);
+    let pods = three_pods("old");
     let server = tokio::spawn(async move {
         expect_until_nodes(&mut api, statefulset_at("new"), pods, &[]).await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(
-            (event.body["type"].as_str(), event.body["reason"].as_str()),
-            (Some("Warning"), Some("UpdatePaused"))
-        );
-        let status =
-            api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
+        expect_event(&mut api, true, "UpdatePaused").await;
+        let status = expect_status(&mut api).await;
         let updating = condition_of(&status, "Updating");
         assert_eq!(updating["reason"], "Paused");
         assert!(updating["message"].as_str().unwrap().contains("cannot hold"), "{updating}");
@@ -199,16 +203,11 @@ async fn ranges_declared_lost_raise_the_data_loss_condition_and_a_warning() {
     };
     let (ctx, mut api) = context(runtimes.clone());
     let fc = cluster(json!({"nodes": 3}), true, false);
-    let pods = json!([pod(0, "u0", "r", "k0"), pod(1, "u1", "r", "k1"), pod(2, "u2", "r", "k2")]);
+    let pods = three_pods("r");
     let server = tokio::spawn(async move {
         expect_until_nodes(&mut api, statefulset_at("r"), pods, &[]).await;
-        let event = api.expect("POST", EVENTS, 201, Value::Null).await;
-        assert_eq!(
-            (event.body["type"].as_str(), event.body["reason"].as_str()),
-            (Some("Warning"), Some("RangesLost"))
-        );
-        let status =
-            api.expect("PATCH", &format!("{CLUSTERS}/status"), 200, stored()).await.body["status"].clone();
+        expect_event(&mut api, true, "RangesLost").await;
+        let status = expect_status(&mut api).await;
         let loss = condition_of(&status, "DataLoss");
         assert_eq!((loss["status"].as_str(), loss["reason"].as_str()), (Some("True"), Some("RangesLost")));
         let message = loss["message"].as_str().unwrap();
