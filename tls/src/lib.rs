@@ -1,0 +1,81 @@
+//! Mutual TLS for Fulva's gRPC hops and transfer streams.
+//!
+//! Each cluster has its own certificate authority ([`Authority`]), and each
+//! part its own certificate naming its [`Role`]: the coordinator, a node by
+//! id, an admin tool, a client. Servers accept only callers the authority
+//! signed ([`incoming`]) and check per call who may make it
+//! ([`authorize`]); clients check that the server is the part they meant
+//! ([`connect_channel`], [`connect_stream`]). Both ends read their files
+//! again when they change, so renewed certificates need no restart.
+//!
+//! Running without TLS is a choice made explicitly (`--insecure`): then
+//! every `Option<Arc<...Tls>>` here is `None`, connections are plain TCP,
+//! and [`authorize`] lets every call through.
+
+mod ca;
+mod client;
+mod config;
+mod identity;
+mod server;
+mod stream;
+
+use std::path::{Path, PathBuf};
+
+pub use ca::{
+    expires_at, generate_dir, write_identity, Authority, Issued, AUTHORITY_VALIDITY, DEFAULT_VALIDITY,
+};
+pub use client::{connect_channel, connect_stream, lazy_channel, ClientTls, Connector};
+pub use config::TlsFiles;
+pub use identity::Role;
+pub use server::{authorize, incoming, Conn, PeerInfo, ServerTls};
+pub use stream::{ClientStream, MaybeTls};
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {what}: {detail}")]
+    Parse { what: String, detail: String },
+    #[error("cannot make a certificate: {0}")]
+    Generate(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+impl TlsError {
+    fn io(path: &Path, source: std::io::Error) -> TlsError {
+        TlsError::Io { path: path.to_path_buf(), source }
+    }
+
+    fn generate(e: impl std::fmt::Display) -> TlsError {
+        TlsError::Generate(e.to_string())
+    }
+}
+
+/// The TLS of one part of a cluster: the files of its role, as server and
+/// as client. `None` where the part runs without TLS.
+#[derive(Clone)]
+pub struct Tls {
+    pub role: Role,
+    pub server: std::sync::Arc<ServerTls>,
+    pub client: std::sync::Arc<ClientTls>,
+}
+
+impl Tls {
+    /// Loads `role`'s files from a TLS directory.
+    pub fn from_dir(dir: &Path, role: Role) -> Result<Tls, TlsError> {
+        Tls::from_files(TlsFiles::in_dir(dir, role), role)
+    }
+
+    /// Loads a role's files from where they are.
+    pub fn from_files(files: TlsFiles, role: Role) -> Result<Tls, TlsError> {
+        Ok(Tls { role, server: ServerTls::new(files.clone())?, client: ClientTls::new(files)? })
+    }
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("role", &self.role).field("files", self.server.files()).finish()
+    }
+}

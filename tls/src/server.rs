@@ -1,0 +1,233 @@
+//! The server side: a listener whose connections have passed the handshake,
+//! and the check of who a caller is.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::config::{server_config, Reloading, TlsFiles};
+use crate::stream::MaybeTls;
+use crate::{Role, TlsError};
+
+/// How long a caller may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted but not yet taken by the server.
+const BACKLOG: usize = 64;
+
+/// A server's TLS: its identity, the authority its callers must come from,
+/// and a count of the callers refused.
+pub struct ServerTls {
+    config: Reloading<rustls::ServerConfig>,
+    refused: AtomicU64,
+}
+
+impl ServerTls {
+    /// Loads `files`; they are read again when they change.
+    pub fn new(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
+        Ok(Arc::new(ServerTls { config: Reloading::new(files, server_config)?, refused: AtomicU64::new(0) }))
+    }
+
+    /// How many connections failed their handshake (no certificate, one the
+    /// authority did not sign, an expired one, not TLS at all).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The files this server's identity comes from.
+    pub fn files(&self) -> &TlsFiles {
+        self.config.files()
+    }
+}
+
+/// Who is on the other end of an accepted connection. tonic hands it to
+/// every request of the connection (see [`authorize`]).
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// The caller's address.
+    pub remote: Option<SocketAddr>,
+    /// The DNS names of the caller's certificate (empty without TLS).
+    names: Arc<[String]>,
+    /// Whether the connection runs under TLS. Without it, nobody is checked.
+    secured: bool,
+}
+
+impl PeerInfo {
+    /// Whether the caller is `role`: its verified certificate names it.
+    /// Always true on a server that runs without TLS (`--insecure`).
+    pub fn is(&self, role: Role) -> bool {
+        !self.secured || self.names.iter().any(|n| *n == role.dns_name())
+    }
+
+    /// Whether the connection runs under TLS.
+    pub fn secured(&self) -> bool {
+        self.secured
+    }
+
+    /// The first name of the caller's certificate, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.names.first().map(String::as_str)
+    }
+}
+
+impl fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addr = self.remote.map_or_else(|| "?".to_string(), |a| a.to_string());
+        match self.name() {
+            Some(name) => write!(f, "{name} at {addr}"),
+            None if self.secured => write!(f, "a caller with no name at {addr}"),
+            None => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// Refuses a call unless its caller is one of `allowed`. A server built
+/// without TLS (or not on [`incoming`]) lets every call through.
+#[allow(clippy::result_large_err)]
+pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[Role]) -> Result<(), tonic::Status> {
+    match request.extensions().get::<PeerInfo>() {
+        Some(peer) if !allowed.iter().any(|role| peer.is(*role)) => {
+            let wanted: Vec<String> = allowed.iter().map(Role::dns_name).collect();
+            tracing::warn!(%peer, "call refused: the caller is not {}", wanted.join(" or "));
+            Err(tonic::Status::permission_denied(format!(
+                "{peer} may not make this call: it is for {}",
+                wanted.join(" or ")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An accepted connection whose handshake (if any) is done.
+pub struct Conn {
+    io: MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>,
+    info: PeerInfo,
+}
+
+impl Conn {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The connections of `listener`, each past its handshake when `tls` is
+/// set (handshakes run side by side, so a slow caller holds up no other).
+/// A failed handshake is logged and counted, and never reaches the server.
+/// Accepting stops when the stream is dropped. Feed it to tonic's
+/// `serve_with_incoming`, or read it for a raw protocol.
+pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = tls.clone() else {
+                let info = PeerInfo { remote: Some(remote), names: Arc::from([]), secured: false };
+                if tx.send(Ok(Conn { io: MaybeTls::Plain(tcp), info })).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.current());
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let names =
+                            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(dns_names);
+                        let info = PeerInfo {
+                            remote: Some(remote),
+                            names: names.unwrap_or_default().into(),
+                            secured: true,
+                        };
+                        let _ = tx.send(Ok(Conn { io: MaybeTls::Tls(Box::new(stream)), info })).await;
+                    }
+                    Ok(Err(err)) => {
+                        tls.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%remote, error = %err, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        tls.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%remote, "TLS handshake not finished within 10 s");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The DNS names a (verified) certificate carries.
+fn dns_names(cert: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
+}
