@@ -16,6 +16,8 @@ pub struct EndpointArgs {
     /// Control endpoint of the cluster (as printed by `fulva up`).
     #[arg(long, env = "FULVA_ENDPOINT", default_value = "127.0.0.1:7000")]
     pub endpoint: String,
+    #[command(flatten)]
+    pub tls: crate::tls::ToolTlsArgs,
 }
 
 impl EndpointArgs {
@@ -25,6 +27,20 @@ impl EndpointArgs {
         } else {
             format!("http://{}", self.endpoint)
         }
+    }
+
+    /// A channel to the endpoint, showing the admin certificate when a TLS
+    /// directory was given.
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("control endpoint {}: {e}", self.endpoint);
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).map_err(|e| fail(&e))?;
+        let tls = match self.tls.files(fulva_tls::Role::Admin) {
+            Some(files) => Some(fulva_tls::ClientTls::new(files).map_err(|e| fail(&e))?),
+            None => None,
+        };
+        fulva_tls::connect_channel(endpoint, tls.as_ref(), fulva_tls::Role::Coordinator)
+            .await
+            .map_err(|e| fail(&fulva_tls::error_chain(&e)))
     }
 }
 
@@ -212,9 +228,7 @@ fn print_map(map: &ShardMap) {
 
 /// Runs `fulva map`.
 pub async fn show_map(args: EndpointArgs) -> anyhow::Result<bool> {
-    let mut client = ShardMapServiceClient::connect(args.url())
-        .await
-        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", args.endpoint))?;
+    let mut client = ShardMapServiceClient::new(args.channel().await?);
     let map = ShardMap::try_from(client.get_shard_map(GetShardMapRequest::default()).await?.into_inner())?;
     print_map(&map);
     Ok(true)
@@ -232,9 +246,7 @@ pub async fn split(args: SplitArgs) -> anyhow::Result<bool> {
 async fn admin_client(
     endpoint: &EndpointArgs,
 ) -> anyhow::Result<CoordinatorAdminClient<tonic::transport::Channel>> {
-    CoordinatorAdminClient::connect(endpoint.url())
-        .await
-        .map_err(|e| anyhow::anyhow!("control endpoint {}: {e}", endpoint.endpoint))
+    Ok(CoordinatorAdminClient::new(endpoint.channel().await?))
 }
 
 /// Runs `fulva abort`: the move's `fulva migrate` then reports the rollback.

@@ -48,6 +48,9 @@ pub enum Command {
     /// Run the coordinator alone over nodes started with `fulva node` (map in a
     /// file; a restart recovers half-done moves).
     Coordinator(crate::coordinator::CoordinatorArgs),
+    /// Make a cluster's certificate authority and the certificates of its
+    /// parts (coordinator, admin, client, nodes) for mutual TLS.
+    Certs(crate::tls::CertsArgs),
     /// Run one storage node (same as `fulva-kvnode`).
     Node {
         #[command(flatten)]

@@ -37,6 +37,16 @@ pub struct CoordinatorArgs {
     /// given to the other nodes, empty.
     #[arg(long, default_value_t = 30)]
     pub node_gone_after_secs: u64,
+    /// Directory with the coordinator's TLS files (`ca.crt`,
+    /// `coordinator.crt`, `coordinator.key`, as `fulva certs` writes them):
+    /// it then calls the nodes and serves the control endpoint on mutual TLS.
+    #[arg(long, env = "FULVA_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Call the nodes and serve the control endpoint without TLS (anyone who
+    /// can reach the endpoint can change the map). Needed, with a warning,
+    /// when no `--tls-dir` is given.
+    #[arg(long, env = "FULVA_INSECURE", conflicts_with = "tls_dir")]
+    pub insecure: bool,
 }
 
 impl CoordinatorArgs {
@@ -65,8 +75,18 @@ pub async fn run(
     args: CoordinatorArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tls = match (&args.tls_dir, args.insecure) {
+        (Some(dir), _) => Some(fulva_tls::Tls::from_dir(dir, fulva_tls::Role::Coordinator)?),
+        (None, true) => {
+            tracing::warn!("running without TLS (--insecure): anyone who can reach the control endpoint can change the map");
+            None
+        }
+        (None, false) => anyhow::bail!(
+            "the control endpoint needs TLS: give --tls-dir DIR (files as `fulva certs` writes them) or run without it with --insecure"
+        ),
+    };
     let store: Arc<dyn MapStore> = Arc::new(FileMapStore::new(args.map_file.clone()));
-    let coordinator = match Coordinator::open(store.clone()).await? {
+    let coordinator = match Coordinator::open_with_tls(store.clone(), tls.clone()).await? {
         Some(coordinator) => {
             coordinator.upsert_nodes(args.nodes.clone()).await?;
             let report = coordinator.recover().await?;
@@ -78,7 +98,8 @@ pub async fn run(
             coordinator
         }
         None => {
-            let coordinator = Coordinator::bootstrap(store, args.nodes.clone(), args.shards, false).await?;
+            let coordinator =
+                Coordinator::bootstrap_with_tls(store, args.nodes.clone(), args.shards, false, tls).await?;
             eprintln!("fulva coordinator: new map of {} shards over {} nodes", args.shards, args.nodes.len());
             coordinator
         }

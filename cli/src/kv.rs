@@ -14,6 +14,8 @@ pub struct KvArgs {
     pub transport: TransportName,
     #[command(flatten)]
     pub dpdk: DpdkClientArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::ToolTlsArgs,
     /// The operation.
     #[command(subcommand)]
     pub command: KvCommand,
@@ -55,6 +57,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
     let mut config = ClientConfig::new(args.endpoint.clone());
     config.sockets = 1;
     config.watch_map = false;
+    config.tls = args.tls.files(fulva_tls::Role::Client);
     args.dpdk.apply(args.transport, &mut config)?;
     let client = Client::connect(config).await?;
     match args.command {

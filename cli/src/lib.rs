@@ -47,4 +47,5 @@ pub mod datapath;
 pub mod flag_tables;
 pub mod kv;
 pub mod stress;
+pub mod tls;
 pub mod up;

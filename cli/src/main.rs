@@ -34,6 +34,7 @@ async fn main() -> std::process::ExitCode {
         })
         .await
         .map(|()| true),
+        Command::Certs(args) => fulva_cli::tls::certs(args),
         Command::Node { node } => {
             fulva_kvnode::run(node, shutdown_signal).await.map(|()| true).map_err(anyhow::Error::from)
         }

@@ -1,6 +1,5 @@
 //! `fulva up`: a local cluster under load, shown live.
 
-use fulva_client::ClientConfig;
 use fulva_coordinator::metrics::OperatorMetrics;
 use fulva_coordinator::policy::DEFAULT_POLICY_YAML;
 use fulva_coordinator::{RebalancePolicy, RebalanceStatus};
@@ -62,6 +61,15 @@ pub struct UpArgs {
     /// Rebalance policy (YAML, see docs/rebalancing.md); default: the embedded one.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Directory for the cluster's CA and certificates (default:
+    /// `DATA_DIR/tls`). The nodes, the coordinator and every tool talk
+    /// mutual TLS; `fulva kv`, `fulva map`, `fulva migrate` ... take
+    /// `--tls-dir` with this directory.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Run the control plane without TLS (a warning says so).
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub insecure: bool,
     /// Address of the rebalancer's (operator) metrics, served on /metrics.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub operator_metrics_addr: SocketAddr,
@@ -69,10 +77,15 @@ pub struct UpArgs {
 
 /// Runs `fulva up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let tls_dir = (!args.insecure).then(|| args.tls_dir.clone().unwrap_or_else(|| args.data_dir.join("tls")));
     let config = LocalClusterConfig {
         nodes: args.nodes,
         shards: args.shards,
-        node: NodeConfig { workers: args.workers.max(1), ..NodeConfig::loopback(0) },
+        node: NodeConfig {
+            workers: args.workers.max(1),
+            tls_dir: tls_dir.clone(),
+            ..NodeConfig::loopback(0)
+        },
         control_addr: args.control_addr,
         map_file: Some(args.data_dir.join("shard-map.json")),
         faults: None,
@@ -95,6 +108,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         cluster.control_addr,
         cluster.coordinator.map().epoch
     );
+    match &tls_dir {
+        Some(dir) => eprintln!(
+            "  mutual TLS: CA and certificates in {0} (tools: --tls-dir {0}, or FULVA_TLS_DIR)",
+            dir.display()
+        ),
+        None => {
+            eprintln!("  WARNING: no TLS (--insecure): anyone who can reach the ports can change the cluster")
+        }
+    }
     for node in &cluster.nodes {
         eprintln!(
             "  node {}: data {} control {} metrics http://{}/metrics",
@@ -119,7 +141,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let recorder = Recorder::new(args.nodes as usize);
     let mut load = None;
     if !args.no_workload {
-        let client = fulva_client::Client::connect(ClientConfig::new(cluster.control_endpoint())).await?;
+        let client = fulva_client::Client::connect(cluster.client_config()).await?;
         let session = FulvaSession { client };
         eprintln!("fulva: loading {} keys of {} bytes", args.keys, args.value_size);
         let loaders = vec![session.clone(); args.clients.clamp(1, 64)];

@@ -58,6 +58,7 @@ async fn start_node_logged(id: NodeId, a: Addrs, stderr: Stdio) -> ChildGuard {
         .arg(format!("--control-addr={}", a.control))
         .arg(format!("--metrics-addr={}", a.metrics))
         .arg(format!("--transfer-addr={}", a.transfer))
+        .arg("--insecure")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -84,7 +85,7 @@ async fn cluster(shards: u32) -> Cluster {
     let listen = free();
     let mut command = Command::new(env!("CARGO_BIN_EXE_fulva"));
     command
-        .args(["coordinator", "--listen", &listen.to_string(), "--shards", &shards.to_string()])
+        .args(["coordinator", "--insecure", "--listen", &listen.to_string(), "--shards", &shards.to_string()])
         .arg("--map-file")
         .arg(dir.path().join("map.json"));
     for (id, a) in addrs.iter().enumerate() {

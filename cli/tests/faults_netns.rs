@@ -126,6 +126,7 @@ async fn start_node(lab: &Lab, id: u32) -> ChildGuard {
         .arg(format!("--metrics-addr={}", lab.addr(id, 7300)))
         .arg(format!("--transfer-addr={}", lab.addr(id, 7400)))
         .arg("--migration-batch-bytes=8192")
+        .arg("--insecure")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -395,7 +396,7 @@ fn start_coordinator(lab: &Lab, listen: SocketAddr, map_file: &std::path::Path) 
     let node = |id: u32| format!("{id}={},{}", lab.addr(id, 7100), lab.addr(id, 7200));
     ChildGuard::new(
         Command::new(env!("CARGO_BIN_EXE_fulva"))
-            .args(["coordinator", "--listen", &listen.to_string(), "--shards", "2"])
+            .args(["coordinator", "--insecure", "--listen", &listen.to_string(), "--shards", "2"])
             .arg("--map-file")
             .arg(map_file)
             .args(["--node", &node(0), "--node", &node(1)])

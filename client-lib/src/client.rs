@@ -145,12 +145,18 @@ impl<T: Transport> Client<T> {
         if transports.is_empty() {
             return Err(ClientError::Io(std::io::Error::other("no transports given")));
         }
-        let channel = Channel::from_shared(config.control_endpoint.clone())
+        let endpoint = Channel::from_shared(config.control_endpoint.clone())
             .map_err(|e| control_error(&config, e))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
+            .connect_timeout(Duration::from_secs(5));
+        let tls = match &config.tls {
+            Some(files) => {
+                Some(fulva_tls::ClientTls::new(files.clone()).map_err(|e| control_error(&config, e))?)
+            }
+            None => None,
+        };
+        let channel = fulva_tls::connect_channel(endpoint, tls.as_ref(), fulva_tls::Role::Coordinator)
             .await
-            .map_err(|e| control_error(&config, e))?;
+            .map_err(|e| control_error(&config, fulva_tls::error_chain(&e)))?;
         let mut control = ShardMapServiceClient::new(channel);
         let map = fetch_map(&mut control, &config).await?;
         let inner = Arc::new(Inner {

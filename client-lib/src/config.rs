@@ -28,6 +28,9 @@ pub struct ClientConfig {
     /// `NAMESPACE/NAME` of the FulvaCluster when the endpoint (the operator's)
     /// serves several; empty for a cluster's own endpoint.
     pub cluster: String,
+    /// The client's TLS files for the control endpoint (the CA and a
+    /// `client` or `admin` certificate it signed); none: plain TCP.
+    pub tls: Option<fulva_tls::TlsFiles>,
     /// The data path: kernel UDP (default) or DPDK (`dpdk` feature).
     pub transport: TransportChoice,
     /// Keys remembered per move as held by its destination (reads of them
@@ -71,6 +74,7 @@ impl ClientConfig {
             max_value_bytes: 60_000,
             watch_map: true,
             cluster: String::new(),
+            tls: None,
             transport: TransportChoice::Kernel,
             learned_keys_per_move: crate::moves::DEFAULT_LEARNED_KEYS_PER_MOVE,
             traps: ClientTraps::default(),

@@ -86,6 +86,9 @@ fn drain_progress(p: &DrainProgress, started: Instant) -> grpc::DrainProgress {
     }
 }
 
+/// Who may change the map: admin tools only.
+const ADMINS: &[fulva_tls::Role] = &[fulva_tls::Role::Admin];
+
 #[tonic::async_trait]
 impl CoordinatorAdmin for AdminService {
     type MigrateStream = ProgressStream;
@@ -95,6 +98,7 @@ impl CoordinatorAdmin for AdminService {
         &self,
         request: Request<grpc::DrainRequest>,
     ) -> Result<Response<Self::DrainStream>, Status> {
+        fulva_tls::authorize(&request, ADMINS)?;
         let req = request.into_inner();
         let strategy = grpc::Strategy::try_from(req.strategy)
             .map_err(|_| Status::invalid_argument("unknown strategy"))?;
@@ -138,6 +142,7 @@ impl CoordinatorAdmin for AdminService {
         &self,
         request: Request<MigrateRequest>,
     ) -> Result<Response<Self::MigrateStream>, Status> {
+        fulva_tls::authorize(&request, ADMINS)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let strategy = grpc::Strategy::try_from(req.strategy)
@@ -196,6 +201,7 @@ impl CoordinatorAdmin for AdminService {
         &self,
         request: Request<AbortMoveRequest>,
     ) -> Result<Response<AbortMoveResponse>, Status> {
+        fulva_tls::authorize(&request, ADMINS)?;
         let range = HashRange::try_from(request.into_inner().range)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.coordinator.abort_move(range)?;
@@ -206,6 +212,7 @@ impl CoordinatorAdmin for AdminService {
         &self,
         request: Request<SetMoveRateRequest>,
     ) -> Result<Response<SetMoveRateResponse>, Status> {
+        fulva_tls::authorize(&request, ADMINS)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.coordinator.set_move_rate(range, req.rate_limit_bytes_per_sec).await?;
@@ -213,6 +220,7 @@ impl CoordinatorAdmin for AdminService {
     }
 
     async fn split(&self, request: Request<SplitRequest>) -> Result<Response<grpc::ShardMap>, Status> {
+        fulva_tls::authorize(&request, ADMINS)?;
         let map = self.coordinator.split(request.into_inner().at).await?;
         Ok(Response::new(grpc::ShardMap::from(map.as_ref())))
     }

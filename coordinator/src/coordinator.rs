@@ -244,6 +244,7 @@ pub struct Coordinator {
     pub(crate) running: parking_lot::Mutex<HashMap<HashRange, RunningMove>>,
     losses: parking_lot::Mutex<std::collections::VecDeque<RangeLoss>>,
     loss_seq: std::sync::atomic::AtomicU64,
+    tls: Option<fulva_tls::Tls>,
 }
 
 /// A move in progress, as the coordinator tracks it.
@@ -262,6 +263,18 @@ impl Coordinator {
         nodes: Vec<NodeInfo>,
         shard_count: u32,
         replace: bool,
+    ) -> Result<Coordinator, CoordinatorError> {
+        Coordinator::bootstrap_with_tls(store, nodes, shard_count, replace, None).await
+    }
+
+    /// [`Coordinator::bootstrap`], calling the nodes with `tls` (the
+    /// coordinator's certificate; none: plain TCP).
+    pub async fn bootstrap_with_tls(
+        store: Arc<dyn MapStore>,
+        nodes: Vec<NodeInfo>,
+        shard_count: u32,
+        replace: bool,
+        tls: Option<fulva_tls::Tls>,
     ) -> Result<Coordinator, CoordinatorError> {
         if nodes.is_empty() {
             return Err(CoordinatorError::Bootstrap(BootstrapError::NoNodes));
@@ -283,7 +296,7 @@ impl Coordinator {
         let map = ShardMap { epoch, nodes, shards };
         map.validate()?;
         store.compare_and_set(previous.map(|m| m.epoch), &map).await?;
-        let coordinator = Coordinator::with_map(store, map.clone());
+        let coordinator = Coordinator::with_map(store, map.clone(), tls);
         for shard in &map.shards {
             coordinator.assign(shard.owner, shard.range, map.epoch, 0).await?;
         }
@@ -299,10 +312,27 @@ impl Coordinator {
 
     /// Opens the map already in `store` (after a coordinator restart).
     pub async fn open(store: Arc<dyn MapStore>) -> Result<Option<Coordinator>, CoordinatorError> {
-        Ok(store.load().await?.map(|map| Coordinator::with_map(store, map)))
+        Coordinator::open_with_tls(store, None).await
     }
 
-    fn with_map(store: Arc<dyn MapStore>, map: ShardMap) -> Coordinator {
+    /// [`Coordinator::open`], calling the nodes with `tls`.
+    pub async fn open_with_tls(
+        store: Arc<dyn MapStore>,
+        tls: Option<fulva_tls::Tls>,
+    ) -> Result<Option<Coordinator>, CoordinatorError> {
+        Ok(store.load().await?.map(|map| Coordinator::with_map(store, map, tls)))
+    }
+
+    /// The coordinator's TLS (none: it runs without).
+    pub fn tls(&self) -> Option<&fulva_tls::Tls> {
+        self.tls.as_ref()
+    }
+
+    pub(crate) fn client_tls(&self) -> Option<&Arc<fulva_tls::ClientTls>> {
+        self.tls.as_ref().map(|t| &t.client)
+    }
+
+    fn with_map(store: Arc<dyn MapStore>, map: ShardMap, tls: Option<fulva_tls::Tls>) -> Coordinator {
         let (published, _) = watch::channel(Arc::new(map.clone()));
         Coordinator {
             store,
@@ -312,6 +342,7 @@ impl Coordinator {
             running: parking_lot::Mutex::new(HashMap::new()),
             losses: parking_lot::Mutex::new(std::collections::VecDeque::new()),
             loss_seq: std::sync::atomic::AtomicU64::new(0),
+            tls,
         }
     }
 
@@ -374,9 +405,14 @@ impl Coordinator {
         let map = self.map();
         let info = map.node(node).ok_or(CoordinatorError::UnknownNode { node })?;
         // Bounded: a node that is gone must not hold a move (or the map) for minutes.
-        let client =
-            NodeClient::connect(node, info.control_addr.to_string(), NODE_CONNECT_TIMEOUT, NODE_CALL_TIMEOUT)
-                .await?;
+        let client = NodeClient::connect(
+            node,
+            info.control_addr.to_string(),
+            NODE_CONNECT_TIMEOUT,
+            NODE_CALL_TIMEOUT,
+            self.client_tls(),
+        )
+        .await?;
         clients.insert(node, client.clone());
         Ok(client)
     }

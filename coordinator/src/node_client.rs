@@ -17,6 +17,7 @@ use fulva_proto::grpc::{MigratedObject, TransferEndpointRequest};
 use fulva_proto::transfer::{self, BatchKind, Hello, StreamCheck, TransferError};
 use fulva_proto::{HashRange, NodeId};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -176,15 +177,19 @@ pub struct NodeClient {
     node: NodeId,
     addr: String,
     inner: NodeControlClient<Channel>,
+    tls: Option<Arc<fulva_tls::ClientTls>>,
 }
 
 impl NodeClient {
-    /// Connects to `node` at `addr` (host:port), bounding the connection and every call.
+    /// Connects to `node` at `addr` (host:port), bounding the connection and
+    /// every call; with `tls`, shows the coordinator's certificate and
+    /// accepts only a server certified as that node.
     pub async fn connect(
         node: NodeId,
         addr: String,
         connect_timeout: Duration,
         call_timeout: Duration,
+        tls: Option<&Arc<fulva_tls::ClientTls>>,
     ) -> Result<NodeClient, NodeError> {
         let fail = |kind, message: String| NodeError {
             node,
@@ -196,11 +201,11 @@ impl NodeClient {
         let channel = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| fail(NodeErrorKind::Invalid, e.to_string()))?
             .connect_timeout(connect_timeout)
-            .timeout(call_timeout)
-            .connect()
+            .timeout(call_timeout);
+        let channel = fulva_tls::connect_channel(channel, tls, fulva_tls::Role::Node(node))
             .await
-            .map_err(|e| fail(NodeErrorKind::Unreachable, e.to_string()))?;
-        Ok(NodeClient { node, addr, inner: NodeControlClient::new(channel) })
+            .map_err(|e| fail(NodeErrorKind::Unreachable, fulva_tls::error_chain(&e)))?;
+        Ok(NodeClient { node, addr, inner: NodeControlClient::new(channel), tls: tls.cloned() })
     }
 
     /// The node this client calls.
@@ -224,7 +229,7 @@ impl NodeClient {
 pub struct TransferPull {
     node: NodeId,
     addr: String,
-    stream: tokio::net::TcpStream,
+    stream: fulva_tls::ClientStream,
     check: StreamCheck,
 }
 
@@ -252,7 +257,8 @@ impl NodeClient {
             batch_bytes: 64 * 1024,
             window: 2,
         };
-        let stream = transfer::open(&addr, &hello).await.map_err(|err| NodeError {
+        let connect = fulva_tls::connect_stream(&addr, self.tls.as_ref(), fulva_tls::Role::Node(self.node));
+        let stream = transfer::open(connect, &hello).await.map_err(|err| NodeError {
             node: self.node,
             addr: addr.clone(),
             call: NodeCall::Transfer,

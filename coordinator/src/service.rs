@@ -85,12 +85,17 @@ impl ShardMapServiceImpl {
 
 type MapStream = Pin<Box<dyn Stream<Item = Result<grpc::ShardMap, Status>> + Send>>;
 
+/// Who may read the shard map: clients, admin tools and the coordinator.
+const MAP_READERS: &[fulva_tls::Role] =
+    &[fulva_tls::Role::Client, fulva_tls::Role::Admin, fulva_tls::Role::Coordinator];
+
 #[tonic::async_trait]
 impl ShardMapService for ShardMapServiceImpl {
     async fn get_shard_map(
         &self,
         request: Request<GetShardMapRequest>,
     ) -> Result<Response<grpc::ShardMap>, Status> {
+        fulva_tls::authorize(&request, MAP_READERS)?;
         let coordinator = self.coordinator(&request.into_inner().cluster)?;
         Ok(Response::new(grpc::ShardMap::from(coordinator.map().as_ref())))
     }
@@ -101,6 +106,7 @@ impl ShardMapService for ShardMapServiceImpl {
         &self,
         request: Request<WatchShardMapRequest>,
     ) -> Result<Response<Self::WatchShardMapStream>, Status> {
+        fulva_tls::authorize(&request, MAP_READERS)?;
         let request = request.into_inner();
         let mut after = request.after_epoch;
         let mut updates = self.coordinator(&request.cluster)?.subscribe();
@@ -148,11 +154,13 @@ pub fn spawn_control_endpoint(
     let service = fulva_proto::grpc::shard_map_service_server::ShardMapServiceServer::new(
         ShardMapServiceImpl::with_shutdown(coordinator.clone(), shutdown.clone()),
     );
+    let coordinator_tls = coordinator.tls().cloned();
     let admin = fulva_proto::grpc::coordinator_admin_server::CoordinatorAdminServer::new(
         crate::admin::AdminService::new(coordinator),
     );
+    let tls = coordinator_tls.map(|t| t.server.clone());
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = fulva_tls::incoming(listener, tls);
         if let Err(err) = tonic::transport::Server::builder()
             .add_service(service)
             .add_service(admin)

@@ -133,6 +133,19 @@ pub struct NodeConfig {
     /// keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "FULVA_SHUTDOWN_WAIT_SECS", default_value_t = 30)]
     pub shutdown_wait_secs: u64,
+    /// Directory holding this node's TLS files: `ca.crt`, `node-<ID>.crt` and
+    /// `node-<ID>.key` (as `fulva certs` writes them, or the operator's
+    /// Secret mounts them). The control service and the transfer stream
+    /// then take only callers the CA signed: the coordinator for control,
+    /// the destination a move names for pulls. Renewed files are picked up
+    /// without a restart.
+    #[arg(long, env = "FULVA_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// Serve the control service and transfer stream without TLS: anyone who
+    /// can reach those ports can read, move or drop the node's data. Needed
+    /// (with a warning) when no `--tls-dir` is given.
+    #[arg(long, env = "FULVA_INSECURE", conflicts_with = "tls_dir")]
+    pub insecure: bool,
     /// Network stack of the data path: `kernel` (UDP sockets) or `dpdk`.
     #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportKind::Kernel)]
     pub transport: TransportKind,
@@ -166,6 +179,10 @@ pub struct NodeConfig {
     /// with another key or op is answered from the record of the first.
     #[arg(long, hide = true)]
     pub trap_records_ignore_key: bool,
+    /// Test only: any node the CA signed may pull any range, not only the
+    /// destination the range's move names.
+    #[arg(long, hide = true)]
+    pub trap_any_node_may_pull: bool,
 }
 
 impl NodeConfig {
@@ -178,6 +195,8 @@ impl NodeConfig {
             control_addr: any,
             metrics_addr: any,
             transfer_addr: any,
+            tls_dir: None,
+            insecure: false,
             workers: 2,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
@@ -198,7 +217,16 @@ impl NodeConfig {
             trap_no_tombstones: false,
             trap_hot_batch_moves_cursor: false,
             trap_records_ignore_key: false,
+            trap_any_node_may_pull: false,
         }
+    }
+
+    /// This node's TLS, loaded from `tls_dir` (none without one).
+    pub fn load_tls(&self) -> Result<Option<fulva_tls::Tls>, String> {
+        let Some(dir) = &self.tls_dir else { return Ok(None) };
+        fulva_tls::Tls::from_dir(dir, fulva_tls::Role::Node(self.node_id))
+            .map(Some)
+            .map_err(|e| format!("--tls-dir {}: {e}", dir.display()))
     }
 
     /// Takes the node id from the pod name's ordinal when the id was not

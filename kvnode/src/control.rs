@@ -17,6 +17,7 @@ use fulva_proto::grpc::{
 };
 use fulva_proto::transfer::{self, Hello};
 use fulva_proto::{HashRange, Op, ShardMapError, Status as FrameStatus};
+use fulva_tls::Role;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -92,6 +93,23 @@ impl ControlService {
     pub fn new(handler: Arc<Handler>, transfer_port: u16) -> ControlService {
         ControlService { handler, transfer_port }
     }
+
+    /// Lets the coordinator through, nobody else (without TLS, everybody).
+    #[allow(clippy::result_large_err)]
+    fn allow<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        fulva_tls::authorize(request, &[Role::Coordinator])
+    }
+
+    /// Lets through the coordinator and the destination the move of
+    /// `range` names.
+    #[allow(clippy::result_large_err)]
+    fn allow_pull<T>(&self, request: &Request<T>, range: &HashRange) -> Result<(), Status> {
+        let Some(peer) = request.extensions().get::<fulva_tls::PeerInfo>() else { return Ok(()) };
+        match crate::migration::unauthorized(&self.handler, peer, range) {
+            None => Ok(()),
+            Some(why) => Err(Status::permission_denied(why)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -101,6 +119,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<AssignRangeRequest>,
     ) -> Result<Response<AssignRangeResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -116,6 +135,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<PushBatchRequest>,
     ) -> Result<Response<PushBatchResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -133,6 +153,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<DropRangeRequest>,
     ) -> Result<Response<DropRangeResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -152,6 +173,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<SplitRangeRequest>,
     ) -> Result<Response<SplitRangeResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -171,6 +193,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<PrepareMigrationRequest>,
     ) -> Result<Response<PrepareMigrationResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let strategy = grpc::Strategy::try_from(req.strategy).unwrap_or(grpc::Strategy::Fulva).into();
@@ -190,6 +213,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<FreezeRangeRequest>,
     ) -> Result<Response<FreezeRangeResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -226,6 +250,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<StartMigrationRequest>,
     ) -> Result<Response<StartMigrationResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -261,6 +286,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<BeginCopyRequest>,
     ) -> Result<Response<BeginCopyResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -283,6 +309,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<UnfreezeRangeRequest>,
     ) -> Result<Response<UnfreezeRangeResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -302,8 +329,9 @@ impl NodeControl for ControlService {
         &self,
         request: Request<PullKeysRequest>,
     ) -> Result<Response<PullKeysResponse>, Status> {
+        let range = HashRange::try_from(request.get_ref().range).map_err(ControlError::from)?;
+        self.allow_pull(&request, &range)?;
         let req = request.into_inner();
-        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let store = &self.handler.store;
         let objects = req
             .keys
@@ -321,6 +349,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<MigrationStatusRequest>,
     ) -> Result<Response<MigrationStatusResponse>, Status> {
+        self.allow(&request)?;
         let range = HashRange::try_from(request.into_inner().range).map_err(ControlError::from)?;
         let mv = self.handler.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
         Ok(Response::new(mv.status()))
@@ -330,6 +359,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<SetMigrationRateRequest>,
     ) -> Result<Response<SetMigrationRateResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let mv = self.handler.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;
@@ -342,6 +372,7 @@ impl NodeControl for ControlService {
         &self,
         request: Request<FinishMigrationRequest>,
     ) -> Result<Response<FinishMigrationResponse>, Status> {
+        self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
@@ -368,8 +399,9 @@ impl NodeControl for ControlService {
         &self,
         request: Request<PullRangeRequest>,
     ) -> Result<Response<Self::PullRangeStream>, Status> {
+        let range = HashRange::try_from(request.get_ref().range).map_err(ControlError::from)?;
+        self.allow_pull(&request, &range)?;
         let req = request.into_inner();
-        let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let handler = self.handler.clone();
         if !handler.ownership.ranges().iter().any(|r| r.covers(&range)) {
             return Err(ControlError::Ownership(OwnershipError::NotServed(range)).into());
@@ -392,6 +424,7 @@ impl NodeControl for ControlService {
         &self,
         _request: Request<TransferEndpointRequest>,
     ) -> Result<Response<TransferEndpointResponse>, Status> {
+        // Any part the CA signed may learn the port; the stream checks who pulls.
         Ok(Response::new(TransferEndpointResponse { port: u32::from(self.transfer_port) }))
     }
 
@@ -399,12 +432,14 @@ impl NodeControl for ControlService {
         &self,
         request: Request<SetEpochRequest>,
     ) -> Result<Response<SetEpochResponse>, Status> {
+        self.allow(&request)?;
         let epoch = self.handler.ownership.observe_epoch(request.into_inner().epoch);
         self.handler.metrics.epoch.set(epoch as i64);
         Ok(Response::new(SetEpochResponse { epoch }))
     }
 
-    async fn get_stats(&self, _request: Request<GetStatsRequest>) -> Result<Response<NodeStats>, Status> {
+    async fn get_stats(&self, request: Request<GetStatsRequest>) -> Result<Response<NodeStats>, Status> {
+        self.allow(&request)?;
         let h = &self.handler;
         let mut stats = NodeStats {
             node_id: h.node_id,

@@ -51,6 +51,9 @@ pub struct Handler {
     /// Set once the node was told to stop: it reports not ready while it
     /// serves what it still holds.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The node's TLS (its certificate as server and as the client of
+    /// another node's transfer); none when running `--insecure`.
+    pub tls: Option<fulva_tls::Tls>,
     /// Whether a fulva destination pulls the keys its reads miss.
     fetch_on_miss: bool,
     limits: Limits,
@@ -98,14 +101,27 @@ impl Handler {
                 cursor_before_apply: config.trap_cursor_before_apply,
                 no_tombstones: config.trap_no_tombstones,
                 hot_batch_moves_cursor: config.trap_hot_batch_moves_cursor,
+                any_node_may_pull: config.trap_any_node_may_pull,
             },
             migration_batch_bytes: config.migration_batch_bytes,
             migration_transfer: config.migration_transfer,
             heat: HeatSketch::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            tls: None,
             fetch_on_miss: config.migration_fetch_on_miss,
             limits: Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes },
         }
+    }
+
+    /// The same handler with `tls` as its TLS.
+    pub fn with_tls(mut self, tls: Option<fulva_tls::Tls>) -> Handler {
+        self.tls = tls;
+        self
+    }
+
+    /// The client side of this node's TLS, for pulls from other nodes.
+    pub fn client_tls(&self) -> Option<&Arc<fulva_tls::ClientTls>> {
+        self.tls.as_ref().map(|t| &t.client)
     }
 
     /// Decodes `frame`, executes it and appends the reply to `out`.

@@ -164,7 +164,8 @@ pub async fn start_on<T: Transport>(
         .ok_or_else(|| NodeError::Config("a node needs at least one transport".into()))?
         .local_addr()
         .map_err(bind("data", config.data_addr))?;
-    let handler = Arc::new(Handler::new(&config));
+    let tls = config.load_tls().map_err(NodeError::Config)?;
+    let handler = Arc::new(Handler::new(&config).with_tls(tls));
     let mut tasks = JoinSet::new();
     for transport in transports {
         tasks.spawn(server::serve(transport, handler.clone(), shutdown.clone()));
@@ -180,7 +181,8 @@ pub async fn start_dpdk(
     dpdk: fulva_dpdk::DpdkConfig,
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
-    let handler = Arc::new(Handler::new(&config));
+    let tls = config.load_tls().map_err(NodeError::Config)?;
+    let handler = Arc::new(Handler::new(&config).with_tls(tls));
     let serving = handler.clone();
     let data_addr = SocketAddr::V4(dpdk.local);
     let transport = fulva_dpdk::DpdkTransport::start_serving(
@@ -211,7 +213,12 @@ async fn start_services(
         .await
         .map_err(bind("transfer", config.transfer_addr))?;
     let transfer_addr = transfer.local_addr().map_err(bind("transfer", config.transfer_addr))?;
-    tasks.spawn(migration::serve_transfers(transfer, handler.clone(), shutdown.clone()));
+    let server_tls = handler.tls.as_ref().map(|t| t.server.clone());
+    if server_tls.is_none() {
+        tracing::warn!("control service and transfer stream run without TLS (--insecure): anyone who can reach them can read, move or drop this node's data");
+    }
+    let transfers = fulva_tls::incoming(transfer, server_tls.clone());
+    tasks.spawn(migration::serve_transfers(transfers, handler.clone(), shutdown.clone()));
 
     let control = tokio::net::TcpListener::bind(config.control_addr)
         .await
@@ -220,7 +227,7 @@ async fn start_services(
     let service = NodeControlServer::new(control::ControlService::new(handler.clone(), transfer_addr.port()));
     let token = shutdown.clone();
     tasks.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(control);
+        let incoming = fulva_tls::incoming(control, server_tls);
         if let Err(err) = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
@@ -306,6 +313,11 @@ where
     S: FnMut() -> F,
     F: Future<Output = ()>,
 {
+    if config.tls_dir.is_none() && !config.insecure {
+        return Err(NodeError::Config(
+            "the control service needs TLS: give --tls-dir DIR (files as `fulva certs` writes them) or run without it with --insecure".into(),
+        ));
+    }
     let wait = Duration::from_secs(config.shutdown_wait_secs);
     if config.transport == config::TransportKind::Dpdk {
         let args =

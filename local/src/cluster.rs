@@ -25,6 +25,9 @@ pub struct LocalClusterConfig {
     /// Shards the hash space starts with (spread round-robin).
     pub shards: u32,
     /// Settings every node starts from (id and ports are filled in per node).
+    /// With `node.tls_dir` set, the whole cluster runs on mutual TLS: the
+    /// directory gets a CA (kept if there is one) and fresh certificates for
+    /// every node, the coordinator, an admin and a client.
     pub node: NodeConfig,
     /// Address of the control endpoint (shard-map service).
     pub control_addr: SocketAddr,
@@ -60,12 +63,23 @@ pub struct LocalCluster {
     control_task: JoinHandle<()>,
     faults: Option<FaultConfig>,
     store: Arc<dyn MapStore>,
+    tls_dir: Option<PathBuf>,
 }
 
 impl LocalCluster {
     /// Starts the nodes, bootstraps the shard map and serves the control endpoint.
     pub async fn start(config: LocalClusterConfig) -> anyhow::Result<LocalCluster> {
         anyhow::ensure!(config.nodes >= 1, "a cluster needs at least one node");
+        let tls = match &config.node.tls_dir {
+            Some(dir) => {
+                let mut roles =
+                    vec![fulva_tls::Role::Coordinator, fulva_tls::Role::Admin, fulva_tls::Role::Client];
+                roles.extend((0..config.nodes).map(fulva_tls::Role::Node));
+                fulva_tls::generate_dir(dir, "local", &roles, fulva_tls::DEFAULT_VALIDITY)?;
+                Some(fulva_tls::Tls::from_dir(dir, fulva_tls::Role::Coordinator)?)
+            }
+            None => None,
+        };
         let mut nodes = Vec::new();
         for id in 0..config.nodes {
             let node_config = NodeConfig {
@@ -99,7 +113,8 @@ impl LocalCluster {
         };
         // Nodes of a local cluster are new processes' memory: an old map names
         // old addresses, so a fresh map replaces it.
-        let coordinator = Arc::new(Coordinator::bootstrap(store.clone(), infos, config.shards, true).await?);
+        let coordinator =
+            Arc::new(Coordinator::bootstrap_with_tls(store.clone(), infos, config.shards, true, tls).await?);
         let listener = tokio::net::TcpListener::bind(config.control_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind the control endpoint {}: {e}", config.control_addr))?;
@@ -114,6 +129,7 @@ impl LocalCluster {
             control_task,
             faults: config.faults,
             store,
+            tls_dir: config.node.tls_dir.clone(),
         })
     }
 
@@ -125,7 +141,7 @@ impl LocalCluster {
         self.control_task.abort();
         let _ = (&mut self.control_task).await;
         let coordinator = Arc::new(
-            Coordinator::open(self.store.clone())
+            Coordinator::open_with_tls(self.store.clone(), self.coordinator.tls().cloned())
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no shard map is stored"))?,
         );
@@ -143,7 +159,21 @@ impl LocalCluster {
 
     /// A client of this cluster with default settings.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(ClientConfig::new(self.control_endpoint())).await?)
+        Ok(Client::connect(self.client_config()).await?)
+    }
+
+    /// Default settings of a client of this cluster (with the client
+    /// certificate when the cluster runs on TLS).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.control_endpoint());
+        config.tls =
+            self.tls_dir.as_deref().map(|dir| fulva_tls::TlsFiles::in_dir(dir, fulva_tls::Role::Client));
+        config
+    }
+
+    /// The directory of the cluster's TLS files, when it runs on TLS.
+    pub fn tls_dir(&self) -> Option<&std::path::Path> {
+        self.tls_dir.as_deref()
     }
 
     /// A client whose sockets suffer the cluster's injected faults (seeded by `seed`).
@@ -159,7 +189,7 @@ impl LocalCluster {
         traps: ClientTraps,
     ) -> anyhow::Result<(Client<FaultyTransport<UdpTransport>>, Vec<Arc<FaultStats>>)> {
         let faults = self.faults.unwrap_or_default();
-        let mut config = ClientConfig::new(self.control_endpoint());
+        let mut config = self.client_config();
         config.traps = traps;
         config.initial_timeout = std::time::Duration::from_millis(10);
         config.deadline = std::time::Duration::from_secs(20);

@@ -94,6 +94,8 @@ impl NodeProcess {
         let control_addr = free()?;
         let metrics_addr = free()?;
         let transfer_addr = free()?;
+        // Plain TCP unless the caller hands the node its TLS files.
+        let insecure = (!args.iter().any(|a| a.starts_with("--tls-dir"))).then_some("--insecure");
         let child = Command::new(binary)
             .arg("node")
             .arg(format!("--node-id={node_id}"))
@@ -102,6 +104,7 @@ impl NodeProcess {
             .arg(format!("--metrics-addr={metrics_addr}"))
             .arg(format!("--transfer-addr={transfer_addr}"))
             .args(args)
+            .args(insecure)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -522,16 +522,26 @@ pub fn transfer_addr(control_addr: &str, port: u32) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
-/// Opens a pull: connects to the transfer stream at `addr` (within 2 s),
-/// says `hello` and reads the answer (within 5 s). The stream is returned
-/// only if `hello.source` answered and accepted.
-pub async fn open(addr: &str, hello: &Hello) -> Result<tokio::net::TcpStream, TransferError> {
+/// How long connecting to a transfer stream (TLS handshake included) may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens a pull on `stream`, a connection to the transfer stream (as
+/// `connect` opens it, within [`CONNECT_TIMEOUT`]): says `hello` and reads
+/// the answer (within 5 s). The stream is returned only if `hello.source`
+/// answered and accepted.
+pub async fn open<S, E>(
+    connect: impl std::future::Future<Output = Result<S, E>>,
+    hello: &Hello,
+) -> Result<S, TransferError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: std::fmt::Display,
+{
     use std::time::Duration;
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| TransferError::Unreachable("no connection within 2 s".into()))?
         .map_err(|e| TransferError::Unreachable(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
     stream.write_all(&hello.encode()).await.map_err(io_error)?;
     let reply = tokio::time::timeout(Duration::from_secs(5), HelloReply::read(&mut stream))
         .await

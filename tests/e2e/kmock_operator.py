@@ -144,7 +144,7 @@ async def rolling_update(binary: str, kvnode: str) -> int:
             ip = f"127.0.0.{21 + i}"
             nodes.append(await asyncio.create_subprocess_exec(
                 kvnode, f"--node-id={i}", f"--data-addr={ip}:7100", f"--control-addr={ip}:7101",
-                f"--transfer-addr={ip}:7102", f"--metrics-addr={ip}:9100",
+                f"--transfer-addr={ip}:7102", f"--metrics-addr={ip}:9100", "--insecure",
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
             k.objects[PODS, "default", f"demo-{i}"] = {
                 "apiVersion": "v1", "kind": "Pod",

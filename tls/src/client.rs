@@ -21,6 +21,12 @@ pub struct ClientTls {
     config: Reloading<rustls::ClientConfig>,
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("files", self.config.files()).finish()
+    }
+}
+
 impl ClientTls {
     /// Loads `files`; they are read again when they change.
     pub fn new(files: TlsFiles) -> Result<Arc<ClientTls>, TlsError> {

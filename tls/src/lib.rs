@@ -79,3 +79,19 @@ impl std::fmt::Debug for Tls {
         f.debug_struct("Tls").field("role", &self.role).field("files", self.server.files()).finish()
     }
 }
+
+/// An error with its causes, `outer: inner: ...` (a failed handshake shows
+/// as "transport error" alone otherwise).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

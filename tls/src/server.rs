@@ -32,6 +32,12 @@ pub struct ServerTls {
     refused: AtomicU64,
 }
 
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").field("files", self.config.files()).finish()
+    }
+}
+
 impl ServerTls {
     /// Loads `files`; they are read again when they change.
     pub fn new(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {

@@ -53,11 +53,18 @@ impl Coordinator {
     /// was only cut off must not serve it again with an old map).
     pub(crate) fn fence(&self, node: NodeId, range: HashRange, epoch: u64) {
         let Some(info) = self.map().node(node).cloned() else { return };
+        let tls = self.client_tls().cloned();
         tokio::spawn(async move {
             for _ in 0..300 {
                 let addr = info.control_addr.to_string();
-                let connected =
-                    NodeClient::connect(node, addr, Duration::from_secs(1), Duration::from_secs(2)).await;
+                let connected = NodeClient::connect(
+                    node,
+                    addr,
+                    Duration::from_secs(1),
+                    Duration::from_secs(2),
+                    tls.as_ref(),
+                )
+                .await;
                 if let Ok(mut client) = connected {
                     let drop = DropRangeRequest {
                         range: Some(range.into()),

@@ -34,4 +34,4 @@ mod source;
 
 pub use fetch::serve_fetches;
 pub use pull::{apply_batch, cursor_of, pull, pull_from};
-pub use source::{migrated_object, range_batches, serve_transfers};
+pub use source::{migrated_object, range_batches, serve_transfers, unauthorized};

@@ -75,9 +75,11 @@ async fn pull_until_done(handler: &Arc<Handler>, mv: &Arc<IncomingMove>) {
     }
 }
 
-/// A gRPC client of the source's control service. `window` bounds the
+/// A gRPC client of the source's control service (showing this node's
+/// certificate, and checking the source's). `window` bounds the
 /// HTTP/2 flow-control windows (0: tonic's defaults).
 async fn control_client(
+    handler: &Handler,
     mv: &IncomingMove,
     window: u32,
 ) -> Result<NodeControlClient<tonic::transport::Channel>, PullError> {
@@ -90,8 +92,8 @@ async fn control_client(
             .initial_stream_window_size(window)
             .initial_connection_window_size(window.saturating_mul(2));
     }
-    let channel = endpoint
-        .connect()
+    let tls = handler.client_tls();
+    let channel = fulva_tls::connect_channel(endpoint, tls, fulva_tls::Role::Node(mv.source))
         .await
         .map_err(|e| PullError::Unreachable { addr: addr.clone(), detail: e.to_string() })?;
     Ok(NodeControlClient::new(channel))
@@ -112,7 +114,7 @@ async fn pull_once_tcp(
     mv: &Arc<IncomingMove>,
     limiter: &mut RateLimiter,
 ) -> Result<(), PullError> {
-    let mut control = control_client(mv, 0).await?;
+    let mut control = control_client(handler, mv, 0).await?;
     let port = control
         .transfer_endpoint(TransferEndpointRequest {})
         .await
@@ -159,7 +161,8 @@ async fn pull_transfer(
         batch_bytes: handler.migration_batch_bytes,
         window: if limited { WINDOW_LIMITED } else { WINDOW_UNLIMITED },
     };
-    let mut stream = transfer::open(addr, &hello).await.map_err(|err| match err {
+    let connect = fulva_tls::connect_stream(addr, handler.client_tls(), fulva_tls::Role::Node(mv.source));
+    let mut stream = transfer::open(connect, &hello).await.map_err(|err| match err {
         TransferError::Unreachable(detail) => PullError::Unreachable { addr: addr.to_string(), detail },
         err => PullError::transfer(err),
     })?;
@@ -195,7 +198,7 @@ async fn pull_once_grpc(
     // applies, so the rate limit holds on the wire too and a batch in flight
     // is all a lost source can take with it beyond what was applied.
     let window = (handler.migration_batch_bytes.saturating_mul(2)).max(65_535);
-    let mut client = control_client(mv, window).await?;
+    let mut client = control_client(handler, mv, window).await?;
     let (from, hot_keys) = resume_point(mv);
     let request = PullRangeRequest {
         range: Some(mv.range.into()),

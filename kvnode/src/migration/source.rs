@@ -10,11 +10,15 @@ use bytes::Bytes;
 use fulva_proto::grpc::{MigratedObject, RangeBatch};
 use fulva_proto::transfer::{self, BatchEncoder, BatchKind, Hello, HelloReply, TransferError};
 use fulva_proto::HashRange;
+use fulva_tls::{Conn, PeerInfo, Role};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+/// The accepted connections of the transfer port (past their TLS handshake).
+pub type Connections = tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>;
 
 type Objects = Vec<(u64, Bytes, Object)>;
 
@@ -141,19 +145,25 @@ const LINGER: Duration = Duration::from_secs(10);
 
 /// Serves the TCP transfer stream: each connection is one pull of a range
 /// this node serves. Runs until `shutdown` is cancelled.
-pub async fn serve_transfers(listener: TcpListener, handler: Arc<Handler>, shutdown: CancellationToken) {
+pub async fn serve_transfers(
+    mut connections: Connections,
+    handler: Arc<Handler>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let (stream, peer) = tokio::select! {
+        let stream = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
+            accepted = connections.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(err)) => {
                     tracing::warn!(error = %err, "transfer listener: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                None => return,
             },
         };
+        let peer = stream.peer().clone();
         let (handler, token) = (handler.clone(), shutdown.clone());
         let cpu: Arc<dyn CpuSink> = Arc::new(handler.metrics.migration_cpu(Side::Source));
         tokio::spawn(async move {
@@ -171,10 +181,26 @@ pub async fn serve_transfers(listener: TcpListener, handler: Arc<Handler>, shutd
     }
 }
 
+/// Why `peer` may not pull `range`, if it may not: only the destination the
+/// move names (and the coordinator) may. Without TLS nobody is checked.
+pub fn unauthorized(handler: &Handler, peer: &PeerInfo, range: &HashRange) -> Option<String> {
+    let destination = handler.ownership.destination_of(range);
+    if peer.is(Role::Coordinator) || destination.is_some_and(|d| peer.is(Role::Node(d))) {
+        return None;
+    }
+    if handler.traps.any_node_may_pull && peer.name().is_some_and(|n| n.starts_with("node-")) {
+        return None;
+    }
+    tracing::warn!(%peer, %range, "pull refused: the caller is not the move's destination");
+    Some(match destination {
+        Some(d) => format!("{peer} may not pull range {range}: its move goes to node {d}"),
+        None => format!("{peer} may not pull range {range}: no move of it is under way"),
+    })
+}
+
 /// One pull over the transfer stream: the hello, the answer, then batches
 /// against the destination's credits, the last one, and the linger.
-async fn send_range(mut stream: TcpStream, handler: Arc<Handler>) -> Result<HashRange, TransferError> {
-    let _ = stream.set_nodelay(true);
+async fn send_range(mut stream: Conn, handler: Arc<Handler>) -> Result<HashRange, TransferError> {
     let io = |e: std::io::Error| TransferError::Io(e.to_string());
     let hello = tokio::time::timeout(HELLO_TIMEOUT, transfer::read_hello(&mut stream))
         .await
@@ -187,7 +213,9 @@ async fn send_range(mut stream: TcpStream, handler: Arc<Handler>) -> Result<Hash
             return Err(err);
         }
     };
-    let refusal = if hello.source != handler.node_id {
+    let refusal = if let Some(why) = unauthorized(&handler, stream.peer(), &hello.range) {
+        Some(why)
+    } else if hello.source != handler.node_id {
         Some(format!("this is node {}, not node {}", handler.node_id, hello.source))
     } else if !handler.ownership.ranges().iter().any(|r| r.covers(&hello.range)) {
         Some(format!("range {} is not served here", hello.range))
@@ -199,7 +227,7 @@ async fn send_range(mut stream: TcpStream, handler: Arc<Handler>) -> Result<Hash
     if let Some(why) = refusal {
         return Err(TransferError::Refused(why));
     }
-    let (mut credits_in, mut out) = stream.split();
+    let (mut credits_in, mut out) = tokio::io::split(stream);
     let mut credits = u32::from(hello.window);
     let mut pass = SourcePass::new(handler, &hello);
     let mut encoder = BatchEncoder::new();

@@ -29,6 +29,9 @@ pub struct TrapSwitches {
     /// A batch of hot keys (shipped out of hash order) moves the cursor past
     /// its highest hash, as if every key below it had arrived.
     pub hot_batch_moves_cursor: bool,
+    /// Any node the CA signed may pull any range (the check of the move's
+    /// destination is skipped), so one node can read another's data.
+    pub any_node_may_pull: bool,
 }
 
 /// State of a range moving into this node.

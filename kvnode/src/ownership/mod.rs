@@ -531,6 +531,19 @@ impl Ownership {
         }
     }
 
+    /// The node a move of `range` out of here names as its destination:
+    /// set while a served range covering it is frozen or copying.
+    pub fn destination_of(&self, range: &HashRange) -> Option<NodeId> {
+        self.served.read().iter().filter(|owned| owned.range.covers(range)).find_map(|owned| {
+            match owned.role {
+                RangeRole::Copying { destination } | RangeRole::Frozen { destination, .. } => {
+                    Some(destination)
+                }
+                _ => None,
+            }
+        })
+    }
+
     /// The served ranges.
     pub fn ranges(&self) -> Vec<HashRange> {
         self.served.read().iter().map(|r| r.range).collect()

@@ -224,6 +224,9 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
         env_var("FULVA_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env_var("FULVA_TRANSFER_ADDR", format!("0.0.0.0:{TRANSFER_PORT}")),
         env_var("FULVA_WORKERS", spec.workers.to_string()),
+        // The operator does not issue node certificates yet (docs/security.md):
+        // the control plane runs without TLS, behind the kvnodes' NetworkPolicy.
+        env_var("FULVA_INSECURE", "true".to_string()),
         // Told to stop while holding ranges, a node serves them until the
         // operator has moved them away, ending a little before the kubelet's SIGKILL.
         env_var(
