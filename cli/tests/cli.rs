@@ -72,11 +72,13 @@ fn spawn_up(args: &[&str], ready: &str) -> (String, ChildGuard, tempfile::TempDi
 
 #[test]
 fn kv_commands_work_against_a_running_cluster() {
-    let (endpoint, _reaper, _dir) = spawn_up(&["--no-workload"], "shards, control endpoint");
+    let (endpoint, _reaper, dir) = spawn_up(&["--no-workload"], "shards, control endpoint");
+    // `fulva up` runs on mutual TLS with its certificates in DATA_DIR/tls.
+    let tls = dir.path().join("tls");
     // Runs `fulva kv ARGS`, checks its exit code and returns its stdout; a
     // mismatch shows what the command printed on stderr.
     let kv = |args: &[&str], code: i32| {
-        let out = fulva().args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
+        let out = fulva().env("FULVA_TLS_DIR", &tls).args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "fulva kv {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -100,7 +102,8 @@ fn kv_commands_work_against_a_running_cluster() {
         libc::close(fds[0]);
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1])
     };
-    let out = fulva().args(["map", "--endpoint", &endpoint]).stdout(write_end).output().unwrap();
+    let out =
+        fulva().env("FULVA_TLS_DIR", &tls).args(["map", "--endpoint", &endpoint]).stdout(write_end).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -161,9 +164,13 @@ fn bench_kv_runs_fulva_and_a_real_redis_side_by_side() {
 
 #[test]
 fn migrate_moves_a_range_of_a_running_cluster() {
-    let (endpoint, _reaper, _dir) = spawn_up(&["--keys", "2000", "--clients", "4"], "running ycsb-b");
+    let (endpoint, _reaper, dir) = spawn_up(&["--keys", "2000", "--clients", "4"], "running ycsb-b");
+    let tls = dir.path().join("tls");
+    // Without the cluster's certificates the endpoint takes no call.
+    let refused = fulva().args(["map", "--endpoint", &endpoint]).env_remove("FULVA_TLS_DIR").output().unwrap();
+    assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
     let run = |args: &[&str]| {
-        let out = fulva().args(args).args(["--endpoint", &endpoint]).output().unwrap();
+        let out = fulva().env("FULVA_TLS_DIR", &tls).args(args).args(["--endpoint", &endpoint]).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -182,8 +189,11 @@ fn migrate_moves_a_range_of_a_running_cluster() {
     let back = run(&["migrate", "--range", &range, "--to", "0", "--hot-keys", "0"]);
     assert!(back.contains("from node 1 to node 0"), "{back}");
     // A bad request is refused with a clear message.
-    let out =
-        fulva().args(["migrate", "--range", &range, "--to", "9", "--endpoint", &endpoint]).output().unwrap();
+    let out = fulva()
+        .env("FULVA_TLS_DIR", &tls)
+        .args(["migrate", "--range", &range, "--to", "9", "--endpoint", &endpoint])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown destination node 9"));
 }

@@ -22,6 +22,12 @@ fn low_half() -> HashRange {
 /// A node serving `range` with `count` objects of `value_len` bytes in it.
 async fn source_with(range: HashRange, count: usize, value_len: usize) -> NodeHandle {
     let node = fulva_kvnode::start(NodeConfig::loopback(SOURCE)).await.unwrap();
+    fill(&node, range, count, value_len);
+    node
+}
+
+/// Gives `node` `range` with `count` objects of `value_len` bytes and a tombstone.
+fn fill(node: &NodeHandle, range: HashRange, count: usize, value_len: usize) {
     let h = &node.handler;
     h.ownership.assign(range, 1, &h.metrics).unwrap();
     let value = Bytes::from(vec![b'v'; value_len]);
@@ -40,7 +46,6 @@ async fn source_with(range: HashRange, count: usize, value_len: usize) -> NodeHa
     // A tombstone rides along too.
     let gone = (0..).map(|i| format!("gone{i}")).find(|k| range.contains(key_hash(k.as_bytes()))).unwrap();
     h.store.write(key_hash(gone.as_bytes()), gone.as_bytes(), None, true);
-    node
 }
 
 /// A destination with a fulva move of `range` from node `SOURCE` prepared and serving.
@@ -347,5 +352,41 @@ async fn transfer_speed_alone() {
             mb / secs
         );
         destination.shutdown().await;
+    }
+}
+
+/// What mutual TLS costs a move: the same pull with and without it, twice
+/// each in alternating order, both nodes in this process, no client load.
+/// `cargo test --release -p fulva-kvnode --test transfer -- --ignored
+/// --nocapture tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn transfer_speed_with_and_without_tls() {
+    let range = low_half();
+    let dir = tempfile::tempdir().unwrap();
+    let roles = [fulva_tls::Role::Node(SOURCE), fulva_tls::Role::Node(DESTINATION)];
+    fulva_tls::generate_dir(dir.path(), "bench", &roles, fulva_tls::DEFAULT_VALIDITY).unwrap();
+    for (round, tls) in [false, true, true, false].into_iter().enumerate() {
+        let tls_dir = tls.then(|| dir.path().to_path_buf());
+        let source = fulva_kvnode::start(NodeConfig { tls_dir: tls_dir.clone(), ..NodeConfig::loopback(SOURCE) })
+            .await
+            .unwrap();
+        fill(&source, range, 500_000, 100);
+        let h = &source.handler;
+        h.ownership.begin_copy(range, DESTINATION, 2, || h.store.version_ceiling()).unwrap();
+        let config = NodeConfig { tls_dir, ..NodeConfig::loopback(DESTINATION) };
+        let (destination, mv) = destination_of(range, config, PassStart::default()).await;
+        let started = Instant::now();
+        pull_from(&destination.handler, &mv, &source.transfer_addr.to_string()).await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let mb = mv.status().bytes_applied as f64 / 1e6;
+        let pulled = mv.status().cpu_seconds * 1e3 / mb;
+        let sent = h.metrics.migration_cpu(fulva_kvnode::MigrationSide::Source).get() * 1e3 / mb;
+        println!(
+            "round {round} tls {tls}: {mb:.1} MB in {secs:.3} s: {:.1} MB/s; CPU per MB: pull {pulled:.2} ms, send {sent:.2} ms",
+            mb / secs
+        );
+        destination.shutdown().await;
+        source.shutdown().await;
     }
 }
