@@ -78,7 +78,12 @@ fn kv_commands_work_against_a_running_cluster() {
     // Runs `fulva kv ARGS`, checks its exit code and returns its stdout; a
     // mismatch shows what the command printed on stderr.
     let kv = |args: &[&str], code: i32| {
-        let out = fulva().env("FULVA_TLS_DIR", &tls).args(["kv", "--endpoint", &endpoint]).args(args).output().unwrap();
+        let out = fulva()
+            .env("FULVA_TLS_DIR", &tls)
+            .args(["kv", "--endpoint", &endpoint])
+            .args(args)
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "fulva kv {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -102,8 +107,12 @@ fn kv_commands_work_against_a_running_cluster() {
         libc::close(fds[0]);
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1])
     };
-    let out =
-        fulva().env("FULVA_TLS_DIR", &tls).args(["map", "--endpoint", &endpoint]).stdout(write_end).output().unwrap();
+    let out = fulva()
+        .env("FULVA_TLS_DIR", &tls)
+        .args(["map", "--endpoint", &endpoint])
+        .stdout(write_end)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -167,10 +176,12 @@ fn migrate_moves_a_range_of_a_running_cluster() {
     let (endpoint, _reaper, dir) = spawn_up(&["--keys", "2000", "--clients", "4"], "running ycsb-b");
     let tls = dir.path().join("tls");
     // Without the cluster's certificates the endpoint takes no call.
-    let refused = fulva().args(["map", "--endpoint", &endpoint]).env_remove("FULVA_TLS_DIR").output().unwrap();
+    let refused =
+        fulva().args(["map", "--endpoint", &endpoint]).env_remove("FULVA_TLS_DIR").output().unwrap();
     assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
     let run = |args: &[&str]| {
-        let out = fulva().env("FULVA_TLS_DIR", &tls).args(args).args(["--endpoint", &endpoint]).output().unwrap();
+        let out =
+            fulva().env("FULVA_TLS_DIR", &tls).args(args).args(["--endpoint", &endpoint]).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

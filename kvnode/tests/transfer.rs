@@ -368,9 +368,10 @@ async fn transfer_speed_with_and_without_tls() {
     fulva_tls::generate_dir(dir.path(), "bench", &roles, fulva_tls::DEFAULT_VALIDITY).unwrap();
     for (round, tls) in [false, true, true, false].into_iter().enumerate() {
         let tls_dir = tls.then(|| dir.path().to_path_buf());
-        let source = fulva_kvnode::start(NodeConfig { tls_dir: tls_dir.clone(), ..NodeConfig::loopback(SOURCE) })
-            .await
-            .unwrap();
+        let source =
+            fulva_kvnode::start(NodeConfig { tls_dir: tls_dir.clone(), ..NodeConfig::loopback(SOURCE) })
+                .await
+                .unwrap();
         fill(&source, range, 500_000, 100);
         let h = &source.handler;
         h.ownership.begin_copy(range, DESTINATION, 2, || h.store.version_ceiling()).unwrap();

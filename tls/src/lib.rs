@@ -27,7 +27,7 @@ pub use ca::{
 pub use client::{connect_channel, connect_stream, lazy_channel, ClientTls, Connector};
 pub use config::TlsFiles;
 pub use identity::Role;
-pub use server::{authorize, incoming, Conn, PeerInfo, ServerTls};
+pub use server::{authorize, incoming, Conn, Incoming, PeerInfo, ServerTls};
 pub use stream::{ClientStream, MaybeTls};
 
 /// Why TLS could not be set up.

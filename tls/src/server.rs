@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::config::{server_config, Reloading, TlsFiles};
@@ -22,7 +22,7 @@ use crate::{Role, TlsError};
 
 /// How long a caller may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections accepted but not yet taken by the server.
+/// Handshaken connections not yet taken by the server.
 const BACKLOG: usize = 64;
 
 /// A server's TLS: its identity, the authority its callers must come from,
@@ -170,58 +170,64 @@ impl AsyncWrite for Conn {
 /// The connections of `listener`, each past its handshake when `tls` is
 /// set (handshakes run side by side, so a slow caller holds up no other).
 /// A failed handshake is logged and counted, and never reaches the server.
-/// Accepting stops when the stream is dropped. Feed it to tonic's
-/// `serve_with_incoming`, or read it for a raw protocol.
-pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> ReceiverStream<io::Result<Conn>> {
-    let (tx, rx) = mpsc::channel(BACKLOG);
-    tokio::spawn(async move {
+/// The stream owns the listener: dropping it closes the port at once. Feed
+/// it to tonic's `serve_with_incoming`, or read it for a raw protocol.
+pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerTls>>) -> Incoming {
+    let (done_tx, done_rx) = mpsc::channel(BACKLOG);
+    Incoming { listener, tls, done_tx, done_rx }
+}
+
+/// The stream [`incoming`] returns.
+pub struct Incoming {
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    done_tx: mpsc::Sender<Conn>,
+    done_rx: mpsc::Receiver<Conn>,
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Conn>>> {
+        let this = self.get_mut();
         loop {
-            let (tcp, remote) = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            if let Poll::Ready(Some(conn)) = this.done_rx.poll_recv(cx) {
+                return Poll::Ready(Some(Ok(conn)));
+            }
+            let (tcp, remote) = match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err))),
+                Poll::Pending => return Poll::Pending,
             };
             let _ = tcp.set_nodelay(true);
-            let Some(tls) = tls.clone() else {
+            let Some(tls) = this.tls.clone() else {
                 let info = PeerInfo { remote: Some(remote), names: Arc::from([]), secured: false };
-                if tx.send(Ok(Conn { io: MaybeTls::Plain(tcp), info })).await.is_err() {
-                    return;
-                }
-                continue;
+                return Poll::Ready(Some(Ok(Conn { io: MaybeTls::Plain(tcp), info })));
             };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.current());
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let names =
-                            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(dns_names);
-                        let info = PeerInfo {
-                            remote: Some(remote),
-                            names: names.unwrap_or_default().into(),
-                            secured: true,
-                        };
-                        let _ = tx.send(Ok(Conn { io: MaybeTls::Tls(Box::new(stream)), info })).await;
-                    }
-                    Ok(Err(err)) => {
-                        tls.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%remote, error = %err, "TLS handshake refused");
-                    }
-                    Err(_) => {
-                        tls.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%remote, "TLS handshake not finished within 10 s");
-                    }
-                }
-            });
+            tokio::spawn(handshake(tcp, remote, tls, this.done_tx.clone()));
         }
-    });
-    ReceiverStream::new(rx)
+    }
+}
+
+/// One caller's handshake; the connection goes to `done` if it passes.
+async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: Arc<ServerTls>, done: mpsc::Sender<Conn>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.current());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let names = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(dns_names);
+            let info =
+                PeerInfo { remote: Some(remote), names: names.unwrap_or_default().into(), secured: true };
+            let _ = done.send(Conn { io: MaybeTls::Tls(Box::new(stream)), info }).await;
+        }
+        Ok(Err(err)) => {
+            tls.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, error = %err, "TLS handshake refused");
+        }
+        Err(_) => {
+            tls.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, "TLS handshake not finished within 10 s");
+        }
+    }
 }
 
 /// The DNS names a (verified) certificate carries.

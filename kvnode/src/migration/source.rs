@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// The accepted connections of the transfer port (past their TLS handshake).
-pub type Connections = tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>;
+pub type Connections = fulva_tls::Incoming;
 
 type Objects = Vec<(u64, Bytes, Object)>;
 
