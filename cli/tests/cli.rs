@@ -9,6 +9,14 @@ fn fulva() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fulva"))
 }
 
+/// `fulva ARGS --endpoint ENDPOINT` with the certificates of `fulva up`'s
+/// TLS directory `tls`.
+fn tool(tls: &std::path::Path, endpoint: &str, args: &[&str]) -> Command {
+    let mut command = fulva();
+    command.env("FULVA_TLS_DIR", tls).args(args).args(["--endpoint", endpoint]);
+    command
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -78,12 +86,7 @@ fn kv_commands_work_against_a_running_cluster() {
     // Runs `fulva kv ARGS`, checks its exit code and returns its stdout; a
     // mismatch shows what the command printed on stderr.
     let kv = |args: &[&str], code: i32| {
-        let out = fulva()
-            .env("FULVA_TLS_DIR", &tls)
-            .args(["kv", "--endpoint", &endpoint])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tool(&tls, &endpoint, &["kv"]).args(args).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "fulva kv {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -107,12 +110,7 @@ fn kv_commands_work_against_a_running_cluster() {
         libc::close(fds[0]);
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1])
     };
-    let out = fulva()
-        .env("FULVA_TLS_DIR", &tls)
-        .args(["map", "--endpoint", &endpoint])
-        .stdout(write_end)
-        .output()
-        .unwrap();
+    let out = tool(&tls, &endpoint, &["map"]).stdout(write_end).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -180,8 +178,7 @@ fn migrate_moves_a_range_of_a_running_cluster() {
         fulva().args(["map", "--endpoint", &endpoint]).env_remove("FULVA_TLS_DIR").output().unwrap();
     assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
     let run = |args: &[&str]| {
-        let out =
-            fulva().env("FULVA_TLS_DIR", &tls).args(args).args(["--endpoint", &endpoint]).output().unwrap();
+        let out = tool(&tls, &endpoint, args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -200,11 +197,7 @@ fn migrate_moves_a_range_of_a_running_cluster() {
     let back = run(&["migrate", "--range", &range, "--to", "0", "--hot-keys", "0"]);
     assert!(back.contains("from node 1 to node 0"), "{back}");
     // A bad request is refused with a clear message.
-    let out = fulva()
-        .env("FULVA_TLS_DIR", &tls)
-        .args(["migrate", "--range", &range, "--to", "9", "--endpoint", &endpoint])
-        .output()
-        .unwrap();
+    let out = tool(&tls, &endpoint, &["migrate", "--range", &range, "--to", "9"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown destination node 9"));
 }

@@ -3,12 +3,13 @@
 //! on loopback.
 
 use fulva_coordinator::MoveOptions;
-use fulva_kvnode::NodeConfig;
+use fulva_kvnode::{MigrationTransfer, NodeConfig};
 use fulva_local::cluster::{LocalCluster, LocalClusterConfig};
 use fulva_proto::grpc::coordinator_admin_client::CoordinatorAdminClient;
 use fulva_proto::grpc::node_control_client::NodeControlClient;
 use fulva_proto::grpc::{GetStatsRequest, PullRangeRequest, SetEpochRequest, SplitRequest};
 use fulva_proto::transfer::{self, Hello, TransferError};
+use fulva_proto::Strategy;
 use fulva_tls::{ClientTls, Role, TlsFiles};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,22 +42,35 @@ async fn epoch_of(dir: &Path, cluster: &LocalCluster, node: usize) -> u64 {
 
 #[tokio::test]
 async fn clients_and_moves_work_over_mutual_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = tls_cluster(dir.path()).await;
-    let client = cluster.client().await.unwrap();
-    for i in 0..200u32 {
-        client.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
-    }
-    // A move: the destination pulls over the transfer stream with its own
-    // certificate, which the source checks against the move.
-    let shard = cluster.coordinator.map().shards[0];
-    let to = (shard.owner + 1) % 3;
-    let report = cluster.coordinator.migrate(shard.range, to, MoveOptions::default(), |_| {}).await.unwrap();
-    assert!(report.objects > 0, "{report:?}");
-    assert_eq!(cluster.coordinator.map().shards.iter().find(|s| s.range == shard.range).unwrap().owner, to);
-    for i in 0..200u32 {
-        let value = client.get(format!("k{i}").as_bytes()).await.unwrap();
-        assert_eq!(value.as_deref(), Some(format!("v{i}").as_bytes()));
+    // Every strategy, on the transfer stream and on gRPC pulls: each
+    // destination pulls with its own certificate, which the source checks
+    // against the move at every stage where the strategy pulls.
+    for transfer in [MigrationTransfer::Tcp, MigrationTransfer::Grpc] {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster =
+            cluster_with(dir.path(), NodeConfig { migration_transfer: transfer, ..NodeConfig::loopback(0) })
+                .await;
+        let client = cluster.client().await.unwrap();
+        for i in 0..300u32 {
+            client.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes()).await.unwrap();
+        }
+        let shards = cluster.coordinator.map().shards.clone();
+        for (shard, strategy) in
+            shards.iter().zip([Strategy::Fulva, Strategy::Rocksteady, Strategy::SourceDriven])
+        {
+            let to = (shard.owner + 1) % 3;
+            let options = MoveOptions { strategy, ..MoveOptions::default() };
+            let report = cluster.coordinator.migrate(shard.range, to, options, |_| {}).await;
+            let report = report.unwrap_or_else(|e| panic!("{transfer:?} {strategy:?}: {e}"));
+            assert!(report.objects > 0, "{transfer:?} {strategy:?}: {report:?}");
+            let owner =
+                cluster.coordinator.map().shards.iter().find(|s| s.range == shard.range).unwrap().owner;
+            assert_eq!(owner, to, "{transfer:?} {strategy:?}");
+        }
+        for i in 0..300u32 {
+            let value = client.get(format!("k{i}").as_bytes()).await.unwrap();
+            assert_eq!(value.as_deref(), Some(format!("v{i}").as_bytes()), "{transfer:?}");
+        }
     }
 }
 

@@ -328,6 +328,21 @@ async fn a_source_that_breaks_the_protocol_is_refused_and_changes_nothing() {
     }
 }
 
+/// Pulls `mv` from `source` into `destination`; says how fast, and the CPU
+/// per MB of each side's move meter.
+async fn timed_pull(source: &NodeHandle, destination: &NodeHandle, mv: &Arc<IncomingMove>) -> String {
+    let started = Instant::now();
+    pull_from(&destination.handler, mv, &source.transfer_addr.to_string()).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let mb = mv.status().bytes_applied as f64 / 1e6;
+    let pulled = mv.status().cpu_seconds * 1e3 / mb;
+    let sent = source.handler.metrics.migration_cpu(fulva_kvnode::MigrationSide::Source).get() * 1e3 / mb;
+    format!(
+        "{mb:.1} MB in {secs:.3} s: {:.1} MB/s; CPU per MB: pull {pulled:.2} ms, send {sent:.2} ms",
+        mb / secs
+    )
+}
+
 /// The transfer alone, no client load: `cargo test --release -p fulva-kvnode
 /// --test transfer -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,16 +356,7 @@ async fn transfer_speed_alone() {
     ] {
         let batch = config.migration_batch_bytes;
         let (destination, mv) = destination_of(range, config, PassStart::default()).await;
-        let started = Instant::now();
-        pull_from(&destination.handler, &mv, &source.transfer_addr.to_string()).await.unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        let mb = mv.status().bytes_applied as f64 / 1e6;
-        let pulled = mv.status().cpu_seconds * 1e3 / mb;
-        let sent = source.handler.metrics.migration_cpu(fulva_kvnode::MigrationSide::Source).get() * 1e3 / mb;
-        println!(
-            "batch {batch}: {mb:.1} MB in {secs:.3} s: {:.1} MB/s; CPU per MB: pull {pulled:.2} ms, send {sent:.2} ms (cumulative)",
-            mb / secs
-        );
+        println!("batch {batch}: {} (send: cumulative)", timed_pull(&source, &destination, &mv).await);
         destination.shutdown().await;
     }
 }
@@ -377,16 +383,7 @@ async fn transfer_speed_with_and_without_tls() {
         h.ownership.begin_copy(range, DESTINATION, 2, || h.store.version_ceiling()).unwrap();
         let config = NodeConfig { tls_dir, ..NodeConfig::loopback(DESTINATION) };
         let (destination, mv) = destination_of(range, config, PassStart::default()).await;
-        let started = Instant::now();
-        pull_from(&destination.handler, &mv, &source.transfer_addr.to_string()).await.unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        let mb = mv.status().bytes_applied as f64 / 1e6;
-        let pulled = mv.status().cpu_seconds * 1e3 / mb;
-        let sent = h.metrics.migration_cpu(fulva_kvnode::MigrationSide::Source).get() * 1e3 / mb;
-        println!(
-            "round {round} tls {tls}: {mb:.1} MB in {secs:.3} s: {:.1} MB/s; CPU per MB: pull {pulled:.2} ms, send {sent:.2} ms",
-            mb / secs
-        );
+        println!("round {round} tls {tls}: {}", timed_pull(&source, &destination, &mv).await);
         destination.shutdown().await;
         source.shutdown().await;
     }

@@ -72,7 +72,11 @@ impl PeerInfo {
     /// Whether the caller is `role`: its verified certificate names it.
     /// Always true on a server that runs without TLS (`--insecure`).
     pub fn is(&self, role: Role) -> bool {
-        !self.secured || self.names.iter().any(|n| *n == role.dns_name())
+        if !self.secured {
+            return true;
+        }
+        let name = role.dns_name();
+        self.names.contains(&name)
     }
 
     /// Whether the connection runs under TLS.

@@ -9,19 +9,6 @@ use fulva_proto::transfer::TransferRecord;
 use fulva_proto::Strategy;
 use std::sync::Arc;
 
-/// A client of the source's control service, if it can be reached.
-async fn connect(
-    handler: &Handler,
-    mv: &IncomingMove,
-) -> Option<NodeControlClient<tonic::transport::Channel>> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mv.source_control_addr)).ok()?;
-    let endpoint = endpoint.connect_timeout(std::time::Duration::from_secs(2));
-    let channel =
-        fulva_tls::connect_channel(endpoint, handler.client_tls(), fulva_tls::Role::Node(mv.source));
-    channel.await.ok().map(NodeControlClient::new)
-}
-
 /// Priority pulls: fetches the keys reads asked for, a batch at a time.
 /// Rocksteady marks them fetched once applied (present at the source or
 /// not); fulva pulls the keys its dual reads missed, so they are held here.
@@ -41,7 +28,7 @@ pub async fn serve_fetches(handler: Arc<Handler>, mv: Arc<IncomingMove>) {
             }
         }
         if client.is_none() {
-            client = connect(&handler, &mv).await;
+            client = super::pull::control_client(&handler, &mv, 0).await.ok();
         }
         let Some(c) = client.as_mut() else {
             // Unreachable source: let the reads ask again.

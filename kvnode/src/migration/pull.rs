@@ -78,7 +78,7 @@ async fn pull_until_done(handler: &Arc<Handler>, mv: &Arc<IncomingMove>) {
 /// A gRPC client of the source's control service (showing this node's
 /// certificate, and checking the source's). `window` bounds the
 /// HTTP/2 flow-control windows (0: tonic's defaults).
-async fn control_client(
+pub(super) async fn control_client(
     handler: &Handler,
     mv: &IncomingMove,
     window: u32,

@@ -17,9 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-/// The accepted connections of the transfer port (past their TLS handshake).
-pub type Connections = fulva_tls::Incoming;
-
 type Objects = Vec<(u64, Bytes, Object)>;
 
 /// The batches of one pull, produced one at a time: the objects are
@@ -143,10 +140,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the last batch is read).
 const LINGER: Duration = Duration::from_secs(10);
 
-/// Serves the TCP transfer stream: each connection is one pull of a range
-/// this node serves. Runs until `shutdown` is cancelled.
+/// Serves the TCP transfer stream on `connections` (past their TLS
+/// handshake): each one is one pull of a range this node serves. Runs until
+/// `shutdown` is cancelled.
 pub async fn serve_transfers(
-    mut connections: Connections,
+    mut connections: fulva_tls::Incoming,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
 ) {
