@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -135,15 +135,6 @@ pub fn write_identity(dir: &Path, role: Role, issued: &Issued) -> Result<[PathBu
     Ok([cert, key])
 }
 
-/// When the first certificate in `cert_pem` stops being valid.
-pub fn expires_at(cert_pem: &str) -> Result<SystemTime, TlsError> {
-    let parse = |detail: String| TlsError::Parse { what: "certificate".into(), detail };
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| parse(e.to_string()))?;
-    let cert = pem.parse_x509().map_err(|e| parse(e.to_string()))?;
-    let secs = cert.validity().not_after.timestamp();
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-}
-
 fn distinguished_name(common_name: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "fulva");
@@ -192,9 +183,20 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), TlsError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
+
+    /// When the first certificate in `cert_pem` stops being valid.
+    fn expires_at(cert_pem: &str) -> Result<SystemTime, TlsError> {
+        let parse = |detail: String| TlsError::Parse { what: "certificate".into(), detail };
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| parse(e.to_string()))?;
+        let cert = pem.parse_x509().map_err(|e| parse(e.to_string()))?;
+        let secs = cert.validity().not_after.timestamp();
+        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+    }
 
     #[test]
-    fn an_issued_certificate_names_its_role_and_expires_when_asked() {
+    fn an_issued_certificate_expires_when_asked_and_the_authority_reloads() {
         let ca = Authority::generate("test", AUTHORITY_VALIDITY).unwrap();
         let issued = ca.issue(Role::Node(7), Duration::from_secs(3600)).unwrap();
         let expires = expires_at(&issued.cert_pem).unwrap();

@@ -95,8 +95,3 @@ pub async fn connect_channel(
 ) -> Result<Channel, tonic::transport::Error> {
     endpoint.connect_with_connector(Connector::new(tls.cloned(), server)).await
 }
-
-/// As [`connect_channel`], connecting on first use.
-pub fn lazy_channel(endpoint: Endpoint, tls: Option<&Arc<ClientTls>>, server: Role) -> Channel {
-    endpoint.connect_with_connector_lazy(Connector::new(tls.cloned(), server))
-}

@@ -41,16 +41,6 @@ impl Role {
             Role::Node(id) => format!("node-{id}"),
         }
     }
-
-    /// Parses a file stem (`coordinator`, `admin`, `client`, `node-N`).
-    pub fn parse(stem: &str) -> Option<Role> {
-        match stem {
-            "coordinator" => Some(Role::Coordinator),
-            "admin" => Some(Role::Admin),
-            "client" => Some(Role::Client),
-            _ => stem.strip_prefix("node-")?.parse().ok().map(Role::Node),
-        }
-    }
 }
 
 impl fmt::Display for Role {
@@ -64,13 +54,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip() {
-        for role in [Role::Coordinator, Role::Admin, Role::Client, Role::Node(0), Role::Node(4_000_000_000)] {
-            assert_eq!(Role::parse(&role.file_stem()), Some(role));
-            assert!(role.dns_name().ends_with(".fulva"));
-        }
+    fn every_role_has_its_own_name() {
+        let roles = [Role::Coordinator, Role::Admin, Role::Client, Role::Node(0), Role::Node(4_000_000_000)];
+        let names: std::collections::HashSet<String> = roles.iter().map(Role::dns_name).collect();
+        assert_eq!(names.len(), roles.len());
         assert_eq!(Role::Node(3).dns_name(), "node-3.fulva");
-        assert_eq!(Role::parse("node-x"), None);
-        assert_eq!(Role::parse("nodes-1"), None);
+        assert_eq!(Role::Coordinator.dns_name(), "coordinator.fulva");
     }
 }

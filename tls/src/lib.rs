@@ -21,10 +21,8 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 
-pub use ca::{
-    expires_at, generate_dir, write_identity, Authority, Issued, AUTHORITY_VALIDITY, DEFAULT_VALIDITY,
-};
-pub use client::{connect_channel, connect_stream, lazy_channel, ClientTls, Connector};
+pub use ca::{generate_dir, write_identity, Authority, Issued, AUTHORITY_VALIDITY, DEFAULT_VALIDITY};
+pub use client::{connect_channel, connect_stream, ClientTls, Connector};
 pub use config::TlsFiles;
 pub use identity::Role;
 pub use server::{authorize, incoming, Conn, Incoming, PeerInfo, ServerTls};
@@ -65,11 +63,7 @@ pub struct Tls {
 impl Tls {
     /// Loads `role`'s files from a TLS directory.
     pub fn from_dir(dir: &Path, role: Role) -> Result<Tls, TlsError> {
-        Tls::from_files(TlsFiles::in_dir(dir, role), role)
-    }
-
-    /// Loads a role's files from where they are.
-    pub fn from_files(files: TlsFiles, role: Role) -> Result<Tls, TlsError> {
+        let files = TlsFiles::in_dir(dir, role);
         Ok(Tls { role, server: ServerTls::new(files.clone())?, client: ClientTls::new(files)? })
     }
 }

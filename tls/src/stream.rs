@@ -16,13 +16,6 @@ pub enum MaybeTls<T> {
 /// The client end of a connection [`crate::connect_stream`] opened.
 pub type ClientStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
-impl<T> MaybeTls<T> {
-    /// Whether the connection runs under TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
-    }
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
