@@ -225,27 +225,29 @@ async fn send_range(mut stream: Conn, handler: Arc<Handler>) -> Result<HashRange
     if let Some(why) = refusal {
         return Err(TransferError::Refused(why));
     }
-    let (mut credits_in, mut out) = tokio::io::split(stream);
+    // Credits are read only while the source waits for them, so one task
+    // reads and writes the stream in turn: no split halves (and no lock
+    // between them) are needed.
     let mut credits = u32::from(hello.window);
     let mut pass = SourcePass::new(handler, &hello);
     let mut encoder = BatchEncoder::new();
     while let Some((objects, kind, next)) = pass.next_batch() {
         while credits == 0 {
-            credits += transfer::read_credit(&mut credits_in).await?;
+            credits += transfer::read_credit(&mut stream).await?;
         }
         encoder.begin();
         for (hash, key, object) in &objects {
             encoder.push(*hash, object.version, key, object.value.as_deref());
         }
         drop(objects);
-        out.write_all(encoder.finish(kind, next)).await.map_err(io)?;
+        stream.write_all(encoder.finish(kind, next)).await.map_err(io)?;
         credits -= 1;
     }
-    out.shutdown().await.map_err(io)?;
+    stream.shutdown().await.map_err(io)?;
     // Read until the destination closes: what it still sends is credits.
     let mut sink = [0u8; 256];
     let _ = tokio::time::timeout(LINGER, async {
-        while matches!(credits_in.read(&mut sink).await, Ok(n) if n > 0) {}
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
     Ok(hello.range)
