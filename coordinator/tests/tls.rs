@@ -86,6 +86,13 @@ async fn a_node_takes_control_calls_from_the_coordinator_only() {
     if let Ok(mut plain) = plain {
         assert!(plain.set_epoch(SetEpochRequest { epoch: u64::MAX }).await.is_err());
     }
+    // ... and the node counts the refused handshake.
+    let refused = &cluster.nodes[0].handler.metrics.tls_handshakes_refused;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while refused.get() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused.get() >= 1, "the refused handshake was not counted");
 
     // A certificate of the cluster's CA, but a client's: refused by name.
     for role in [Role::Client, Role::Admin, Role::Node(1)] {

@@ -214,6 +214,10 @@ async fn start_services(
         .map_err(bind("transfer", config.transfer_addr))?;
     let transfer_addr = transfer.local_addr().map_err(bind("transfer", config.transfer_addr))?;
     let server_tls = handler.tls.as_ref().map(|t| t.server.clone());
+    if let Some(server) = &server_tls {
+        let refused = handler.metrics.tls_handshakes_refused.clone();
+        server.count_refusals_with(move || refused.inc());
+    }
     if server_tls.is_none() {
         tracing::warn!("control service and transfer stream run without TLS (--insecure): anyone who can reach them can read, move or drop this node's data");
     }

@@ -57,6 +57,9 @@ pub struct NodeMetrics {
     pub client_records: IntGauge,
     /// Clients and records dropped to keep the records table bounded, by what.
     pub client_records_shed: IntCounterVec,
+    /// Connections to the control service or transfer stream refused in
+    /// their TLS handshake (no certificate, another CA's, not TLS).
+    pub tls_handshakes_refused: IntCounter,
     /// Retried writes answered from a completion record instead of applied again.
     pub write_replays: IntCounter,
     /// Moves coming into this node, by strategy.
@@ -245,6 +248,14 @@ impl NodeMetrics {
         for what in ["clients", "records"] {
             client_records_shed.with_label_values(&[what]);
         }
+        let tls_handshakes_refused = register(
+            &registry,
+            IntCounter::new(
+                "fulva_kvnode_tls_handshakes_refused_total",
+                "Connections to the control service or transfer stream refused in their TLS handshake: no certificate, one the cluster's CA did not sign, or not TLS",
+            )
+            .expect("valid metric"),
+        );
         let write_replays = register(
             &registry,
             IntCounter::new(
@@ -318,6 +329,7 @@ impl NodeMetrics {
             epoch,
             client_records,
             client_records_shed,
+            tls_handshakes_refused,
         }
     }
 

@@ -44,6 +44,12 @@ pub struct OperatorConfig {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "fulva-operator")]
     pub identity: String,
+    /// Watch FulvaClusters and FulvaRebalances in this namespace only (a
+    /// namespace-scoped install, with a Role there); empty: every namespace
+    /// (a ClusterRole). In one namespace, Node cordons and maintenance taints
+    /// are not followed: reading Nodes needs a ClusterRole.
+    #[arg(long, env = "FULVA_WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
     /// How long a Lease holds without renewal, in seconds.
     #[arg(long, env = "FULVA_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
@@ -157,13 +163,10 @@ pub async fn run(
         directory,
         format!("http://127.0.0.1:{}", config.control_addr.port()),
     ));
-    let ctx = Arc::new(Context::new(
-        client,
-        metrics,
-        runtimes,
-        config.service_host.clone(),
-        config.control_addr.port(),
-    ));
+    let ctx = Arc::new(
+        Context::new(client, metrics, runtimes, config.service_host.clone(), config.control_addr.port())
+            .watching((!config.watch_namespace.is_empty()).then(|| config.watch_namespace.clone())),
+    );
     let controller_stop = stop.clone();
     let controller = tokio::spawn(controller::run(ctx, async move { controller_stop.cancelled().await }));
 

@@ -207,6 +207,33 @@ def test_rbac_is_least_privilege():
                                           "verbs": ["get", "create", "patch"]}]
 
 
+def test_a_namespace_scoped_install_grants_nothing_cluster_wide():
+    objects = asyncio.run(install({"rbac": {"scope": "namespace"}}))
+    kinds = by_kind(objects)
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds, sorted(kinds)
+    for obj in objects:
+        if obj["kind"] not in FOREIGN and obj["kind"] != "FulvaCluster":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    operator_role = next(r for r in kinds["Role"] if not r["metadata"]["name"].endswith("-leader"))
+    assert operator_role["metadata"]["namespace"] == "fulva-system"
+    granted = {(g, r) for rule in operator_role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ("fulva.io", "fulvaclusters") in granted and ("apps", "statefulsets") in granted, granted
+    assert ("", "nodes") not in granted, "Nodes are cluster-wide"
+    binding = next(b for b in kinds["RoleBinding"] if b["roleRef"]["name"] == operator_role["metadata"]["name"])
+    assert binding["roleRef"]["kind"] == "Role" and binding["metadata"]["namespace"] == "fulva-system"
+    env = {e["name"]: e.get("value") for e in kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FULVA_WATCH_NAMESPACE"] == "fulva-system", env
+    # Another namespace to watch: the Role goes there.
+    kinds = by_kind(asyncio.run(install({"rbac": {"scope": "namespace", "watchNamespace": "shop"}})))
+    operator_role = next(r for r in kinds["Role"] if not r["metadata"]["name"].endswith("-leader"))
+    assert operator_role["metadata"]["namespace"] == "shop"
+    # The default install watches every namespace and sets no namespace.
+    kinds = by_kind(asyncio.run(install({})))
+    assert "ClusterRole" in kinds
+    env = {e["name"] for e in kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FULVA_WATCH_NAMESPACE" not in env
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "deploy/examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_validate_against_the_crd(path):
     for doc in yaml.safe_load_all(path.read_text()):

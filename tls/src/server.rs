@@ -30,6 +30,7 @@ const BACKLOG: usize = 64;
 pub struct ServerTls {
     config: Reloading<rustls::ServerConfig>,
     refused: AtomicU64,
+    on_refused: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -41,7 +42,23 @@ impl fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads `files`; they are read again when they change.
     pub fn new(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
-        Ok(Arc::new(ServerTls { config: Reloading::new(files, server_config)?, refused: AtomicU64::new(0) }))
+        Ok(Arc::new(ServerTls {
+            config: Reloading::new(files, server_config)?,
+            refused: AtomicU64::new(0),
+            on_refused: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// Calls `count` on every refused handshake (a metric); set once.
+    pub fn count_refusals_with(&self, count: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_refused.set(Box::new(count));
+    }
+
+    fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.on_refused.get() {
+            count();
+        }
     }
 
     /// How many connections failed their handshake (no certificate, one the
@@ -77,11 +94,6 @@ impl PeerInfo {
         }
         let name = role.dns_name();
         self.names.contains(&name)
-    }
-
-    /// Whether the connection runs under TLS.
-    pub fn secured(&self) -> bool {
-        self.secured
     }
 
     /// The first name of the caller's certificate, if any.
@@ -224,11 +236,11 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: Arc<ServerTls>, done
             let _ = done.send(Conn { io: MaybeTls::Tls(Box::new(stream)), info }).await;
         }
         Ok(Err(err)) => {
-            tls.refused.fetch_add(1, Ordering::Relaxed);
+            tls.refuse();
             tracing::info!(%remote, error = %err, "TLS handshake refused");
         }
         Err(_) => {
-            tls.refused.fetch_add(1, Ordering::Relaxed);
+            tls.refuse();
             tracing::info!(%remote, "TLS handshake not finished within 10 s");
         }
     }

@@ -34,3 +34,8 @@ app.kubernetes.io/component: operator
 {{- define "fulva.operatorImage" -}}
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
 {{- end -}}
+
+{{/* The namespace a namespace-scoped operator watches (rbac.scope: namespace). */}}
+{{- define "fulva.watchNamespace" -}}
+{{- .Values.rbac.watchNamespace | default .Release.Namespace -}}
+{{- end -}}

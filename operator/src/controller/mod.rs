@@ -83,6 +83,8 @@ pub struct Context {
     /// Namespace of the operator's pods: the second label of
     /// `operator_service_host` (`NAME.NAMESPACE.svc`), "default" without one.
     pub operator_namespace: String,
+    /// The one namespace watched (a namespace-scoped install); none: all.
+    pub watch_namespace: Option<String>,
 }
 
 impl Context {
@@ -104,6 +106,28 @@ impl Context {
             operator_namespace: operator_service_host.split('.').nth(1).unwrap_or("default").to_string(),
             operator_service_host,
             control_port,
+            watch_namespace: None,
+        }
+    }
+
+    /// The same context watching `namespace` only (none: every namespace).
+    pub fn watching(mut self, namespace: Option<String>) -> Context {
+        self.watch_namespace = namespace;
+        self
+    }
+
+    /// An API of `K` objects in the watched namespace, or in all of them.
+    fn watched<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match &self.watch_namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
         }
     }
 }
@@ -117,23 +141,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         shutdown.await;
         trigger.cancel();
     });
-    let clusters = Api::<FulvaCluster>::all(ctx.client.clone());
-    let statefulsets = Api::<StatefulSet>::all(ctx.client.clone());
-    let rebalances = Api::<FulvaRebalance>::all(ctx.client.clone());
-    let pods = Api::<Pod>::all(ctx.client.clone());
+    let clusters = ctx.watched::<FulvaCluster>();
+    let statefulsets = ctx.watched::<StatefulSet>();
+    let rebalances = ctx.watched::<FulvaRebalance>();
+    let pods = ctx.watched::<Pod>();
+    let follow_nodes = ctx.watch_namespace.is_none();
     let kvnodes = watcher::Config::default().labels("app.kubernetes.io/component=kvnode").any_semantic();
-    let cluster_controller = Controller::new(clusters, watcher::Config::default().any_semantic())
+    let controller = Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(statefulsets, watcher::Config::default().any_semantic())
         // A kvnode pod that starts, stops or is deleted moves a replacement on.
         .watches(pods, kvnodes, |pod: Pod| {
             let cluster = pod.labels().get("app.kubernetes.io/instance").cloned();
             cluster.map(|name| ObjectRef::new(&name).within(&pod.namespace().unwrap_or_default()))
         })
-        // A Node cordoned or (un)tainted: every cluster looks at its pods.
-        .reconcile_all_on(node_maintenance_changes(ctx.client.clone()))
-        .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
+        .graceful_shutdown_on(stop.clone().cancelled_owned());
+    // A Node cordoned or (un)tainted: every cluster looks at its pods.
+    let controller = if follow_nodes {
+        controller.reconcile_all_on(node_maintenance_changes(ctx.client.clone()))
+    } else {
+        controller
+    };
+    let cluster_controller =
+        controller.run(reconcile, error_policy, ctx.clone()).for_each(|result| async move {
             if let Err(err) = result {
                 tracing::warn!(error = %err, "reconcile failed");
             }
@@ -331,7 +360,11 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     // while holding ranges): one step of the rolling replacement.
     let revision = applied.status.as_ref().and_then(|s| s.update_revision.clone());
     let pods = update::list_pods(&ctx.client, namespace, fc).await?;
-    let kube_nodes = update::list_nodes(&ctx.client, &pods).await?;
+    // A namespace-scoped operator may not read Nodes: no maintenance then.
+    let kube_nodes = match ctx.watch_namespace {
+        None => update::list_nodes(&ctx.client, &pods).await?,
+        Some(_) => Vec::new(),
+    };
     let wanted = update::wanted(&pods, &kube_nodes, revision.as_deref(), replicas, &fc.spec.update);
     let now = k8s_openapi::jiff::Timestamp::now();
     let paused_for = previous

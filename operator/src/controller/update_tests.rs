@@ -217,3 +217,26 @@ async fn ranges_declared_lost_raise_the_data_loss_condition_and_a_warning() {
     reconcile(Arc::new(fc), ctx).await.unwrap();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_namespace_scoped_operator_reads_no_nodes() {
+    let runtimes = Arc::new(FakeRuntimes::default());
+    *runtimes.report.lock() = serving(16);
+    let (ctx, mut api) = context(runtimes.clone());
+    let ctx = Arc::new(Arc::into_inner(ctx).unwrap().watching(Some(NS.to_string())));
+    let fc = cluster(json!({"nodes": 3}), true, false);
+    let pods = three_pods("r");
+    let server = tokio::spawn(async move {
+        expect_services(&mut api).await;
+        api.expect("GET", STS, 200, statefulset_at("r")).await;
+        api.expect("PATCH", STS, 200, statefulset_at("r")).await;
+        expect_pods(&mut api, pods).await;
+        // No GET /api/v1/nodes: a Role grants no Nodes.
+        let status = expect_status(&mut api).await;
+        assert_eq!(condition_of(&status, "Updating")["status"], "False");
+        api.expect_silence().await;
+    });
+    reconcile(Arc::new(fc), ctx).await.unwrap();
+    server.await.unwrap();
+    assert!(runtimes.drains_asked.lock().is_empty());
+}
