@@ -14,9 +14,23 @@ use tonic::{Request, Response, Status};
 #[derive(Default)]
 pub struct ClusterDirectory {
     clusters: parking_lot::RwLock<HashMap<String, Arc<Coordinator>>>,
+    /// Under TLS, each cluster's certificate authority: a caller reads a
+    /// cluster's map only with a certificate that cluster's authority signed.
+    authorities: Option<Arc<fulva_tls::Authorities>>,
 }
 
 impl ClusterDirectory {
+    /// A directory whose callers must come from the authority of the
+    /// cluster they ask for, as `authorities` knows them by `NAMESPACE/NAME`.
+    pub fn with_authorities(authorities: Arc<fulva_tls::Authorities>) -> ClusterDirectory {
+        ClusterDirectory { clusters: Default::default(), authorities: Some(authorities) }
+    }
+
+    /// The authorities callers are checked against (none without TLS).
+    pub fn authorities(&self) -> Option<&Arc<fulva_tls::Authorities>> {
+        self.authorities.as_ref()
+    }
+
     /// Serves `cluster`'s map from `coordinator`.
     pub fn insert(&self, cluster: String, coordinator: Arc<Coordinator>) {
         self.clusters.write().insert(cluster, coordinator);
@@ -27,17 +41,31 @@ impl ClusterDirectory {
         self.clusters.write().remove(cluster);
     }
 
-    fn find(&self, cluster: &str) -> Result<Arc<Coordinator>, Status> {
-        let clusters = self.clusters.read();
-        if cluster.is_empty() && clusters.len() == 1 {
-            return Ok(clusters.values().next().expect("one cluster").clone());
+    fn find(&self, cluster: &str, peer: Option<&fulva_tls::PeerInfo>) -> Result<Arc<Coordinator>, Status> {
+        let (name, coordinator) = {
+            let clusters = self.clusters.read();
+            let found = if cluster.is_empty() && clusters.len() == 1 {
+                clusters.iter().next()
+            } else {
+                clusters.get_key_value(cluster)
+            };
+            // The refusal names no other cluster: a caller learns only about the one it asked for.
+            let (name, coordinator) = found.ok_or_else(|| {
+                Status::not_found(format!(
+                    "no cluster {cluster:?} here; set the client's cluster to its FulvaCluster's namespace/name"
+                ))
+            })?;
+            (name.clone(), coordinator.clone())
+        };
+        if let (Some(authorities), Some(peer)) = (&self.authorities, peer) {
+            if !peer.signed_by(authorities, &name) {
+                tracing::warn!(%peer, cluster = %name, "map read refused: certificate from another authority");
+                return Err(Status::permission_denied(format!(
+                    "{peer} may not read cluster {name}'s map: its certificate is not from that cluster's authority"
+                )));
+            }
         }
-        // The refusal names no other cluster: a caller learns only about the one it asked for.
-        clusters.get(cluster).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "no cluster {cluster:?} here; set the client's cluster to its FulvaCluster's namespace/name"
-            ))
-        })
+        Ok(coordinator)
     }
 }
 
@@ -75,10 +103,14 @@ impl ShardMapServiceImpl {
         ShardMapServiceImpl { source: MapSource::Directory(directory), shutdown }
     }
 
-    fn coordinator(&self, cluster: &str) -> Result<Arc<Coordinator>, Status> {
+    fn coordinator(
+        &self,
+        cluster: &str,
+        peer: Option<&fulva_tls::PeerInfo>,
+    ) -> Result<Arc<Coordinator>, Status> {
         match &self.source {
             MapSource::Single(c) => Ok(c.clone()),
-            MapSource::Directory(d) => d.find(cluster),
+            MapSource::Directory(d) => d.find(cluster, peer),
         }
     }
 }
@@ -96,7 +128,8 @@ impl ShardMapService for ShardMapServiceImpl {
         request: Request<GetShardMapRequest>,
     ) -> Result<Response<grpc::ShardMap>, Status> {
         fulva_tls::authorize(&request, MAP_READERS)?;
-        let coordinator = self.coordinator(&request.into_inner().cluster)?;
+        let peer = request.extensions().get::<fulva_tls::PeerInfo>().cloned();
+        let coordinator = self.coordinator(&request.into_inner().cluster, peer.as_ref())?;
         Ok(Response::new(grpc::ShardMap::from(coordinator.map().as_ref())))
     }
 
@@ -107,9 +140,10 @@ impl ShardMapService for ShardMapServiceImpl {
         request: Request<WatchShardMapRequest>,
     ) -> Result<Response<Self::WatchShardMapStream>, Status> {
         fulva_tls::authorize(&request, MAP_READERS)?;
+        let peer = request.extensions().get::<fulva_tls::PeerInfo>().cloned();
         let request = request.into_inner();
         let mut after = request.after_epoch;
-        let mut updates = self.coordinator(&request.cluster)?.subscribe();
+        let mut updates = self.coordinator(&request.cluster, peer.as_ref())?.subscribe();
         let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             loop {
@@ -195,8 +229,8 @@ mod tests {
         let directory = ClusterDirectory::default();
         directory.insert("payments/orders".into(), coordinator().await);
         directory.insert("team-b/sessions".into(), coordinator().await);
-        assert!(directory.find("payments/orders").is_ok());
-        let refused = directory.find("guess").err().unwrap();
+        assert!(directory.find("payments/orders", None).is_ok());
+        let refused = directory.find("guess", None).err().unwrap();
         assert_eq!(refused.code(), tonic::Code::NotFound);
         assert!(refused.message().contains("\"guess\""), "{}", refused.message());
         assert!(

@@ -185,21 +185,11 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    /// When the first certificate in `cert_pem` stops being valid.
-    fn expires_at(cert_pem: &str) -> Result<SystemTime, TlsError> {
-        let parse = |detail: String| TlsError::Parse { what: "certificate".into(), detail };
-        let (_, pem) =
-            x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| parse(e.to_string()))?;
-        let cert = pem.parse_x509().map_err(|e| parse(e.to_string()))?;
-        let secs = cert.validity().not_after.timestamp();
-        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-    }
-
     #[test]
     fn an_issued_certificate_expires_when_asked_and_the_authority_reloads() {
         let ca = Authority::generate("test", AUTHORITY_VALIDITY).unwrap();
         let issued = ca.issue(Role::Node(7), Duration::from_secs(3600)).unwrap();
-        let expires = expires_at(&issued.cert_pem).unwrap();
+        let expires = crate::check_issued(ca.cert_pem(), &issued.cert_pem).unwrap();
         let left = expires.duration_since(SystemTime::now()).unwrap();
         assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600), "{left:?}");
         // Reloaded from its PEM, the authority signs certificates the same

@@ -12,9 +12,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::config::{client_config, Reloading, TlsFiles};
+use crate::config::{client_config, Material, Reloading, TlsFiles};
 use crate::stream::{ClientStream, MaybeTls};
-use crate::{Role, TlsError};
+use crate::{Issued, Role, TlsError};
 
 /// A client's TLS: its identity and the authority it trusts.
 pub struct ClientTls {
@@ -23,7 +23,7 @@ pub struct ClientTls {
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").field("files", self.config.files()).finish()
+        f.debug_struct("ClientTls").field("files", &self.config.files()).finish()
     }
 }
 
@@ -31,6 +31,19 @@ impl ClientTls {
     /// Loads `files`; they are read again when they change.
     pub fn new(files: TlsFiles) -> Result<Arc<ClientTls>, TlsError> {
         Ok(Arc::new(ClientTls { config: Reloading::new(files, client_config)? }))
+    }
+
+    /// A client showing `identity` and trusting the authorities in `ca_pem`
+    /// (one or more certificates); [`ClientTls::renew`] replaces them.
+    pub fn from_pem(ca_pem: &str, identity: &Issued) -> Result<Arc<ClientTls>, TlsError> {
+        let material = Material::from_pem(ca_pem, identity)?;
+        Ok(Arc::new(ClientTls { config: Reloading::in_memory(&material, client_config)? }))
+    }
+
+    /// New connections show `identity` and trust `ca_pem` (a client made
+    /// with [`ClientTls::from_pem`]; one made from files follows its files).
+    pub fn renew(&self, ca_pem: &str, identity: &Issued) -> Result<(), TlsError> {
+        self.config.replace(&Material::from_pem(ca_pem, identity)?)
     }
 }
 

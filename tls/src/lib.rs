@@ -18,6 +18,7 @@ mod config;
 mod identity;
 mod server;
 mod stream;
+mod trust;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,7 @@ pub use config::TlsFiles;
 pub use identity::Role;
 pub use server::{authorize, incoming, Conn, Incoming, PeerInfo, ServerTls};
 pub use stream::{ClientStream, MaybeTls};
+pub use trust::{check_issued, Authorities};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +68,28 @@ impl Tls {
         let files = TlsFiles::in_dir(dir, role);
         Ok(Tls { role, server: ServerTls::new(files.clone())?, client: ClientTls::new(files)? })
     }
+
+    /// `role`'s TLS from PEM in memory: the authority `ca_pem` and an
+    /// identity it signed. [`Tls::renew`] replaces them.
+    pub fn from_pem(role: Role, ca_pem: &str, identity: &Issued) -> Result<Tls, TlsError> {
+        Ok(Tls {
+            role,
+            server: ServerTls::from_pem(ca_pem, identity)?,
+            client: ClientTls::from_pem(ca_pem, identity)?,
+        })
+    }
+
+    /// Renews an identity made with [`Tls::from_pem`]: new connections, as
+    /// server and as client, use `identity` and trust `ca_pem`.
+    pub fn renew(&self, ca_pem: &str, identity: &Issued) -> Result<(), TlsError> {
+        self.server.renew(ca_pem, identity)?;
+        self.client.renew(ca_pem, identity)
+    }
 }
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("role", &self.role).field("files", self.server.files()).finish()
+        f.debug_struct("Tls").field("role", &self.role).field("files", &self.server.files()).finish()
     }
 }
 

@@ -16,9 +16,12 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
-use crate::config::{server_config, Reloading, TlsFiles};
+use rustls::pki_types::CertificateDer;
+
+use crate::config::{server_config, Material, Reloading, TlsFiles};
 use crate::stream::MaybeTls;
-use crate::{Role, TlsError};
+use crate::trust::Authorities;
+use crate::{Issued, Role, TlsError};
 
 /// How long a caller may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,18 +38,42 @@ pub struct ServerTls {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls").field("files", self.config.files()).finish()
+        f.debug_struct("ServerTls").field("files", &self.config.files()).finish()
     }
 }
 
 impl ServerTls {
     /// Loads `files`; they are read again when they change.
     pub fn new(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
-        Ok(Arc::new(ServerTls {
-            config: Reloading::new(files, server_config)?,
-            refused: AtomicU64::new(0),
-            on_refused: std::sync::OnceLock::new(),
-        }))
+        Ok(ServerTls::with(Reloading::new(files, server_config)?))
+    }
+
+    /// A server showing `identity`, accepting callers `ca_pem` signed;
+    /// [`ServerTls::renew`] replaces them.
+    pub fn from_pem(ca_pem: &str, identity: &Issued) -> Result<Arc<ServerTls>, TlsError> {
+        Ok(ServerTls::with(Reloading::in_memory(&Material::from_pem(ca_pem, identity)?, server_config)?))
+    }
+
+    /// A server showing `identity` (which `ca_pem` signed) to callers any
+    /// of `callers`' authorities signed: one endpoint serving many clusters.
+    pub fn for_authorities(
+        ca_pem: &str,
+        identity: &Issued,
+        callers: Arc<Authorities>,
+    ) -> Result<Arc<ServerTls>, TlsError> {
+        let mut material = Material::from_pem(ca_pem, identity)?;
+        material.callers = Some(callers);
+        Ok(ServerTls::with(Reloading::in_memory(&material, server_config)?))
+    }
+
+    fn with(config: Reloading<rustls::ServerConfig>) -> Arc<ServerTls> {
+        Arc::new(ServerTls { config, refused: AtomicU64::new(0), on_refused: std::sync::OnceLock::new() })
+    }
+
+    /// New connections show `identity` and trust `ca_pem` (a server made
+    /// with [`ServerTls::from_pem`]; one made from files follows its files).
+    pub fn renew(&self, ca_pem: &str, identity: &Issued) -> Result<(), TlsError> {
+        self.config.replace(&Material::from_pem(ca_pem, identity)?)
     }
 
     /// Calls `count` on every refused handshake (a metric); set once.
@@ -67,8 +94,8 @@ impl ServerTls {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// The files this server's identity comes from.
-    pub fn files(&self) -> &TlsFiles {
+    /// The files this server's identity comes from (none: from memory).
+    pub fn files(&self) -> Option<&TlsFiles> {
         self.config.files()
     }
 }
@@ -81,6 +108,9 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     /// The DNS names of the caller's certificate (empty without TLS).
     names: Arc<[String]>,
+    /// The caller's verified certificate chain, its own first (empty
+    /// without TLS).
+    chain: Arc<[CertificateDer<'static>]>,
     /// Whether the connection runs under TLS. Without it, nobody is checked.
     secured: bool,
 }
@@ -94,6 +124,12 @@ impl PeerInfo {
         }
         let name = role.dns_name();
         self.names.contains(&name)
+    }
+
+    /// Whether the caller's certificate comes from the authority `authorities`
+    /// knows as `name`. Always true without TLS.
+    pub fn signed_by(&self, authorities: &Authorities, name: &str) -> bool {
+        !self.secured || authorities.signed(name, &self.chain)
     }
 
     /// The first name of the caller's certificate, if any.
@@ -217,7 +253,12 @@ impl Stream for Incoming {
             };
             let _ = tcp.set_nodelay(true);
             let Some(tls) = this.tls.clone() else {
-                let info = PeerInfo { remote: Some(remote), names: Arc::from([]), secured: false };
+                let info = PeerInfo {
+                    remote: Some(remote),
+                    names: Arc::from([]),
+                    chain: Arc::from([]),
+                    secured: false,
+                };
                 return Poll::Ready(Some(Ok(Conn { io: MaybeTls::Plain(tcp), info })));
             };
             tokio::spawn(handshake(tcp, remote, tls, this.done_tx.clone()));
@@ -230,9 +271,11 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: Arc<ServerTls>, done
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.current());
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => {
-            let names = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(dns_names);
+            let chain: Vec<CertificateDer<'static>> =
+                stream.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+            let names = chain.first().map(dns_names).unwrap_or_default();
             let info =
-                PeerInfo { remote: Some(remote), names: names.unwrap_or_default().into(), secured: true };
+                PeerInfo { remote: Some(remote), names: names.into(), chain: chain.into(), secured: true };
             let _ = done.send(Conn { io: MaybeTls::Tls(Box::new(stream)), info }).await;
         }
         Ok(Err(err)) => {
