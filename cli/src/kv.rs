@@ -57,7 +57,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
     let mut config = ClientConfig::new(args.endpoint.clone());
     config.sockets = 1;
     config.watch_map = false;
-    config.tls = args.tls.files(fulva_tls::Role::Client);
+    config.tls = args.tls.files(fulva_tls::Role::Client).map(Into::into);
     args.dpdk.apply(args.transport, &mut config)?;
     let client = Client::connect(config).await?;
     match args.command {

@@ -149,9 +149,10 @@ impl<T: Transport> Client<T> {
             .map_err(|e| control_error(&config, e))?
             .connect_timeout(Duration::from_secs(5));
         let tls = match &config.tls {
-            Some(files) => {
+            Some(crate::ClientTlsSetting::Files(files)) => {
                 Some(fulva_tls::ClientTls::new(files.clone()).map_err(|e| control_error(&config, e))?)
             }
+            Some(crate::ClientTlsSetting::Loaded(tls)) => Some(tls.clone()),
             None => None,
         };
         let channel = fulva_tls::connect_channel(endpoint, tls.as_ref(), fulva_tls::Role::Coordinator)

@@ -4,6 +4,21 @@ use crate::transport::TransportChoice;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Where a client's TLS identity comes from.
+#[derive(Clone, Debug)]
+pub enum ClientTlsSetting {
+    /// Files (`ca.crt`, `client.crt`, `client.key`), read again when they change.
+    Files(fulva_tls::TlsFiles),
+    /// An identity already loaded, e.g. one held in memory by the operator.
+    Loaded(std::sync::Arc<fulva_tls::ClientTls>),
+}
+
+impl From<fulva_tls::TlsFiles> for ClientTlsSetting {
+    fn from(files: fulva_tls::TlsFiles) -> Self {
+        ClientTlsSetting::Files(files)
+    }
+}
+
 /// Settings of a [`Client`](crate::Client).
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -28,9 +43,9 @@ pub struct ClientConfig {
     /// `NAMESPACE/NAME` of the FulvaCluster when the endpoint (the operator's)
     /// serves several; empty for a cluster's own endpoint.
     pub cluster: String,
-    /// The client's TLS files for the control endpoint (the CA and a
-    /// `client` or `admin` certificate it signed); none: plain TCP.
-    pub tls: Option<fulva_tls::TlsFiles>,
+    /// The client's TLS for the control endpoint (the CA and a `client` or
+    /// `admin` certificate it signed); none: plain TCP.
+    pub tls: Option<ClientTlsSetting>,
     /// The data path: kernel UDP (default) or DPDK (`dpdk` feature).
     pub transport: TransportChoice,
     /// Keys remembered per move as held by its destination (reads of them

@@ -38,7 +38,7 @@ mod stats;
 mod transport;
 
 pub use client::{Client, Versioned};
-pub use config::{ClientConfig, ClientTraps};
+pub use config::{ClientConfig, ClientTlsSetting, ClientTraps};
 pub use error::ClientError;
 pub use history::{Event, EventType, Function, History, RecordingClient};
 pub use moves::{KnownMove, MoveRoute, MoveTracker, DEFAULT_LEARNED_KEYS_PER_MOVE};

@@ -25,10 +25,16 @@ pub struct ProbeLatency {
 
 impl ProbeLatency {
     /// Connects to the control endpoint (`cluster`: `NAMESPACE/NAME` when it
-    /// serves several, else empty) and starts reading.
-    pub async fn start(endpoint: &str, cluster: &str) -> Result<ProbeLatency, ProbeError> {
+    /// serves several, else empty; `tls`: an identity that may read the
+    /// map, none on a plain endpoint) and starts reading.
+    pub async fn start(
+        endpoint: &str,
+        cluster: &str,
+        tls: Option<Arc<fulva_tls::ClientTls>>,
+    ) -> Result<ProbeLatency, ProbeError> {
         let mut config = ClientConfig::new(endpoint);
         config.cluster = cluster.to_string();
+        config.tls = tls.map(fulva_client::ClientTlsSetting::Loaded);
         config.sockets = 1;
         config.deadline = Duration::from_secs(1);
         let client = Client::connect(config).await.map_err(ProbeError)?;

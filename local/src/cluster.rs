@@ -166,8 +166,10 @@ impl LocalCluster {
     /// certificate when the cluster runs on TLS).
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(self.control_endpoint());
-        config.tls =
-            self.tls_dir.as_deref().map(|dir| fulva_tls::TlsFiles::in_dir(dir, fulva_tls::Role::Client));
+        config.tls = self
+            .tls_dir
+            .as_deref()
+            .map(|dir| fulva_tls::TlsFiles::in_dir(dir, fulva_tls::Role::Client).into());
         config
     }
 

@@ -2,6 +2,7 @@
 //! control endpoint clients fetch shard maps from, and /metrics, /healthz,
 //! /readyz.
 
+use crate::controller::certs::{self, OperatorTls};
 use crate::controller::kube_runtimes::KubeRuntimes;
 use crate::controller::{self, Context};
 use crate::leader::LeaseLock;
@@ -50,6 +51,16 @@ pub struct OperatorConfig {
     /// are not followed: reading Nodes needs a ClusterRole.
     #[arg(long, env = "FULVA_WATCH_NAMESPACE", default_value = "")]
     pub watch_namespace: String,
+    /// Run without TLS: kvnodes take control calls and pulls from anyone
+    /// who reaches them (their NetworkPolicy is the only guard), and the
+    /// control endpoint serves maps to anyone. By default the operator is
+    /// each cluster's certificate authority (docs/security.md).
+    #[arg(long, env = "FULVA_INSECURE", default_value_t = false)]
+    pub insecure: bool,
+    /// Secret in the operator's namespace holding the authority of the
+    /// control endpoint's certificate (made on first start).
+    #[arg(long, env = "FULVA_OPERATOR_CA_SECRET", default_value = "fulva-operator-ca")]
+    pub ca_secret: String,
     /// How long a Lease holds without renewal, in seconds.
     #[arg(long, env = "FULVA_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
@@ -66,6 +77,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The control endpoint's certificate authority could not be set up.
+    #[error("control endpoint TLS: {0}")]
+    Tls(String),
     /// Another replica took the leader Lease.
     #[error("lost the leader lease")]
     LostLeadership,
@@ -96,6 +110,37 @@ fn router(health: Arc<Health>) -> Router {
             }),
         )
         .with_state(health)
+}
+
+/// The operator's TLS: the control endpoint's authority from its Secret,
+/// and the endpoint's certificate, renewed (checked hourly) until `stop`.
+async fn control_tls(
+    client: &kube::Client,
+    config: &OperatorConfig,
+    stop: CancellationToken,
+) -> Result<(Arc<OperatorTls>, Arc<fulva_tls::ServerTls>), AppError> {
+    let tls_error = |e: controller::Error| AppError::Tls(e.to_string());
+    let authority = certs::operator_authority(client, &config.lease_namespace, &config.ca_secret)
+        .await
+        .map_err(tls_error)?;
+    let tls = Arc::new(OperatorTls::new(authority.cert_pem().to_string()));
+    let (server, mut expires) = tls.control_server(&authority).map_err(tls_error)?;
+    tokio::spawn({
+        let (tls, server) = (tls.clone(), server.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+                match tls.renew_control(&authority, &server, expires) {
+                    Ok(next) => expires = next,
+                    Err(err) => tracing::error!(error = %err, "control endpoint certificate not renewed"),
+                }
+            }
+        }
+    });
+    Ok((tls, server))
 }
 
 /// Runs the operator until `shutdown`: serves health and metrics at once,
@@ -138,7 +183,17 @@ pub async fn run(
     });
 
     let stop = CancellationToken::new();
-    let directory = Arc::new(ClusterDirectory::default());
+    let tls = match config.insecure {
+        true => {
+            tracing::warn!("--insecure: kvnodes and the control endpoint run without TLS");
+            None
+        }
+        false => Some(control_tls(&client, &config, stop.clone()).await?),
+    };
+    let directory = Arc::new(match &tls {
+        Some((tls, _)) => ClusterDirectory::with_authorities(tls.authorities().clone()),
+        None => ClusterDirectory::default(),
+    });
     let control = tokio::net::TcpListener::bind(config.control_addr)
         .await
         .map_err(|source| AppError::Listen { addr: config.control_addr, source })?;
@@ -146,8 +201,9 @@ pub async fn run(
         ShardMapServiceServer::new(ShardMapServiceImpl::for_directory(directory.clone(), stop.clone()));
     let control_task = tokio::spawn({
         let stop = stop.clone();
+        let server_tls = tls.as_ref().map(|(_, server)| server.clone());
         async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(control);
+            let incoming = fulva_tls::incoming(control, server_tls);
             if let Err(err) = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
@@ -163,10 +219,13 @@ pub async fn run(
         directory,
         format!("http://127.0.0.1:{}", config.control_addr.port()),
     ));
-    let ctx = Arc::new(
+    let mut ctx =
         Context::new(client, metrics, runtimes, config.service_host.clone(), config.control_addr.port())
-            .watching((!config.watch_namespace.is_empty()).then(|| config.watch_namespace.clone())),
-    );
+            .watching((!config.watch_namespace.is_empty()).then(|| config.watch_namespace.clone()));
+    if let Some((tls, _)) = tls {
+        ctx = ctx.with_tls(tls);
+    }
+    let ctx = Arc::new(ctx);
     let controller_stop = stop.clone();
     let controller = tokio::spawn(controller::run(ctx, async move { controller_stop.cancelled().await }));
 

@@ -32,6 +32,8 @@ const BACKLOG: usize = 64;
 /// and a count of the callers refused.
 pub struct ServerTls {
     config: Reloading<rustls::ServerConfig>,
+    /// Who may call, when not those the identity's own authority signed.
+    callers: Option<Arc<Authorities>>,
     refused: AtomicU64,
     on_refused: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
@@ -45,13 +47,16 @@ impl fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads `files`; they are read again when they change.
     pub fn new(files: TlsFiles) -> Result<Arc<ServerTls>, TlsError> {
-        Ok(ServerTls::with(Reloading::new(files, server_config)?))
+        Ok(ServerTls::with(Reloading::new(files, server_config)?, None))
     }
 
     /// A server showing `identity`, accepting callers `ca_pem` signed;
     /// [`ServerTls::renew`] replaces them.
     pub fn from_pem(ca_pem: &str, identity: &Issued) -> Result<Arc<ServerTls>, TlsError> {
-        Ok(ServerTls::with(Reloading::in_memory(&Material::from_pem(ca_pem, identity)?, server_config)?))
+        Ok(ServerTls::with(
+            Reloading::in_memory(&Material::from_pem(ca_pem, identity)?, server_config)?,
+            None,
+        ))
     }
 
     /// A server showing `identity` (which `ca_pem` signed) to callers any
@@ -62,18 +67,26 @@ impl ServerTls {
         callers: Arc<Authorities>,
     ) -> Result<Arc<ServerTls>, TlsError> {
         let mut material = Material::from_pem(ca_pem, identity)?;
-        material.callers = Some(callers);
-        Ok(ServerTls::with(Reloading::in_memory(&material, server_config)?))
+        material.callers = Some(callers.clone() as Arc<dyn rustls::server::danger::ClientCertVerifier>);
+        Ok(ServerTls::with(Reloading::in_memory(&material, server_config)?, Some(callers)))
     }
 
-    fn with(config: Reloading<rustls::ServerConfig>) -> Arc<ServerTls> {
-        Arc::new(ServerTls { config, refused: AtomicU64::new(0), on_refused: std::sync::OnceLock::new() })
+    fn with(config: Reloading<rustls::ServerConfig>, callers: Option<Arc<Authorities>>) -> Arc<ServerTls> {
+        Arc::new(ServerTls {
+            config,
+            callers,
+            refused: AtomicU64::new(0),
+            on_refused: std::sync::OnceLock::new(),
+        })
     }
 
     /// New connections show `identity` and trust `ca_pem` (a server made
     /// with [`ServerTls::from_pem`]; one made from files follows its files).
     pub fn renew(&self, ca_pem: &str, identity: &Issued) -> Result<(), TlsError> {
-        self.config.replace(&Material::from_pem(ca_pem, identity)?)
+        let mut material = Material::from_pem(ca_pem, identity)?;
+        material.callers =
+            self.callers.clone().map(|c| c as Arc<dyn rustls::server::danger::ClientCertVerifier>);
+        self.config.replace(&material)
     }
 
     /// Calls `count` on every refused handshake (a metric); set once.

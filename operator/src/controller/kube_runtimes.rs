@@ -120,6 +120,7 @@ impl KubeRuntimes {
         cluster: &ClusterKey,
         fc: &FulvaCluster,
         nodes: Vec<NodeInfo>,
+        tls: Option<fulva_tls::Tls>,
     ) -> Result<ClusterRuntime, RuntimeError> {
         let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &cluster.namespace);
         let store = Arc::new(ConfigMapMapStore::new(
@@ -127,7 +128,7 @@ impl KubeRuntimes {
             resources::shard_map_name(fc),
             fc.controller_owner_ref(&()),
         ));
-        let coordinator = match Coordinator::open(store.clone()).await? {
+        let coordinator = match Coordinator::open_with_tls(store.clone(), tls.clone()).await? {
             Some(coordinator) => {
                 // A restarted operator: pods may have new addresses; finish or
                 // undo what the previous one left half-done.
@@ -138,7 +139,7 @@ impl KubeRuntimes {
                 }
                 coordinator
             }
-            None => Coordinator::bootstrap(store, nodes, fc.spec.initial_shards, false)
+            None => Coordinator::bootstrap_with_tls(store, nodes, fc.spec.initial_shards, false, tls)
                 .await
                 .map_err(RuntimeError::Bootstrap)?,
         };
@@ -178,6 +179,7 @@ impl Runtimes for KubeRuntimes {
         fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
+        tls: Option<fulva_tls::Tls>,
     ) -> Result<RuntimeReport, RuntimeError> {
         let nodes = self.ready_nodes(cluster, fc).await?;
         let mut clusters = self.clusters.lock().await;
@@ -186,7 +188,7 @@ impl Runtimes for KubeRuntimes {
             if (nodes.len() as u32) < fc.spec.nodes.min(replicas) {
                 return Ok(RuntimeReport::default());
             }
-            let runtime = self.start(cluster, fc, nodes.clone()).await?;
+            let runtime = self.start(cluster, fc, nodes.clone(), tls).await?;
             clusters.insert(cluster.clone(), runtime);
         }
         let runtime = clusters.get_mut(cluster).expect("inserted above");
@@ -326,7 +328,8 @@ impl Runtimes for KubeRuntimes {
         let control = rate_control(&spec.request(), &runtime.policy);
         let probe: Option<Arc<dyn LatencySignal>> = match control {
             RateControl::Adaptive(_) => {
-                Some(Arc::new(ProbeLatency::start(&self.control_endpoint, &cluster.to_string()).await?))
+                let tls = runtime.coordinator.tls().map(|t| t.client.clone());
+                Some(Arc::new(ProbeLatency::start(&self.control_endpoint, &cluster.to_string(), tls).await?))
             }
             RateControl::Fixed(_) => None,
         };

@@ -16,6 +16,7 @@
 //! 5. Status: observedGeneration, conditions (Ready, Rebalancing, Degraded),
 //!    shards, epoch, moves in flight with progress and ETA, imbalance.
 
+pub mod certs;
 pub mod kube_runtimes;
 pub mod rebalance;
 pub mod resources;
@@ -60,6 +61,9 @@ pub enum Error {
     /// The object has no namespace (FulvaCluster and FulvaRebalance are namespaced).
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    /// A cluster's certificates could not be made or read.
+    #[error("certificates: {0}")]
+    Certificates(String),
     /// The cluster's runtime refused (a rebalance could not start).
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
@@ -85,6 +89,9 @@ pub struct Context {
     pub operator_namespace: String,
     /// The one namespace watched (a namespace-scoped install); none: all.
     pub watch_namespace: Option<String>,
+    /// The clusters' certificates (none: the operator runs with
+    /// `--insecure`, and so do the kvnodes it makes).
+    pub tls: Option<Arc<certs::OperatorTls>>,
 }
 
 impl Context {
@@ -107,7 +114,14 @@ impl Context {
             operator_service_host,
             control_port,
             watch_namespace: None,
+            tls: None,
         }
+    }
+
+    /// The same context issuing certificates for every cluster.
+    pub fn with_tls(mut self, tls: Arc<certs::OperatorTls>) -> Context {
+        self.tls = Some(tls);
+        self
     }
 
     /// The same context watching `namespace` only (none: every namespace).
@@ -313,7 +327,12 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     let desired = fc.spec.nodes;
     let draining: Vec<u32> = (desired..current).collect();
     let key = ClusterKey { namespace: namespace.to_string(), name: name.clone() };
-    let runtime = ctx.runtimes.sync(&key, fc, current.max(desired), &draining).await;
+    // Certificates first: a new pod mounts its own at start.
+    let coordinator_tls = match &ctx.tls {
+        Some(tls) => Some(tls.ensure(&ctx.client, fc, &key, current.max(desired)).await?),
+        None => None,
+    };
+    let runtime = ctx.runtimes.sync(&key, fc, current.max(desired), &draining, coordinator_tls).await;
     let (report, runtime_error) = match runtime {
         Ok(report) => (report, None),
         // The reconciler publishes it (Event, condition message) as text.
@@ -346,7 +365,7 @@ async fn apply(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Acti
     } else if desired > current && existing.is_some() {
         publish(ctx, fc, false, "ScaledOut", format!("{current} -> {desired} nodes"), "Scale").await;
     }
-    let statefulset = resources::statefulset(fc, replicas);
+    let statefulset = resources::statefulset(fc, replicas, ctx.tls.is_some());
     let applied =
         k8s::apply(&statefulsets, &resources::statefulset_name(fc), FIELD_MANAGER, &statefulset).await?;
     let ready_nodes = applied
@@ -547,6 +566,9 @@ fn existing_was_ready(previous: &FulvaClusterStatus) -> bool {
 async fn cleanup(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Action, Error> {
     let key = ClusterKey { namespace: namespace.to_string(), name: fc.name_any() };
     ctx.runtimes.stop(&key).await;
+    if let Some(tls) = &ctx.tls {
+        tls.forget(&key);
+    }
     publish(
         ctx,
         fc,

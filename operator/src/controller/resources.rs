@@ -5,7 +5,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdate
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -57,7 +58,7 @@ pub fn labels(fc: &FulvaCluster) -> BTreeMap<String, String> {
     ])
 }
 
-fn metadata(fc: &FulvaCluster, name: String) -> ObjectMeta {
+pub(crate) fn metadata(fc: &FulvaCluster, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: fc.namespace(),
@@ -210,23 +211,26 @@ fn env_var(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar { name: name.to_string(), value: Some(value.into()), ..EnvVar::default() }
 }
 
-/// The StatefulSet of kvnodes with `replicas` pods.
-pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
+/// Where a kvnode pod finds its certificates (the cluster's node Secret).
+pub const TLS_MOUNT: &str = "/etc/fulva/tls";
+
+/// The StatefulSet of kvnodes with `replicas` pods; with `tls`, each pod
+/// mounts the node Secret (`certs::node_secret_name`) and takes control
+/// calls and pulls over mutual TLS only.
+pub fn statefulset(fc: &FulvaCluster, replicas: u32, tls: bool) -> StatefulSet {
     let spec = &fc.spec;
     let dpdk = spec.data_path.mode == DataPathMode::Dpdk;
+    let mut env = Vec::new();
     let mut resources = spec.resources.clone().unwrap_or_default();
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     let mut annotations = BTreeMap::new();
-    let mut env = vec![
+    env.extend([
         env_var("FULVA_DATA_ADDR", format!("0.0.0.0:{DATA_PORT}")),
         env_var("FULVA_CONTROL_ADDR", format!("0.0.0.0:{NODE_CONTROL_PORT}")),
         env_var("FULVA_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}")),
         env_var("FULVA_TRANSFER_ADDR", format!("0.0.0.0:{TRANSFER_PORT}")),
         env_var("FULVA_WORKERS", spec.workers.to_string()),
-        // The operator does not issue node certificates yet (docs/security.md):
-        // the control plane runs without TLS, behind the kvnodes' NetworkPolicy.
-        env_var("FULVA_INSECURE", "true".to_string()),
         // Told to stop while holding ranges, a node serves them until the
         // operator has moved them away, ending a little before the kubelet's SIGKILL.
         env_var(
@@ -244,7 +248,30 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
             }),
             ..EnvVar::default()
         },
-    ];
+    ]);
+    if tls {
+        env.push(env_var("FULVA_TLS_DIR", TLS_MOUNT));
+        volumes.push(Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(super::certs::node_secret_name(fc)),
+                // Keys readable by the kvnode's group only (fsGroup below).
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".to_string(),
+            mount_path: TLS_MOUNT.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    } else {
+        // An operator run with --insecure: the control plane runs without
+        // TLS, behind the kvnodes' NetworkPolicy (docs/security.md).
+        env.push(env_var("FULVA_INSECURE", "true"));
+    }
     let security = if dpdk {
         let resource = spec.data_path.sriov_resource_name.clone().unwrap_or_default();
         let hugepages = Quantity(spec.data_path.hugepages.clone().unwrap_or_default());
@@ -369,6 +396,7 @@ pub fn statefulset(fc: &FulvaCluster, replicas: u32) -> StatefulSet {
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: (!dpdk).then_some(true),
                         run_as_user: (!dpdk).then_some(65532),
+                        fs_group: (!dpdk).then_some(65532),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".to_string(),
                             ..SeccompProfile::default()
@@ -404,7 +432,7 @@ mod tests {
     #[test]
     fn pods_are_replaced_by_the_operator_and_no_eviction_is_allowed() {
         let fc = cluster(json!({"nodes": 3, "update": {"terminationGracePeriodSeconds": 120}}));
-        let sts = statefulset(&fc, 3);
+        let sts = statefulset(&fc, 3, false);
         let spec = sts.spec.as_ref().unwrap();
         assert_eq!(spec.update_strategy.as_ref().unwrap().type_.as_deref(), Some("OnDelete"));
         let pod = pod(&sts);
@@ -454,7 +482,7 @@ mod tests {
 
     #[test]
     fn kernel_mode_pods_are_locked_down() {
-        let sts = statefulset(&cluster(json!({"nodes": 3})), 3);
+        let sts = statefulset(&cluster(json!({"nodes": 3})), 3, false);
         let pod = pod(&sts);
         let security = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(security.read_only_root_filesystem, Some(true));
@@ -473,7 +501,7 @@ mod tests {
         let fc = cluster(json!({"nodes": 2, "dataPath": {
             "mode": "dpdk", "sriovResourceName": "intel.com/sriov_netdevice",
             "networkAttachment": "sriov-net", "hugepages": "2Gi"}}));
-        let sts = statefulset(&fc, 2);
+        let sts = statefulset(&fc, 2, false);
         let template = sts.spec.as_ref().unwrap().template.clone();
         let annotations = template.metadata.unwrap().annotations.unwrap();
         assert_eq!(annotations["k8s.v1.cni.cncf.io/networks"], "sriov-net");

@@ -116,13 +116,15 @@ pub struct JobStatus {
 pub trait Runtimes: Send + Sync + 'static {
     /// Brings the runtime of `cluster` (the resource `fc`) up to date:
     /// `replicas` kvnode pods exist (or are coming), `draining` of them must
-    /// give their ranges away.
+    /// give their ranges away. `tls`: the operator's identity towards the
+    /// cluster's nodes (none: an operator run with `--insecure`).
     async fn sync(
         &self,
         cluster: &ClusterKey,
         fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
+        tls: Option<fulva_tls::Tls>,
     ) -> Result<RuntimeReport, RuntimeError>;
 
     /// Stops the runtime of a deleted cluster (moves in flight roll back).

@@ -36,6 +36,8 @@ pub(super) struct FakeRuntimes {
     pub(super) drains_asked: Mutex<Vec<(u32, bool)>>,
     /// Nodes released after their pods were replaced.
     pub(super) released: Mutex<Vec<u32>>,
+    /// The identity the last sync was given.
+    pub(super) tls: Mutex<Option<fulva_tls::Tls>>,
 }
 
 #[tonic::async_trait]
@@ -46,8 +48,10 @@ impl Runtimes for FakeRuntimes {
         _fc: &FulvaCluster,
         replicas: u32,
         draining: &[u32],
+        tls: Option<fulva_tls::Tls>,
     ) -> Result<RuntimeReport, RuntimeError> {
         self.syncs.lock().push((replicas, draining.to_vec()));
+        *self.tls.lock() = tls;
         Ok(self.report.lock().clone())
     }
 
