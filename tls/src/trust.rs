@@ -62,6 +62,13 @@ impl Authorities {
     }
 }
 
+impl Authorities {
+    /// [`Authorities::signed`] for a certificate chain in PEM.
+    pub fn signed_pem(&self, name: &str, chain_pem: &str) -> bool {
+        pem_certs("certificate", chain_pem).is_ok_and(|chain| self.signed(name, &chain))
+    }
+}
+
 impl ClientCertVerifier for Authorities {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]

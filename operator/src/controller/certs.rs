@@ -109,14 +109,28 @@ impl OperatorTls {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
         let authority = ensure_authority(&secrets, fc, key).await?;
         let ca_pem = authority.cert_pem().to_string();
-        let bundle = format!("{}{}", ca_pem, self.control_ca_pem);
+        let bundle = self.bundle(&authority);
         let nodes: Vec<Role> = (0..nodes).map(Role::Node).collect();
         ensure_identities(&secrets, fc, &node_secret_name(fc), &authority, &ca_pem, &nodes).await?;
         ensure_identities(&secrets, fc, &client_secret_name(fc), &authority, &bundle, &[Role::Client])
             .await?;
         ensure_identities(&secrets, fc, &admin_secret_name(fc), &authority, &bundle, &[Role::Admin]).await?;
-        self.authorities.insert(&key.to_string(), &ca_pem).map_err(certificates)?;
-        self.coordinator_identity(key, &authority, &bundle)
+        self.trust(key, &authority)
+    }
+
+    /// Trusts `authority` as `key`'s on the control endpoint and returns
+    /// the operator's coordinator identity towards `key`'s nodes (the same
+    /// one while it is good; renewed in place when it nears its end or the
+    /// authority changed).
+    pub fn trust(&self, key: &ClusterKey, authority: &Authority) -> Result<Tls, Error> {
+        self.authorities.insert(&key.to_string(), authority.cert_pem()).map_err(certificates)?;
+        self.coordinator_identity(key, authority, &self.bundle(authority))
+    }
+
+    /// What the client and admin Secrets' `ca.crt` holds: the cluster's
+    /// authority and the control endpoint's.
+    pub fn bundle(&self, authority: &Authority) -> String {
+        format!("{}{}", authority.cert_pem(), self.control_ca_pem)
     }
 
     /// The coordinator identity towards `key`'s nodes, issued again when
@@ -285,7 +299,7 @@ async fn ensure_identities(
 /// the certificates still good (signed by `authority`, with more than
 /// [`RENEW_BEFORE`] left) are kept, the others issued. Returns the data and
 /// how many were issued.
-pub(crate) fn identities(
+pub fn identities(
     authority: &Authority,
     trusted: &str,
     roles: &[Role],

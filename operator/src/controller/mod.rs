@@ -582,6 +582,8 @@ async fn cleanup(fc: &FulvaCluster, ctx: &Context, namespace: &str) -> Result<Ac
 }
 
 #[cfg(test)]
+mod certs_tests;
+#[cfg(test)]
 mod rebalance_tests;
 #[cfg(test)]
 mod tests;
