@@ -2,11 +2,15 @@
 KubernetesEmulator (an in-memory Kubernetes API over HTTP on loopback).
 
 1. A FulvaCluster is stored in the emulator; the operator must take the
-   leader Lease, add its finalizer, create the StatefulSet and the Services,
-   and write status.
-2. A rolling update: three kvnode pods are stored with loopback IPs
-   (127.0.0.21-23) and three real `fulva-kvnode` processes listen on those
-   addresses (the ports the operator expects). The StatefulSet's status names
+   leader Lease, add its finalizer, make its control endpoint's authority
+   and the cluster's authority and certificate Secrets, create the
+   StatefulSet (whose pods mount the node Secret) and the Services, and
+   write status.
+2. A rolling update on mutual TLS: three kvnode pods are stored with
+   loopback IPs (127.0.0.21-23); once the operator has written the node
+   Secret, its files are laid out as the kubelet would mount them and three
+   real `fulva-kvnode` processes start on those addresses (the ports the
+   operator expects) with `--tls-dir` there. The StatefulSet's status names
    a new revision the pods do not have. The operator must bootstrap the shard
    map over the real nodes, drain the highest-ordinal pod with live moves and
    delete it only once the map gives its node nothing. kmock runs no pods:
@@ -18,8 +22,10 @@ Exit code 0 when all of that happened, 1 with the reason otherwise.
 """
 
 import asyncio
+import base64
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -31,6 +37,14 @@ REBALANCES = kmock.resource("fulva.io", "v1alpha1", "fulvarebalances")
 STATEFULSETS = kmock.resource("apps", "v1", "statefulsets")
 SERVICES = kmock.resource("", "v1", "services")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
+SECRETS = kmock.resource("", "v1", "secrets")
+
+
+def mount_secret(secret: dict, directory: str) -> None:
+    """Writes a Secret's files as the kubelet mounts them."""
+    for name, value in (secret.get("data") or {}).items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(base64.b64decode(value))
 
 
 def free_port() -> int:
@@ -82,7 +96,7 @@ async def main(binary: str) -> int:
     async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
         # kmock serves only the resources declared to it.
         for resource in ["fulva.io/v1alpha1/fulvaclusters", "fulva.io/v1alpha1/fulvarebalances", "apps/v1/statefulsets", "v1/services", "v1/pods",
-                         "v1/configmaps", "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
+                         "v1/configmaps", "v1/secrets", "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
             k.resources[resource] = {}
         k.objects[CLUSTERS, "default", "demo"] = fulva_cluster({"nodes": 3, "initialShards": 6})
         k.objects[REBALANCES, "default", "spread"] = {
@@ -103,6 +117,16 @@ async def main(binary: str) -> int:
                     "headless service": get(k, SERVICES, "demo-nodes") is not None,
                     "control service": get(k, SERVICES, "demo-control") is not None,
                     "statefulset with 3 replicas": (get(k, STATEFULSETS, "demo") or {}).get("spec", {}).get("replicas") == 3,
+                    "control endpoint authority": "ca.key" in ((get(k, SECRETS, "fulva-operator-ca") or {}).get("data") or {}),
+                    "cluster authority": "ca.key" in ((get(k, SECRETS, "demo-ca") or {}).get("data") or {}),
+                    "node certificates": all(f"node-{i}.crt" in ((get(k, SECRETS, "demo-node-tls") or {}).get("data") or {})
+                                             for i in range(3)),
+                    "client and admin certificates": "client.crt" in ((get(k, SECRETS, "demo-client-tls") or {}).get("data") or {})
+                                                     and "admin.crt" in ((get(k, SECRETS, "demo-admin-tls") or {}).get("data") or {}),
+                    "pods mount the node certificates": any(
+                        (v.get("secret") or {}).get("secretName") == "demo-node-tls"
+                        for v in (((get(k, STATEFULSETS, "demo") or {}).get("spec", {}).get("template", {})
+                                   .get("spec", {}).get("volumes")) or [])),
                     "status written": bool(fc.get("status", {}).get("conditions")),
                     # No pods run here, so no load exists to plan from: the
                     # rebalance waits with ProposalReady=False.
@@ -135,17 +159,13 @@ async def rolling_update(binary: str, kvnode: str) -> int:
     nodes = []
     async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
         for resource in ["fulva.io/v1alpha1/fulvaclusters", "fulva.io/v1alpha1/fulvarebalances", "apps/v1/statefulsets",
-                         "v1/services", "v1/pods", "v1/nodes", "v1/configmaps", "policy/v1/poddisruptionbudgets",
+                         "v1/services", "v1/pods", "v1/nodes", "v1/configmaps", "v1/secrets", "policy/v1/poddisruptionbudgets",
                          "coordination.k8s.io/v1/leases", "events.k8s.io/v1/events"]:
             k.resources[resource] = {}
         k.objects[CLUSTERS, "default", "demo"] = fulva_cluster(
             {"nodes": 3, "initialShards": 6, "rebalance": {"mode": "off"}})
         for i in range(3):
             ip = f"127.0.0.{21 + i}"
-            nodes.append(await asyncio.create_subprocess_exec(
-                kvnode, f"--node-id={i}", f"--data-addr={ip}:7100", f"--control-addr={ip}:7101",
-                f"--transfer-addr={ip}:7102", f"--metrics-addr={ip}:9100", "--insecure",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
             k.objects[PODS, "default", f"demo-{i}"] = {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"demo-{i}", "namespace": "default", "uid": f"pod-{i}",
@@ -156,12 +176,25 @@ async def rolling_update(binary: str, kvnode: str) -> int:
                 "status": {"phase": "Running", "podIP": ip},
             }
         proc, config = await start_operator(binary, server)
-        checks = {"statefulset updateStrategy OnDelete": False, "shard map over the real nodes": False,
+        tls_dir = tempfile.mkdtemp(prefix="fulva-e2e-tls-")
+        checks = {"kvnodes started on the node Secret": False,
+                  "statefulset updateStrategy OnDelete": False, "shard map over the real nodes": False,
                   "Updating condition names the pod": False, "pod deleted only once its node owned nothing": False}
         owned_at_delete = None
         try:
             for _ in range(600):  # 60 s at most
                 await asyncio.sleep(0.1)
+                secret = get(k, SECRETS, "demo-node-tls")
+                if not nodes and secret is not None:
+                    # The pods start once the Secret they mount exists.
+                    mount_secret(secret, tls_dir)
+                    for i in range(3):
+                        ip = f"127.0.0.{21 + i}"
+                        nodes.append(await asyncio.create_subprocess_exec(
+                            kvnode, f"--node-id={i}", f"--data-addr={ip}:7100", f"--control-addr={ip}:7101",
+                            f"--transfer-addr={ip}:7102", f"--metrics-addr={ip}:9100", f"--tls-dir={tls_dir}",
+                            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+                    checks["kvnodes started on the node Secret"] = True
                 sts = get(k, STATEFULSETS, "demo")
                 if sts is not None:
                     checks["statefulset updateStrategy OnDelete"] = \
@@ -193,6 +226,7 @@ async def rolling_update(binary: str, kvnode: str) -> int:
                     stop()
                     await p.wait()
             os.unlink(config)
+            shutil.rmtree(tls_dir, ignore_errors=True)
         for name, ok in checks.items():
             print(f"{'ok  ' if ok else 'FAIL'} {name}")
         if not all(checks.values()):
