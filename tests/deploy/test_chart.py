@@ -201,10 +201,26 @@ def test_rbac_is_least_privilege():
     nodes = [r for r in rules if "nodes" in r["resources"]]
     assert nodes == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}], nodes
     granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
-    assert ("", "secrets") not in granted
     assert ("coordination.k8s.io", "leases") not in granted, "leases only in the operator's namespace (a Role)"
-    assert kinds["Role"][0]["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                                          "verbs": ["get", "create", "patch"]}]
+    # Certificates: Secrets are read and written one by one, never listed,
+    # watched or deleted (a deleted cluster's go with it, by owner).
+    secrets = [r for r in rules if "secrets" in r["resources"]]
+    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]}], secrets
+    leader = kinds["Role"][0]["rules"]
+    assert leader[0] == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                         "verbs": ["get", "create", "patch"]}
+    assert leader[1] == {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["fulva-operator-ca"],
+                         "verbs": ["get", "patch"]}, "in its own namespace, only its authority's Secret"
+    env = {e["name"]: e.get("value") for e in kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FULVA_OPERATOR_CA_SECRET"] == "fulva-operator-ca" and "FULVA_INSECURE" not in env, env
+
+
+def test_an_install_without_tls_grants_no_secrets_and_says_insecure():
+    kinds = by_kind(asyncio.run(install({"tls": {"enabled": False}})))
+    for role in kinds["ClusterRole"] + kinds["Role"]:
+        assert all("secrets" not in rule["resources"] for rule in role["rules"]), role
+    env = {e["name"]: e.get("value") for e in kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FULVA_INSECURE"] == "true" and "FULVA_OPERATOR_CA_SECRET" not in env, env
 
 
 def test_a_namespace_scoped_install_grants_nothing_cluster_wide():
