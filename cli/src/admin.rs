@@ -226,10 +226,22 @@ fn print_map(map: &ShardMap) {
     }
 }
 
+/// Options of `fulva map`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// `NAMESPACE/NAME` of the FulvaCluster, on the operator's endpoint
+    /// (which serves every cluster); empty on a cluster's own endpoint.
+    #[arg(long, env = "FULVA_CLUSTER", default_value = "")]
+    pub cluster: String,
+}
+
 /// Runs `fulva map`.
-pub async fn show_map(args: EndpointArgs) -> anyhow::Result<bool> {
-    let mut client = ShardMapServiceClient::new(args.channel().await?);
-    let map = ShardMap::try_from(client.get_shard_map(GetShardMapRequest::default()).await?.into_inner())?;
+pub async fn show_map(args: MapArgs) -> anyhow::Result<bool> {
+    let mut client = ShardMapServiceClient::new(args.endpoint.channel().await?);
+    let request = GetShardMapRequest { cluster: args.cluster };
+    let map = ShardMap::try_from(client.get_shard_map(request).await?.into_inner())?;
     print_map(&map);
     Ok(true)
 }

@@ -18,7 +18,7 @@ pub enum Command {
     /// Start a local cluster (nodes, coordinator, load generator) and show it live.
     Up(up::UpArgs),
     /// Print a running cluster's shard map.
-    Map(crate::admin::EndpointArgs),
+    Map(crate::admin::MapArgs),
     /// Move a hash range to another node while clients keep using it.
     Migrate(crate::admin::MigrateArgs),
     /// Abort a running move: the range goes back to its source with every write kept.

@@ -9,6 +9,10 @@ pub struct KvArgs {
     /// Control endpoint of the cluster (as printed by `fulva up`).
     #[arg(long, env = "FULVA_ENDPOINT", default_value = "127.0.0.1:7000")]
     pub endpoint: String,
+    /// `NAMESPACE/NAME` of the FulvaCluster, on the operator's endpoint
+    /// (which serves every cluster); empty on a cluster's own endpoint.
+    #[arg(long, env = "FULVA_CLUSTER", default_value = "")]
+    pub cluster: String,
     /// Data path: `kernel` (UDP) or `dpdk`.
     #[arg(long, env = "FULVA_TRANSPORT", value_enum, default_value_t = TransportName::Kernel)]
     pub transport: TransportName,
@@ -58,6 +62,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<bool> {
     config.sockets = 1;
     config.watch_map = false;
     config.tls = args.tls.files(fulva_tls::Role::Client).map(Into::into);
+    config.cluster = args.cluster.clone();
     args.dpdk.apply(args.transport, &mut config)?;
     let client = Client::connect(config).await?;
     match args.command {

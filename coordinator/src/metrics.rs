@@ -25,6 +25,8 @@ pub struct OperatorMetrics {
     pub reconciles: IntCounterVec,
     /// Ranges declared lost (their objects gone), by cause (restarted, not-held, gone).
     pub ranges_lost: IntCounterVec,
+    /// Connections to the control endpoint whose TLS handshake failed.
+    pub tls_handshakes_refused: IntCounter,
 }
 
 impl OperatorMetrics {
@@ -79,6 +81,11 @@ impl OperatorMetrics {
             &["cause"],
         )
         .expect("valid metric");
+        let tls_handshakes_refused = IntCounter::new(
+            "fulva_operator_tls_handshakes_refused_total",
+            "Connections to the control endpoint whose TLS handshake failed (no certificate, or one no cluster's authority signed)",
+        )
+        .expect("valid metric");
         for cause in ["restarted", "not-held", "gone"] {
             ranges_lost.with_label_values(&[cause]);
         }
@@ -105,6 +112,7 @@ impl OperatorMetrics {
             Box::new(moved_bytes.clone()),
             Box::new(reconciles.clone()),
             Box::new(ranges_lost.clone()),
+            Box::new(tls_handshakes_refused.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -119,6 +127,7 @@ impl OperatorMetrics {
             moved_bytes,
             reconciles,
             ranges_lost,
+            tls_handshakes_refused,
         }
     }
 

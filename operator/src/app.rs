@@ -188,7 +188,12 @@ pub async fn run(
             tracing::warn!("--insecure: kvnodes and the control endpoint run without TLS");
             None
         }
-        false => Some(control_tls(&client, &config, stop.clone()).await?),
+        false => {
+            let (tls, server) = control_tls(&client, &config, stop.clone()).await?;
+            let refused = metrics.tls_handshakes_refused.clone();
+            server.count_refusals_with(move || refused.inc());
+            Some((tls, server))
+        }
     };
     let directory = Arc::new(match &tls {
         Some((tls, _)) => ClusterDirectory::with_authorities(tls.authorities().clone()),

@@ -9,8 +9,9 @@
 //!   template, so one Secret holds them all; each node loads its own).
 //! - `NAME-client-tls`: `ca.crt` and `client.crt`/`.key`, for applications
 //!   (they may read the shard map).
-//! - `NAME-admin-tls`: `ca.crt` and `admin.crt`/`.key`, for `fulva migrate`
-//!   and the other admin tools.
+//! - `NAME-admin-tls`: `ca.crt` and `admin.crt`/`.key`, for the `fulva`
+//!   tools (`fulva map`; on Kubernetes, moves are asked for with a
+//!   FulvaRebalance: the operator's endpoint takes no admin calls).
 //!
 //! The `ca.crt` of the client and admin Secrets also holds the authority of
 //! the operator's control endpoint, which serves every cluster under one
