@@ -51,6 +51,14 @@ impl Transport for DataTransport {
         }
     }
 
+    fn max_datagram(&self) -> usize {
+        match self {
+            DataTransport::Udp(t) => t.max_datagram(),
+            #[cfg(feature = "dpdk")]
+            DataTransport::Dpdk(t) => t.max_datagram(),
+        }
+    }
+
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         match self {
             DataTransport::Udp(t) => t.recv_batch(batch).await,

@@ -25,6 +25,14 @@ pub struct Limits {
     pub max_value_bytes: usize,
 }
 
+impl Limits {
+    /// The largest frame (request or reply) the data path carries: a key
+    /// and a value at their limits, and the headers.
+    pub fn max_frame_bytes(&self) -> usize {
+        (self.max_key_bytes + self.max_value_bytes + 1024).max(MAX_DATAGRAM)
+    }
+}
+
 /// Everything a node needs to answer requests; shared by all workers.
 pub struct Handler {
     /// This node's id.
@@ -124,6 +132,13 @@ impl Handler {
         self.tls.as_ref().map(|t| &t.client)
     }
 
+    /// What the data path's reassembly may hold: frames up to the largest
+    /// request this node takes (a value and a key at their limits, and the
+    /// header).
+    pub fn reassembly_limits(&self) -> fulva_proto::fragment::ReassemblyLimits {
+        fulva_proto::fragment::ReassemblyLimits::for_messages(self.limits.max_frame_bytes())
+    }
+
     /// Decodes `frame`, executes it and appends the reply to `out`.
     /// Returns false when nothing should be sent (the frame was dropped).
     pub fn handle_frame(&self, frame: &[u8], out: &mut Vec<u8>) -> bool {
@@ -133,12 +148,13 @@ impl Handler {
         };
         match reply {
             Some(mut reply) => {
-                // A reply must fit one datagram: a multi-get whose values do
-                // not is refused with TooLarge (the client asks for the keys
-                // one by one), never encoded into a buffer it would not fit.
-                // Only a multi-get can be too large (one value is bounded by
+                // A reply may be as large as the largest single value's (it
+                // goes as fragments past one datagram): a multi-get whose
+                // values add up to more is refused with TooLarge (the client
+                // asks for the keys one by one), never encoded. Only a
+                // multi-get can be too large (one value is bounded by
                 // --max-value-bytes), so no other reply is sized twice.
-                if reply.op == Op::MultiGet as u8 && reply.encoded_len() > MAX_DATAGRAM {
+                if reply.op == Op::MultiGet as u8 && reply.encoded_len() > self.limits.max_frame_bytes() {
                     reply = Reply::error(reply.op, reply.request_id, reply.epoch, Status::TooLarge);
                 }
                 self.metrics.count_reply(reply.status);

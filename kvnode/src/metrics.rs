@@ -62,6 +62,9 @@ pub struct NodeMetrics {
     pub tls_handshakes_refused: IntCounter,
     /// Retried writes answered from a completion record instead of applied again.
     pub write_replays: IntCounter,
+    /// What the data path's reassembly of fragmented frames did, by outcome
+    /// (completed, refused, expired, evicted).
+    pub fragmented_frames: IntCounterVec,
     /// Moves coming into this node, by strategy.
     pub incoming_moves: IntGaugeVec,
     /// Key and value bytes a move's pull applied here, by strategy.
@@ -256,6 +259,20 @@ impl NodeMetrics {
             )
             .expect("valid metric"),
         );
+        let fragmented_frames = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "fulva_kvnode_fragmented_frames_total",
+                    "Frames larger than a datagram, by what reassembly made of them: completed; refused (a malformed fragment, one past --max-value-bytes, or at odds with its message); expired (a fragment missing for 2 s); evicted (to keep the memory held bounded)",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+        );
+        for outcome in ["completed", "refused", "expired", "evicted"] {
+            fragmented_frames.with_label_values(&[outcome]);
+        }
         let write_replays = register(
             &registry,
             IntCounter::new(
@@ -330,6 +347,7 @@ impl NodeMetrics {
             client_records,
             client_records_shed,
             tls_handshakes_refused,
+            fragmented_frames,
         }
     }
 
@@ -372,6 +390,23 @@ impl NodeMetrics {
     #[inline]
     pub fn count_reply(&self, status: Status) {
         self.replies[status as usize].inc();
+    }
+
+    /// Adds what one receive loop's reassembler did since it was last asked.
+    pub fn count_reassembly(&self, stats: fulva_proto::fragment::ReassemblyStats) {
+        if stats == fulva_proto::fragment::ReassemblyStats::default() {
+            return;
+        }
+        for (outcome, n) in [
+            ("completed", stats.completed),
+            ("refused", stats.refused),
+            ("expired", stats.expired),
+            ("evicted", stats.evicted),
+        ] {
+            if n > 0 {
+                self.fragmented_frames.with_label_values(&[outcome]).inc_by(n);
+            }
+        }
     }
 
     /// Counts one dropped datagram.

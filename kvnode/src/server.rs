@@ -1,6 +1,7 @@
 //! The data-path server loop: receive frames, execute them, send the replies.
 
 use crate::handler::Handler;
+use fulva_proto::fragment::{Accepted, Reassembler};
 use fulva_proto::frame::MAX_DATAGRAM;
 use fulva_proto::transport::{RecvBatch, SendBatch, Transport};
 use std::sync::Arc;
@@ -17,6 +18,11 @@ const BATCH: usize = 32;
 pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: CancellationToken) {
     let mut incoming = RecvBatch::new(BATCH, MAX_DATAGRAM + 1);
     let mut replies = SendBatch::new();
+    // Frames larger than a datagram come and go as fragments: the kernel
+    // sends every datagram of one client socket to the same worker, so each
+    // worker puts its own clients' frames back together.
+    let mut reassembler = Reassembler::new(handler.reassembly_limits());
+    let max_datagram = transport.max_datagram();
     loop {
         let received = tokio::select! {
             biased;
@@ -30,15 +36,29 @@ pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: 
         }
         replies.clear();
         for i in 0..incoming.len() {
-            let (frame, from) = incoming.get(i);
-            if !handler.handle_frame(frame, replies.next_buf(from)) {
+            let (datagram, from) = incoming.get(i);
+            let whole;
+            let frame = match reassembler.accept(from, datagram) {
+                Accepted::Whole(frame) => frame,
+                Accepted::Complete(message) => {
+                    whole = message;
+                    &whole[..]
+                }
+                Accepted::Pending | Accepted::Refused => continue,
+            };
+            if handler.handle_frame(frame, replies.next_buf(from)) {
+                replies.fragment_last(max_datagram);
+            } else {
                 replies.pop();
             }
         }
+        handler.metrics.count_reassembly(reassembler.take_stats());
         if !replies.is_empty() {
             if let Err(err) = transport.send_batch(&replies).await {
                 tracing::debug!(error = %err, "data-path send failed");
             }
+            replies.clear();
+            replies.release_beyond(BATCH);
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`transfer`]: the bulk transfer stream of a live move (raw records over TCP, checked whole).
 //! - [`grpc`]: the generated tonic/prost types of the control plane (`proto/fulva.proto`).
 
+pub mod fragment;
 pub mod frame;
 pub mod hash;
 pub mod range;

@@ -109,6 +109,31 @@ impl SendBatch {
         buf
     }
 
+    /// Splits the last datagram queued into fragments when it is larger than
+    /// `max_datagram` ([`crate::fragment`]); its oversized buffer is freed,
+    /// so one large reply does not keep its memory in the batch.
+    pub fn fragment_last(&mut self, max_datagram: usize) {
+        let Some(last) = self.filled.checked_sub(1) else { return };
+        if self.bufs[last].len() <= max_datagram {
+            return;
+        }
+        let whole = std::mem::take(&mut self.bufs[last]);
+        let to = self.to[last];
+        self.pop();
+        for fragment in crate::fragment::fragments(&whole, max_datagram) {
+            fragment.write_to(self.next_buf(to));
+        }
+    }
+
+    /// Frees the buffers past the first `keep` (after a burst of fragments,
+    /// so the batch does not keep their memory).
+    pub fn release_beyond(&mut self, keep: usize) {
+        if self.bufs.len() > keep {
+            self.bufs.truncate(keep.max(self.filled));
+            self.to.truncate(keep.max(self.filled));
+        }
+    }
+
     /// Drops the last datagram queued (its buffer stays for reuse).
     pub fn pop(&mut self) {
         self.filled = self.filled.saturating_sub(1);
@@ -123,6 +148,33 @@ impl SendBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_last_datagram_becomes_fragments_and_its_buffer_is_freed() {
+        let to: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        let mut batch = SendBatch::new();
+        batch.next_buf(to).extend_from_slice(b"small");
+        batch.next_buf(to).extend_from_slice(&vec![7u8; 10_000]);
+        batch.fragment_last(1_000);
+        assert_eq!(batch.len(), 1 + 10_000usize.div_ceil(1_000 - crate::fragment::FRAGMENT_HEADER_LEN));
+        assert_eq!(batch.get(0).0, b"small");
+        let mut r = crate::fragment::Reassembler::new(crate::fragment::ReassemblyLimits::for_messages(1 << 20));
+        let mut whole = None;
+        for i in 1..batch.len() {
+            let (d, _) = batch.get(i);
+            assert!(d.len() <= 1_000);
+            if let crate::fragment::Accepted::Complete(m) = r.accept(to, d) {
+                whole = Some(m);
+            }
+        }
+        assert_eq!(whole, Some(vec![7u8; 10_000]));
+        assert!(batch.bufs.iter().all(|b| b.capacity() < 10_000), "the large buffer is gone");
+        // A datagram that fits stays as it is.
+        batch.clear();
+        batch.next_buf(to).extend_from_slice(b"x");
+        batch.fragment_last(1_000);
+        assert_eq!((batch.len(), batch.get(0).0), (1, &b"x"[..]));
+    }
 
     #[test]
     fn push_fills_slots_in_order_truncates_and_stops_when_full() {

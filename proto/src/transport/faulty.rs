@@ -144,4 +144,8 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
+
+    fn max_datagram(&self) -> usize {
+        self.inner.max_datagram()
+    }
 }

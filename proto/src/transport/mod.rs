@@ -37,6 +37,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Address this transport receives on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 
+    /// The largest datagram it carries: a frame larger than this goes as
+    /// fragments ([`send_message`], [`crate::fragment`]).
+    fn max_datagram(&self) -> usize {
+        crate::frame::MAX_DATAGRAM
+    }
+
     /// Waits for at least one datagram and takes as many as are ready, up to
     /// the batch's capacity. Returns how many were received.
     fn recv_batch<'a>(
@@ -84,6 +90,10 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
         (**self).local_addr()
     }
 
+    fn max_datagram(&self) -> usize {
+        (**self).max_datagram()
+    }
+
     fn recv_batch<'a>(
         &'a self,
         batch: &'a mut RecvBatch,
@@ -94,4 +104,19 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
     fn send_batch<'a>(&'a self, batch: &'a SendBatch) -> impl Future<Output = io::Result<()>> + Send + 'a {
         (**self).send_batch(batch)
     }
+}
+
+/// Sends one frame of any size: as it is when it fits a datagram, else as
+/// fragments ([`crate::fragment`]). Delivery is not guaranteed: a lost
+/// fragment loses the frame.
+pub async fn send_message<T: Transport + ?Sized>(transport: &T, frame: &[u8], to: SocketAddr) -> io::Result<()> {
+    let max = transport.max_datagram();
+    if frame.len() <= max {
+        return transport.send_to(frame, to).await;
+    }
+    let mut batch = SendBatch::new();
+    for fragment in crate::fragment::fragments(frame, max) {
+        fragment.write_to(batch.next_buf(to));
+    }
+    transport.send_batch(&batch).await
 }
