@@ -35,6 +35,9 @@ pub struct DpdkClientArgs {
     /// DPDK: this client's IPv4 address and UDP port on the DPDK network.
     #[arg(long, env = "FULVA_DPDK_ADDR", default_value = "10.9.0.100:7200")]
     pub dpdk_addr: std::net::SocketAddrV4,
+    /// DPDK: the port's MTU (1500; up to 9000 with jumbo frames), as the nodes'.
+    #[arg(long, env = "FULVA_DPDK_MTU", default_value_t = 1500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(576..=9000))]
+    pub dpdk_mtu: usize,
 }
 
 impl DpdkClientArgs {
@@ -51,8 +54,10 @@ impl DpdkClientArgs {
         let port =
             self.dpdk_port.clone().ok_or_else(|| anyhow::anyhow!("--transport dpdk needs --dpdk-port"))?;
         let eal = self.eal_args.split_whitespace().map(str::to_string).collect();
-        config.transport =
-            fulva_client::TransportChoice::Dpdk(fulva_dpdk::DpdkConfig::new(eal, port, self.dpdk_addr));
+        config.transport = fulva_client::TransportChoice::Dpdk(fulva_dpdk::DpdkConfig {
+            mtu: self.dpdk_mtu,
+            ..fulva_dpdk::DpdkConfig::new(eal, port, self.dpdk_addr)
+        });
         Ok(())
     }
 

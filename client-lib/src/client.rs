@@ -7,10 +7,11 @@ use crate::routing::{Route, Routes};
 use crate::stats::ClientStats;
 use crate::transport::{DataTransport, TransportChoice};
 use bytes::Bytes;
+use fulva_proto::fragment::{Accepted, Reassembler, ReassemblyLimits};
 use fulva_proto::frame::{dual_read_flags, RequestHeader, MAX_MULTI_GET};
 use fulva_proto::grpc::shard_map_service_client::ShardMapServiceClient;
 use fulva_proto::grpc::{GetShardMapRequest, WatchShardMapRequest};
-use fulva_proto::transport::{RecvBatch, Transport, UdpTransport};
+use fulva_proto::transport::{send_message, RecvBatch, Transport, UdpTransport};
 use fulva_proto::{key_hash, Epoch, NodeId, Op, Reply, Request, RequestBody, ShardMap, Status};
 use futures::future::{self, Either};
 use parking_lot::Mutex;
@@ -366,11 +367,16 @@ impl<T: Transport> Client<T> {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.check_key(key)?;
         if value.len() > self.inner.config.max_value_bytes {
-            return Err(ClientError::TooLarge(format!("value of {} bytes", value.len())));
+            return Err(ClientError::TooLarge(format!(
+                "value of {} bytes; the client's limit is {} bytes (ClientConfig::max_value_bytes)",
+                value.len(),
+                self.inner.config.max_value_bytes
+            )));
         }
         let outcome = self.write(RequestBody::Put { key, value }, key_hash(key)).await?;
         match outcome.status {
             Status::Ok => Ok(outcome.version),
+            Status::TooLarge => Err(refused_as_too_large(&outcome, key.len(), value.len())),
             other => Err(status_error(other)),
         }
     }
@@ -452,7 +458,11 @@ impl<T: Transport> Client<T> {
 
     fn check_key(&self, key: &[u8]) -> Result<(), ClientError> {
         if key.len() > self.inner.config.max_key_bytes || key.len() > usize::from(u16::MAX) {
-            return Err(ClientError::TooLarge(format!("key of {} bytes", key.len())));
+            return Err(ClientError::TooLarge(format!(
+                "key of {} bytes; the client's limit is {} bytes (ClientConfig::max_key_bytes)",
+                key.len(),
+                self.inner.config.max_key_bytes.min(usize::from(u16::MAX))
+            )));
         }
         Ok(())
     }
@@ -557,7 +567,9 @@ impl<T: Transport> Client<T> {
         let inner = &self.inner;
         let transport = (request_id % inner.transports.len() as u64) as usize;
         let (tx, rx) = oneshot::channel();
-        let timeout = inner.config.initial_timeout;
+        // A frame sent as fragments takes longer to arrive: 20 ns a byte more
+        // (50 MB/s) before the first resend.
+        let timeout = inner.config.initial_timeout + Duration::from_nanos(20 * frame.len() as u64);
         let pending = Pending {
             tx,
             frame: frame.clone(),
@@ -571,7 +583,7 @@ impl<T: Transport> Client<T> {
         // Registered before the first send, so even an instant reply finds it.
         inner.pending_shard(request_id).lock().insert(request_id, pending);
         // A failed send is a lost datagram: retransmission covers it.
-        let _ = inner.transports[transport].send_to(&frame, addr).await;
+        let _ = send_message(&*inner.transports[transport], &frame, addr).await;
         match rx.await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(attempts)) => Err(ClientError::Timeout { op: op.name(), attempts }),
@@ -606,6 +618,9 @@ impl<T: Transport> Inner<T> {
     }
 }
 
+/// Bytes of a reply besides its key and value (headers, progress), with room to spare.
+const REPLY_SLACK: usize = 1024;
+
 async fn fetch_map(
     control: &mut ShardMapServiceClient<Channel>,
     config: &ClientConfig,
@@ -616,6 +631,16 @@ async fn fetch_map(
         .map_err(|s| control_error(config, format!("{}: {}", s.code(), s.message())))?
         .into_inner();
     ShardMap::try_from(msg).map_err(|e| control_error(config, e))
+}
+
+/// A node's `TooLarge`, with the limits it names.
+fn refused_as_too_large(outcome: &fulva_proto::Outcome, key: usize, value: usize) -> ClientError {
+    match outcome.limits() {
+        Some((max_key, max_value)) => ClientError::TooLarge(format!(
+            "refused by the node: key of {key} bytes (its limit: {max_key}), value of {value} bytes (its limit: {max_value}, --max-value-bytes)"
+        )),
+        None => ClientError::TooLarge("refused by the node".into()),
+    }
 }
 
 fn status_error(status: Status) -> ClientError {
@@ -639,6 +664,13 @@ fn versioned(outcome: Option<fulva_proto::Outcome>) -> Result<Versioned, ClientE
 /// Delivers replies arriving on one transport to the calls waiting for them.
 async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
     let mut batch = RecvBatch::new(RECEIVE_BATCH, fulva_proto::frame::MAX_DATAGRAM + 1);
+    // Replies larger than a datagram come as fragments.
+    let Some(limits) = inner.upgrade().map(|i| {
+        ReassemblyLimits::for_messages(i.config.max_key_bytes + i.config.max_value_bytes + REPLY_SLACK)
+    }) else {
+        return;
+    };
+    let mut reassembler = Reassembler::new(limits);
     loop {
         if let Err(err) = transport.recv_batch(&mut batch).await {
             tracing::debug!(error = %err, "client receive failed");
@@ -647,7 +679,16 @@ async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
         }
         let Some(inner) = inner.upgrade() else { return };
         for i in 0..batch.len() {
-            let frame = Bytes::copy_from_slice(batch.get(i).0);
+            let (datagram, from) = batch.get(i);
+            let frame = match reassembler.accept(from, datagram) {
+                Accepted::Whole(frame) => Bytes::copy_from_slice(frame),
+                Accepted::Complete(message) => Bytes::from(message),
+                Accepted::Pending => continue,
+                Accepted::Refused => {
+                    inner.stats.bad_replies.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             match Reply::decode(&frame) {
                 Ok(reply) => {
                     let waiter = inner.pending_shard(reply.request_id).lock().remove(&reply.request_id);
@@ -707,7 +748,7 @@ async fn retransmit_loop<T: Transport>(inner: Weak<Inner<T>>) {
         }
         for (transport, frame, addr) in resend.drain(..) {
             inner.stats.retransmits.fetch_add(1, Ordering::Relaxed);
-            let _ = inner.transports[transport].send_to(&frame, addr).await;
+            let _ = send_message(&*inner.transports[transport], &frame, addr).await;
         }
     }
 }

@@ -34,9 +34,11 @@ pub struct ClientConfig {
     pub max_timeout: Duration,
     /// Deadline of one call, all retransmissions and redirects included.
     pub deadline: Duration,
-    /// Largest key the client sends, in bytes.
+    /// Largest key the client sends, in bytes (at most 65,535).
     pub max_key_bytes: usize,
-    /// Largest value the client sends, in bytes.
+    /// Largest value the client sends (and reads back), in bytes: 1 MiB by
+    /// default, up to 8 MiB, as the nodes' `--max-value-bytes`. Frames
+    /// larger than a datagram travel as fragments.
     pub max_value_bytes: usize,
     /// Follow map changes with a WatchShardMap stream (besides refreshing on redirects).
     pub watch_map: bool,
@@ -85,8 +87,8 @@ impl ClientConfig {
             initial_timeout: Duration::from_millis(20),
             max_timeout: Duration::from_millis(500),
             deadline: Duration::from_secs(10),
-            max_key_bytes: 1024,
-            max_value_bytes: 60_000,
+            max_key_bytes: u16::MAX as usize,
+            max_value_bytes: 1 << 20,
             watch_map: true,
             cluster: String::new(),
             tls: None,

@@ -59,6 +59,21 @@ pub struct Event {
     pub time_ns: u64,
 }
 
+/// Values longer than this are recorded by a digest, not whole.
+pub const VALUE_RECORDED_WHOLE: usize = 256;
+
+/// How a value appears in a history: itself (UTF-8, lossy) up to
+/// [`VALUE_RECORDED_WHOLE`] bytes; a larger one as its first 32 bytes, its
+/// length and its xxh3 hash (`p3-17-…#262144:9a0c…`), so a read of a large
+/// value that was never written (one byte wrong) still shows.
+pub fn describe_value(value: &[u8]) -> String {
+    if value.len() <= VALUE_RECORDED_WHOLE {
+        return String::from_utf8_lossy(value).into_owned();
+    }
+    let head = String::from_utf8_lossy(&value[..32]);
+    format!("{head}…#{}:{:016x}", value.len(), fulva_proto::key_hash(value))
+}
+
 /// A history being written to a file (thread-safe).
 pub struct History {
     out: Mutex<BufWriter<std::fs::File>>,
@@ -88,7 +103,7 @@ impl History {
             kind,
             f,
             key: String::from_utf8_lossy(key).into_owned(),
-            value: value.map(|v| String::from_utf8_lossy(v).into_owned()),
+            value: value.map(describe_value),
             time_ns: self.started.elapsed().as_nanos() as u64,
         };
         let line = serde_json::to_string(&event).expect("events always serialize");

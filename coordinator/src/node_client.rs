@@ -205,7 +205,10 @@ impl NodeClient {
         let channel = fulva_tls::connect_channel(channel, tls, fulva_tls::Role::Node(node))
             .await
             .map_err(|e| fail(NodeErrorKind::Unreachable, fulva_tls::error_chain(&e)))?;
-        Ok(NodeClient { node, addr, inner: NodeControlClient::new(channel), tls: tls.cloned() })
+        let inner = NodeControlClient::new(channel)
+            .max_decoding_message_size(fulva_proto::MAX_CONTROL_MESSAGE)
+            .max_encoding_message_size(fulva_proto::MAX_CONTROL_MESSAGE);
+        Ok(NodeClient { node, addr, inner, tls: tls.cloned() })
     }
 
     /// The node this client calls.

@@ -39,6 +39,12 @@ pub const CLIENT_IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// Packets taken or sent per burst.
 const BURST: usize = 32;
+/// The MTU unless configured: standard Ethernet.
+pub const DEFAULT_MTU: usize = 1500;
+/// The smallest MTU taken (IPv4's minimum for a host).
+pub const MIN_MTU: usize = 576;
+/// The largest MTU taken (jumbo frames).
+pub const MAX_MTU: usize = 9000;
 
 /// Settings of a DPDK transport.
 #[derive(Clone, Debug)]
@@ -56,23 +62,44 @@ pub struct DpdkConfig {
     pub static_peers: Vec<(Ipv4Addr, [u8; 6])>,
     /// Packet buffers in the pool.
     pub pool_size: u32,
+    /// The ports' MTU: the largest IP packet a frame carries (1500 on most
+    /// networks, up to 9000 with jumbo frames on an SR-IOV VF). Data-path
+    /// frames larger than `mtu - 28` bytes (IP and UDP headers) travel as
+    /// fragments.
+    pub mtu: usize,
 }
 
 impl DpdkConfig {
     /// Defaults for `port` at `local`.
     pub fn new(eal_args: Vec<String>, port: impl Into<String>, local: SocketAddrV4) -> DpdkConfig {
-        DpdkConfig { eal_args, ports: vec![port.into()], local, static_peers: Vec::new(), pool_size: 8191 }
+        DpdkConfig {
+            eal_args,
+            ports: vec![port.into()],
+            local,
+            static_peers: Vec::new(),
+            pool_size: 8191,
+            mtu: DEFAULT_MTU,
+        }
+    }
+
+    /// The largest UDP payload one packet carries at this MTU.
+    pub fn max_datagram(&self) -> usize {
+        self.mtu.clamp(MIN_MTU, MAX_MTU) - 28
     }
 }
 
 /// Executes one request datagram from `from`, writing the reply into `out`
-/// (cleared); returns whether there is a reply to send.
+/// (cleared); returns whether there is a reply to send. A datagram may be
+/// a fragment ([`fulva_proto::fragment`]): the handler reassembles; a reply
+/// larger than a packet goes back as fragments.
 pub type FrameHandler = Arc<dyn Fn(&[u8], SocketAddr, &mut Vec<u8>) -> bool + Send + Sync>;
 
 /// The ports of one transport and what is known about peers.
 struct Link {
     ports: Vec<Port>,
     local: SocketAddrV4,
+    /// The largest UDP payload of one packet.
+    max_datagram: usize,
     /// Where each peer is: the port its packets came in on, and its MAC.
     peers: HashMap<Ipv4Addr, (usize, [u8; 6])>,
     /// Packets waiting for the next transmit burst, per port.
@@ -87,7 +114,12 @@ impl Link {
     fn open(config: DpdkConfig) -> Result<Link, EalError> {
         let eal = Eal::init(&config.eal_args)?;
         let first = config.ports.first().cloned().unwrap_or_default();
-        let pool = Arc::new(Mempool::new(eal, &format!("fulva-{first}"), config.pool_size, 2048 + 128)?);
+        let max_datagram = config.max_datagram();
+        // Room for a whole packet at the MTU (Ethernet header included),
+        // after the mbuf's 128-byte headroom.
+        let data_room = (max_datagram + packet::HEADERS).max(2048) + 128;
+        let pool =
+            Arc::new(Mempool::new(eal, &format!("fulva-{first}"), config.pool_size, data_room as u16)?);
         let ports = config
             .ports
             .iter()
@@ -97,6 +129,7 @@ impl Link {
             sending: ports.iter().map(|_| Vec::with_capacity(BURST)).collect(),
             ports,
             local: config.local,
+            max_datagram,
             peers: config.static_peers.into_iter().map(|(ip, mac)| (ip, (0, mac))).collect(),
             received: Vec::with_capacity(BURST),
             frame: Vec::with_capacity(2048),
@@ -127,16 +160,13 @@ impl Link {
                     }
                     self.reply.clear();
                     if deliver(d.payload, SocketAddr::V4(d.src), &mut self.reply) {
-                        self.frame.clear();
-                        packet::build(
-                            self.ports[i].mac(),
-                            self.local,
-                            d.src_mac,
-                            d.src,
-                            &self.reply,
-                            &mut self.frame,
-                        );
-                        self.push(i);
+                        let reply = std::mem::take(&mut self.reply);
+                        self.reply_to(i, d.src_mac, d.src, &reply);
+                        self.reply = reply;
+                        // A large reply leaves its memory behind.
+                        if self.reply.capacity() > 4 * self.max_datagram {
+                            self.reply = Vec::with_capacity(2048);
+                        }
                     }
                 } else if let Some(arp) = packet::parse_arp_request(data) {
                     if arp.target == *self.local.ip() {
@@ -151,6 +181,21 @@ impl Link {
             self.received.clear();
         }
         any
+    }
+
+    /// Sends `reply` back by the port it came in on: one packet, or its
+    /// fragments when it does not fit one.
+    fn reply_to(&mut self, port: usize, mac: [u8; 6], to: SocketAddrV4, reply: &[u8]) {
+        if reply.len() <= self.max_datagram {
+            self.frame_to(port, mac, reply, to);
+            return;
+        }
+        let mut datagram = Vec::with_capacity(self.max_datagram);
+        for fragment in fulva_proto::fragment::fragments(reply, self.max_datagram) {
+            datagram.clear();
+            fragment.write_to(&mut datagram);
+            self.frame_to(port, mac, &datagram, to);
+        }
     }
 
     /// Frames `payload` for `to`: by the port and MAC it was last heard
@@ -218,6 +263,7 @@ enum Mode {
 /// A [`Transport`] over DPDK ports.
 pub struct DpdkTransport {
     local: SocketAddrV4,
+    max_datagram: usize,
     mode: Mode,
 }
 
@@ -225,10 +271,11 @@ impl DpdkTransport {
     /// Starts the EAL (if not yet) and the ports, to be polled by whoever
     /// awaits [`Transport::recv_batch`] (a client's receive task).
     pub fn start(config: DpdkConfig) -> Result<DpdkTransport, EalError> {
-        let local = config.local;
+        let (local, max_datagram) = (config.local, config.max_datagram());
         let link = Link::open(config)?;
         Ok(DpdkTransport {
             local,
+            max_datagram,
             mode: Mode::Polled {
                 link: Mutex::new(link),
                 receiver_idle: AtomicBool::new(false),
@@ -242,7 +289,7 @@ impl DpdkTransport {
     /// itself (run to completion: the way a node serves). Nothing reaches
     /// `recv_batch`, which waits forever.
     pub fn start_serving(config: DpdkConfig, handler: FrameHandler) -> Result<DpdkTransport, EalError> {
-        let local = config.local;
+        let (local, max_datagram) = (config.local, config.max_datagram());
         let first = config.ports.first().cloned().unwrap_or_default();
         let link = Link::open(config)?;
         let (outbound, outbound_rx) = std_mpsc::channel();
@@ -256,11 +303,27 @@ impl DpdkTransport {
             .map_err(|e| EalError { what: "poller thread".into(), message: e.to_string(), code: 0 })?;
         Ok(DpdkTransport {
             local,
+            max_datagram,
             mode: Mode::Serving { outbound, queued, stop, poller: Mutex::new(Some(handle)) },
         })
     }
 
     fn send_all<'a>(&self, datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>) -> io::Result<()> {
+        let max = self.max_datagram;
+        let datagrams = datagrams.map(|(payload, to)| {
+            if payload.len() > max {
+                // Callers fragment larger frames (fulva_proto::transport::send_message).
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a datagram of {} bytes does not fit the MTU ({max} bytes of payload)",
+                        payload.len()
+                    ),
+                ));
+            }
+            Ok((payload, to))
+        });
+        let datagrams = datagrams.collect::<io::Result<Vec<_>>>()?.into_iter();
         match &self.mode {
             Mode::Polled { link, receiver_idle, wake } => {
                 {
@@ -328,6 +391,10 @@ impl Transport for DpdkTransport {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(SocketAddr::V4(self.local))
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.max_datagram
     }
 
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {

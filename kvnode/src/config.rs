@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Largest key a node accepts by default, in bytes.
-pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
-/// Largest value a node accepts by default, in bytes (one datagram must hold a reply).
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 60_000;
+/// Largest key a node accepts by default, in bytes: the most a frame's
+/// 16-bit key length can say.
+pub const DEFAULT_MAX_KEY_BYTES: usize = u16::MAX as usize;
+/// Largest value a node accepts by default, in bytes (1 MiB; frames larger
+/// than a datagram go as fragments).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 /// Clients a node keeps at-most-once records of unless told otherwise.
 pub const DEFAULT_MAX_CLIENTS: usize = 65_536;
 
@@ -87,11 +89,14 @@ pub struct NodeConfig {
     /// Data-path workers, each with its own socket on the data address (SO_REUSEPORT).
     #[arg(long, env = "FULVA_WORKERS", default_value_t = 2)]
     pub workers: usize,
-    /// Largest key accepted, in bytes; larger ones get a TooLarge reply.
-    #[arg(long, env = "FULVA_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    /// Largest key accepted, in bytes (at most 65,535); larger ones get a
+    /// TooLarge reply.
+    #[arg(long, env = "FULVA_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_535))]
     pub max_key_bytes: usize,
-    /// Largest value accepted, in bytes; larger ones get a TooLarge reply.
-    #[arg(long, env = "FULVA_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=60_000))]
+    /// Largest value accepted, in bytes (at most 8 MiB); larger ones get a
+    /// TooLarge reply naming the limit. Frames larger than a datagram travel
+    /// as fragments; clients must allow as much (`ClientConfig::max_value_bytes`).
+    #[arg(long, env = "FULVA_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=8_388_608))]
     pub max_value_bytes: usize,
     /// log2 of the number of store stripes (lock granularity).
     #[arg(long, env = "FULVA_STRIPE_BITS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(0..=16))]
@@ -157,6 +162,10 @@ pub struct NodeConfig {
     /// default: the first PCI device of the SR-IOV resource.
     #[arg(long, env = "FULVA_DPDK_PORT")]
     pub dpdk_port: Option<String>,
+    /// DPDK: the port's MTU (1500; up to 9000 with jumbo frames). Frames
+    /// larger than one packet travel as fragments.
+    #[arg(long, env = "FULVA_DPDK_MTU", default_value_t = 1500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(576..=9000))]
+    pub dpdk_mtu: usize,
     /// DPDK: EAL arguments, space-separated (added after those the SR-IOV
     /// resource gives), e.g. `--no-huge --no-pci --vdev net_memif0`.
     #[arg(long, env = "FULVA_EAL_ARGS", default_value = "", allow_hyphen_values = true)]
@@ -183,6 +192,11 @@ pub struct NodeConfig {
     /// destination the range's move names.
     #[arg(long, hide = true)]
     pub trap_any_node_may_pull: bool,
+    /// Test only: a large reply's fragments carry the request's id rather
+    /// than a hash of the reply, so a client can put one answer together
+    /// from the fragments of two.
+    #[arg(long, hide = true)]
+    pub trap_fragment_id_from_request: bool,
 }
 
 impl NodeConfig {
@@ -211,6 +225,7 @@ impl NodeConfig {
             transport: TransportKind::Kernel,
             sriov_resource: None,
             dpdk_port: None,
+            dpdk_mtu: 1500,
             eal_args: String::new(),
             pod_name: None,
             trap_cursor_before_apply: false,
@@ -218,6 +233,7 @@ impl NodeConfig {
             trap_hot_batch_moves_cursor: false,
             trap_records_ignore_key: false,
             trap_any_node_may_pull: false,
+            trap_fragment_id_from_request: false,
         }
     }
 

@@ -110,6 +110,7 @@ impl Handler {
                 no_tombstones: config.trap_no_tombstones,
                 hot_batch_moves_cursor: config.trap_hot_batch_moves_cursor,
                 any_node_may_pull: config.trap_any_node_may_pull,
+                fragment_id_from_request: config.trap_fragment_id_from_request,
             },
             migration_batch_bytes: config.migration_batch_bytes,
             migration_transfer: config.migration_transfer,
@@ -133,10 +134,10 @@ impl Handler {
     }
 
     /// What the data path's reassembly may hold: frames up to the largest
-    /// request this node takes (a value and a key at their limits, and the
-    /// header).
+    /// any node takes (8 MiB values), whatever this one's limit, so a value
+    /// over it gets a TooLarge reply naming the limit rather than silence.
     pub fn reassembly_limits(&self) -> fulva_proto::fragment::ReassemblyLimits {
-        fulva_proto::fragment::ReassemblyLimits::for_messages(self.limits.max_frame_bytes())
+        fulva_proto::fragment::ReassemblyLimits::for_messages(fulva_proto::fragment::MAX_MESSAGE_LIMIT)
     }
 
     /// Decodes `frame`, executes it and appends the reply to `out`.
@@ -227,7 +228,7 @@ impl Handler {
         progress: &mut Option<MigrationProgress>,
     ) -> Outcome {
         if key.len() > self.limits.max_key_bytes {
-            return Outcome::status(Status::TooLarge);
+            return Outcome::too_large(self.limits.max_key_bytes, self.limits.max_value_bytes);
         }
         let hash = key_hash(key);
         if sampled {
@@ -297,7 +298,7 @@ impl Handler {
         if key.len() > self.limits.max_key_bytes
             || value.is_some_and(|v| v.len() > self.limits.max_value_bytes)
         {
-            return Some(Outcome::status(Status::TooLarge));
+            return Some(Outcome::too_large(self.limits.max_key_bytes, self.limits.max_value_bytes));
         }
         let hash = key_hash(key);
         let tracked = header.seq != 0;

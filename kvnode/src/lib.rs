@@ -185,9 +185,22 @@ pub async fn start_dpdk(
     let handler = Arc::new(Handler::new(&config).with_tls(tls));
     let serving = handler.clone();
     let data_addr = SocketAddr::V4(dpdk.local);
+    // Only the poller thread calls the handler: the lock is never contended.
+    let reassembler =
+        parking_lot::Mutex::new(fulva_proto::fragment::Reassembler::new(handler.reassembly_limits()));
     let transport = fulva_dpdk::DpdkTransport::start_serving(
         dpdk,
-        Arc::new(move |frame, _from, out| serving.handle_frame(frame, out)),
+        Arc::new(move |datagram, from, out| {
+            use fulva_proto::fragment::Accepted;
+            let mut reassembler = reassembler.lock();
+            let answered = match reassembler.accept(from, datagram) {
+                Accepted::Whole(frame) => serving.handle_frame(frame, out),
+                Accepted::Complete(message) => serving.handle_frame(&message, out),
+                Accepted::Pending | Accepted::Refused => false,
+            };
+            serving.metrics.count_reassembly(reassembler.take_stats());
+            answered
+        }),
     )
     .map_err(|e| NodeError::Config(format!("dpdk: {e}")))?;
     start_services(config, handler, data_addr, JoinSet::new(), Some(Box::new(transport)), shutdown).await
@@ -228,7 +241,9 @@ async fn start_services(
         .await
         .map_err(bind("control", config.control_addr))?;
     let control_addr = control.local_addr().map_err(bind("control", config.control_addr))?;
-    let service = NodeControlServer::new(control::ControlService::new(handler.clone(), transfer_addr.port()));
+    let service = NodeControlServer::new(control::ControlService::new(handler.clone(), transfer_addr.port()))
+        .max_decoding_message_size(fulva_proto::MAX_CONTROL_MESSAGE)
+        .max_encoding_message_size(fulva_proto::MAX_CONTROL_MESSAGE);
     let token = shutdown.clone();
     tasks.spawn(async move {
         let incoming = fulva_tls::incoming(control, server_tls);
@@ -407,7 +422,8 @@ where
         return Err(NodeError::Config("dpdk: the data address must be IPv4".into()));
     };
     tracing::info!(%port, %local, eal = %eal_args.join(" "), "starting the DPDK data path");
-    let dpdk = fulva_dpdk::DpdkConfig::new(eal_args, port, local);
+    let dpdk =
+        fulva_dpdk::DpdkConfig { mtu: config.dpdk_mtu, ..fulva_dpdk::DpdkConfig::new(eal_args, port, local) };
     let node = start_dpdk(config, dpdk, CancellationToken::new()).await?;
     signal().await;
     node.stop_when_empty(wait, signal()).await;

@@ -23,6 +23,12 @@ pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: 
     // worker puts its own clients' frames back together.
     let mut reassembler = Reassembler::new(handler.reassembly_limits());
     let max_datagram = transport.max_datagram();
+    let fragment_id: fn(&[u8]) -> u64 = if handler.traps.fragment_id_from_request {
+        // The trap: the reply's request id (bytes 8..16), whatever it says.
+        |reply| u64::from_le_bytes(reply[8..16].try_into().expect("a reply header is 24 bytes"))
+    } else {
+        fulva_proto::fragment::message_id
+    };
     loop {
         let received = tokio::select! {
             biased;
@@ -47,7 +53,7 @@ pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: 
                 Accepted::Pending | Accepted::Refused => continue,
             };
             if handler.handle_frame(frame, replies.next_buf(from)) {
-                replies.fragment_last(max_datagram);
+                replies.fragment_last(max_datagram, fragment_id);
             } else {
                 replies.pop();
             }

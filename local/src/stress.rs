@@ -32,6 +32,10 @@ pub struct StressConfig {
     pub read_share: f64,
     /// Filler keys loaded so that moves carry data and take several batches.
     pub filler_keys: u32,
+    /// Bytes of every value written, hot keys and filler (0: short values,
+    /// `p3-17`, and 100-byte filler). Values larger than a datagram travel
+    /// as fragments.
+    pub value_bytes: usize,
     /// Stop after this many moves ...
     pub moves: u64,
     /// ... or after this long, whichever comes first.
@@ -69,6 +73,7 @@ impl StressConfig {
             keys: 8,
             read_share: 0.5,
             filler_keys: 4_000,
+            value_bytes: 0,
             moves: 40,
             max_duration: Duration::from_secs(25),
             max_shards: 24,
@@ -121,6 +126,23 @@ pub struct StressReport {
     pub elapsed: Duration,
 }
 
+/// A value that starts with `name` and, to `bytes` bytes, goes on with a
+/// pattern of its own (so values of one length differ all along).
+fn value_of(name: &str, bytes: usize) -> Vec<u8> {
+    let mut value = name.as_bytes().to_vec();
+    if bytes <= value.len() {
+        return value;
+    }
+    value.push(b'-');
+    let seed = fulva_proto::key_hash(name.as_bytes());
+    let mut i = 0u64;
+    while value.len() < bytes {
+        value.push(b'a' + ((seed.rotate_left((i % 64) as u32) ^ i) % 26) as u8);
+        i += 1;
+    }
+    value
+}
+
 /// Runs a stress run and checks its history.
 pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
     let started = Instant::now();
@@ -134,7 +156,9 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
     .await?;
     let loader = cluster.client().await?;
     for i in 0..config.filler_keys {
-        loader.put(format!("filler{i}"), [b'f'; 100]).await?;
+        loader
+            .put(format!("filler{i}"), value_of(&format!("filler{i}"), config.value_bytes.max(100)))
+            .await?;
     }
     let history = History::create(&config.history)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,6 +174,7 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
         let (stop, operations, errors, hot) = (stop.clone(), operations.clone(), errors.clone(), hot.clone());
         let seed = config.seed.wrapping_mul(7919).wrapping_add(u64::from(p));
         let read_share = config.read_share.clamp(0.0, 1.0);
+        let value_bytes = config.value_bytes;
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(seed);
             let mut n = 0u64;
@@ -158,8 +183,8 @@ pub async fn run(config: StressConfig) -> anyhow::Result<StressReport> {
                 let ok = if rng.random_bool(read_share) {
                     recorder.get(key).await.is_ok()
                 } else if rng.random_bool(0.7) {
-                    let value = format!("p{p}-{n}");
-                    recorder.put(key, value.as_bytes()).await.is_ok()
+                    let value = value_of(&format!("p{p}-{n}"), value_bytes);
+                    recorder.put(key, &value).await.is_ok()
                 } else {
                     recorder.delete(key).await.is_ok()
                 };

@@ -8,19 +8,22 @@
 //!  8 message_id u64      16 total_len u32    20 chunk_len u32
 //! 24 bytes [index * chunk_len, min(total_len, (index + 1) * chunk_len))
 //! ```
-//! Every fragment of a message carries the same id (drawn by the sender,
-//! unique per process), total length and chunk length; the receiver keys a
-//! message by its sender's address and id. A lost fragment loses the whole
-//! message, as a lost datagram does, and the client's retransmission sends
-//! it again under a new id; a duplicated fragment is ignored; fragments may
-//! come in any order. What the receiver holds is bounded: a message larger
+//! Every fragment of a message carries the same id, total length and chunk
+//! length; the receiver keys a message by its sender's address and id. The
+//! id is a hash of the message's bytes ([`message_id`]), so the same frame
+//! sent again carries the same id: a client's retransmission of a request,
+//! or a node's second reply to it while the answer is unchanged, fills in
+//! the fragments the receiver missed instead of starting over (at 5% loss a
+//! 1 MiB frame in 725 packets would almost never arrive whole in one try).
+//! Two different frames never share an id (but for a 64-bit hash
+//! collision), so fragments of two answers are never mixed. A duplicated
+//! fragment is ignored; fragments may come in any order. What the receiver holds is bounded: a message larger
 //! than its limit, or whose fragments disagree, is refused and its memory
 //! freed; partial messages expire after a timeout; and when the bytes held
 //! would exceed the budget, the oldest partial message goes first.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Magic number that opens every fragment (a whole frame opens with
@@ -34,20 +37,9 @@ pub const FRAGMENT_HEADER_LEN: usize = 24;
 /// (8 MiB values, 64 KiB keys and headers).
 pub const MAX_MESSAGE_LIMIT: usize = (8 << 20) + (128 << 10);
 
-/// A process-wide source of message ids, started at a random point so two
-/// processes (or two workers sharing an address) do not reuse each other's.
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-/// A message id no other message of this process has.
-pub fn next_message_id() -> u64 {
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    if id == 0 {
-        // First use: move to a random start (a race here only wastes ids).
-        let start = rand::random::<u64>() | 1;
-        let _ = NEXT_ID.compare_exchange(1, start, Ordering::Relaxed, Ordering::Relaxed);
-        return start.wrapping_sub(1);
-    }
-    id
+/// The id of a message: a hash of its bytes (see the module's text).
+pub fn message_id(message: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(message)
 }
 
 /// Whether `datagram` is a fragment (rather than a whole frame).
@@ -81,12 +73,20 @@ impl Fragment<'_> {
 }
 
 /// The fragments of `message` for a transport whose datagrams hold at most
-/// `max_datagram` bytes, under a fresh message id. Only for messages that
+/// `max_datagram` bytes, under its [`message_id`]. Only for messages that
 /// do not fit one datagram (a whole frame is sent as it is).
 pub fn fragments(message: &[u8], max_datagram: usize) -> impl Iterator<Item = Fragment<'_>> + '_ {
+    fragments_with_id(message, max_datagram, message_id(message))
+}
+
+/// [`fragments`] under the id `id`.
+pub fn fragments_with_id(
+    message: &[u8],
+    max_datagram: usize,
+    id: u64,
+) -> impl Iterator<Item = Fragment<'_>> + '_ {
     assert!(max_datagram > FRAGMENT_HEADER_LEN, "a datagram must hold more than a fragment header");
     let chunk = (max_datagram - FRAGMENT_HEADER_LEN).min(u32::MAX as usize);
-    let id = next_message_id();
     let total = u32::try_from(message.len()).expect("a message is smaller than 4 GiB");
     message.chunks(chunk).enumerate().map(move |(index, bytes)| {
         let mut header = [0u8; FRAGMENT_HEADER_LEN];
@@ -114,13 +114,13 @@ pub struct ReassemblyLimits {
 }
 
 impl ReassemblyLimits {
-    /// Limits for messages up to `max_message` bytes: room for 16 of them at
-    /// once (at least 64 MiB), 8 per sender, 2 s to complete.
+    /// Limits for messages up to `max_message` bytes: room for 8 of them at
+    /// once (at least 32 MiB), 8 per sender, 2 s to complete.
     pub fn for_messages(max_message: usize) -> ReassemblyLimits {
         let max_message = max_message.min(MAX_MESSAGE_LIMIT);
         ReassemblyLimits {
             max_message,
-            max_pending_bytes: (max_message * 16).max(64 << 20),
+            max_pending_bytes: (max_message * 8).max(32 << 20),
             max_per_peer: 8,
             timeout: Duration::from_secs(2),
         }

@@ -461,6 +461,21 @@ impl Outcome {
         Outcome { status, version: 0, redirect: None, value: None, held: false }
     }
 
+    /// A `TooLarge` outcome naming the node's limits: the version field
+    /// carries them (it has nothing else to say here), the key limit in the
+    /// high 32 bits and the value limit in the low ones.
+    pub fn too_large(max_key_bytes: usize, max_value_bytes: usize) -> Outcome {
+        let version = ((max_key_bytes.min(u32::MAX as usize) as u64) << 32)
+            | max_value_bytes.min(u32::MAX as usize) as u64;
+        Outcome { version, ..Outcome::status(Status::TooLarge) }
+    }
+
+    /// The node's (key, value) limits a `TooLarge` outcome names, if any.
+    pub fn limits(&self) -> Option<(usize, usize)> {
+        (self.status == Status::TooLarge && self.version != 0)
+            .then(|| ((self.version >> 32) as usize, (self.version & u64::from(u32::MAX)) as usize))
+    }
+
     /// The outcome of a read that found `version` (0: absent) and `value`
     /// (`None` with a version: a tombstone).
     pub fn read(version: u64, value: Option<Bytes>, held: bool) -> Outcome {

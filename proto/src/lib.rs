@@ -23,6 +23,10 @@ pub mod grpc {
     tonic::include_proto!("fulva.v1");
 }
 
+/// The largest gRPC message between the control plane's parts (pull
+/// batches carry objects of up to 8 MiB; gRPC's own default is 4 MB).
+pub const MAX_CONTROL_MESSAGE: usize = 64 << 20;
+
 pub use frame::{
     FrameError, MigrationProgress, Op, Outcome, Reply, Request, RequestBody, Status, PROTOCOL_VERSION,
 };

@@ -45,7 +45,7 @@ pub const RECORD_HEADER_LEN: usize = 23;
 /// Largest batch payload either side accepts.
 pub const MAX_BATCH_PAYLOAD: usize = 16 << 20;
 /// Largest key in a record.
-pub const MAX_KEY: usize = 4096;
+pub const MAX_KEY: usize = u16::MAX as usize;
 /// Largest value in a record.
 pub const MAX_VALUE: usize = 8 << 20;
 /// Most batches a destination lets in flight.

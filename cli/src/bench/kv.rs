@@ -194,6 +194,7 @@ impl MemifLink {
             dpdk_port: Some("net_memif0".into()),
             eal_args: self.eal("client", "client"),
             dpdk_addr: MemifLink::CLIENT.parse().expect("valid address"),
+            dpdk_mtu: 1500,
         }
     }
 }

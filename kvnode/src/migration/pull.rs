@@ -96,7 +96,9 @@ pub(super) async fn control_client(
     let channel = fulva_tls::connect_channel(endpoint, tls, fulva_tls::Role::Node(mv.source))
         .await
         .map_err(|e| PullError::Unreachable { addr: addr.clone(), detail: e.to_string() })?;
-    Ok(NodeControlClient::new(channel))
+    Ok(NodeControlClient::new(channel)
+        .max_decoding_message_size(fulva_proto::MAX_CONTROL_MESSAGE)
+        .max_encoding_message_size(fulva_proto::MAX_CONTROL_MESSAGE))
 }
 
 /// Where a pull (re)starts, and the hot keys to ask for: once, at the

@@ -32,6 +32,10 @@ pub struct TrapSwitches {
     /// Any node the CA signed may pull any range (the check of the move's
     /// destination is skipped), so one node can read another's data.
     pub any_node_may_pull: bool,
+    /// A reply's fragments are numbered by the request they answer instead
+    /// of by their content, so two different answers to one request (a
+    /// retransmitted read, a write in between) mix in the client.
+    pub fragment_id_from_request: bool,
 }
 
 /// State of a range moving into this node.

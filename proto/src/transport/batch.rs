@@ -110,9 +110,10 @@ impl SendBatch {
     }
 
     /// Splits the last datagram queued into fragments when it is larger than
-    /// `max_datagram` ([`crate::fragment`]); its oversized buffer is freed,
-    /// so one large reply does not keep its memory in the batch.
-    pub fn fragment_last(&mut self, max_datagram: usize) {
+    /// `max_datagram` ([`crate::fragment`]), under the id `id` gives it
+    /// ([`crate::fragment::message_id`] but in a trap); its oversized buffer
+    /// is freed, so one large reply does not keep its memory in the batch.
+    pub fn fragment_last(&mut self, max_datagram: usize, id: impl Fn(&[u8]) -> u64) {
         let Some(last) = self.filled.checked_sub(1) else { return };
         if self.bufs[last].len() <= max_datagram {
             return;
@@ -120,7 +121,7 @@ impl SendBatch {
         let whole = std::mem::take(&mut self.bufs[last]);
         let to = self.to[last];
         self.pop();
-        for fragment in crate::fragment::fragments(&whole, max_datagram) {
+        for fragment in crate::fragment::fragments_with_id(&whole, max_datagram, id(&whole)) {
             fragment.write_to(self.next_buf(to));
         }
     }
@@ -155,10 +156,11 @@ mod tests {
         let mut batch = SendBatch::new();
         batch.next_buf(to).extend_from_slice(b"small");
         batch.next_buf(to).extend_from_slice(&vec![7u8; 10_000]);
-        batch.fragment_last(1_000);
+        batch.fragment_last(1_000, crate::fragment::message_id);
         assert_eq!(batch.len(), 1 + 10_000usize.div_ceil(1_000 - crate::fragment::FRAGMENT_HEADER_LEN));
         assert_eq!(batch.get(0).0, b"small");
-        let mut r = crate::fragment::Reassembler::new(crate::fragment::ReassemblyLimits::for_messages(1 << 20));
+        let mut r =
+            crate::fragment::Reassembler::new(crate::fragment::ReassemblyLimits::for_messages(1 << 20));
         let mut whole = None;
         for i in 1..batch.len() {
             let (d, _) = batch.get(i);
@@ -172,7 +174,7 @@ mod tests {
         // A datagram that fits stays as it is.
         batch.clear();
         batch.next_buf(to).extend_from_slice(b"x");
-        batch.fragment_last(1_000);
+        batch.fragment_last(1_000, crate::fragment::message_id);
         assert_eq!((batch.len(), batch.get(0).0), (1, &b"x"[..]));
     }
 

@@ -109,7 +109,11 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
 /// Sends one frame of any size: as it is when it fits a datagram, else as
 /// fragments ([`crate::fragment`]). Delivery is not guaranteed: a lost
 /// fragment loses the frame.
-pub async fn send_message<T: Transport + ?Sized>(transport: &T, frame: &[u8], to: SocketAddr) -> io::Result<()> {
+pub async fn send_message<T: Transport + ?Sized>(
+    transport: &T,
+    frame: &[u8],
+    to: SocketAddr,
+) -> io::Result<()> {
     let max = transport.max_datagram();
     if frame.len() <= max {
         return transport.send_to(frame, to).await;
