@@ -115,6 +115,22 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
     for i in 0..1_500 {
         client.put(format!("filler{i}"), [b'f'; 64]).await.unwrap();
     }
+    // Large objects in the moving range: each request and reply of them is
+    // up to 180 fragments at a 1500-byte MTU, through the nodes' poller (the
+    // move below is throttled to 100 kB/s, so they are not larger).
+    let large: Vec<(String, Vec<u8>)> = (0..)
+        .map(|i| format!("large{i}"))
+        .filter(|k| moving.range.contains(key_hash(k.as_bytes())))
+        .zip([256 << 10, 64 << 10, 5_000])
+        .map(|(k, len)| {
+            let value = (0..len).map(|i| (i % 251) as u8 ^ k.len() as u8).collect();
+            (k, value)
+        })
+        .collect();
+    for (key, value) in &large {
+        client.put(key, value).await.unwrap();
+        assert_eq!(client.get(key).await.unwrap().as_deref(), Some(&value[..]), "{key} before the move");
+    }
     let hot: Vec<String> = (0..)
         .map(|i| format!("hot{i}"))
         .filter(|k| moving.range.contains(key_hash(k.as_bytes())))
@@ -160,6 +176,9 @@ async fn nodes_and_a_client_in_separate_processes_move_a_range() {
     history.flush().unwrap();
     for i in (0..1_500).step_by(50) {
         assert_eq!(client.get(format!("filler{i}")).await.unwrap().as_deref(), Some(&[b'f'; 64][..]));
+    }
+    for (key, value) in &large {
+        assert_eq!(client.get(key).await.unwrap().as_deref(), Some(&value[..]), "{key} after the move");
     }
 
     assert!(report.objects > 100, "the range carried data: {report:?}");
