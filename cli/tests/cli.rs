@@ -100,6 +100,24 @@ fn kv_commands_work_against_a_running_cluster() {
     kv(&["del", "greeting"], 1);
     kv(&["get", "greeting"], 1);
 
+    // Values that are not command-line text: 1 MiB of every byte value,
+    // from a file and back to one.
+    let blob: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (input, output) = (dir.path().join("blob.in"), dir.path().join("blob.out"));
+    std::fs::write(&input, &blob).unwrap();
+    assert!(kv(&["put", "blob", "--file", input.to_str().unwrap()], 0).contains("1048576 bytes"));
+    kv(&["get", "blob", "--output", output.to_str().unwrap()], 0);
+    assert!(std::fs::read(&output).unwrap() == blob, "the file came back different");
+    // Over the limit: refused, naming it; nothing stored.
+    std::fs::write(&input, vec![b'x'; (1 << 20) + 1]).unwrap();
+    let out = tool(&tls, &endpoint, &["kv"])
+        .args(["put", "huge", "--file", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("limit is 1048576"), "{stderr}");
+    kv(&["get", "huge"], 1);
+
     // `fulva map | head -0`: stdout is a pipe nobody reads any more. The
     // command ends quietly instead of panicking on the closed pipe.
     let mut fds = [0; 2];
