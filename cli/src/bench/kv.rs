@@ -32,8 +32,24 @@ pub struct KvBenchArgs {
     /// Workload mixes to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ycsb-b,ycsb-c")]
     pub mix: Vec<Mix>,
-    #[command(flatten)]
-    pub load: super::LoadArgs,
+    /// Keys loaded before the runs (fewer for large values: see --max-data-bytes).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Bytes per value; several (`1024,16384,262144,1048576`) run one after
+    /// another, each against fresh servers. Values above a datagram travel
+    /// as fragments.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    pub value_size: Vec<usize>,
+    /// Most bytes of values loaded per server: at a value size where --keys
+    /// would exceed it, fewer keys are loaded.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_data_bytes: u64,
+    /// Concurrent closed-loop client tasks (the same for every system).
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Zipfian skew of key choice (0 = uniform).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf: f64,
     /// Measured seconds per mix and system.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -72,8 +88,17 @@ pub struct RunResult {
     pub transport: &'static str,
     /// Workload mix.
     pub mix: Mix,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Keys loaded.
+    pub keys: u64,
     /// Completed operations per second.
     pub ops_per_sec: f64,
+    /// Value bytes carried per second (every read and write moves one
+    /// value), in MB/s.
+    pub mb_per_sec: f64,
+    /// `mb_per_sec / server_cores`.
+    pub mb_per_server_core: Option<f64>,
     /// CPU the server process used during the measurement, in cores (CPU
     /// seconds per second); unknown for a cluster not started by the run.
     pub server_cores: Option<f64>,
@@ -83,12 +108,15 @@ pub struct RunResult {
     pub latency: Summary,
 }
 
-/// What is measured: a system over a data path, served by process `pid`.
+/// What is measured: a system over a data path, served by process `pid`,
+/// with `keys` values of `value_size` bytes.
 #[derive(Clone, Copy)]
 struct Target {
     system: &'static str,
     transport: &'static str,
     pid: Option<u32>,
+    value_size: usize,
+    keys: u64,
 }
 
 /// Warms up, then measures one mix; `sessions` makes a fresh set of client
@@ -104,10 +132,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<S>>>,
 {
-    let spec = WorkloadSpec::new(mix, args.load.zipf, args.load.keys, args.load.value_size);
-    let Target { system, transport, pid } = target;
+    let Target { system, transport, pid, value_size, keys } = target;
+    let spec = WorkloadSpec::new(mix, args.zipf, keys, value_size);
     eprintln!(
-        "  {system} ({transport}) {}: warming up {} s, measuring {} s",
+        "  {system} ({transport}) {} {value_size} B: warming up {} s, measuring {} s",
         mix.name(),
         args.warmup,
         args.duration
@@ -133,13 +161,19 @@ where
         let (latency, errors) = recorder.drain();
         let latency = Summary::of(&latency[0], errors);
         let ops_per_sec = latency.ops as f64 / elapsed;
+        let mb_per_sec = ops_per_sec * value_size as f64 / 1e6;
+        let cores = server_cores.filter(|c| *c > 0.0);
         result = Some(RunResult {
             system,
             transport,
             mix,
+            value_size,
+            keys,
             ops_per_sec,
+            mb_per_sec,
+            mb_per_server_core: cores.map(|c| mb_per_sec / c),
             server_cores,
-            ops_per_server_core: server_cores.filter(|c| *c > 0.0).map(|c| ops_per_sec / c),
+            ops_per_server_core: cores.map(|c| ops_per_sec / c),
             latency,
         });
     }
@@ -204,6 +238,7 @@ impl MemifLink {
 async fn run_fulva_local(
     args: &KvBenchArgs,
     transport: TransportName,
+    value_size: usize,
     results: &mut Vec<RunResult>,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -213,7 +248,7 @@ async fn run_fulva_local(
     };
     let log = dir.path().join("node.log");
     let link = MemifLink { socket: dir.path().join("memif.sock") };
-    let (node_args, data_addr): (Vec<String>, SocketAddr) = match transport {
+    let (mut node_args, data_addr): (Vec<String>, SocketAddr) = match transport {
         TransportName::Kernel => {
             let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
             (vec![format!("--workers={}", args.workers.max(1))], port)
@@ -224,6 +259,7 @@ async fn run_fulva_local(
             (link.node_args(), MemifLink::NODE.parse()?)
         }
     };
+    node_args.push(format!("--max-value-bytes={}", value_size.max(fulva_kvnode::DEFAULT_MAX_VALUE_BYTES)));
     let node = NodeProcess::start(&binary, 0, &node_args, data_addr, log).await?;
     eprintln!("  fulva ({}): node pid {:?}, data path on {}", transport.name(), node.pid(), node.data_addr);
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
@@ -232,7 +268,7 @@ async fn run_fulva_local(
     let mut config = ClientConfig::new(endpoint);
     config.sockets = args.client_sockets.max(1);
     link.client().apply(transport, &mut config)?;
-    let outcome = run_fulva(args, config, transport.name(), node.pid(), results).await;
+    let outcome = run_fulva(args, config, transport.name(), node.pid(), value_size, results).await;
     drop(control);
     if outcome.is_err() {
         eprintln!("  node log:\n{}", node.log_tail());
@@ -244,100 +280,119 @@ async fn run_fulva_local(
 /// Loads the keys through a client made from `config`, then measures every mix.
 async fn run_fulva(
     args: &KvBenchArgs,
-    config: ClientConfig,
+    mut config: ClientConfig,
     transport: &'static str,
     pid: Option<u32>,
+    value_size: usize,
     results: &mut Vec<RunResult>,
 ) -> anyhow::Result<()> {
+    config.max_value_bytes = config.max_value_bytes.max(value_size);
+    let keys = args.keys_for(value_size);
     let client = Client::connect(config).await?;
-    let took = workload::load(
-        vec![FulvaSession { client: client.clone() }; 64],
-        args.load.keys,
-        args.load.value_size,
-        Some("fulva"),
-    )
-    .await?;
+    let took =
+        workload::load(vec![FulvaSession { client: client.clone() }; 64], keys, value_size, Some("fulva")).await?;
     eprintln!(
-        "  fulva ({transport}): loaded in {:.1} s ({:.0} puts/s)",
+        "  fulva ({transport}): loaded {keys} keys of {value_size} B in {:.1} s ({:.0} puts/s)",
         took.as_secs_f64(),
-        args.load.keys as f64 / took.as_secs_f64()
+        keys as f64 / took.as_secs_f64()
     );
-    let target = Target { system: "fulva", transport, pid };
+    let target = Target { system: "fulva", transport, pid, value_size, keys };
     for &mix in &args.mix {
-        let make =
-            || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.load.clients]) };
+        let make = || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.clients]) };
         results.push(measure(target, make, args, mix).await?);
     }
     Ok(())
 }
 
+impl KvBenchArgs {
+    /// Keys loaded at `value_size`: --keys, or fewer to stay within
+    /// --max-data-bytes.
+    fn keys_for(&self, value_size: usize) -> u64 {
+        self.keys.min(self.max_data_bytes / value_size.max(1) as u64).max(1)
+    }
+}
+
+/// Loads and measures every mix against a redis-server started for it.
+async fn run_redis(args: &KvBenchArgs, value_size: usize, results: &mut Vec<RunResult>) -> anyhow::Result<()> {
+    let redis = RedisServer::start(&args.redis_server).await?;
+    eprintln!("  redis: started pid {:?} on {}", redis.pid(), redis.addr);
+    let keys = args.keys_for(value_size);
+    let started = Instant::now();
+    let loaders = 4u64;
+    let per = keys.div_ceil(loaders);
+    let value = vec![b'x'; value_size];
+    // About 4 MiB in flight per loader, whatever the value size.
+    let depth = ((4usize << 20) / value_size.max(1)).clamp(1, 512);
+    let mut loads = Vec::new();
+    for i in 0..loaders {
+        let (addr, value) = (redis.addr, value.clone());
+        let range = (i * per).min(keys)..((i + 1) * per).min(keys);
+        loads.push(tokio::spawn(async move {
+            RedisSession::connect(addr).await?.set_pipelined(range, &value, depth).await
+        }));
+    }
+    for load in loads {
+        load.await??;
+    }
+    eprintln!("  redis: loaded {keys} keys of {value_size} B in {:.1} s", started.elapsed().as_secs_f64());
+    let target = Target { system: "redis", transport: "tcp", pid: redis.pid(), value_size, keys };
+    for &mix in &args.mix {
+        let addr = redis.addr;
+        let make = || async move {
+            let mut sessions = Vec::new();
+            for _ in 0..args.clients {
+                sessions.push(RedisSession::connect(addr).await?);
+            }
+            Ok(sessions)
+        };
+        results.push(measure(target, make, args, mix).await?);
+    }
+    redis.stop().await;
+    Ok(())
+}
+
 /// Runs `fulva bench kv`.
 pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.load.clients > 0, "--clients must be at least 1");
-    anyhow::ensure!(args.load.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
     anyhow::ensure!(!args.transport.is_empty(), "--transport names no data path");
+    anyhow::ensure!(!args.value_size.is_empty(), "--value-size names no size");
+    if let Some(&size) = args.value_size.iter().find(|&&s| s > 8 << 20) {
+        anyhow::bail!("--value-size {size}: values are at most 8 MiB (8388608 bytes)");
+    }
     let mut results = Vec::new();
     eprintln!(
-        "fulva bench kv: {} keys of {} bytes, {} clients, zipf {}",
-        args.load.keys, args.load.value_size, args.load.clients, args.load.zipf
+        "fulva bench kv: {} keys (at most {} bytes of values) of {:?} bytes, {} clients, zipf {}",
+        args.keys, args.max_data_bytes, args.value_size, args.clients, args.zipf
     );
 
     // One system at a time: they share the machine's cores.
-    match &args.endpoint {
-        Some(endpoint) => {
-            anyhow::ensure!(
-                args.transport == [TransportName::Kernel],
-                "with --endpoint the run measures that cluster over kernel UDP; leave out --transport"
-            );
-            let mut config = ClientConfig::new(endpoint.clone());
-            config.sockets = args.client_sockets.max(1);
-            run_fulva(&args, config, "kernel", None, &mut results).await?;
-        }
-        None => {
-            for &transport in &args.transport {
-                run_fulva_local(&args, transport, &mut results).await?;
+    for &value_size in &args.value_size {
+        match &args.endpoint {
+            Some(endpoint) => {
+                anyhow::ensure!(
+                    args.transport == [TransportName::Kernel],
+                    "with --endpoint the run measures that cluster over kernel UDP; leave out --transport"
+                );
+                let mut config = ClientConfig::new(endpoint.clone());
+                config.sockets = args.client_sockets.max(1);
+                run_fulva(&args, config, "kernel", None, value_size, &mut results).await?;
+            }
+            None => {
+                for &transport in &args.transport {
+                    run_fulva_local(&args, transport, value_size, &mut results).await?;
+                }
             }
         }
-    }
-
-    if args.vs_redis {
-        let redis = RedisServer::start(&args.redis_server).await?;
-        eprintln!("  redis: started pid {:?} on {}", redis.pid(), redis.addr);
-        let started = Instant::now();
-        let loaders = 4u64;
-        let per = args.load.keys.div_ceil(loaders);
-        let value = vec![b'x'; args.load.value_size];
-        let mut loads = Vec::new();
-        for i in 0..loaders {
-            let (addr, value) = (redis.addr, value.clone());
-            let range = (i * per).min(args.load.keys)..((i + 1) * per).min(args.load.keys);
-            loads.push(tokio::spawn(async move {
-                RedisSession::connect(addr).await?.set_pipelined(range, &value, 512).await
-            }));
+        if args.vs_redis {
+            run_redis(&args, value_size, &mut results).await?;
         }
-        for load in loads {
-            load.await??;
-        }
-        eprintln!("  redis: loaded in {:.1} s", started.elapsed().as_secs_f64());
-        let target = Target { system: "redis", transport: "tcp", pid: redis.pid() };
-        for &mix in &args.mix {
-            let addr = redis.addr;
-            let make = || async move {
-                let mut sessions = Vec::new();
-                for _ in 0..args.load.clients {
-                    sessions.push(RedisSession::connect(addr).await?);
-                }
-                Ok(sessions)
-            };
-            results.push(measure(target, make, &args, mix).await?);
-        }
-        redis.stop().await;
     }
 
     print_results(&results);
     if let Some(path) = &args.json {
-        let doc = serde_json::json!({ "benchmark": "kv", "keys": args.load.keys, "value_size": args.load.value_size,
-            "clients": args.load.clients, "zipf": args.load.zipf, "duration_s": args.duration, "results": results });
+        let doc = serde_json::json!({ "benchmark": "kv", "keys": args.keys, "value_sizes": args.value_size,
+            "clients": args.clients, "zipf": args.zipf, "duration_s": args.duration, "results": results });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         eprintln!("results written to {}", path.display());
     }
@@ -346,27 +401,44 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
 
 fn print_results(results: &[RunResult]) {
     println!(
-        "\n{:<6} {:<7} {:<8} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>7}",
-        "system", "path", "mix", "ops/s", "cores", "ops/s/core", "p50 us", "p99 us", "p99.9 us", "errors"
+        "\n{:<6} {:<7} {:<8} {:>8} {:>10} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "system",
+        "path",
+        "mix",
+        "value B",
+        "ops/s",
+        "MB/s",
+        "cores",
+        "ops/s/core",
+        "MB/s/core",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "errors"
     );
     let opt = |v: Option<f64>, precision: usize| v.map_or("-".to_string(), |v| format!("{v:.precision$}"));
     for r in results {
         println!(
-            "{:<6} {:<7} {:<8} {:>10.0} {:>7} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+            "{:<6} {:<7} {:<8} {:>8} {:>10.0} {:>8.1} {:>7} {:>10} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>7}",
             r.system,
             r.transport,
             r.mix.name(),
+            r.value_size,
             r.ops_per_sec,
+            r.mb_per_sec,
             opt(r.server_cores, 2),
             opt(r.ops_per_server_core, 0),
+            opt(r.mb_per_server_core, 1),
             r.latency.p50_us,
             r.latency.p99_us,
             r.latency.p999_us,
             r.latency.errors
         );
     }
-    let find = |system: &str, transport: &str, mix: Mix| {
-        results.iter().find(|r| r.system == system && r.transport == transport && r.mix == mix)
+    let find = |system: &str, transport: &str, mix: Mix, size: usize| {
+        results
+            .iter()
+            .find(|r| r.system == system && r.transport == transport && r.mix == mix && r.value_size == size)
     };
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
@@ -375,21 +447,22 @@ fn print_results(results: &[RunResult]) {
     for f in results.iter().filter(|r| r.system == "fulva") {
         let mut pairs = Vec::new();
         if f.transport == "dpdk" {
-            if let Some(k) = find("fulva", "kernel", f.mix) {
+            if let Some(k) = find("fulva", "kernel", f.mix, f.value_size) {
                 pairs.push(("kernel", k));
             }
         }
-        if let Some(r) = find("redis", "tcp", f.mix) {
+        if let Some(r) = find("redis", "tcp", f.mix, f.value_size) {
             pairs.push(("redis", r));
         }
         for (name, other) in pairs {
             println!(
-                "{} {}: fulva {}/{name} ops/s {:.2}x, ops/s per server core {}, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x (latency ratios below 1 favour fulva {})",
+                "{} {} B {}: fulva {}/{name} ops/s {:.2}x, MB/s per server core {}, p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x (latency ratios below 1 favour fulva {})",
                 f.mix.name(),
+                f.value_size,
                 f.transport,
                 f.transport,
                 f.ops_per_sec / other.ops_per_sec.max(1e-9),
-                ratio(f.ops_per_server_core, other.ops_per_server_core),
+                ratio(f.mb_per_server_core, other.mb_per_server_core),
                 f.latency.p50_us / other.latency.p50_us.max(1e-9),
                 f.latency.p99_us / other.latency.p99_us.max(1e-9),
                 f.latency.p999_us / other.latency.p999_us.max(1e-9),
