@@ -36,8 +36,8 @@ pub struct KvBenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub keys: u64,
     /// Bytes per value; several (`1024,16384,262144,1048576`) run one after
-    /// another, each against fresh servers. Values above a datagram travel
-    /// as fragments.
+    /// another against the same servers (each size's load overwrites the
+    /// keys). Values above a datagram travel as fragments.
     #[arg(long, value_delimiter = ',', default_value = "100")]
     pub value_size: Vec<usize>,
     /// Most bytes of values loaded per server: at a value size where --keys
@@ -238,9 +238,11 @@ impl MemifLink {
 async fn run_fulva_local(
     args: &KvBenchArgs,
     transport: TransportName,
-    value_size: usize,
     results: &mut Vec<RunResult>,
 ) -> anyhow::Result<()> {
+    // One node (and, on DPDK, one EAL and link: it starts once per process)
+    // for every value size; each size's load overwrites the last one's.
+    let largest = args.value_size.iter().copied().max().unwrap_or(0);
     let dir = tempfile::tempdir()?;
     let binary = match &args.node_binary {
         Some(path) => path.clone(),
@@ -259,7 +261,7 @@ async fn run_fulva_local(
             (link.node_args(), MemifLink::NODE.parse()?)
         }
     };
-    node_args.push(format!("--max-value-bytes={}", value_size.max(fulva_kvnode::DEFAULT_MAX_VALUE_BYTES)));
+    node_args.push(format!("--max-value-bytes={}", largest.max(fulva_kvnode::DEFAULT_MAX_VALUE_BYTES)));
     let node = NodeProcess::start(&binary, 0, &node_args, data_addr, log).await?;
     eprintln!("  fulva ({}): node pid {:?}, data path on {}", transport.name(), node.pid(), node.data_addr);
     let infos = vec![NodeInfo { id: 0, data_addr: node.data_addr, control_addr: node.control_addr }];
@@ -268,7 +270,8 @@ async fn run_fulva_local(
     let mut config = ClientConfig::new(endpoint);
     config.sockets = args.client_sockets.max(1);
     link.client().apply(transport, &mut config)?;
-    let outcome = run_fulva(args, config, transport.name(), node.pid(), value_size, results).await;
+    config.max_value_bytes = config.max_value_bytes.max(largest);
+    let outcome = run_fulva(args, config, transport.name(), node.pid(), results).await;
     drop(control);
     if outcome.is_err() {
         eprintln!("  node log:\n{}", node.log_tail());
@@ -280,17 +283,31 @@ async fn run_fulva_local(
 /// Loads the keys through a client made from `config`, then measures every mix.
 async fn run_fulva(
     args: &KvBenchArgs,
-    mut config: ClientConfig,
+    config: ClientConfig,
+    transport: &'static str,
+    pid: Option<u32>,
+    results: &mut Vec<RunResult>,
+) -> anyhow::Result<()> {
+    let client = Client::connect(config).await?;
+    for &value_size in &args.value_size {
+        run_fulva_size(args, &client, transport, pid, value_size, results).await?;
+    }
+    Ok(())
+}
+
+/// Loads `value_size`-byte values through `client`, then measures every mix.
+async fn run_fulva_size(
+    args: &KvBenchArgs,
+    client: &Client,
     transport: &'static str,
     pid: Option<u32>,
     value_size: usize,
     results: &mut Vec<RunResult>,
 ) -> anyhow::Result<()> {
-    config.max_value_bytes = config.max_value_bytes.max(value_size);
     let keys = args.keys_for(value_size);
-    let client = Client::connect(config).await?;
     let took =
-        workload::load(vec![FulvaSession { client: client.clone() }; 64], keys, value_size, Some("fulva")).await?;
+        workload::load(vec![FulvaSession { client: client.clone() }; 64], keys, value_size, Some("fulva"))
+            .await?;
     eprintln!(
         "  fulva ({transport}): loaded {keys} keys of {value_size} B in {:.1} s ({:.0} puts/s)",
         took.as_secs_f64(),
@@ -312,10 +329,25 @@ impl KvBenchArgs {
     }
 }
 
-/// Loads and measures every mix against a redis-server started for it.
-async fn run_redis(args: &KvBenchArgs, value_size: usize, results: &mut Vec<RunResult>) -> anyhow::Result<()> {
+/// Loads and measures every value size and mix against a redis-server
+/// started for the run.
+async fn run_redis(args: &KvBenchArgs, results: &mut Vec<RunResult>) -> anyhow::Result<()> {
     let redis = RedisServer::start(&args.redis_server).await?;
     eprintln!("  redis: started pid {:?} on {}", redis.pid(), redis.addr);
+    for &value_size in &args.value_size {
+        run_redis_size(args, &redis, value_size, results).await?;
+    }
+    redis.stop().await;
+    Ok(())
+}
+
+/// Loads `value_size`-byte values into `redis`, then measures every mix.
+async fn run_redis_size(
+    args: &KvBenchArgs,
+    redis: &RedisServer,
+    value_size: usize,
+    results: &mut Vec<RunResult>,
+) -> anyhow::Result<()> {
     let keys = args.keys_for(value_size);
     let started = Instant::now();
     let loaders = 4u64;
@@ -347,7 +379,6 @@ async fn run_redis(args: &KvBenchArgs, value_size: usize, results: &mut Vec<RunR
         };
         results.push(measure(target, make, args, mix).await?);
     }
-    redis.stop().await;
     Ok(())
 }
 
@@ -367,28 +398,30 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
     );
 
     // One system at a time: they share the machine's cores.
-    for &value_size in &args.value_size {
-        match &args.endpoint {
-            Some(endpoint) => {
-                anyhow::ensure!(
-                    args.transport == [TransportName::Kernel],
-                    "with --endpoint the run measures that cluster over kernel UDP; leave out --transport"
-                );
-                let mut config = ClientConfig::new(endpoint.clone());
-                config.sockets = args.client_sockets.max(1);
-                run_fulva(&args, config, "kernel", None, value_size, &mut results).await?;
-            }
-            None => {
-                for &transport in &args.transport {
-                    run_fulva_local(&args, transport, value_size, &mut results).await?;
-                }
-            }
+    match &args.endpoint {
+        Some(endpoint) => {
+            anyhow::ensure!(
+                args.transport == [TransportName::Kernel],
+                "with --endpoint the run measures that cluster over kernel UDP; leave out --transport"
+            );
+            let mut config = ClientConfig::new(endpoint.clone());
+            config.sockets = args.client_sockets.max(1);
+            config.max_value_bytes =
+                config.max_value_bytes.max(args.value_size.iter().copied().max().unwrap_or(0));
+            run_fulva(&args, config, "kernel", None, &mut results).await?;
         }
-        if args.vs_redis {
-            run_redis(&args, value_size, &mut results).await?;
+        None => {
+            for &transport in &args.transport {
+                run_fulva_local(&args, transport, &mut results).await?;
+            }
         }
     }
+    if args.vs_redis {
+        run_redis(&args, &mut results).await?;
+    }
 
+    // By value size, each size's systems together.
+    results.sort_by_key(|r| r.value_size);
     print_results(&results);
     if let Some(path) = &args.json {
         let doc = serde_json::json!({ "benchmark": "kv", "keys": args.keys, "value_sizes": args.value_size,
