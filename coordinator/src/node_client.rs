@@ -342,15 +342,49 @@ macro_rules! unary_calls {
     };
 }
 
+impl NodeClient {
+    /// Calls `FreezeRange`: the frozen range's floor, sizes, completion
+    /// records and ack floors, streamed in chunks and put back together.
+    pub async fn freeze_range(
+        &mut self,
+        request: FreezeRangeRequest,
+    ) -> Result<FreezeRangeResponse, NodeError> {
+        let mut stream = match self.inner.freeze_range(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.error(NodeCall::FreezeRange, status)),
+        };
+        let mut parts = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(part)) => parts.push(part),
+                Ok(None) => break,
+                Err(status) => return Err(self.error(NodeCall::FreezeRange, status)),
+            }
+        }
+        let empty = tonic::Status::internal("FreezeRange: the stream carried no message");
+        fulva_proto::handover::join_freeze(parts).ok_or_else(|| self.error(NodeCall::FreezeRange, empty))
+    }
+
+    /// Calls `StartMigration`, the records and ack floors streamed in chunks.
+    pub async fn start_migration(
+        &mut self,
+        request: StartMigrationRequest,
+    ) -> Result<StartMigrationResponse, NodeError> {
+        let messages = fulva_proto::handover::split_start(request);
+        match self.inner.start_migration(tokio_stream::iter(messages)).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.error(NodeCall::StartMigration, status)),
+        }
+    }
+}
+
 unary_calls! {
     assign_range(AssignRangeRequest) -> AssignRangeResponse = AssignRange;
     set_epoch(SetEpochRequest) -> SetEpochResponse = SetEpoch;
     split_range(SplitRangeRequest) -> SplitRangeResponse = SplitRange;
     prepare_migration(PrepareMigrationRequest) -> PrepareMigrationResponse = PrepareMigration;
-    freeze_range(FreezeRangeRequest) -> FreezeRangeResponse = FreezeRange;
     begin_copy(BeginCopyRequest) -> BeginCopyResponse = BeginCopy;
     unfreeze_range(UnfreezeRangeRequest) -> UnfreezeRangeResponse = UnfreezeRange;
-    start_migration(StartMigrationRequest) -> StartMigrationResponse = StartMigration;
     migration_status(MigrationStatusRequest) -> MigrationStatusResponse = MigrationStatus;
     set_migration_rate(SetMigrationRateRequest) -> SetMigrationRateResponse = SetMigrationRate;
     finish_migration(FinishMigrationRequest) -> FinishMigrationResponse = FinishMigration;

@@ -74,3 +74,61 @@ async fn two_hundred_thousand_client_ids_cost_bounded_memory_and_a_move_still_su
     let client = cluster.client().await.unwrap();
     assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_of_many_clients_streams_in_chunks_and_arrives_whole() {
+    // Room for every client: the freeze hands over 150,000 records and ack
+    // floors (about 9 MB, past gRPC's usual 4 MB message), in chunks.
+    let node = fulva_kvnode::NodeConfig { max_clients: 200_000, ..fulva_kvnode::NodeConfig::loopback(0) };
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        nodes: 2,
+        shards: 2,
+        node,
+        ..LocalClusterConfig::default()
+    })
+    .await
+    .unwrap();
+    let map = cluster.coordinator.map();
+    let shard = map.shards[0];
+    let source = &cluster.nodes[shard.owner as usize];
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| shard.range.contains(fulva_proto::key_hash(k.as_bytes())))
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const CLIENTS: u64 = 150_000;
+    let mut buf = vec![0u8; 70_000];
+    let mut sent = 0u64;
+    while sent < CLIENTS {
+        let burst = 64.min(CLIENTS - sent);
+        for i in 0..burst {
+            let client = 5_000_000 + sent + i;
+            let body = RequestBody::Put { key: key.as_bytes(), value: b"w" };
+            let header = RequestHeader {
+                op: body.op() as u8,
+                flags: 0,
+                request_id: client,
+                client_id: client,
+                seq: 1,
+                ack: 1,
+                epoch: map.epoch,
+            };
+            let mut frame = Vec::new();
+            Request { header, body }.encode(&mut frame);
+            socket.send_to(&frame, source.data_addr).await.unwrap();
+        }
+        for _ in 0..burst {
+            if tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.is_err() {
+                break;
+            }
+        }
+        sent += burst;
+    }
+    let held = source.handler.records.expire();
+    assert!(held > 140_000, "the source holds the clients' records: {held}");
+    let to = map.shards[1].owner;
+    cluster.coordinator.migrate(shard.range, to, MoveOptions::default(), |_| {}).await.unwrap();
+    let destination = &cluster.nodes[to as usize];
+    let imported = destination.handler.records.expire();
+    assert!(imported >= held, "the destination took every client's records: {imported} of {held}");
+}

@@ -63,6 +63,7 @@ async fn off_data_path<R: Send + 'static>(
 }
 
 type BatchStream = Pin<Box<dyn futures_core::Stream<Item = Result<RangeBatch, Status>> + Send>>;
+type FreezeStream = Pin<Box<dyn futures_core::Stream<Item = Result<FreezeRangeResponse, Status>> + Send>>;
 
 impl From<ControlError> for Status {
     fn from(err: ControlError) -> Status {
@@ -208,11 +209,13 @@ impl NodeControl for ControlService {
         Ok(Response::new(PrepareMigrationResponse {}))
     }
 
+    type FreezeRangeStream = FreezeStream;
+
     #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
     async fn freeze_range(
         &self,
         request: Request<FreezeRangeRequest>,
-    ) -> Result<Response<FreezeRangeResponse>, Status> {
+    ) -> Result<Response<FreezeStream>, Status> {
         self.allow(&request)?;
         let req = request.into_inner();
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
@@ -225,8 +228,8 @@ impl NodeControl for ControlService {
             .freeze(range, req.destination, req.epoch, req.lock, || h.store.version_ceiling())
             .map_err(ControlError::from)?;
         let (records, acks) = h.records.export(range);
-        tracing::info!(%range, destination = req.destination, floor = handover.version_ceiling, records = records.len(), "range frozen");
-        Ok(Response::new(FreezeRangeResponse {
+        tracing::info!(%range, destination = req.destination, floor = handover.version_ceiling, records = records.len(), acks = acks.len(), "range frozen");
+        let frozen = FreezeRangeResponse {
             max_version: handover.version_ceiling,
             records: records
                 .iter()
@@ -242,16 +245,24 @@ impl NodeControl for ControlService {
             acks: acks.into_iter().map(|(client_id, ack)| ClientAck { client_id, ack }).collect(),
             objects: handover.objects,
             bytes: handover.bytes,
-        }))
+        };
+        let messages = fulva_proto::handover::split_freeze(frozen);
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages.into_iter().map(Ok)))))
     }
 
     #[tracing::instrument(skip_all, fields(node = self.handler.node_id))]
     async fn start_migration(
         &self,
-        request: Request<StartMigrationRequest>,
+        request: Request<tonic::Streaming<StartMigrationRequest>>,
     ) -> Result<Response<StartMigrationResponse>, Status> {
         self.allow(&request)?;
-        let req = request.into_inner();
+        let mut messages = request.into_inner();
+        let mut parts = Vec::new();
+        while let Some(part) = messages.message().await? {
+            parts.push(part);
+        }
+        let req = fulva_proto::handover::join_start(parts)
+            .ok_or_else(|| Status::invalid_argument("StartMigration: the stream carried no message"))?;
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;
         let mv = h.ownership.incoming(range).ok_or(ControlError::NoMove(range))?;

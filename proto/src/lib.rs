@@ -11,6 +11,7 @@
 
 pub mod fragment;
 pub mod frame;
+pub mod handover;
 pub mod hash;
 pub mod range;
 pub mod shard_map;
