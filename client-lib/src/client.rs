@@ -76,6 +76,8 @@ struct Pending {
     timeout: Duration,
     deadline: Instant,
     attempts: u32,
+    /// When it was first sent (the round trip of a request sent once).
+    sent_at: Instant,
 }
 
 type PendingShard = Mutex<HashMap<u64, Pending>>;
@@ -93,6 +95,8 @@ struct Inner<T: Transport> {
     control: ShardMapServiceClient<Channel>,
     refresh: tokio::sync::Mutex<()>,
     stats: ClientStats,
+    /// The first resend's timeout, from measured round trips.
+    rtt: crate::rtt::RttEstimator,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -172,6 +176,7 @@ impl<T: Transport> Client<T> {
             control,
             refresh: tokio::sync::Mutex::new(()),
             stats: ClientStats::default(),
+            rtt: crate::rtt::RttEstimator::new(config.initial_timeout, config.max_timeout),
             tasks: Mutex::new(Vec::new()),
             config,
         });
@@ -567,18 +572,22 @@ impl<T: Transport> Client<T> {
         let inner = &self.inner;
         let transport = (request_id % inner.transports.len() as u64) as usize;
         let (tx, rx) = oneshot::channel();
-        // A frame sent as fragments takes longer to arrive: 20 ns a byte more
+        // The round trips measured so far (or the fixed initial timeout); a
+        // frame sent as fragments takes longer to arrive: 20 ns a byte more
         // (50 MB/s) before the first resend.
-        let timeout = inner.config.initial_timeout + Duration::from_nanos(20 * frame.len() as u64);
+        let base = if inner.config.adaptive_timeout { inner.rtt.timeout() } else { inner.config.initial_timeout };
+        let timeout = base + Duration::from_nanos(20 * frame.len() as u64);
+        let now = Instant::now();
         let pending = Pending {
             tx,
             frame: frame.clone(),
             addr,
             transport,
-            next_send: Instant::now() + timeout,
+            next_send: now + timeout,
             timeout,
             deadline,
             attempts: 1,
+            sent_at: now,
         };
         // Registered before the first send, so even an instant reply finds it.
         inner.pending_shard(request_id).lock().insert(request_id, pending);
@@ -694,6 +703,9 @@ async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
                     let waiter = inner.pending_shard(reply.request_id).lock().remove(&reply.request_id);
                     match waiter {
                         Some(pending) => {
+                            if pending.attempts == 1 {
+                                inner.rtt.sample(pending.sent_at.elapsed());
+                            }
                             let _ = pending.tx.send(Ok(reply));
                         }
                         None => {

@@ -32,6 +32,10 @@ pub struct ClientConfig {
     pub initial_timeout: Duration,
     /// Largest retransmission timeout.
     pub max_timeout: Duration,
+    /// Time the first resend by the round trips measured (smoothed round
+    /// trip plus four times its variation, within `initial_timeout` and
+    /// `max_timeout`); false: always `initial_timeout`.
+    pub adaptive_timeout: bool,
     /// Deadline of one call, all retransmissions and redirects included.
     pub deadline: Duration,
     /// Largest key the client sends, in bytes (at most 65,535).
@@ -86,6 +90,7 @@ impl ClientConfig {
             sockets: 2,
             initial_timeout: Duration::from_millis(20),
             max_timeout: Duration::from_millis(500),
+            adaptive_timeout: true,
             deadline: Duration::from_secs(10),
             max_key_bytes: u16::MAX as usize,
             max_value_bytes: 1 << 20,

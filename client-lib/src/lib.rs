@@ -34,6 +34,7 @@ mod error;
 mod history;
 mod moves;
 mod routing;
+mod rtt;
 mod stats;
 mod transport;
 

@@ -157,7 +157,10 @@ pub struct ReassemblyStats {
 }
 
 struct Partial {
+    /// Room for the whole message (capacity `total`, length 0 until every
+    /// fragment is in: the bytes are written in place, never zeroed first).
     bytes: Vec<u8>,
+    total: usize,
     chunk: u32,
     /// One bit per fragment: received.
     have: Vec<u64>,
@@ -251,7 +254,7 @@ impl Reassembler {
             return refuse(self);
         }
         if let Some(partial) = self.partial.get(&key) {
-            if partial.bytes.len() != total as usize || partial.chunk != chunk {
+            if partial.total != total as usize || partial.chunk != chunk {
                 return refuse(self);
             }
         } else {
@@ -264,7 +267,8 @@ impl Reassembler {
             self.partial.insert(
                 key,
                 Partial {
-                    bytes: vec![0; total as usize],
+                    bytes: Vec::with_capacity(total as usize),
+                    total: total as usize,
                     chunk,
                     have: vec![0; words],
                     missing: count,
@@ -282,11 +286,19 @@ impl Reassembler {
         }
         partial.have[word] |= bit;
         let at = index as usize * chunk as usize;
-        partial.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+        // In bounds: `index < count` and the length check above put
+        // `at + bytes.len()` at most `total`, the buffer's capacity.
+        partial.bytes.spare_capacity_mut()[at..at + bytes.len()].write_copy_of_slice(bytes);
         partial.missing -= 1;
         if partial.missing > 0 {
             return Ok(None);
         }
+        let total = partial.total;
+        // SAFETY: every fragment `0..count` has been written (each bit of
+        // `have` was set once, by a write of exactly that fragment's bytes),
+        // and the fragments tile `0..total` with no gap, so all `total`
+        // bytes within the capacity are initialized.
+        unsafe { partial.bytes.set_len(total) };
         Ok(self.remove(&key))
     }
 
@@ -341,7 +353,7 @@ impl Reassembler {
     /// Forgets a partial message; returns its bytes.
     fn remove(&mut self, key: &(SocketAddr, u64)) -> Option<Vec<u8>> {
         let partial = self.partial.remove(key)?;
-        self.held -= partial.bytes.len();
+        self.held -= partial.total;
         if let Some(n) = self.per_peer.get_mut(&key.0) {
             *n -= 1;
             if *n == 0 {

@@ -71,6 +71,11 @@ pub struct KvBenchArgs {
     /// Also run the same workload against a redis-server started for the run.
     #[arg(long)]
     pub vs_redis: bool,
+    /// Also measure the kernel path with the client's fixed retransmission
+    /// timeout (`ClientConfig::adaptive_timeout` off, the path `kernel+fixed-rto`),
+    /// to show what timing resends by measured round trips is worth.
+    #[arg(long)]
+    pub fixed_timeout_too: bool,
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
@@ -106,6 +111,9 @@ pub struct RunResult {
     pub ops_per_server_core: Option<f64>,
     /// Latency summary.
     pub latency: Summary,
+    /// Requests the client sent again after a timeout, warm-up included
+    /// (Fulva only: Redis runs on TCP).
+    pub retransmits: Option<u64>,
 }
 
 /// What is measured: a system over a data path, served by process `pid`,
@@ -175,6 +183,7 @@ where
             server_cores,
             ops_per_server_core: cores.map(|c| ops_per_sec / c),
             latency,
+            retransmits: None,
         });
     }
     Ok(result.expect("the measurement ran"))
@@ -271,7 +280,11 @@ async fn run_fulva_local(
     config.sockets = args.client_sockets.max(1);
     link.client().apply(transport, &mut config)?;
     config.max_value_bytes = config.max_value_bytes.max(largest);
-    let outcome = run_fulva(args, config, transport.name(), node.pid(), results).await;
+    let mut outcome = run_fulva(args, config.clone(), transport.name(), node.pid(), results).await;
+    if outcome.is_ok() && args.fixed_timeout_too && transport == TransportName::Kernel {
+        config.adaptive_timeout = false;
+        outcome = run_fulva(args, config, "kernel+fixed-rto", node.pid(), results).await;
+    }
     drop(control);
     if outcome.is_err() {
         eprintln!("  node log:\n{}", node.log_tail());
@@ -316,7 +329,11 @@ async fn run_fulva_size(
     let target = Target { system: "fulva", transport, pid, value_size, keys };
     for &mix in &args.mix {
         let make = || async { Ok(vec![SingleBucket(FulvaSession { client: client.clone() }); args.clients]) };
-        results.push(measure(target, make, args, mix).await?);
+        let resent = || client.stats().retransmits.load(std::sync::atomic::Ordering::Relaxed);
+        let before = resent();
+        let mut result = measure(target, make, args, mix).await?;
+        result.retransmits = Some(resent() - before);
+        results.push(result);
     }
     Ok(())
 }
@@ -434,7 +451,7 @@ pub async fn run(args: KvBenchArgs) -> anyhow::Result<()> {
 
 fn print_results(results: &[RunResult]) {
     println!(
-        "\n{:<6} {:<7} {:<8} {:>8} {:>10} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "\n{:<6} {:<7} {:<8} {:>8} {:>10} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
         "system",
         "path",
         "mix",
@@ -447,12 +464,13 @@ fn print_results(results: &[RunResult]) {
         "p50 us",
         "p99 us",
         "p99.9 us",
-        "errors"
+        "errors",
+        "resent"
     );
     let opt = |v: Option<f64>, precision: usize| v.map_or("-".to_string(), |v| format!("{v:.precision$}"));
     for r in results {
         println!(
-            "{:<6} {:<7} {:<8} {:>8} {:>10.0} {:>8.1} {:>7} {:>10} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+            "{:<6} {:<7} {:<8} {:>8} {:>10.0} {:>8.1} {:>7} {:>10} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>7}",
             r.system,
             r.transport,
             r.mix.name(),
@@ -465,7 +483,8 @@ fn print_results(results: &[RunResult]) {
             r.latency.p50_us,
             r.latency.p99_us,
             r.latency.p999_us,
-            r.latency.errors
+            r.latency.errors,
+            r.retransmits.map_or("-".to_string(), |n| n.to_string())
         );
     }
     let find = |system: &str, transport: &str, mix: Mix, size: usize| {

@@ -124,7 +124,7 @@ fn memory_stays_within_the_budget_and_a_sender_within_its_share() {
     let limits = ReassemblyLimits { max_pending_bytes: 300_000, max_per_peer: 2, ..limits() };
     let mut r = Reassembler::new(limits);
     // Four senders each start a 100 kB message: the budget holds three.
-    for n in 1..=4 {
+    for n in 1..=4u8 {
         let parts = datagrams(&message(100_000), 10_000);
         assert_eq!(r.accept(peer(n), &parts[0]), Accepted::Pending);
         assert!(r.held_bytes() <= 300_000);
@@ -132,8 +132,10 @@ fn memory_stays_within_the_budget_and_a_sender_within_its_share() {
     assert_eq!((r.partial_messages(), r.take_stats().evicted), (3, 1));
     // One sender starting many messages keeps only its newest two (the
     // first of them also pushes out the oldest large one: 310 kB > 300 kB).
-    for _ in 0..5 {
-        let parts = datagrams(&message(10_000), 2_000);
+    for i in 0..5u8 {
+        let mut m = message(10_000);
+        m[0] = i; // five different messages, five ids
+        let parts = datagrams(&m, 2_000);
         assert_eq!(r.accept(peer(9), &parts[0]), Accepted::Pending);
     }
     assert_eq!((r.partial_messages(), r.take_stats().evicted), (4, 1 + 3));
@@ -198,4 +200,25 @@ proptest! {
             if lost[i] { prop_assert_eq!(whole[i], 0); } else { prop_assert!((1..=2).contains(&whole[i])); }
         }
     }
+}
+
+#[test]
+fn the_same_frame_sent_again_fills_in_what_was_missed() {
+    // The id is the frame's hash: a resend's fragments join the first try's.
+    let m = message(50_000);
+    let (first, again) = (datagrams(&m, 10_000), datagrams(&m, 10_000));
+    let mut r = Reassembler::new(limits());
+    for p in first.iter().step_by(2) {
+        assert_eq!(r.accept(peer(1), p), Accepted::Pending);
+    }
+    let mut whole = None;
+    for p in again.iter().skip(1).step_by(2) {
+        if let Accepted::Complete(frame) = r.accept(peer(1), p) {
+            whole = Some(frame);
+        }
+    }
+    assert_eq!(whole, Some(m), "the first try's even fragments and the resend's odd ones");
+    // Another frame of the same length does not mix in.
+    let other = message(50_000).into_iter().map(|b| b ^ 1).collect::<Vec<u8>>();
+    assert_ne!(message_id(&other), message_id(&message(50_000)));
 }
