@@ -575,7 +575,8 @@ impl<T: Transport> Client<T> {
         // The round trips measured so far (or the fixed initial timeout); a
         // frame sent as fragments takes longer to arrive: 20 ns a byte more
         // (50 MB/s) before the first resend.
-        let base = if inner.config.adaptive_timeout { inner.rtt.timeout() } else { inner.config.initial_timeout };
+        let base =
+            if inner.config.adaptive_timeout { inner.rtt.timeout() } else { inner.config.initial_timeout };
         let timeout = base + Duration::from_nanos(20 * frame.len() as u64);
         let now = Instant::now();
         let pending = Pending {

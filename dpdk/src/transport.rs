@@ -431,7 +431,14 @@ impl Transport for DpdkTransport {
     }
 
     async fn send_batch(&self, batch: &SendBatch) -> io::Result<()> {
-        self.send_all((0..batch.len()).map(|i| batch.get(i)))
+        // A packet is built by copying anyway: the parts are joined first.
+        let joined: Vec<(Vec<u8>, SocketAddr)> = (0..batch.len())
+            .map(|i| {
+                let d = batch.datagram(i);
+                ([d.head, d.tail].concat(), d.to)
+            })
+            .collect();
+        self.send_all(joined.iter().map(|(payload, to)| (&payload[..], *to)))
     }
 }
 

@@ -85,10 +85,22 @@ pub fn fragments_with_id(
     max_datagram: usize,
     id: u64,
 ) -> impl Iterator<Item = Fragment<'_>> + '_ {
+    fragment_headers(message.len(), max_datagram, id)
+        .map(move |(header, range)| Fragment { header, bytes: &message[range] })
+}
+
+/// The headers of the fragments of a `len`-byte message under the id `id`,
+/// each with the range of the message's bytes it carries (for a sender that
+/// sends each header and its bytes from where they lie, without copying).
+pub fn fragment_headers(
+    len: usize,
+    max_datagram: usize,
+    id: u64,
+) -> impl Iterator<Item = ([u8; FRAGMENT_HEADER_LEN], std::ops::Range<usize>)> {
     assert!(max_datagram > FRAGMENT_HEADER_LEN, "a datagram must hold more than a fragment header");
     let chunk = (max_datagram - FRAGMENT_HEADER_LEN).min(u32::MAX as usize);
-    let total = u32::try_from(message.len()).expect("a message is smaller than 4 GiB");
-    message.chunks(chunk).enumerate().map(move |(index, bytes)| {
+    let total = u32::try_from(len).expect("a message is smaller than 4 GiB");
+    (0..len.div_ceil(chunk)).map(move |index| {
         let mut header = [0u8; FRAGMENT_HEADER_LEN];
         header[0..2].copy_from_slice(&FRAGMENT_MAGIC.to_le_bytes());
         header[2] = FRAGMENT_VERSION;
@@ -96,7 +108,7 @@ pub fn fragments_with_id(
         header[8..16].copy_from_slice(&id.to_le_bytes());
         header[16..20].copy_from_slice(&total.to_le_bytes());
         header[20..24].copy_from_slice(&(chunk as u32).to_le_bytes());
-        Fragment { header, bytes }
+        (header, index * chunk..((index + 1) * chunk).min(len))
     })
 }
 

@@ -68,11 +68,56 @@ impl RecvBatch {
 
 /// Datagrams to send with one [`Transport::send_batch`](super::Transport::send_batch) call.
 /// Buffers are kept between uses, so filling a batch does not allocate.
+///
+/// A datagram is one buffer, or, for a fragment of a large frame, its
+/// header in the buffer and its bytes still in the frame (a "tail"), so a
+/// large reply is not copied once more to be cut up: a kernel UDP socket
+/// sends both parts with one `sendmmsg` entry.
 #[derive(Default)]
 pub struct SendBatch {
     pub(crate) bufs: Vec<Vec<u8>>,
     pub(crate) to: Vec<SocketAddr>,
+    /// Per datagram: the frame of `wholes` and the range of it that follows
+    /// the buffer, if any.
+    tails: Vec<Option<(usize, std::ops::Range<usize>)>>,
+    /// Frames sent as fragments, kept until the batch is cleared.
+    wholes: Vec<Vec<u8>>,
     pub(crate) filled: usize,
+}
+
+/// One datagram of a [`SendBatch`]: `head` then `tail` (often empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// The first bytes (the whole datagram, or a fragment's header).
+    pub head: &'a [u8],
+    /// The rest (a fragment's bytes, where the frame lies), or empty.
+    pub tail: &'a [u8],
+    /// Where it goes.
+    pub to: SocketAddr,
+}
+
+impl Datagram<'_> {
+    /// Bytes in the datagram.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Whether the datagram is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The datagram in one piece: borrowed when it is one already, else
+    /// copied into `scratch`.
+    pub fn contiguous<'b>(&'b self, scratch: &'b mut Vec<u8>) -> &'b [u8] {
+        if self.tail.is_empty() {
+            return self.head;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(self.head);
+        scratch.extend_from_slice(self.tail);
+        scratch
+    }
 }
 
 impl SendBatch {
@@ -81,9 +126,11 @@ impl SendBatch {
         SendBatch::default()
     }
 
-    /// Empties the batch, keeping its buffers.
+    /// Empties the batch, keeping its buffers (the large frames kept for
+    /// their fragments are freed).
     pub fn clear(&mut self) {
         self.filled = 0;
+        self.wholes.clear();
     }
 
     /// Datagrams queued.
@@ -101,8 +148,10 @@ impl SendBatch {
         if self.filled == self.bufs.len() {
             self.bufs.push(Vec::with_capacity(256));
             self.to.push(to);
+            self.tails.push(None);
         }
         self.to[self.filled] = to;
+        self.tails[self.filled] = None;
         let buf = &mut self.bufs[self.filled];
         buf.clear();
         self.filled += 1;
@@ -121,17 +170,22 @@ impl SendBatch {
         let whole = std::mem::take(&mut self.bufs[last]);
         let to = self.to[last];
         self.pop();
-        for fragment in crate::fragment::fragments_with_id(&whole, max_datagram, id(&whole)) {
-            fragment.write_to(self.next_buf(to));
+        let which = self.wholes.len();
+        for (header, range) in crate::fragment::fragment_headers(whole.len(), max_datagram, id(&whole)) {
+            self.next_buf(to).extend_from_slice(&header);
+            self.tails[self.filled - 1] = Some((which, range));
         }
+        self.wholes.push(whole);
     }
 
     /// Frees the buffers past the first `keep` (after a burst of fragments,
     /// so the batch does not keep their memory).
     pub fn release_beyond(&mut self, keep: usize) {
         if self.bufs.len() > keep {
-            self.bufs.truncate(keep.max(self.filled));
-            self.to.truncate(keep.max(self.filled));
+            let keep = keep.max(self.filled);
+            self.bufs.truncate(keep);
+            self.to.truncate(keep);
+            self.tails.truncate(keep);
         }
     }
 
@@ -140,9 +194,13 @@ impl SendBatch {
         self.filled = self.filled.saturating_sub(1);
     }
 
-    /// Datagram `i` and its destination.
-    pub fn get(&self, i: usize) -> (&[u8], SocketAddr) {
-        (&self.bufs[i], self.to[i])
+    /// Datagram `i`, in one or two parts.
+    pub fn datagram(&self, i: usize) -> Datagram<'_> {
+        let tail = match &self.tails[i] {
+            Some((which, range)) => &self.wholes[*which][range.clone()],
+            None => &[][..],
+        };
+        Datagram { head: &self.bufs[i], tail, to: self.to[i] }
     }
 }
 
@@ -158,24 +216,26 @@ mod tests {
         batch.next_buf(to).extend_from_slice(&vec![7u8; 10_000]);
         batch.fragment_last(1_000, crate::fragment::message_id);
         assert_eq!(batch.len(), 1 + 10_000usize.div_ceil(1_000 - crate::fragment::FRAGMENT_HEADER_LEN));
-        assert_eq!(batch.get(0).0, b"small");
+        assert_eq!(batch.datagram(0).head, b"small");
         let mut r =
             crate::fragment::Reassembler::new(crate::fragment::ReassemblyLimits::for_messages(1 << 20));
         let mut whole = None;
+        let mut scratch = Vec::new();
         for i in 1..batch.len() {
-            let (d, _) = batch.get(i);
-            assert!(d.len() <= 1_000);
-            if let crate::fragment::Accepted::Complete(m) = r.accept(to, d) {
+            let d = batch.datagram(i);
+            assert!(d.len() <= 1_000 && d.head.len() == crate::fragment::FRAGMENT_HEADER_LEN);
+            if let crate::fragment::Accepted::Complete(m) = r.accept(to, d.contiguous(&mut scratch)) {
                 whole = Some(m);
             }
         }
         assert_eq!(whole, Some(vec![7u8; 10_000]));
-        assert!(batch.bufs.iter().all(|b| b.capacity() < 10_000), "the large buffer is gone");
-        // A datagram that fits stays as it is.
+        assert!(batch.bufs.iter().all(|b| b.capacity() < 10_000), "no buffer holds the whole frame");
+        // Cleared, the frame is freed; a datagram that fits stays as it is.
         batch.clear();
+        assert!(batch.wholes.is_empty());
         batch.next_buf(to).extend_from_slice(b"x");
         batch.fragment_last(1_000, crate::fragment::message_id);
-        assert_eq!((batch.len(), batch.get(0).0), (1, &b"x"[..]));
+        assert_eq!((batch.len(), batch.datagram(0).head, batch.datagram(0).tail), (1, &b"x"[..], &b""[..]));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod batch;
 mod faulty;
 mod udp;
 
-pub use batch::{RecvBatch, SendBatch};
+pub use batch::{Datagram, RecvBatch, SendBatch};
 
 pub use faulty::{FaultConfig, FaultStats, FaultyTransport};
 pub use udp::UdpTransport;
@@ -61,9 +61,10 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends every datagram in the batch. Delivery is not guaranteed.
     fn send_batch<'a>(&'a self, batch: &'a SendBatch) -> impl Future<Output = io::Result<()>> + Send + 'a {
         async move {
+            let mut scratch = Vec::new();
             for i in 0..batch.len() {
-                let (frame, to) = batch.get(i);
-                self.send_to(frame, to).await?;
+                let datagram = batch.datagram(i);
+                self.send_to(datagram.contiguous(&mut scratch), datagram.to).await?;
             }
             Ok(())
         }

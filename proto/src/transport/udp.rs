@@ -122,10 +122,16 @@ mod mmsg {
     pub(super) fn send(socket: &UdpSocket, batch: &SendBatch, start: usize) -> io::Result<usize> {
         let count = batch.len() - start;
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(count, None);
-        let slices: Vec<[IoSlice<'_>; 1]> =
-            (start..batch.len()).map(|i| [IoSlice::new(batch.get(i).0)]).collect();
+        // Two parts each: a fragment's header and its bytes where the frame
+        // lies (the second part is empty for a whole datagram).
+        let slices: Vec<[IoSlice<'_>; 2]> = (start..batch.len())
+            .map(|i| {
+                let d = batch.datagram(i);
+                [IoSlice::new(d.head), IoSlice::new(d.tail)]
+            })
+            .collect();
         let addrs: Vec<Option<SockaddrStorage>> =
-            (start..batch.len()).map(|i| Some(SockaddrStorage::from(batch.get(i).1))).collect();
+            (start..batch.len()).map(|i| Some(SockaddrStorage::from(batch.datagram(i).to))).collect();
         let results =
             sendmmsg(socket.as_raw_fd(), &mut headers, slices.iter(), &addrs, [], MsgFlags::MSG_DONTWAIT)
                 .map_err(io::Error::from)?;
