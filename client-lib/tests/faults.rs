@@ -92,9 +92,13 @@ async fn every_acknowledged_write_applies_exactly_once_under_loss_duplication_an
 async fn oversized_requests_fail_fast_with_a_typed_error() {
     let cluster = faulty_cluster(1).await;
     let client = cluster.faulty_client(9).await.unwrap();
-    let err = client.put(vec![b'k'; 2_000], "v").await.unwrap_err();
+    // Past the limits (65,535-byte keys, 1 MiB values): refused before
+    // anything is sent, naming the limit.
+    let err = client.put(vec![b'k'; 65_536], "v").await.unwrap_err();
     assert!(matches!(err, fulva_client::ClientError::TooLarge(_)), "{err}");
-    let err = client.put("k", vec![0u8; 70_000]).await.unwrap_err();
+    assert!(err.to_string().contains("limit is 65535"), "{err}");
+    let err = client.put("k", vec![0u8; (1 << 20) + 1]).await.unwrap_err();
     assert!(matches!(err, fulva_client::ClientError::TooLarge(_)), "{err}");
+    assert!(err.to_string().contains("limit is 1048576"), "{err}");
     cluster.shutdown().await;
 }
