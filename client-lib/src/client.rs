@@ -132,7 +132,7 @@ impl Client<DataTransport> {
             TransportChoice::Dpdk(dpdk) => {
                 let transport = fulva_dpdk::DpdkTransport::start(dpdk.clone())
                     .map_err(|e| ClientError::Io(std::io::Error::other(format!("dpdk: {e}"))))?;
-                vec![DataTransport::Dpdk(transport)]
+                vec![DataTransport::Dpdk(Box::new(transport))]
             }
         };
         Client::with_transports(config, transports).await
@@ -628,9 +628,6 @@ impl<T: Transport> Inner<T> {
     }
 }
 
-/// Bytes of a reply besides its key and value (headers, progress), with room to spare.
-const REPLY_SLACK: usize = 1024;
-
 async fn fetch_map(
     control: &mut ShardMapServiceClient<Channel>,
     config: &ClientConfig,
@@ -674,12 +671,9 @@ fn versioned(outcome: Option<fulva_proto::Outcome>) -> Result<Versioned, ClientE
 /// Delivers replies arriving on one transport to the calls waiting for them.
 async fn receive_loop<T: Transport>(transport: Arc<T>, inner: Weak<Inner<T>>) {
     let mut batch = RecvBatch::new(RECEIVE_BATCH, fulva_proto::frame::MAX_DATAGRAM + 1);
-    // Replies larger than a datagram come as fragments.
-    let Some(limits) = inner.upgrade().map(|i| {
-        ReassemblyLimits::for_messages(i.config.max_key_bytes + i.config.max_value_bytes + REPLY_SLACK)
-    }) else {
-        return;
-    };
+    // Replies larger than a datagram come as fragments: any value a node
+    // may hold (8 MiB) is read, whatever this client's own limit on writes.
+    let limits = ReassemblyLimits::for_messages(fulva_proto::fragment::MAX_MESSAGE_LIMIT);
     let mut reassembler = Reassembler::new(limits);
     loop {
         if let Err(err) = transport.recv_batch(&mut batch).await {

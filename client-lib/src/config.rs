@@ -40,9 +40,9 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// Largest key the client sends, in bytes (at most 65,535).
     pub max_key_bytes: usize,
-    /// Largest value the client sends (and reads back), in bytes: 1 MiB by
-    /// default, up to 8 MiB, as the nodes' `--max-value-bytes`. Frames
-    /// larger than a datagram travel as fragments.
+    /// Largest value the client sends, in bytes: 1 MiB by default, up to
+    /// 8 MiB, as the nodes' `--max-value-bytes` (it reads values of any size
+    /// a node holds). Frames larger than a datagram travel as fragments.
     pub max_value_bytes: usize,
     /// Follow map changes with a WatchShardMap stream (besides refreshing on redirects).
     pub watch_map: bool,

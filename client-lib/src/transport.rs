@@ -23,7 +23,7 @@ pub enum DataTransport {
     Udp(UdpTransport),
     /// DPDK.
     #[cfg(feature = "dpdk")]
-    Dpdk(fulva_dpdk::DpdkTransport),
+    Dpdk(Box<fulva_dpdk::DpdkTransport>),
 }
 
 impl Transport for DataTransport {

@@ -11,7 +11,7 @@ use fulva_local::cluster::{LocalCluster, LocalClusterConfig};
 use fulva_local::stress::{self, StressConfig};
 use fulva_proto::fragment::{fragments, FRAGMENT_HEADER_LEN};
 use fulva_proto::transport::FaultConfig;
-use fulva_proto::{Strategy, MAX_CONTROL_MESSAGE};
+use fulva_proto::Strategy;
 use std::time::Duration;
 
 /// A value of `len` bytes that says which it is all along.
@@ -138,7 +138,8 @@ async fn a_broken_fragment_set_is_refused_and_its_memory_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_carry_objects_larger_than_a_batch_on_both_transfers() {
     for transfer in [fulva_kvnode::MigrationTransfer::Tcp, fulva_kvnode::MigrationTransfer::Grpc] {
-        let node = NodeConfig { migration_transfer: transfer, ..NodeConfig::loopback(0) };
+        let node =
+            NodeConfig { migration_transfer: transfer, max_value_bytes: 8 << 20, ..NodeConfig::loopback(0) };
         let cluster = LocalCluster::start(LocalClusterConfig {
             nodes: 2,
             shards: 2,
@@ -152,8 +153,7 @@ async fn moves_carry_objects_larger_than_a_batch_on_both_transfers() {
         let mut config = cluster.client_config();
         config.max_value_bytes = 8 << 20;
         let big = fulva_client::Client::connect(config).await.unwrap();
-        let node_limit = NodeConfig::loopback(0).max_value_bytes;
-        assert!(MAX_CONTROL_MESSAGE > 8 << 20);
+        let node_limit = 8 << 20;
         for i in 0..40u32 {
             let len = if i % 10 == 0 { node_limit } else { 3_000 };
             big.put(format!("o{i}"), value(i, len)).await.unwrap();

@@ -107,7 +107,7 @@ async fn the_operators_certificates_run_a_cluster_and_keep_clusters_apart() {
 
     // The operator's in-memory identity drives a move between a's nodes,
     // which check it (control calls) and each other (the pull).
-    let shard = a.coordinator.map().shards[0].clone();
+    let shard = a.coordinator.map().shards[0];
     let to = (shard.owner + 1) % 2;
     let report = a.coordinator.migrate(shard.range, to, MoveOptions::default(), |_| {}).await.unwrap();
     assert!(report.objects > 0, "{report:?}");

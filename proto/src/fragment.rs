@@ -298,9 +298,12 @@ impl Reassembler {
         }
         partial.have[word] |= bit;
         let at = index as usize * chunk as usize;
-        // In bounds: `index < count` and the length check above put
-        // `at + bytes.len()` at most `total`, the buffer's capacity.
-        partial.bytes.spare_capacity_mut()[at..at + bytes.len()].write_copy_of_slice(bytes);
+        let room = &mut partial.bytes.spare_capacity_mut()[at..at + bytes.len()];
+        // SAFETY: `room` is `bytes.len()` bytes of the buffer's spare capacity
+        // (in bounds: `index < count` and the length check above put
+        // `at + bytes.len()` at most `total`, the capacity), and `bytes` is a
+        // datagram, which cannot overlap the buffer.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), room.as_mut_ptr().cast::<u8>(), bytes.len()) };
         partial.missing -= 1;
         if partial.missing > 0 {
             return Ok(None);
