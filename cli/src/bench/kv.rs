@@ -59,6 +59,10 @@ pub struct KvBenchArgs {
     /// Upper bound on operations per measurement (the duration usually ends it first).
     #[arg(long, default_value_t = 200_000_000)]
     pub max_ops: u64,
+    /// MTU of the DPDK link (1500; up to 9000, jumbo frames: memif's buffers
+    /// grow to match). Frames above MTU - 28 bytes go as fragments.
+    #[arg(long, default_value_t = 1500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(576..=9000))]
+    pub dpdk_mtu: usize,
     /// Data-path workers of the kernel-UDP node (a DPDK node has one poller).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -209,6 +213,8 @@ impl Session for SingleBucket {
 /// 10.9.0.100, joined by one `net_memif` link whose socket is in `dir`.
 struct MemifLink {
     socket: PathBuf,
+    /// The link's MTU; above 1500, memif's buffers grow to match.
+    mtu: usize,
 }
 
 impl MemifLink {
@@ -218,9 +224,11 @@ impl MemifLink {
     fn eal(&self, who: &str, role: &str) -> String {
         format!(
             "--no-huge --no-pci --no-telemetry -m 512 --log-level=*:warning --file-prefix=fulva-bench-{who}-{} \
-             --vdev=net_memif0,role={role},socket={},id=0",
+             --vdev=net_memif0,role={role},socket={},id=0{}",
             std::process::id(),
-            self.socket.display()
+            self.socket.display(),
+            // A packet fits one memif buffer (a power of two).
+            if self.mtu > 1500 { format!(",bsize={}", (self.mtu + 64).next_power_of_two()) } else { String::new() }
         )
     }
 
@@ -229,6 +237,7 @@ impl MemifLink {
             "--transport=dpdk".into(),
             "--dpdk-port=net_memif0".into(),
             format!("--eal-args={}", self.eal("node", "server")),
+            format!("--dpdk-mtu={}", self.mtu),
         ]
     }
 
@@ -237,7 +246,7 @@ impl MemifLink {
             dpdk_port: Some("net_memif0".into()),
             eal_args: self.eal("client", "client"),
             dpdk_addr: MemifLink::CLIENT.parse().expect("valid address"),
-            dpdk_mtu: 1500,
+            dpdk_mtu: self.mtu,
         }
     }
 }
@@ -258,7 +267,7 @@ async fn run_fulva_local(
         None => std::env::current_exe()?,
     };
     let log = dir.path().join("node.log");
-    let link = MemifLink { socket: dir.path().join("memif.sock") };
+    let link = MemifLink { socket: dir.path().join("memif.sock"), mtu: args.dpdk_mtu };
     let (mut node_args, data_addr): (Vec<String>, SocketAddr) = match transport {
         TransportName::Kernel => {
             let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
