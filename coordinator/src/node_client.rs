@@ -362,7 +362,7 @@ impl NodeClient {
             }
         }
         let empty = tonic::Status::internal("FreezeRange: the stream carried no message");
-        fulva_proto::handover::join_freeze(parts).ok_or_else(|| self.error(NodeCall::FreezeRange, empty))
+        fulva_proto::handover::join(parts).ok_or_else(|| self.error(NodeCall::FreezeRange, empty))
     }
 
     /// Calls `StartMigration`, the records and ack floors streamed in chunks.
@@ -370,7 +370,7 @@ impl NodeClient {
         &mut self,
         request: StartMigrationRequest,
     ) -> Result<StartMigrationResponse, NodeError> {
-        let messages = fulva_proto::handover::split_start(request);
+        let messages = fulva_proto::handover::split(request);
         match self.inner.start_migration(tokio_stream::iter(messages)).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.error(NodeCall::StartMigration, status)),

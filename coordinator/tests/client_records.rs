@@ -10,6 +10,58 @@ use fulva_proto::{Reply, Request, RequestBody, Status};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
+/// A key whose hash falls in `range`.
+fn key_in(range: fulva_proto::HashRange) -> String {
+    (0..).map(|i| format!("key{i}")).find(|k| range.contains(fulva_proto::key_hash(k.as_bytes()))).unwrap()
+}
+
+/// Writes `key` once from each of `clients` fresh client ids (from `first`),
+/// 64 in flight at a time, as raw frames to `node`; returns how many were
+/// answered Ok.
+async fn one_write_per_client(
+    node: std::net::SocketAddr,
+    key: &str,
+    value: &[u8],
+    epoch: u64,
+    first: u64,
+    clients: u64,
+) -> u64 {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let (mut sent, mut ok) = (0u64, 0u64);
+    while sent < clients {
+        let burst = 64.min(clients - sent);
+        for i in 0..burst {
+            let client = first + sent + i;
+            let body = RequestBody::Put { key: key.as_bytes(), value };
+            let header = RequestHeader {
+                op: body.op() as u8,
+                flags: 0,
+                request_id: client,
+                client_id: client,
+                seq: 1,
+                ack: 1,
+                epoch,
+            };
+            let mut frame = Vec::new();
+            Request { header, body }.encode(&mut frame);
+            socket.send_to(&frame, node).await.unwrap();
+        }
+        for _ in 0..burst {
+            let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            if Reply::decode(&bytes::Bytes::copy_from_slice(&buf[..n])).unwrap().status == Status::Ok {
+                ok += 1;
+            }
+        }
+        sent += burst;
+    }
+    ok
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_thousand_client_ids_cost_bounded_memory_and_a_move_still_succeeds() {
     let cluster =
@@ -19,47 +71,9 @@ async fn two_hundred_thousand_client_ids_cost_bounded_memory_and_a_move_still_su
     let map = cluster.coordinator.map();
     let shard = map.shards[0];
     let node = &cluster.nodes[shard.owner as usize];
-    let key = (0..)
-        .map(|i| format!("key{i}"))
-        .find(|k| shard.range.contains(fulva_proto::key_hash(k.as_bytes())))
-        .unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let key = key_in(shard.range);
     const CLIENTS: u64 = 200_000;
-    const WINDOW: u64 = 64;
-    let mut buf = vec![0u8; 70_000];
-    let (mut sent, mut ok) = (0u64, 0u64);
-    while sent < CLIENTS {
-        let burst = WINDOW.min(CLIENTS - sent);
-        for i in 0..burst {
-            let client = 1_000_000 + sent + i;
-            let header = RequestHeader {
-                op: 0,
-                flags: 0,
-                request_id: client,
-                client_id: client,
-                seq: 1,
-                ack: 1,
-                epoch: map.epoch,
-            };
-            let body = RequestBody::Put { key: key.as_bytes(), value: b"v" };
-            let header = RequestHeader { op: body.op() as u8, ..header };
-            let mut frame = Vec::new();
-            Request { header, body }.encode(&mut frame);
-            socket.send_to(&frame, node.data_addr).await.unwrap();
-        }
-        for _ in 0..burst {
-            let Ok(Ok((n, _))) =
-                tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await
-            else {
-                break;
-            };
-            let reply = Reply::decode(&bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
-            if reply.status == Status::Ok {
-                ok += 1;
-            }
-        }
-        sent += burst;
-    }
+    let ok = one_write_per_client(node.data_addr, &key, b"v", map.epoch, 1_000_000, CLIENTS).await;
     assert!(ok > CLIENTS * 9 / 10, "the node took the writes ({ok} of {CLIENTS})");
     let kept = node.handler.records.expire();
     assert!(kept <= fulva_kvnode::DEFAULT_MAX_CLIENTS, "{kept} clients' records kept");
@@ -91,39 +105,8 @@ async fn a_handover_of_many_clients_streams_in_chunks_and_arrives_whole() {
     let map = cluster.coordinator.map();
     let shard = map.shards[0];
     let source = &cluster.nodes[shard.owner as usize];
-    let key = (0..)
-        .map(|i| format!("key{i}"))
-        .find(|k| shard.range.contains(fulva_proto::key_hash(k.as_bytes())))
-        .unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    const CLIENTS: u64 = 150_000;
-    let mut buf = vec![0u8; 70_000];
-    let mut sent = 0u64;
-    while sent < CLIENTS {
-        let burst = 64.min(CLIENTS - sent);
-        for i in 0..burst {
-            let client = 5_000_000 + sent + i;
-            let body = RequestBody::Put { key: key.as_bytes(), value: b"w" };
-            let header = RequestHeader {
-                op: body.op() as u8,
-                flags: 0,
-                request_id: client,
-                client_id: client,
-                seq: 1,
-                ack: 1,
-                epoch: map.epoch,
-            };
-            let mut frame = Vec::new();
-            Request { header, body }.encode(&mut frame);
-            socket.send_to(&frame, source.data_addr).await.unwrap();
-        }
-        for _ in 0..burst {
-            if tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await.is_err() {
-                break;
-            }
-        }
-        sent += burst;
-    }
+    let key = key_in(shard.range);
+    one_write_per_client(source.data_addr, &key, b"w", map.epoch, 5_000_000, 150_000).await;
     let held = source.handler.records.expire();
     assert!(held > 140_000, "the source holds the clients' records: {held}");
     let to = map.shards[1].owner;

@@ -431,11 +431,13 @@ impl Transport for DpdkTransport {
     }
 
     async fn send_batch(&self, batch: &SendBatch) -> io::Result<()> {
-        // A packet is built by copying anyway: the parts are joined first.
-        let joined: Vec<(Vec<u8>, SocketAddr)> = (0..batch.len())
+        // A packet is built by copying anyway: a datagram in two parts (a
+        // fragment and its bytes) is joined first; one in one part is not.
+        let joined: Vec<(std::borrow::Cow<'_, [u8]>, SocketAddr)> = (0..batch.len())
             .map(|i| {
                 let d = batch.datagram(i);
-                ([d.head, d.tail].concat(), d.to)
+                let bytes = if d.tail.is_empty() { d.head.into() } else { [d.head, d.tail].concat().into() };
+                (bytes, d.to)
             })
             .collect();
         self.send_all(joined.iter().map(|(payload, to)| (&payload[..], *to)))

@@ -246,7 +246,7 @@ impl NodeControl for ControlService {
             objects: handover.objects,
             bytes: handover.bytes,
         };
-        let messages = fulva_proto::handover::split_freeze(frozen);
+        let messages = fulva_proto::handover::split(frozen);
         Ok(Response::new(Box::pin(tokio_stream::iter(messages.into_iter().map(Ok)))))
     }
 
@@ -261,7 +261,7 @@ impl NodeControl for ControlService {
         while let Some(part) = messages.message().await? {
             parts.push(part);
         }
-        let req = fulva_proto::handover::join_start(parts)
+        let req = fulva_proto::handover::join(parts)
             .ok_or_else(|| Status::invalid_argument("StartMigration: the stream carried no message"))?;
         let range = HashRange::try_from(req.range).map_err(ControlError::from)?;
         let h = &self.handler;

@@ -6,64 +6,63 @@
 //! `StartMigration` streams them into the destination, [`CHUNK`] entries a
 //! message, so no single gRPC message grows with the number of clients.
 
-use crate::grpc::{FreezeRangeResponse, StartMigrationRequest};
+use crate::grpc::{ClientAck, CompletionRecord, FreezeRangeResponse, StartMigrationRequest};
 
 /// Records (or ack floors) per message: about 40 bytes each, so a message
 /// stays near 650 KB.
 pub const CHUNK: usize = 16_384;
 
-/// Splits a freeze's answer into messages: the first carries the floor, the
-/// sizes and the first chunk; each next one only records and ack floors.
-pub fn split_freeze(mut whole: FreezeRangeResponse) -> Vec<FreezeRangeResponse> {
-    let records = chunks(std::mem::take(&mut whole.records));
-    let acks = chunks(std::mem::take(&mut whole.acks));
+/// A message that carries records and ack floors besides its own fields.
+pub trait Handover: Default {
+    /// Its completion records.
+    fn records(&mut self) -> &mut Vec<CompletionRecord>;
+    /// Its ack floors.
+    fn acks(&mut self) -> &mut Vec<ClientAck>;
+}
+
+impl Handover for FreezeRangeResponse {
+    fn records(&mut self) -> &mut Vec<CompletionRecord> {
+        &mut self.records
+    }
+    fn acks(&mut self) -> &mut Vec<ClientAck> {
+        &mut self.acks
+    }
+}
+
+impl Handover for StartMigrationRequest {
+    fn records(&mut self) -> &mut Vec<CompletionRecord> {
+        &mut self.records
+    }
+    fn acks(&mut self) -> &mut Vec<ClientAck> {
+        &mut self.acks
+    }
+}
+
+/// Splits a message into several: the first carries its own fields and the
+/// first chunk; each next one only records and ack floors.
+pub fn split<M: Handover>(mut whole: M) -> Vec<M> {
+    let records = chunks(std::mem::take(whole.records()));
+    let acks = chunks(std::mem::take(whole.acks()));
     let mut messages = vec![whole];
     for (i, (records, acks)) in zip_longest(records, acks).enumerate() {
-        if i == 0 {
-            messages[0].records = records;
-            messages[0].acks = acks;
-        } else {
-            messages.push(FreezeRangeResponse { records, acks, ..FreezeRangeResponse::default() });
+        if i > 0 {
+            messages.push(M::default());
         }
+        let last = messages.last_mut().expect("one at least");
+        *last.records() = records;
+        *last.acks() = acks;
     }
     messages
 }
 
-/// Puts a streamed freeze answer back together (none: no message came).
-pub fn join_freeze(messages: Vec<FreezeRangeResponse>) -> Option<FreezeRangeResponse> {
-    let mut messages = messages.into_iter();
-    let mut whole = messages.next()?;
-    for part in messages {
-        whole.records.extend(part.records);
-        whole.acks.extend(part.acks);
-    }
-    Some(whole)
-}
-
-/// Splits a pass's start into messages, as [`split_freeze`] does.
-pub fn split_start(mut whole: StartMigrationRequest) -> Vec<StartMigrationRequest> {
-    let records = chunks(std::mem::take(&mut whole.records));
-    let acks = chunks(std::mem::take(&mut whole.acks));
-    let mut messages = vec![whole];
-    for (i, (records, acks)) in zip_longest(records, acks).enumerate() {
-        if i == 0 {
-            messages[0].records = records;
-            messages[0].acks = acks;
-        } else {
-            messages.push(StartMigrationRequest { records, acks, ..StartMigrationRequest::default() });
-        }
-    }
-    messages
-}
-
-/// Puts a streamed pass start back together: the first message's settings,
+/// Puts a streamed message back together: the first message's fields,
 /// every message's records and ack floors (none: no message came).
-pub fn join_start(messages: Vec<StartMigrationRequest>) -> Option<StartMigrationRequest> {
+pub fn join<M: Handover>(messages: Vec<M>) -> Option<M> {
     let mut messages = messages.into_iter();
     let mut whole = messages.next()?;
-    for part in messages {
-        whole.records.extend(part.records);
-        whole.acks.extend(part.acks);
+    for mut part in messages {
+        whole.records().append(part.records());
+        whole.acks().append(part.acks());
     }
     Some(whole)
 }
@@ -86,7 +85,6 @@ fn zip_longest<A, B>(a: Vec<Vec<A>>, b: Vec<Vec<B>>) -> impl Iterator<Item = (Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::{ClientAck, CompletionRecord};
 
     #[test]
     fn a_large_handover_goes_in_chunks_and_comes_back_whole() {
@@ -101,20 +99,20 @@ mod tests {
             objects: 5,
             bytes: 6,
         };
-        let messages = split_freeze(frozen.clone());
+        let messages = split(frozen.clone());
         assert_eq!(messages.len(), 100_000usize.div_ceil(CHUNK));
         assert!(messages.iter().all(|m| m.records.len() <= CHUNK && m.acks.len() <= CHUNK));
         assert!(messages[1..].iter().all(|m| m.max_version == 0 && m.objects == 0), "settings once");
-        let whole = join_freeze(messages).unwrap();
+        let whole = join(messages).unwrap();
         assert_eq!(whole, frozen);
 
         let start =
             StartMigrationRequest { version_floor: 77, records, acks, serve: true, ..Default::default() };
-        let messages = split_start(start.clone());
+        let messages = split(start.clone());
         assert!(messages[1..].iter().all(|m| !m.serve && m.version_floor == 0));
-        assert_eq!(join_start(messages).unwrap(), start);
+        assert_eq!(join(messages).unwrap(), start);
         // Nothing to hand over: one message.
-        assert_eq!(split_freeze(FreezeRangeResponse::default()).len(), 1);
-        assert_eq!(join_start(Vec::new()), None);
+        assert_eq!(split(FreezeRangeResponse::default()).len(), 1);
+        assert_eq!(join::<StartMigrationRequest>(Vec::new()), None);
     }
 }
