@@ -140,6 +140,24 @@ impl Handler {
         fulva_proto::fragment::ReassemblyLimits::for_messages(fulva_proto::fragment::MAX_MESSAGE_LIMIT)
     }
 
+    /// Takes one datagram from `from`: a whole frame is handled at once, a
+    /// fragment goes to `reassembler` and its frame is handled once whole.
+    /// Returns whether `out` holds a reply to send.
+    pub fn handle_datagram(
+        &self,
+        reassembler: &mut fulva_proto::fragment::Reassembler,
+        from: std::net::SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        use fulva_proto::fragment::Accepted;
+        match reassembler.accept(from, datagram) {
+            Accepted::Whole(frame) => self.handle_frame(frame, out),
+            Accepted::Complete(frame) => self.handle_frame(&frame, out),
+            Accepted::Pending | Accepted::Refused => false,
+        }
+    }
+
     /// Decodes `frame`, executes it and appends the reply to `out`.
     /// Returns false when nothing should be sent (the frame was dropped).
     pub fn handle_frame(&self, frame: &[u8], out: &mut Vec<u8>) -> bool {

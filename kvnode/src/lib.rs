@@ -191,13 +191,8 @@ pub async fn start_dpdk(
     let transport = fulva_dpdk::DpdkTransport::start_serving(
         dpdk,
         Arc::new(move |datagram, from, out| {
-            use fulva_proto::fragment::Accepted;
             let mut reassembler = reassembler.lock();
-            let answered = match reassembler.accept(from, datagram) {
-                Accepted::Whole(frame) => serving.handle_frame(frame, out),
-                Accepted::Complete(message) => serving.handle_frame(&message, out),
-                Accepted::Pending | Accepted::Refused => false,
-            };
+            let answered = serving.handle_datagram(&mut reassembler, from, datagram, out);
             serving.metrics.count_reassembly(reassembler.take_stats());
             answered
         }),

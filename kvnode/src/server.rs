@@ -1,7 +1,7 @@
 //! The data-path server loop: receive frames, execute them, send the replies.
 
 use crate::handler::Handler;
-use fulva_proto::fragment::{Accepted, Reassembler};
+use fulva_proto::fragment::Reassembler;
 use fulva_proto::frame::MAX_DATAGRAM;
 use fulva_proto::transport::{RecvBatch, SendBatch, Transport};
 use std::sync::Arc;
@@ -40,19 +40,9 @@ pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: 
             tracing::debug!(error = %err, "data-path receive failed");
             continue;
         }
-        replies.clear();
         for i in 0..incoming.len() {
             let (datagram, from) = incoming.get(i);
-            let whole;
-            let frame = match reassembler.accept(from, datagram) {
-                Accepted::Whole(frame) => frame,
-                Accepted::Complete(message) => {
-                    whole = message;
-                    &whole[..]
-                }
-                Accepted::Pending | Accepted::Refused => continue,
-            };
-            if handler.handle_frame(frame, replies.next_buf(from)) {
+            if handler.handle_datagram(&mut reassembler, from, datagram, replies.next_buf(from)) {
                 replies.fragment_last(max_datagram, fragment_id);
             } else {
                 replies.pop();
@@ -63,6 +53,8 @@ pub async fn serve<T: Transport>(transport: T, handler: Arc<Handler>, shutdown: 
             if let Err(err) = transport.send_batch(&replies).await {
                 tracing::debug!(error = %err, "data-path send failed");
             }
+            // Cleared here, not before the next receive, so a large reply's
+            // frame is not kept while the socket is idle.
             replies.clear();
             replies.release_beyond(BATCH);
         }
